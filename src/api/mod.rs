@@ -1,0 +1,30 @@
+//! The two custom resources of group `platform.pequod.io/v1alpha1`: `Transform`, the one
+//! object users write, and `ResourceGraph`, the executable graph the operator renders from it.
+
+mod resource_graph;
+pub mod schema;
+mod transform;
+
+pub use resource_graph::{
+    GraphMetadata, GraphPhase, GraphSummary, InventoryEntry, NodePhase, NodeStatus, ObjectRef,
+    ResourceGraph, ResourceGraphSpec, ResourceGraphStatus, SourceRef,
+};
+pub use transform::{
+    AdoptSpec, AdoptStrategy, AdoptedResource, LocalObjectReference, ModuleRef, ModuleType,
+    PolicyOverride, ResolvedModule, Transform, TransformSpec, TransformStatus,
+};
+
+/// API group of both resources.
+pub const GROUP: &str = "platform.pequod.io";
+/// API version of both resources.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` string of both resources.
+pub const API_VERSION: &str = "platform.pequod.io/v1alpha1";
+
+/// Both CustomResourceDefinitions, Transform first.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![Transform::crd(), ResourceGraph::crd()]
+}

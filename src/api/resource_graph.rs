@@ -1,0 +1,216 @@
+//! `ResourceGraph`: the rendered, executable graph of one Transform.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::schema::optional_free_form_object;
+use crate::graph::{Node, Violation};
+
+/// The graph of Kubernetes objects rendered from a Transform, executed by the operator in
+/// dependency order behind readiness gates. Written by Pequod, read by users.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "platform.pequod.io",
+    version = "v1alpha1",
+    kind = "ResourceGraph",
+    namespaced,
+    status = "ResourceGraphStatus",
+    shortname = "rg",
+    category = "pequod",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Execution phase"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.summary.readyText",
+        description = "Ready nodes out of all nodes"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceGraphSpec {
+    /// The Transform this graph was rendered from.
+    pub source_ref: SourceRef,
+    /// Which module and input produced this graph.
+    pub metadata: GraphMetadata,
+    /// The objects, their ordering, readiness rules and policies.
+    pub nodes: Vec<Node>,
+    /// The module's outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_free_form_object")]
+    pub outputs: Option<Value>,
+    /// Policy warnings that did not block the render.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// A reference to the Transform a graph came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    /// apiVersion of the source.
+    pub api_version: String,
+    /// Kind of the source (Transform).
+    pub kind: String,
+    /// Name of the source.
+    pub name: String,
+    /// UID of the source, when rendered in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// Provenance of a rendered graph.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphMetadata {
+    /// Module name, from the module's metadata.
+    pub module: String,
+    /// Module version, from the module's metadata.
+    pub version: String,
+    /// Content digest of the module bundle.
+    pub module_digest: String,
+    /// Digest of the rendered nodes and outputs: equal hashes mean equal graphs.
+    pub render_hash: String,
+    /// When the graph was rendered (set by the operator, absent from offline renders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered_at: Option<Time>,
+}
+
+/// Execution state of a graph.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceGraphStatus {
+    /// Pending, Progressing, Ready, Failed or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<GraphPhase>,
+    /// One entry per node id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeStatus>,
+    /// The objects Pequod owns, for pruning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<InventoryEntry>,
+    /// Node counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<GraphSummary>,
+    /// Applied and Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Phase of a whole graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GraphPhase {
+    /// Nothing applied yet.
+    Pending,
+    /// Applying or waiting for readiness.
+    Progressing,
+    /// Every node is Ready.
+    Ready,
+    /// At least one node failed.
+    Failed,
+    /// The graph is being deleted.
+    Deleting,
+}
+
+/// Phase of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NodePhase {
+    /// Dependencies are not ready yet.
+    Pending,
+    /// Being written.
+    Applying,
+    /// Written; readiness predicates do not hold yet.
+    WaitingReady,
+    /// Readiness predicates hold.
+    Ready,
+    /// Apply failed or readiness timed out.
+    Failed,
+    /// A dependency failed.
+    Blocked,
+    /// An existing object was taken into management.
+    Adopted,
+    /// Left in the cluster, no longer managed.
+    Orphaned,
+}
+
+/// Status of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Where the node is in its lifecycle.
+    pub phase: NodePhase,
+    /// Why, in words a user can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How many times the node was applied.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Hash of the object last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
+    /// When the phase last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// The live object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
+}
+
+/// A reference to a live object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// apiVersion.
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace, absent for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// An object Pequod owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryEntry {
+    /// The object.
+    #[serde(flatten)]
+    pub object: ObjectRef,
+    /// The node that rendered it.
+    pub node_id: String,
+}
+
+/// Node counts of a graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphSummary {
+    /// Number of nodes.
+    pub total: u32,
+    /// Ready nodes.
+    pub ready: u32,
+    /// Failed nodes.
+    pub failed: u32,
+    /// `ready/total`, for `kubectl get`.
+    pub ready_text: String,
+}

@@ -1,0 +1,187 @@
+//! The command line: `pequod render`, `pequod crds`, `pequod bench`, and the hidden worker.
+
+mod bench;
+mod output;
+mod render;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::render::worker::WorkerLimits;
+use crate::render::{PoolConfig, RenderError};
+
+pub use output::OutputFormat;
+
+/// Pequod turns platform modules written in Nickel into running Kubernetes objects.
+#[derive(Debug, Parser)]
+#[command(name = "pequod", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render a Transform offline and print its ResourceGraph (or manifests, or a diagram).
+    Render(render::RenderArgs),
+    /// Print the Transform and ResourceGraph CustomResourceDefinitions as YAML.
+    Crds,
+    /// Measure render latency, throughput and memory, and print the figures.
+    Bench(bench::BenchArgs),
+    /// Evaluation worker (started by pequod itself; reads requests on stdin).
+    #[command(name = "__worker", hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Limits of the evaluation sandbox, shared by every command that renders.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Deadline of one module evaluation (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub eval_timeout: Duration,
+    /// Address-space limit of an evaluation worker, in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..))]
+    pub eval_memory: u64,
+    /// Number of evaluation worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub eval_workers: u64,
+}
+
+impl EvalArgs {
+    /// The worker-pool settings these flags describe, with this binary as the worker.
+    pub fn pool_config(&self) -> Result<PoolConfig, CliError> {
+        let program = std::env::current_exe()
+            .map_err(|e| CliError::new(1, format!("cannot locate the pequod binary: {e}")))?;
+        let mut config = PoolConfig::with_program(program);
+        config.timeout = self.eval_timeout;
+        config.memory_mib = self.eval_memory;
+        config.workers = usize::try_from(self.eval_workers).unwrap_or(1);
+        Ok(config)
+    }
+}
+
+/// Flags of the hidden worker command.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Address-space limit in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory_mib: u64,
+    /// Stack of the evaluating thread in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub stack_mib: u64,
+}
+
+/// A failed command: a one-line message, optional detail, and an exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    code: u8,
+    message: String,
+    detail: Option<String>,
+}
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    /// The module failed to render: contract violation, Nickel error, graph integrity,
+    /// evaluation limits.
+    pub const RENDER_FAILED: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The Transform file is unreadable or not a valid Transform.
+    pub const BAD_INPUT_FILE: u8 = 3;
+    /// The module could not be resolved (unknown embedded module, unreadable directory, ...).
+    pub const MODULE_UNAVAILABLE: u8 = 4;
+}
+
+impl CliError {
+    /// An error with an exit code and a one-line message.
+    pub fn new(code: u8, message: impl Into<String>) -> CliError {
+        CliError {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// The multi-line detail printed after the message.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl From<RenderError> for CliError {
+    fn from(error: RenderError) -> CliError {
+        CliError {
+            code: exit::RENDER_FAILED,
+            message: format!("render failed: {error}"),
+            detail: error.detail().map(str::to_string),
+        }
+    }
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` selects levels (default `warn`).
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Worker(args) => crate::render::worker::run(WorkerLimits {
+            memory_bytes: args.memory_mib << 20,
+            stack_bytes: usize::try_from(args.stack_mib << 20).unwrap_or(usize::MAX),
+        })
+        .map_err(|e| CliError::new(1, format!("worker: {e}"))),
+        Command::Crds => print_crds(),
+        Command::Render(args) => runtime()?.block_on(render::run(args)),
+        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(1, format!("cannot start the async runtime: {e}")))
+}
+
+fn print_crds() -> Result<(), CliError> {
+    let mut out = String::new();
+    for crd in crate::api::crds() {
+        let yaml = serde_yaml::to_string(&crd)
+            .map_err(|e| CliError::new(1, format!("cannot serialize CRD: {e}")))?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    }
+    print!("{out}");
+    Ok(())
+}

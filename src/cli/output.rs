@@ -1,0 +1,158 @@
+//! Printing a rendered graph: as a ResourceGraph (YAML/JSON), as plain manifests, or as a
+//! Graphviz / Mermaid diagram of its dependencies.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::api::{
+    API_VERSION, GraphMetadata, ResourceGraph, ResourceGraphSpec, SourceRef, Transform,
+};
+use crate::graph::ApplyMode;
+use crate::render::{RenderedGraph, labels};
+
+/// Output formats of `pequod render`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// The ResourceGraph as YAML.
+    Yaml,
+    /// The ResourceGraph as JSON.
+    Json,
+    /// The objects to apply, as multi-document YAML.
+    Manifests,
+    /// The dependency graph in Graphviz dot.
+    Dot,
+    /// The dependency graph as a Mermaid flowchart.
+    Mermaid,
+}
+
+/// Why a graph could not be printed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrintError {
+    /// YAML serialization failed.
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml::Error),
+    /// JSON serialization failed.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Prints `graph`, rendered from `transform`, in `format`.
+pub fn print_graph(
+    transform: &Transform,
+    graph: &RenderedGraph,
+    format: OutputFormat,
+) -> Result<String, PrintError> {
+    Ok(match format {
+        OutputFormat::Yaml => serde_yaml::to_string(&resource_graph(transform, graph))?,
+        OutputFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&resource_graph(transform, graph))?;
+            text.push('\n');
+            text
+        }
+        OutputFormat::Manifests => manifests(graph)?,
+        OutputFormat::Dot => dot(transform, graph),
+        OutputFormat::Mermaid => mermaid(graph),
+    })
+}
+
+/// The ResourceGraph object the operator would write for this render.
+pub fn resource_graph(transform: &Transform, graph: &RenderedGraph) -> ResourceGraph {
+    let name = transform.metadata.name.clone().unwrap_or_default();
+    let outputs = match &graph.outputs {
+        serde_json::Value::Object(map) if map.is_empty() => None,
+        serde_json::Value::Null => None,
+        other => Some(other.clone()),
+    };
+    ResourceGraph {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: transform.metadata.namespace.clone(),
+            labels: Some(
+                [
+                    (labels::MANAGED_BY.to_string(), "pequod".to_string()),
+                    (labels::TRANSFORM.to_string(), name.clone()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: ResourceGraphSpec {
+            source_ref: SourceRef {
+                api_version: API_VERSION.to_string(),
+                kind: "Transform".to_string(),
+                name,
+                uid: transform.metadata.uid.clone(),
+            },
+            metadata: GraphMetadata {
+                module: graph.module.name.clone(),
+                version: graph.module.version.clone(),
+                module_digest: graph.module_digest.clone(),
+                render_hash: graph.render_hash.clone(),
+                rendered_at: None,
+            },
+            nodes: graph.nodes.clone(),
+            outputs,
+            violations: Vec::new(),
+        },
+        status: None,
+    }
+}
+
+/// The objects Pequod would write (observed nodes excluded), one YAML document each.
+fn manifests(graph: &RenderedGraph) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for node in &graph.nodes {
+        if node.apply_policy.mode == ApplyMode::Observe {
+            continue;
+        }
+        out.push_str("---\n");
+        let _ = writeln!(out, "# node: {}", node.id);
+        out.push_str(&serde_yaml::to_string(&node.object)?);
+    }
+    Ok(out)
+}
+
+fn dot(transform: &Transform, graph: &RenderedGraph) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let name = transform.metadata.name.as_deref().unwrap_or("graph");
+    let mut out = format!(
+        "digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n",
+        quote(name)
+    );
+    for node in &graph.nodes {
+        let style = if node.apply_policy.mode == ApplyMode::Observe {
+            ", style=dashed"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {} [label={}{style}];",
+            quote(&node.id),
+            quote(&format!("{}\\n{}", node.id, node.describe()))
+        );
+    }
+    for node in &graph.nodes {
+        for dep in &node.depends_on {
+            let _ = writeln!(out, "  {} -> {};", quote(dep), quote(&node.id));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn mermaid(graph: &RenderedGraph) -> String {
+    let index = |id: &str| graph.nodes.iter().position(|n| n.id == id).unwrap_or(0);
+    let mut out = String::from("flowchart LR\n");
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let label = format!("{}<br/>{}", node.id, node.describe()).replace('"', "#quot;");
+        let _ = writeln!(out, "  n{i}[\"{label}\"]");
+    }
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for dep in &node.depends_on {
+            let _ = writeln!(out, "  n{} --> n{i}", index(dep));
+        }
+    }
+    out
+}

@@ -1,0 +1,86 @@
+//! `pequod render`: resolve a Transform's module, evaluate it, print the result.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::output::{OutputFormat, print_graph};
+use super::{CliError, EvalArgs, exit};
+use crate::api::{API_VERSION, Transform};
+use crate::module::resolve_local;
+use crate::render::{DEFAULT_CACHE_BYTES, RenderContext, Renderer};
+
+/// Flags of `pequod render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The Transform to render (YAML or JSON; `-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Output: the ResourceGraph as yaml or json, the objects as multi-document YAML
+    /// (manifests), or the dependency graph (dot, mermaid).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
+    pub output: OutputFormat,
+    /// Use the module in this directory instead of the Transform's moduleRef.
+    #[arg(long)]
+    pub module_dir: Option<PathBuf>,
+    /// Evaluation limits.
+    #[command(flatten)]
+    pub eval: EvalArgs,
+}
+
+/// Runs `pequod render`.
+pub async fn run(args: RenderArgs) -> Result<(), CliError> {
+    let transform = read_transform(&args.file)?;
+    let bundle = resolve_local(&transform.spec.module_ref, args.module_dir.as_deref())
+        .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
+    let mut config = args.eval.pool_config()?;
+    config.workers = 1;
+    let renderer = Renderer::new(config, DEFAULT_CACHE_BYTES);
+    let context = RenderContext {
+        name: transform.metadata.name.clone().unwrap_or_default(),
+        namespace: transform
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
+    };
+    let graph = renderer
+        .render(&bundle, &transform.spec.input, &context)
+        .await?;
+    let text = print_graph(&transform, &graph, args.output)
+        .map_err(|e| CliError::new(1, format!("cannot print the graph: {e}")))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Reads and checks a Transform document.
+pub fn read_transform(path: &std::path::Path) -> Result<Transform, CliError> {
+    let bad = |message: String| CliError::new(exit::BAD_INPUT_FILE, message);
+    let shown = path.display();
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(format!("stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {shown}: {e}")))?
+    };
+    let document: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| bad(format!("{shown}: invalid YAML: {e}")))?;
+    let field = |name: &str| {
+        document
+            .get(name)
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    if kind != "Transform" || api_version != API_VERSION {
+        return Err(bad(format!(
+            "{shown}: expected a Transform ({API_VERSION}), found kind `{kind}` apiVersion `{api_version}`"
+        )));
+    }
+    let transform: Transform =
+        serde_yaml::from_str(&text).map_err(|e| bad(format!("{shown}: invalid Transform: {e}")))?;
+    if transform.metadata.name.as_deref().unwrap_or("").is_empty() {
+        return Err(bad(format!("{shown}: metadata.name is required")));
+    }
+    Ok(transform)
+}

@@ -1,0 +1,56 @@
+//! Modules and the Nickel library compiled into the binary from `platforms/` and
+//! `schemas/pequod/`.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use include_dir::{Dir, include_dir};
+
+use super::ModuleBundle;
+
+static PLATFORMS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/platforms");
+static LIBRARY: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/schemas/pequod");
+
+static EMBEDDED: LazyLock<BTreeMap<String, ModuleBundle>> = LazyLock::new(|| {
+    PLATFORMS
+        .dirs()
+        .filter_map(|dir| {
+            let name = dir.path().file_name()?.to_str()?.to_string();
+            let mut files = BTreeMap::new();
+            collect(dir, dir.path(), &mut files);
+            let files = files.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+            // The shipped modules are tested at build time; a broken one is a bug, so it is
+            // left out rather than taking the process down.
+            ModuleBundle::new(files, None).ok().map(|b| (name, b))
+        })
+        .collect()
+});
+
+/// Every UTF-8 file below `dir`, keyed by its `/`-separated path relative to `root`.
+fn collect(dir: &Dir<'static>, root: &std::path::Path, out: &mut BTreeMap<String, &'static str>) {
+    for file in dir.files() {
+        if let (Ok(relative), Some(text)) = (file.path().strip_prefix(root), file.contents_utf8()) {
+            out.insert(relative.to_string_lossy().replace('\\', "/"), text);
+        }
+    }
+    for sub in dir.dirs() {
+        collect(sub, root, out);
+    }
+}
+
+/// The module shipped in the binary under `name` (e.g. `postgres`, `webservice`).
+pub fn embedded_module(name: &str) -> Option<&'static ModuleBundle> {
+    EMBEDDED.get(name)
+}
+
+/// Names of the shipped modules.
+pub fn embedded_module_names() -> Vec<&'static str> {
+    EMBEDDED.keys().map(String::as_str).collect()
+}
+
+/// The Nickel library modules import as `"pequod/<file>"`: file name → source.
+pub fn library_files() -> BTreeMap<String, &'static str> {
+    let mut files = BTreeMap::new();
+    collect(&LIBRARY, LIBRARY.path(), &mut files);
+    files
+}

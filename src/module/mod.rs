@@ -1,0 +1,11 @@
+//! Module bundles: the files of one platform module held in memory with a content digest,
+//! and the sources they come from (embedded in the binary, inline, a directory on disk).
+//! Remote sources (OCI, Git, ConfigMap) resolve to the same [`ModuleBundle`].
+
+mod bundle;
+mod embedded;
+mod source;
+
+pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
+pub use embedded::{embedded_module, embedded_module_names, library_files};
+pub use source::{SourceError, resolve_local};

@@ -1,0 +1,132 @@
+//! Render errors: what went wrong, located where the user can fix it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::IntegrityErrors;
+
+/// The phase of Nickel processing that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// An import that is not a file of the module or the pequod library.
+    Import,
+    /// The module does not parse.
+    Syntax,
+    /// The module does not typecheck.
+    Type,
+    /// A contract was broken: by the input (path names the input field) or by module code.
+    Contract,
+    /// Any other evaluation error (missing field, failed assertion, ...).
+    Evaluation,
+    /// The result cannot be exported to JSON (functions, out-of-range numbers, ...).
+    Export,
+    /// The worker could not make sense of the request.
+    Request,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            FailureKind::Import => "forbidden import",
+            FailureKind::Syntax => "syntax error",
+            FailureKind::Type => "type error",
+            FailureKind::Contract => "contract violation",
+            FailureKind::Evaluation => "evaluation error",
+            FailureKind::Export => "export error",
+            FailureKind::Request => "bad evaluation request",
+        }
+    }
+}
+
+/// A Nickel failure turned into plain data on the evaluating thread (Nickel's own errors are
+/// `!Send`), ready to cross the worker boundary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalFailure {
+    /// Which phase failed.
+    pub kind: FailureKind,
+    /// One line: the message and its notes.
+    pub message: String,
+    /// The input path that broke a contract, e.g. `input.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `file:line:col` of the primary location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The full Nickel report with source snippets.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl std::fmt::Display for EvalFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.kind.label())?;
+        if let Some(path) = &self.path {
+            write!(f, " at {path}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " ({location})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a render produced no graph.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The Transform's input is not a mapping.
+    #[error("input must be a mapping, found {0}")]
+    InputNotAnObject(&'static str),
+    /// Nickel reported an error.
+    #[error("{0}")]
+    Evaluation(EvalFailure),
+    /// The evaluation ran past its deadline and its worker was killed.
+    #[error("evaluation exceeded {}s and was stopped", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// The evaluation ran out of its address-space budget.
+    #[error("evaluation exceeded memory limit of {0} MiB and was stopped")]
+    MemoryLimit(u64),
+    /// The evaluation nested too deeply for the worker's stack.
+    #[error("evaluation overflowed the stack (a value or a recursion nested too deeply)")]
+    StackOverflow,
+    /// The worker died for another reason.
+    #[error("evaluation worker crashed ({status}){}", if .stderr.is_empty() { String::new() } else { format!(": {}", .stderr) })]
+    WorkerCrashed {
+        /// Exit status.
+        status: String,
+        /// The end of the worker's stderr.
+        stderr: String,
+    },
+    /// The worker could not be started or talked to.
+    #[error("evaluation worker unavailable: {0}")]
+    Worker(String),
+    /// The rendered graph is larger than allowed.
+    #[error("rendered output exceeds {0} bytes")]
+    OutputTooLarge(usize),
+    /// The evaluation result does not have the graph's shape.
+    #[error("module output is not a valid graph: {0}")]
+    InvalidOutput(String),
+    /// The graph fails integrity checks.
+    #[error("graph integrity: {0}")]
+    Integrity(#[from] IntegrityErrors),
+}
+
+impl RenderError {
+    /// The multi-line report behind the one-line message, when there is one.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            RenderError::Evaluation(failure) if !failure.detail.is_empty() => Some(&failure.detail),
+            _ => None,
+        }
+    }
+
+    /// True for failures of the evaluation sandbox (deadline, memory, crash) rather than of
+    /// the module's logic as reported by Nickel.
+    pub fn is_resource_limit(&self) -> bool {
+        matches!(
+            self,
+            RenderError::Timeout(_) | RenderError::MemoryLimit(_) | RenderError::StackOverflow
+        )
+    }
+}

@@ -1,0 +1,360 @@
+//! Rendering: a module bundle plus a Transform's input become a checked graph.
+//!
+//! Evaluation happens in worker processes ([`pool`]); this side caches rendered graphs by
+//! (module digest, input, context, engine version), parses the result into the graph model,
+//! defaults namespaces, adds Pequod's labels, and runs the integrity checks.
+
+mod error;
+mod input_json;
+pub mod nickel;
+mod pool;
+mod protocol;
+pub mod worker;
+
+pub use error::{EvalFailure, FailureKind, RenderError};
+pub use pool::{PoolConfig, PoolStats, WorkerPool};
+pub use protocol::RenderContext;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::graph::{ApplyMode, Dag, Node};
+use crate::module::{ModuleBundle, library_files};
+use protocol::EvalRequest;
+
+/// Labels Pequod puts on every object it writes.
+pub mod labels {
+    /// `app.kubernetes.io/managed-by`, always `pequod`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The Transform that owns the object.
+    pub const TRANSFORM: &str = "platform.pequod.io/transform";
+    /// The ResourceGraph that applied the object (watched by the executor).
+    pub const RESOURCE_GRAPH: &str = "platform.pequod.io/resource-graph";
+    /// The node id of the object in its graph.
+    pub const NODE_ID: &str = "platform.pequod.io/node-id";
+}
+
+/// Kinds that are cluster-scoped; every other kind is namespaced. Used offline, where there
+/// is no discovery to ask.
+const CLUSTER_SCOPED_KINDS: &[&str] = &[
+    "APIService",
+    "ClusterImageCatalog",
+    "ClusterIssuer",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ClusterSecretStore",
+    "CSIDriver",
+    "CustomResourceDefinition",
+    "IngressClass",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "PriorityClass",
+    "RuntimeClass",
+    "StorageClass",
+    "ValidatingAdmissionPolicy",
+    "ValidatingWebhookConfiguration",
+    "VolumeSnapshotClass",
+];
+
+/// Module metadata, as the module declares it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ModuleMetadata {
+    /// Module name.
+    pub name: String,
+    /// Module version.
+    pub version: String,
+    /// One-line description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A rendered, checked graph.
+#[derive(Clone, Debug)]
+pub struct RenderedGraph {
+    /// The module's metadata.
+    pub module: ModuleMetadata,
+    /// Content digest of the module bundle.
+    pub module_digest: String,
+    /// The input after the module's contract filled its defaults.
+    pub input: Value,
+    /// The nodes, namespaced and labelled, in the module's order.
+    pub nodes: Vec<Node>,
+    /// The module's outputs.
+    pub outputs: Value,
+    /// `sha256:` over nodes and outputs.
+    pub render_hash: String,
+    /// The dependency DAG of the nodes.
+    pub dag: Dag,
+}
+
+/// The raw shape the engine's entry evaluates to.
+#[derive(Deserialize)]
+struct RawOutput {
+    metadata: ModuleMetadata,
+    input: Value,
+    rendered: RawRendered,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRendered {
+    nodes: Vec<Node>,
+    #[serde(default)]
+    outputs: Value,
+}
+
+/// Counters of the renderer.
+#[derive(Debug, Default)]
+pub struct RenderStats {
+    /// Renders answered from the graph cache.
+    pub cache_hits: AtomicU64,
+    /// Renders that needed an evaluation.
+    pub cache_misses: AtomicU64,
+}
+
+/// Renders modules with a worker pool and a cache of rendered graphs.
+pub struct Renderer {
+    pool: WorkerPool,
+    cache: moka::sync::Cache<String, Arc<RenderedGraph>>,
+    engine_version: String,
+    stats: RenderStats,
+}
+
+/// Default budget of the rendered-graph cache, in bytes of JSON.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
+
+impl Renderer {
+    /// A renderer over a new worker pool, caching up to `cache_bytes` of rendered graphs.
+    pub fn new(config: PoolConfig, cache_bytes: u64) -> Renderer {
+        let cache = moka::sync::Cache::builder()
+            .weigher(|_key: &String, graph: &Arc<RenderedGraph>| graph_weight(graph))
+            .max_capacity(cache_bytes)
+            .build();
+        Renderer {
+            pool: WorkerPool::new(config),
+            cache,
+            engine_version: engine_version(),
+            stats: RenderStats::default(),
+        }
+    }
+
+    /// Renders `bundle` with `input` for the Transform named in `context`.
+    pub async fn render(
+        &self,
+        bundle: &ModuleBundle,
+        input: &Value,
+        context: &RenderContext,
+    ) -> Result<Arc<RenderedGraph>, RenderError> {
+        if !input.is_object() {
+            return Err(RenderError::InputNotAnObject(json_kind(input)));
+        }
+        let key = self.cache_key(bundle, input, context);
+        if let Some(graph) = self.cache.get(&key) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(graph);
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let request = EvalRequest {
+            digest: Cow::Borrowed(bundle.digest()),
+            files: Cow::Borrowed(bundle.files()),
+            entrypoint: Cow::Borrowed(bundle.entrypoint()),
+            input: Cow::Borrowed(input),
+            context: Cow::Borrowed(context),
+        };
+        let output = self.pool.evaluate(&request).await?;
+        let graph = Arc::new(finish(output, bundle.digest(), context)?);
+        self.cache.insert(key, Arc::clone(&graph));
+        Ok(graph)
+    }
+
+    /// Renderer counters.
+    pub fn stats(&self) -> &RenderStats {
+        &self.stats
+    }
+
+    /// The worker pool.
+    pub fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+
+    fn cache_key(&self, bundle: &ModuleBundle, input: &Value, context: &RenderContext) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            self.engine_version.as_str(),
+            bundle.digest(),
+            &input.to_string(),
+            &context.namespace,
+            &context.name,
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// The crate version plus a digest of the embedded Nickel library: a change to either
+/// invalidates cached renders.
+pub fn engine_version() -> String {
+    let mut hasher = Sha256::new();
+    for (name, source) in library_files() {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(source.as_bytes());
+        hasher.update([0]);
+    }
+    format!(
+        "{}+{}",
+        env!("CARGO_PKG_VERSION"),
+        &hex::encode(hasher.finalize())[..12]
+    )
+}
+
+fn graph_weight(graph: &RenderedGraph) -> u32 {
+    let nodes: usize = graph.nodes.iter().map(|n| n.object.to_string().len()).sum();
+    let size = nodes + graph.outputs.to_string().len() + graph.input.to_string().len();
+    u32::try_from(size).unwrap_or(u32::MAX)
+}
+
+/// Parses an evaluation result into a checked graph.
+fn finish(
+    output: Value,
+    module_digest: &str,
+    context: &RenderContext,
+) -> Result<RenderedGraph, RenderError> {
+    let raw: RawOutput =
+        serde_json::from_value(output).map_err(|e| RenderError::InvalidOutput(e.to_string()))?;
+    let mut nodes = raw.rendered.nodes;
+    for node in &mut nodes {
+        place_and_label(node, context);
+    }
+    let dag = Dag::build(&nodes)?;
+    let outputs = raw.rendered.outputs;
+    let render_hash = {
+        let canonical = json!({"nodes": nodes, "outputs": outputs}).to_string();
+        format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        )
+    };
+    Ok(RenderedGraph {
+        module: raw.metadata,
+        module_digest: module_digest.to_string(),
+        input: raw.input,
+        nodes,
+        outputs,
+        render_hash,
+        dag,
+    })
+}
+
+/// Defaults the namespace of namespaced objects to the Transform's, and adds Pequod's
+/// labels to the objects it will write (not to observed ones).
+fn place_and_label(node: &mut Node, context: &RenderContext) {
+    let namespaced = node
+        .kind()
+        .is_some_and(|kind| !CLUSTER_SCOPED_KINDS.contains(&kind));
+    let observed = node.apply_policy.mode == ApplyMode::Observe;
+    let id = node.id.clone();
+    let Some(object) = node.object.as_object_mut() else {
+        return;
+    };
+    let metadata = object
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return;
+    };
+    if namespaced && !metadata.contains_key("namespace") {
+        metadata.insert("namespace".into(), Value::String(context.namespace.clone()));
+    }
+    if observed {
+        return;
+    }
+    let labels = metadata
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(labels) = labels.as_object_mut() {
+        for (key, value) in [
+            (labels::MANAGED_BY, "pequod"),
+            (labels::TRANSFORM, context.name.as_str()),
+            (labels::RESOURCE_GRAPH, context.name.as_str()),
+            (labels::NODE_ID, id.as_str()),
+        ] {
+            labels.insert(key.to_string(), Value::String(value.to_string()));
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> RenderContext {
+        RenderContext {
+            name: "shop-api".into(),
+            namespace: "shop".into(),
+        }
+    }
+
+    fn node(value: Value) -> Node {
+        serde_json::from_value(value).expect("valid node")
+    }
+
+    #[test]
+    fn namespaced_objects_get_the_transform_namespace_and_labels() {
+        let mut n = node(json!({"id": "svc", "object": {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "labels": {"team": "a"}}}}));
+        place_and_label(&mut n, &context());
+        assert_eq!(
+            n.object["metadata"],
+            json!({"name": "web", "namespace": "shop", "labels": {
+                "team": "a",
+                "app.kubernetes.io/managed-by": "pequod",
+                "platform.pequod.io/transform": "shop-api",
+                "platform.pequod.io/resource-graph": "shop-api",
+                "platform.pequod.io/node-id": "svc"}})
+        );
+    }
+
+    #[test]
+    fn explicit_namespace_cluster_scope_and_observe_are_respected() {
+        let mut elsewhere = node(json!({"id": "a", "object": {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "other"}}}));
+        place_and_label(&mut elsewhere, &context());
+        assert_eq!(elsewhere.object["metadata"]["namespace"], "other");
+
+        let mut cluster = node(json!({"id": "b", "object": {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}}));
+        place_and_label(&mut cluster, &context());
+        assert!(cluster.object["metadata"].get("namespace").is_none());
+
+        let mut observed = node(
+            json!({"id": "c", "applyPolicy": {"mode": "Observe"}, "object": {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-app"}}}),
+        );
+        place_and_label(&mut observed, &context());
+        assert_eq!(
+            observed.object["metadata"],
+            json!({"name": "db-app", "namespace": "shop"})
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! The messages between the operator and its evaluation workers: one JSON document per
+//! line on the worker's stdin and stdout.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::EvalFailure;
+
+/// Who a render is for: merged into the module as `context`, so modules can name their
+/// namespace in outputs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RenderContext {
+    /// The Transform's name.
+    pub name: String,
+    /// The Transform's namespace.
+    pub namespace: String,
+}
+
+/// Evaluate a module with an input. The files travel with every request; a worker that
+/// already prepared `digest` ignores them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalRequest<'a> {
+    /// Content digest of the module: the key of the worker's prepared-module cache.
+    pub digest: Cow<'a, str>,
+    /// The module's files.
+    pub files: Cow<'a, BTreeMap<String, String>>,
+    /// The entrypoint file.
+    pub entrypoint: Cow<'a, str>,
+    /// The Transform's input.
+    pub input: Cow<'a, Value>,
+    /// The Transform's identity.
+    pub context: Cow<'a, RenderContext>,
+}
+
+/// The worker's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalResponse {
+    /// `{ metadata, input, rendered }`, or what went wrong.
+    pub result: Result<Value, EvalFailure>,
+    /// The worker's resident memory after the evaluation, for recycling decisions.
+    pub rss_bytes: u64,
+}

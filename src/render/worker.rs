@@ -1,0 +1,89 @@
+//! The evaluation worker: a `pequod` process started by the operator (hidden `__worker`
+//! command) that evaluates requests from stdin, one at a time, on a thread with a large
+//! stack, under an address-space limit. The parent kills it on a deadline and recycles it.
+
+use std::io::{BufRead, Write};
+
+use super::error::{EvalFailure, FailureKind};
+use super::nickel::{Evaluator, VFS_ROOT};
+use super::protocol::{EvalRequest, EvalResponse};
+use crate::module::library_files;
+
+/// Resource limits of one worker process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Address-space limit (RLIMIT_AS) in bytes.
+    pub memory_bytes: u64,
+    /// Stack size of the evaluating thread in bytes.
+    pub stack_bytes: usize,
+}
+
+/// Runs the worker loop until stdin closes. Returns an error only when the worker cannot
+/// start; evaluation errors are answered on stdout.
+pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
+    if std::path::Path::new(VFS_ROOT).exists() {
+        return Err(std::io::Error::other(format!(
+            "{VFS_ROOT} exists on this file system; refusing to evaluate modules"
+        )));
+    }
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)?;
+    rlimit::setrlimit(
+        rlimit::Resource::AS,
+        limits.memory_bytes,
+        limits.memory_bytes,
+    )?;
+    let evaluator_thread = std::thread::Builder::new()
+        .name("nickel-eval".into())
+        .stack_size(limits.stack_bytes)
+        .spawn(serve)?;
+    evaluator_thread
+        .join()
+        .map_err(|_| std::io::Error::other("evaluation thread panicked"))?
+}
+
+fn serve() -> std::io::Result<()> {
+    let library = library_files()
+        .into_iter()
+        .map(|(name, source)| (name, source.to_string()))
+        .collect();
+    let mut evaluator = Evaluator::new(library);
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = match serde_json::from_str::<EvalRequest>(&line) {
+            Ok(request) => evaluator.evaluate(&request),
+            Err(e) => Err(EvalFailure {
+                kind: FailureKind::Request,
+                message: e.to_string(),
+                path: None,
+                location: None,
+                detail: String::new(),
+            }),
+        };
+        let response = EvalResponse {
+            result,
+            rss_bytes: resident_bytes(),
+        };
+        serde_json::to_writer(&mut stdout, &response)?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// Resident set size of this process, from /proc (0 where unavailable).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

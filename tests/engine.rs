@@ -1,0 +1,360 @@
+//! The rendering engine through its library API: worker pool, imports, contracts, limits,
+//! and the rendered-graph cache.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pequod::module::ModuleBundle;
+use pequod::render::{FailureKind, PoolConfig, RenderContext, RenderError, Renderer};
+use serde_json::{Value, json};
+
+fn renderer_with(adjust: impl FnOnce(&mut PoolConfig)) -> Renderer {
+    let mut config = PoolConfig::with_program(common::pequod_bin());
+    config.workers = 1;
+    adjust(&mut config);
+    Renderer::new(config, 16 << 20)
+}
+
+fn renderer() -> Renderer {
+    renderer_with(|_| {})
+}
+
+fn context() -> RenderContext {
+    RenderContext {
+        name: "demo".into(),
+        namespace: "team-a".into(),
+    }
+}
+
+fn bundle(files: &[(&str, &str)]) -> ModuleBundle {
+    let files: BTreeMap<String, String> = files
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ModuleBundle::new(files, None).expect("valid bundle")
+}
+
+/// A module with one ConfigMap per entry of `input.keys`, importing a helper file and the
+/// library.
+const MAIN: &str = r#"
+let helpers = import "lib/helpers.ncl" in
+let ready = import "pequod/ready.ncl" in
+{
+  metadata = { name = "demo", version = "1.0.0", description = "test module" },
+  context | { name | String, namespace | String },
+  Input = {
+    name | String,
+    replicas | Number | default = 1,
+    keys | Array String | default = ["a"],
+    nested | { level | { value | String | default = "x" } } | default = { level = {} },
+  },
+  render = fun input => {
+    nodes = std.array.map (fun key => {
+      id = key,
+      object = helpers.config_map "%{input.name}-%{key}" { replicas = std.to_string input.replicas },
+      readyWhen = [ready.exists],
+    }) input.keys,
+    outputs = { where = "%{context.name}.%{context.namespace}", value = input.nested.level.value },
+  },
+}
+"#;
+
+const HELPERS: &str = r#"
+{
+  config_map = fun name data => {
+    apiVersion = "v1",
+    kind = "ConfigMap",
+    metadata = { name = name },
+    data = data,
+  },
+}
+"#;
+
+fn demo() -> ModuleBundle {
+    bundle(&[("main.ncl", MAIN), ("lib/helpers.ncl", HELPERS)])
+}
+
+async fn render_err(renderer: &Renderer, bundle: &ModuleBundle, input: Value) -> RenderError {
+    renderer
+        .render(bundle, &input, &context())
+        .await
+        .expect_err("render fails")
+}
+
+fn failure(error: RenderError) -> pequod::render::EvalFailure {
+    match error {
+        RenderError::Evaluation(failure) => failure,
+        other => panic!("expected a Nickel failure, got: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn renders_with_defaults_context_namespace_and_labels() {
+    let renderer = renderer();
+    let graph = renderer
+        .render(
+            &demo(),
+            &json!({"name": "web", "keys": ["a", "b"]}),
+            &context(),
+        )
+        .await
+        .expect("render succeeds");
+    assert_eq!(graph.module.name, "demo");
+    assert_eq!(
+        graph.input,
+        json!({"name": "web", "replicas": 1, "keys": ["a", "b"], "nested": {"level": {"value": "x"}}})
+    );
+    assert_eq!(graph.outputs, json!({"where": "demo.team-a", "value": "x"}));
+    let ids: Vec<&str> = graph.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(
+        graph.nodes[1].object,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"replicas": "1"},
+               "metadata": {"name": "web-b", "namespace": "team-a", "labels": {
+                   "app.kubernetes.io/managed-by": "pequod",
+                   "platform.pequod.io/transform": "demo",
+                   "platform.pequod.io/resource-graph": "demo",
+                   "platform.pequod.io/node-id": "b"}}})
+    );
+    assert!(graph.render_hash.starts_with("sha256:"));
+}
+
+#[tokio::test]
+async fn repeat_render_is_a_cache_hit_that_never_reaches_a_worker() {
+    let renderer = renderer();
+    let input = json!({"name": "web"});
+    let first = renderer
+        .render(&demo(), &input, &context())
+        .await
+        .expect("renders");
+    let evaluations = renderer.pool().stats().evaluations.load(Ordering::Relaxed);
+    let second = renderer
+        .render(&demo(), &input, &context())
+        .await
+        .expect("renders");
+    assert!(std::sync::Arc::ptr_eq(&first, &second));
+    assert_eq!(renderer.stats().cache_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
+        evaluations
+    );
+    // A different input or context is a different render.
+    renderer
+        .render(&demo(), &json!({"name": "other"}), &context())
+        .await
+        .expect("renders");
+    let elsewhere = RenderContext {
+        namespace: "team-b".into(),
+        ..context()
+    };
+    let moved = renderer
+        .render(&demo(), &input, &elsewhere)
+        .await
+        .expect("renders");
+    assert_eq!(moved.outputs["where"], "demo.team-b");
+    assert_eq!(renderer.stats().cache_misses.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn contract_violation_names_the_full_input_path() {
+    let renderer = renderer();
+    let f = failure(
+        render_err(
+            &renderer,
+            &demo(),
+            json!({"name": "web", "nested": {"level": {"value": 3}}}),
+        )
+        .await,
+    );
+    assert_eq!(f.kind, FailureKind::Contract);
+    assert_eq!(f.path.as_deref(), Some("input.nested.level.value"));
+    assert!(
+        f.message
+            .starts_with("contract broken by the value of `value`"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("expected `String`"), "{}", f.message);
+    assert!(
+        f.location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("spec.input.json:")),
+        "{:?}",
+        f.location
+    );
+    assert!(f.detail.contains("spec.input.json"), "{}", f.detail);
+
+    let typo = failure(render_err(&renderer, &demo(), json!({"name": "web", "replicsa": 2})).await);
+    assert_eq!(typo.kind, FailureKind::Contract);
+    assert!(
+        typo.message.contains("extra field `replicsa`"),
+        "{}",
+        typo.message
+    );
+
+    let missing = failure(render_err(&renderer, &demo(), json!({})).await);
+    assert!(
+        missing.message.contains("missing field `name`"),
+        "{}",
+        missing.message
+    );
+}
+
+#[tokio::test]
+async fn forbidden_imports_are_refused_before_evaluation() {
+    let renderer = renderer();
+    let cases = [
+        (
+            r#"{ x = import "/etc/passwd" as 'Text }"#,
+            "absolute import `/etc/passwd` is not allowed",
+        ),
+        (
+            r#"{ x = import "../x.ncl" }"#,
+            "import `../x.ncl` does not refer to a file of the module or of the pequod library",
+        ),
+        (
+            r#"{ x = import "lib/../../../etc/hostname" as 'Text }"#,
+            "import `lib/../../../etc/hostname` does not refer to a file of the module or of the pequod library",
+        ),
+        (
+            r#"{ x = import "nowhere.ncl" }"#,
+            "import `nowhere.ncl` does not refer to a file of the module or of the pequod library",
+        ),
+        (
+            r#"{ x | Dyn | default = "%{import "/etc/hostname" as 'Text}" }"#,
+            "absolute import `/etc/hostname` is not allowed",
+        ),
+        (
+            r#"{ x = fun { a ? import "/etc/hostname" } => a }"#,
+            "absolute import `/etc/hostname` is not allowed",
+        ),
+    ];
+    for (source, expected) in cases {
+        let f = failure(render_err(&renderer, &bundle(&[("main.ncl", source)]), json!({})).await);
+        assert_eq!(f.kind, FailureKind::Import, "{source}");
+        assert_eq!(f.message, expected, "{source}");
+        assert!(
+            f.location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("main.ncl:1:")),
+            "{source}: {:?}",
+            f.location
+        );
+    }
+}
+
+#[tokio::test]
+async fn syntax_and_type_errors_are_located() {
+    let renderer = renderer();
+    let syntax = failure(
+        render_err(
+            &renderer,
+            &bundle(&[("main.ncl", "{ a = 1,, }")]),
+            json!({}),
+        )
+        .await,
+    );
+    assert_eq!(syntax.kind, FailureKind::Syntax);
+    assert_eq!(syntax.location.as_deref(), Some("main.ncl:1:9"));
+
+    let typed = failure(
+        render_err(
+            &renderer,
+            &bundle(&[("main.ncl", "{ a : Number = \"text\" }")]),
+            json!({}),
+        )
+        .await,
+    );
+    assert_eq!(typed.kind, FailureKind::Type);
+    assert!(
+        typed
+            .location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("main.ncl:1:"))
+    );
+}
+
+#[tokio::test]
+async fn runaway_module_times_out_and_the_pool_recovers() {
+    let renderer = renderer_with(|c| c.timeout = Duration::from_secs(2));
+    let runaway = bundle(&[(
+        "main.ncl",
+        r#"{ metadata = { name = "x", version = "1" }, Input = {}, render = fun i => let rec f = fun n => f (n + 1) in { nodes = f 0 } }"#,
+    )]);
+    let error = render_err(&renderer, &runaway, json!({})).await;
+    assert_eq!(error.to_string(), "evaluation exceeded 2s and was stopped");
+    assert_eq!(renderer.pool().stats().killed.load(Ordering::Relaxed), 1);
+    renderer
+        .render(&demo(), &json!({"name": "after"}), &context())
+        .await
+        .expect("a new worker serves the next render");
+}
+
+#[tokio::test]
+async fn memory_hog_hits_the_memory_limit() {
+    let renderer = renderer_with(|c| {
+        c.memory_mib = 256;
+        c.timeout = Duration::from_secs(30);
+    });
+    let hog = bundle(&[(
+        "main.ncl",
+        r#"{ metadata = { name = "x", version = "1" }, Input = {}, render = fun i => let rec grow = fun s => grow (s ++ s) in { nodes = grow "0123456789abcdef" } }"#,
+    )]);
+    let error = render_err(&renderer, &hog, json!({})).await;
+    assert_eq!(
+        error.to_string(),
+        "evaluation exceeded memory limit of 256 MiB and was stopped"
+    );
+}
+
+#[tokio::test]
+async fn deep_nesting_overflows_a_worker_not_the_operator() {
+    let renderer = renderer_with(|c| c.stack_mib = 1);
+    let deep = bundle(&[(
+        "main.ncl",
+        r#"{ metadata = { name = "x", version = "1" }, Input = {}, render = fun i => { nodes = [], outputs = { deep = std.array.fold_left (fun acc _ => { next = acc }) {} (std.array.range 0 200000) } } }"#,
+    )]);
+    let error = render_err(&renderer, &deep, json!({})).await;
+    assert!(
+        matches!(error, RenderError::StackOverflow),
+        "unexpected: {error}"
+    );
+    renderer
+        .render(&demo(), &json!({"name": "after"}), &context())
+        .await
+        .expect("a new worker serves the next render");
+}
+
+#[tokio::test]
+async fn non_mapping_input_is_refused_without_evaluation() {
+    let renderer = renderer();
+    let error = render_err(&renderer, &demo(), json!(["a"])).await;
+    assert_eq!(error.to_string(), "input must be a mapping, found a list");
+    assert_eq!(
+        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn workers_are_recycled_and_operator_memory_stays_flat() {
+    let renderer = renderer_with(|c| c.max_evaluations = 50);
+    let before = pequod::render::worker::resident_bytes();
+    for i in 0..300 {
+        renderer
+            .render(&demo(), &json!({"name": format!("web-{i}")}), &context())
+            .await
+            .expect("renders");
+    }
+    let after = pequod::render::worker::resident_bytes();
+    let stats = renderer.pool().stats();
+    assert_eq!(stats.recycled.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.spawned.load(Ordering::Relaxed), 6);
+    assert!(
+        after < before + (20 << 20),
+        "operator RSS grew from {before} to {after} bytes"
+    );
+}
