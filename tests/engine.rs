@@ -64,11 +64,11 @@ let ready = import "pequod/ready.ncl" in
 
 const HELPERS: &str = r#"
 {
-  config_map = fun name data => {
+  config_map = fun cm_name entries => {
     apiVersion = "v1",
     kind = "ConfigMap",
-    metadata = { name = name },
-    data = data,
+    metadata = { name = cm_name },
+    data = entries,
   },
 }
 "#;
@@ -197,7 +197,7 @@ async fn contract_violation_names_the_full_input_path() {
 
     let missing = failure(render_err(&renderer, &demo(), json!({})).await);
     assert!(
-        missing.message.contains("missing field `name`"),
+        missing.message.contains("missing definition for `name`"),
         "{}",
         missing.message
     );
@@ -279,7 +279,11 @@ async fn syntax_and_type_errors_are_located() {
 
 #[tokio::test]
 async fn runaway_module_times_out_and_the_pool_recovers() {
-    let renderer = renderer_with(|c| c.timeout = Duration::from_secs(2));
+    // Nickel loops allocate as they go: the memory limit is raised so the deadline is hit first.
+    let renderer = renderer_with(|c| {
+        c.timeout = Duration::from_secs(2);
+        c.memory_mib = 4096;
+    });
     let runaway = bundle(&[(
         "main.ncl",
         r#"{ metadata = { name = "x", version = "1" }, Input = {}, render = fun i => let rec f = fun n => f (n + 1) in { nodes = f 0 } }"#,
@@ -312,11 +316,9 @@ async fn memory_hog_hits_the_memory_limit() {
 
 #[tokio::test]
 async fn deep_nesting_overflows_a_worker_not_the_operator() {
-    let renderer = renderer_with(|c| c.stack_mib = 1);
-    let deep = bundle(&[(
-        "main.ncl",
-        r#"{ metadata = { name = "x", version = "1" }, Input = {}, render = fun i => { nodes = [], outputs = { deep = std.array.fold_left (fun acc _ => { next = acc }) {} (std.array.range 0 200000) } } }"#,
-    )]);
+    let renderer = renderer();
+    let deep = ModuleBundle::from_dir(&common::repo().join("testdata/modules/deep"), None)
+        .expect("test module");
     let error = render_err(&renderer, &deep, json!({})).await;
     assert!(
         matches!(error, RenderError::StackOverflow),

@@ -11,13 +11,13 @@ use serde_json::Value;
 use super::schema::optional_free_form_object;
 use crate::graph::{Node, Violation};
 
-/// The graph of Kubernetes objects rendered from a Transform, executed by the operator in
-/// dependency order behind readiness gates. Written by Pequod, read by users.
+/// The rendered graph: its source, provenance, nodes and outputs.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "platform.pequod.io",
     version = "v1alpha1",
     kind = "ResourceGraph",
+    doc = "The graph of Kubernetes objects rendered from a Transform, executed in dependency order behind readiness gates, with per-node status. Written by Pequod, read by users.",
     namespaced,
     status = "ResourceGraphStatus",
     shortname = "rg",

@@ -9,13 +9,13 @@ use serde_json::Value;
 use super::schema::{free_form_object, optional_free_form_object};
 use crate::graph::Violation;
 
-/// Instantiate a platform module (postgres, webservice, ...) with an input. Pequod fetches the
-/// module, evaluates it with the input into a ResourceGraph of the same name, and executes it.
+/// Desired state of a Transform: which module to instantiate with which input.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "platform.pequod.io",
     version = "v1alpha1",
     kind = "Transform",
+    doc = "Instantiates a platform module (postgres, webservice, ...) with an input. Pequod fetches the module, evaluates it with the input into a ResourceGraph of the same name, and executes that graph.",
     namespaced,
     status = "TransformStatus",
     shortname = "tf",

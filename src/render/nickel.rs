@@ -392,15 +392,10 @@ fn failure(files: Files, error: NickelError, input: Option<&SpannedJson>) -> Eva
     } else {
         kind
     };
-    let primary = first
-        .labels
-        .iter()
-        .find(|l| l.style == LabelStyle::Primary)
-        .or_else(|| first.labels.first());
-    let location = primary.map(|l| location(&diagnostic_files, l.file_id, l.range.start));
-    let path = primary.and_then(|label| {
-        let name = diagnostic_files.name(label.file_id).to_string_lossy();
-        let in_input = name == format!("{EVAL_ROOT}/{INPUT_FILE}");
+    let anchor = anchor_label(first, &diagnostic_files);
+    let location = anchor.map(|l| location(&diagnostic_files, l.file_id, l.range.start));
+    let path = anchor.and_then(|label| {
+        let in_input = diagnostic_files.name(label.file_id) == input_file_name().as_os_str();
         input
             .filter(|_| in_input)
             .and_then(|json| json.path_at(label.range.start))
@@ -415,28 +410,65 @@ fn failure(files: Files, error: NickelError, input: Option<&SpannedJson>) -> Eva
     }
 }
 
+fn input_file_name() -> PathBuf {
+    Path::new(EVAL_ROOT).join(INPUT_FILE)
+}
+
+fn is_generated(files: &Files, file: FileId) -> bool {
+    files.name(file) == Path::new(EVAL_ROOT).join(ENTRY_FILE).as_os_str()
+}
+
+/// The label a user should look at: the primary one unless it points into the generated
+/// entry, then one in the input, then any other outside the entry.
+fn anchor_label<'d>(
+    diagnostic: &'d Diagnostic<FileId>,
+    files: &Files,
+) -> Option<&'d codespan_reporting::diagnostic::Label<FileId>> {
+    let labels = &diagnostic.labels;
+    let input = input_file_name();
+    labels
+        .iter()
+        .find(|l| l.style == LabelStyle::Primary && !is_generated(files, l.file_id))
+        .or_else(|| {
+            labels
+                .iter()
+                .find(|l| files.name(l.file_id) == input.as_os_str())
+        })
+        .or_else(|| labels.iter().find(|l| !is_generated(files, l.file_id)))
+}
+
 /// The diagnostic's message, the contract that was expected (when a label points at it),
 /// and its notes, on one line.
 fn one_line(diagnostic: &Diagnostic<FileId>, files: &Files) -> String {
-    let mut parts = vec![diagnostic.message.trim().to_string()];
+    let message: Vec<&str> = diagnostic
+        .message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut parts = vec![message.join(": ")];
     for label in &diagnostic.labels {
         if label.style == LabelStyle::Secondary && label.message.contains("expected type") {
             let source = files.source(label.file_id);
             if let Some(contract) = source.get(label.range.clone()) {
-                parts.push(format!(
-                    "expected `{}` ({})",
-                    contract.trim(),
-                    location(files, label.file_id, label.range.start)
-                ));
+                let contract = contract.trim();
+                parts.push(if is_generated(files, label.file_id) {
+                    format!("expected `{contract}`")
+                } else {
+                    let at = location(files, label.file_id, label.range.start);
+                    format!("expected `{contract}` ({at})")
+                });
             }
         }
     }
+    // The first note is the hint ("Have you misspelled a field?"); later ones are advice
+    // for module authors that the full report keeps.
     parts.extend(
         diagnostic
             .notes
             .iter()
             .map(|n| n.trim().replace('\n', " "))
-            .filter(|n| !n.is_empty()),
+            .find(|n| !n.is_empty()),
     );
     shorten_paths(&parts.join("; "))
 }

@@ -196,6 +196,8 @@ impl WorkerPool {
             .arg("--stack-mib")
             .arg(self.config.stack_mib.to_string())
             .env("MALLOC_ARENA_MAX", "2")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,7 +305,9 @@ impl Worker {
             .lock()
             .map(|mut tail| String::from_utf8_lossy(tail.make_contiguous()).into_owned())
             .unwrap_or_default();
-        Some(if stderr.contains("memory allocation of") {
+        let out_of_memory = stderr.contains(super::worker::OUT_OF_MEMORY)
+            || stderr.contains("memory allocation of");
+        Some(if out_of_memory {
             RenderError::MemoryLimit(memory_mib)
         } else if stderr.contains("overflowed its stack") {
             RenderError::StackOverflow

@@ -9,6 +9,9 @@ use super::nickel::{Evaluator, VFS_ROOT};
 use super::protocol::{EvalRequest, EvalResponse};
 use crate::module::library_files;
 
+/// The line a worker writes on stderr before exiting when memory ran out.
+pub const OUT_OF_MEMORY: &str = "pequod worker: out of memory";
+
 /// Resource limits of one worker process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerLimits {
@@ -26,6 +29,17 @@ pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
             "{VFS_ROOT} exists on this file system; refusing to evaluate modules"
         )));
     }
+    // The default hook captures a backtrace, which allocates: after an allocation failure
+    // that can hang the process instead of letting it report and exit.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic");
+        let _ = writeln!(std::io::stderr(), "pequod worker panic: {message}");
+    }));
     rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)?;
     rlimit::setrlimit(
         rlimit::Resource::AS,
@@ -42,11 +56,11 @@ pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
 }
 
 fn serve() -> std::io::Result<()> {
-    let library = library_files()
+    let library: std::collections::BTreeMap<String, String> = library_files()
         .into_iter()
         .map(|(name, source)| (name, source.to_string()))
         .collect();
-    let mut evaluator = Evaluator::new(library);
+    let mut evaluator = Evaluator::new(library.clone());
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -55,7 +69,29 @@ fn serve() -> std::io::Result<()> {
             continue;
         }
         let result = match serde_json::from_str::<EvalRequest>(&line) {
-            Ok(request) => evaluator.evaluate(&request),
+            Ok(request) => {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    evaluator.evaluate(&request)
+                }));
+                outcome.unwrap_or_else(|panic| {
+                    let message = panic_message(&panic);
+                    if message.contains("out of memory") {
+                        // Nickel panics when its allocator fails: the address-space limit was
+                        // reached. The parent reads this line and reports the memory limit.
+                        eprintln!("{OUT_OF_MEMORY}");
+                        std::process::exit(70);
+                    }
+                    // The interpreter's state is unknown after a panic: start afresh.
+                    evaluator = Evaluator::new(library.clone());
+                    Err(EvalFailure {
+                        kind: FailureKind::Evaluation,
+                        message: format!("the Nickel interpreter failed: {message}"),
+                        path: None,
+                        location: None,
+                        detail: String::new(),
+                    })
+                })
+            }
             Err(e) => Err(EvalFailure {
                 kind: FailureKind::Request,
                 message: e.to_string(),
@@ -73,6 +109,14 @@ fn serve() -> std::io::Result<()> {
         stdout.flush()?;
     }
     Ok(())
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 /// Resident set size of this process, from /proc (0 where unavailable).
