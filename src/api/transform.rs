@@ -20,23 +20,9 @@ use crate::graph::Violation;
     status = "TransformStatus",
     shortname = "tf",
     category = "pequod",
-    printcolumn(
-        name = "Module",
-        type_ = "string",
-        json_path = ".spec.moduleRef.ref",
-        description = "The module reference"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether every object of the graph is ready"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name": "Module", "type": "string", "jsonPath": ".spec.moduleRef.ref", "description": "The module reference"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Whether every object of the graph is ready"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TransformSpec {

@@ -3,6 +3,7 @@
 mod bench;
 mod output;
 mod render;
+mod yaml;
 
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn print_crds() -> Result<(), CliError> {
     let mut out = String::new();
     for crd in crate::api::crds() {
-        let yaml = serde_yaml::to_string(&crd)
+        let yaml = yaml::to_string(&crd)
             .map_err(|e| CliError::new(1, format!("cannot serialize CRD: {e}")))?;
         out.push_str("---\n");
         out.push_str(&yaml);

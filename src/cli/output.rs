@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::yaml;
 use crate::api::{
     API_VERSION, GraphMetadata, ResourceGraph, ResourceGraphSpec, SourceRef, Transform,
 };
@@ -44,7 +45,7 @@ pub fn print_graph(
     format: OutputFormat,
 ) -> Result<String, PrintError> {
     Ok(match format {
-        OutputFormat::Yaml => serde_yaml::to_string(&resource_graph(transform, graph))?,
+        OutputFormat::Yaml => yaml::to_string(&resource_graph(transform, graph))?,
         OutputFormat::Json => {
             let mut text = serde_json::to_string_pretty(&resource_graph(transform, graph))?;
             text.push('\n');
@@ -108,13 +109,14 @@ fn manifests(graph: &RenderedGraph) -> Result<String, serde_yaml::Error> {
         }
         out.push_str("---\n");
         let _ = writeln!(out, "# node: {}", node.id);
-        out.push_str(&serde_yaml::to_string(&node.object)?);
+        out.push_str(&yaml::to_string(&node.object)?);
     }
     Ok(out)
 }
 
 fn dot(transform: &Transform, graph: &RenderedGraph) -> String {
-    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let quote = |s: &str| format!("\"{}\"", escape(s));
     let name = transform.metadata.name.as_deref().unwrap_or("graph");
     let mut out = format!(
         "digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n",
@@ -128,9 +130,10 @@ fn dot(transform: &Transform, graph: &RenderedGraph) -> String {
         };
         let _ = writeln!(
             out,
-            "  {} [label={}{style}];",
+            "  {} [label=\"{}\\n{}\"{style}];",
             quote(&node.id),
-            quote(&format!("{}\\n{}", node.id, node.describe()))
+            escape(&node.id),
+            escape(&node.describe())
         );
     }
     for node in &graph.nodes {

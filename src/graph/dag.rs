@@ -27,9 +27,9 @@ pub enum IntegrityError {
         target: String,
     },
     /// The dependencies form a cycle.
-    #[error("dependency cycle: {}", .path.join(" -> "))]
+    #[error("dependency cycle: {} (each node depends on the next)", .path.join(" -> "))]
     Cycle {
-        /// The cycle, first node repeated at the end.
+        /// The cycle, each node depending on the next, the first repeated at the end.
         path: Vec<String>,
     },
     /// A required field of the object is missing or empty.
@@ -242,8 +242,8 @@ fn find_cycle(graph: &DiGraph<String, ()>) -> Vec<String> {
     Vec::new()
 }
 
-/// Depth-first search inside one strongly connected component from `start` back to itself,
-/// visiting neighbours in id order.
+/// Depth-first search inside one strongly connected component from `start` back to itself
+/// along "depends on" edges, visiting dependencies in id order.
 fn path_back_to(
     graph: &DiGraph<String, ()>,
     start: NodeIndex,
@@ -251,7 +251,7 @@ fn path_back_to(
 ) -> Option<Vec<NodeIndex>> {
     let sorted_neighbors = |node: NodeIndex| {
         let mut next: Vec<NodeIndex> = graph
-            .neighbors(node)
+            .neighbors_directed(node, petgraph::Direction::Incoming)
             .filter(|n| members.contains(n))
             .collect();
         next.sort_by(|a, b| graph[*a].cmp(&graph[*b]));
@@ -341,7 +341,7 @@ mod tests {
         ];
         assert_eq!(
             errors(&nodes),
-            vec!["dependency cycle: cache -> web -> db -> cache"]
+            vec!["dependency cycle: cache -> web -> db -> cache (each node depends on the next)"]
         );
     }
 
@@ -349,7 +349,7 @@ mod tests {
     fn self_dependency_is_a_cycle() {
         assert_eq!(
             errors(&[node("a", &["a"])]),
-            vec!["dependency cycle: a -> a"]
+            vec!["dependency cycle: a -> a (each node depends on the next)"]
         );
     }
 

@@ -38,6 +38,13 @@ pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("panic");
+        if message.contains("out of memory") {
+            // Nickel panics when its allocator fails: the address-space limit was reached.
+            // Unwinding in that state can fail in turn, so the worker stops here; the parent
+            // reads this line and reports the memory limit.
+            let _ = writeln!(std::io::stderr(), "{OUT_OF_MEMORY}");
+            std::process::abort();
+        }
         let _ = writeln!(std::io::stderr(), "pequod worker panic: {message}");
     }));
     rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)?;
@@ -74,18 +81,14 @@ fn serve() -> std::io::Result<()> {
                     evaluator.evaluate(&request)
                 }));
                 outcome.unwrap_or_else(|panic| {
-                    let message = panic_message(&panic);
-                    if message.contains("out of memory") {
-                        // Nickel panics when its allocator fails: the address-space limit was
-                        // reached. The parent reads this line and reports the memory limit.
-                        eprintln!("{OUT_OF_MEMORY}");
-                        std::process::exit(70);
-                    }
                     // The interpreter's state is unknown after a panic: start afresh.
                     evaluator = Evaluator::new(library.clone());
                     Err(EvalFailure {
                         kind: FailureKind::Evaluation,
-                        message: format!("the Nickel interpreter failed: {message}"),
+                        message: format!(
+                            "the Nickel interpreter failed: {}",
+                            panic_message(&panic)
+                        ),
                         path: None,
                         location: None,
                         detail: String::new(),

@@ -1,0 +1,122 @@
+//! YAML output that YAML 1.1 readers (kubectl, go-yaml v2) read back as the same strings.
+//!
+//! serde_yaml writes YAML 1.2, where `on`, `off`, `yes`, `no`, `y` and `n` are plain
+//! strings and so are left unquoted. kubectl parses YAML 1.1, where they are booleans: a
+//! PostgreSQL parameter `wal_compression: on` would reach the API server as `true`. Such
+//! scalars are quoted here.
+
+use serde::Serialize;
+
+/// Scalars that YAML 1.1 resolves to booleans.
+const YAML11_BOOLEANS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Serializes `value` as YAML, quoting the scalars YAML 1.1 would read as booleans.
+pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
+    Ok(quote_yaml11_booleans(&serde_yaml::to_string(value)?))
+}
+
+fn quote(token: &str) -> String {
+    format!("'{token}'")
+}
+
+fn is_ambiguous(token: &str) -> bool {
+    YAML11_BOOLEANS.contains(&token)
+}
+
+/// Rewrites plain scalars in key and value positions of serde_yaml's block output. Lines
+/// inside block scalars (`|`, `>`) are content and left alone.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    let mut block_indent: Option<usize> = None;
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let indent = body.len() - body.trim_start().len();
+        if let Some(parent) = block_indent {
+            if body.trim().is_empty() || indent > parent {
+                out.push_str(line);
+                continue;
+            }
+            block_indent = None;
+        }
+        let rewritten = rewrite_line(body);
+        let trimmed = rewritten.trim_end();
+        if trimmed.ends_with('|')
+            || trimmed.ends_with("|-")
+            || trimmed.ends_with("|+")
+            || trimmed.ends_with('>')
+            || trimmed.ends_with(">-")
+        {
+            block_indent = Some(indent);
+        }
+        out.push_str(&rewritten);
+        if line.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn rewrite_line(body: &str) -> String {
+    let indent = body.len() - body.trim_start().len();
+    let (prefix, mut rest) = body.split_at(indent);
+    let mut out = prefix.to_string();
+    while let Some(item) = rest.strip_prefix("- ") {
+        out.push_str("- ");
+        rest = item;
+    }
+    if is_ambiguous(rest) {
+        out.push_str(&quote(rest));
+        return out;
+    }
+    let (key, value) = match rest.split_once(": ") {
+        Some((key, value)) => (key, Some(value)),
+        None => (rest.strip_suffix(':').unwrap_or(rest), None),
+    };
+    let key_is_plain = !key.starts_with(['\'', '"']);
+    if key_is_plain && is_ambiguous(key) {
+        out.push_str(&quote(key));
+    } else {
+        out.push_str(key);
+    }
+    match value {
+        Some(value) => {
+            out.push_str(": ");
+            if is_ambiguous(value) {
+                out.push_str(&quote(value));
+            } else {
+                out.push_str(value);
+            }
+        }
+        None if rest.ends_with(':') => out.push(':'),
+        None => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn yaml11_booleans_are_quoted_everywhere_but_block_content() {
+        let value = json!({
+            "parameters": {"wal_compression": "on", "fsync": "off", "shared_buffers": "128MB"},
+            "on": "trigger",
+            "list": ["yes", "n", "maybe", "true"],
+            "nested": [{"value": "Y"}],
+            "script": "line one\n  on\nno\n",
+            "after": "no",
+        });
+        let yaml = to_string(&value).expect("serializable");
+        assert_eq!(
+            yaml,
+            "after: 'no'\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\nscript: |\n  line one\n    on\n  no\n"
+        );
+        let back: serde_json::Value = serde_yaml::from_str(&yaml).expect("valid YAML");
+        assert_eq!(back, value);
+    }
+}

@@ -1,0 +1,257 @@
+//! `pequod render` with bad input of every kind: the exit code and the exact first line of
+//! the error, never a panic.
+
+mod common;
+
+use std::io::Write;
+
+/// Runs pequod and returns (exit code, first stderr line, whole stderr).
+fn failing(args: &[&str]) -> (i32, String, String) {
+    let out = common::pequod(args);
+    assert!(
+        !out.status.success(),
+        "pequod {args:?} unexpectedly succeeded"
+    );
+    assert!(out.stdout.is_empty(), "nothing on stdout when failing");
+    let stderr = String::from_utf8(out.stderr).expect("utf-8");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let first = stderr.lines().next().unwrap_or("").to_string();
+    (out.status.code().unwrap_or(-1), first, stderr)
+}
+
+fn module_case(module: &str, extra: &[&str]) -> (i32, String, String) {
+    let dir = format!("testdata/modules/{module}");
+    let mut args = vec![
+        "render",
+        "-f",
+        "testdata/modules/transform.yaml",
+        "--module-dir",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    failing(&args)
+}
+
+#[test]
+fn contract_violations_name_the_input_field_and_the_contract() {
+    let cases = [
+        (
+            "webservice-replicas-string",
+            "error: render failed: contract violation at input.replicas: contract broken by the value of `replicas`: replicas must be an integer between 0 and 1000, got \"three\"; expected `k8s.IntBetween \"replicas\" 0 1000` (main.ncl:40:9) (spec.input.json:4:15)",
+        ),
+        (
+            "webservice-latest-image",
+            "error: render failed: contract violation at input.image: contract broken by the value of `image`: image must be pinned to a tag or digest, not `latest` (got \"ghcr.io/acme/shop-api:latest\"); expected `k8s.PinnedImage` (main.ncl:26:9) (spec.input.json:2:12)",
+        ),
+        (
+            "webservice-unknown-field",
+            "error: render failed: contract violation at input: contract broken by a value: extra field `replicsa`; expected `module.Input`; Have you misspelled a field? (spec.input.json:1:1)",
+        ),
+        (
+            "postgres-bad-version",
+            "error: render failed: contract violation at input.version: contract broken by the value of `version`: version must be a supported PostgreSQL major version, one of 14, 15, 16, 17, 18, got 12; expected `tables.Version` (main.ncl:51:9) (spec.input.json:3:14)",
+        ),
+    ];
+    for (name, expected) in cases {
+        let file = format!("testdata/transforms/bad/{name}.yaml");
+        let (code, first, stderr) = failing(&["render", "-f", &file]);
+        assert_eq!(code, 1, "{name}");
+        assert_eq!(first, expected, "{name}");
+        // The full Nickel report follows, with the offending input line.
+        assert!(stderr.contains("┌─ spec.input.json:"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn broken_modules_fail_with_located_errors() {
+    let cases = [
+        (
+            "cyclic",
+            "error: render failed: graph integrity: dependency cycle: a -> b -> c -> a (each node depends on the next)",
+        ),
+        (
+            "import-abs",
+            "error: render failed: forbidden import: absolute import `/etc/passwd` is not allowed (main.ncl:17:65)",
+        ),
+        (
+            "import-dotdot",
+            "error: render failed: forbidden import: import `../x.ncl` does not refer to a file of the module or of the pequod library (main.ncl:17:65)",
+        ),
+        (
+            "syntax-error",
+            "error: render failed: syntax error: unexpected token (main.ncl:17:5)",
+        ),
+        (
+            "missing-name",
+            "error: render failed: graph integrity: node `config`: object has no metadata.name",
+        ),
+        (
+            "duplicate-id",
+            "error: render failed: graph integrity: duplicate node id `config`",
+        ),
+        (
+            "unknown-dep",
+            "error: render failed: graph integrity: node `config` depends on unknown node `missing`",
+        ),
+    ];
+    for (module, expected) in cases {
+        let (code, first, _) = module_case(module, &[]);
+        assert_eq!((code, first.as_str()), (1, expected), "{module}");
+    }
+}
+
+#[test]
+fn runaway_modules_are_stopped_by_the_sandbox() {
+    let (code, first, _) = module_case(
+        "runaway",
+        &["--eval-timeout", "2s", "--eval-memory", "4096"],
+    );
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            1,
+            "error: render failed: evaluation exceeded 2s and was stopped"
+        )
+    );
+    let (code, first, _) = module_case("hog", &["--eval-memory", "256"]);
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            1,
+            "error: render failed: evaluation exceeded memory limit of 256 MiB and was stopped"
+        )
+    );
+    let (code, first, _) = module_case("deep", &["--eval-timeout", "60s"]);
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            1,
+            "error: render failed: evaluation overflowed the stack (a value or a recursion nested too deeply)"
+        )
+    );
+}
+
+fn temp_transform(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp file");
+    file.write_all(text.as_bytes()).expect("written");
+    file
+}
+
+#[test]
+fn unreadable_or_invalid_transform_files_exit_3() {
+    let (code, first, _) = failing(&["render", "-f", "testdata/transforms/absent.yaml"]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        first,
+        "error: cannot read testdata/transforms/absent.yaml: No such file or directory (os error 2)"
+    );
+
+    let broken = temp_transform("apiVersion: [unclosed\n");
+    let path = broken.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(code, 3);
+    assert!(
+        first.starts_with(&format!("error: {path}: invalid YAML: ")),
+        "{first}"
+    );
+
+    let wrong_kind = temp_transform("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+    let path = wrong_kind.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        first,
+        format!(
+            "error: {path}: expected a Transform (platform.pequod.io/v1alpha1), found kind `ConfigMap` apiVersion `v1`"
+        )
+    );
+
+    let no_module = temp_transform(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: x}\nspec:\n  input: {}\n",
+    );
+    let path = no_module.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(code, 3);
+    assert!(
+        first.starts_with(&format!(
+            "error: {path}: invalid Transform: spec: missing field `moduleRef`"
+        )),
+        "{first}"
+    );
+}
+
+#[test]
+fn unresolvable_modules_exit_4() {
+    let unknown = temp_transform(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: x}\nspec:\n  moduleRef: {type: embedded, ref: mysql}\n",
+    );
+    let path = unknown.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            4,
+            "error: module: unknown embedded module `mysql` (available: postgres, webservice)"
+        )
+    );
+    let (code, first, _) = failing(&[
+        "render",
+        "-f",
+        "testdata/modules/transform.yaml",
+        "--module-dir",
+        "testdata/modules/absent",
+    ]);
+    assert_eq!(code, 4);
+    assert_eq!(
+        first,
+        "error: module: cannot read testdata/modules/absent: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn inline_modules_render_and_input_must_be_a_mapping() {
+    let inline = temp_transform(
+        r#"apiVersion: platform.pequod.io/v1alpha1
+kind: Transform
+metadata: {name: notes, namespace: docs}
+spec:
+  moduleRef:
+    type: inline
+    ref: |
+      let ready = import "pequod/ready.ncl" in
+      {
+        metadata = { name = "notes", version = "1.0.0" },
+        context | { name | String, namespace | String },
+        Input = { text | String },
+        render = fun input => {
+          nodes = [{ id = "cm", object = { apiVersion = "v1", kind = "ConfigMap",
+                     metadata.name = context.name, data.text = input.text },
+                     readyWhen = [ready.exists] }],
+        },
+      }
+  input: {text: hello}
+"#,
+    );
+    let path = inline.path().display().to_string();
+    let out = common::pequod_ok(&["render", "-f", &path, "-o", "manifests"]);
+    let objects = common::yaml_documents(&out);
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0]["metadata"]["namespace"], "docs");
+    assert_eq!(objects[0]["data"]["text"], "hello");
+
+    let list_input = temp_transform(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: x}\nspec:\n  moduleRef: {type: embedded, ref: webservice}\n  input: [a]\n",
+    );
+    let path = list_input.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            1,
+            "error: render failed: input must be a mapping, found a list"
+        )
+    );
+}

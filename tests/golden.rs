@@ -1,0 +1,143 @@
+//! Golden renders: every Transform under `testdata/transforms/` rendered with the real
+//! binary, compared byte for byte with `golden/`. `UPDATE_GOLDEN=1 cargo test --test golden`
+//! rewrites the files; review the diff. Every rendered object is also validated against the
+//! strict JSON Schema of its kind from `../shared/data`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn transforms() -> Vec<PathBuf> {
+    let dir = common::repo().join("testdata/transforms");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("testdata/transforms")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(common::repo())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Compares `actual` with the golden file, or rewrites it under `UPDATE_GOLDEN=1`.
+fn check_golden(name: &str, actual: &str) -> Option<String> {
+    let path = common::repo().join("golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("golden dir")).expect("golden dir");
+        std::fs::write(&path, actual).expect("golden written");
+        return None;
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(expected) if expected == actual => None,
+        Ok(_) => Some(format!(
+            "{name} differs from the render (UPDATE_GOLDEN=1 to accept)"
+        )),
+        Err(_) => Some(format!("{name} is missing (UPDATE_GOLDEN=1 to create)")),
+    }
+}
+
+#[test]
+fn renders_match_golden_files() {
+    let mut problems = Vec::new();
+    for transform in transforms() {
+        let file = relative(&transform);
+        let stem = transform
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("file name");
+        for (format, suffix) in [("yaml", "yaml"), ("manifests", "manifests.yaml")] {
+            let out = common::pequod_ok(&["render", "-f", &file, "-o", format]);
+            problems.extend(check_golden(&format!("{stem}.{suffix}"), &out));
+        }
+    }
+    for (format, suffix) in [("dot", "dot"), ("mermaid", "mmd"), ("json", "json")] {
+        let out = common::pequod_ok(&[
+            "render",
+            "-f",
+            "testdata/transforms/webservice.yaml",
+            "-o",
+            format,
+        ]);
+        problems.extend(check_golden(&format!("webservice.{suffix}"), &out));
+    }
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[test]
+fn every_rendered_object_validates_against_its_strict_schema() {
+    let mut problems = Vec::new();
+    for transform in transforms() {
+        let file = relative(&transform);
+        let out = common::pequod_ok(&["render", "-f", &file, "-o", "manifests"]);
+        let objects = common::yaml_documents(&out);
+        assert!(!objects.is_empty(), "{file} renders objects");
+        for object in objects {
+            for error in common::schema_errors(&object) {
+                problems.push(format!(
+                    "{file}: {} {}: {error}",
+                    object["kind"], object["metadata"]["name"]
+                ));
+            }
+        }
+    }
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[test]
+fn json_and_yaml_outputs_carry_the_same_graph() {
+    let yaml = common::pequod_ok(&["render", "-f", "testdata/transforms/webservice.yaml"]);
+    let json = common::pequod_ok(&[
+        "render",
+        "-f",
+        "testdata/transforms/webservice.yaml",
+        "-o",
+        "json",
+    ]);
+    let from_yaml: Value = serde_yaml::from_str(&yaml).expect("YAML");
+    let from_json: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(from_yaml, from_json);
+}
+
+#[test]
+fn webservice_deployment_waits_for_its_service_account() {
+    let out = common::pequod_ok(&["render", "-f", "testdata/transforms/webservice.yaml"]);
+    let graph: Value = serde_yaml::from_str(&out).expect("ResourceGraph YAML");
+    assert_eq!(graph["kind"], "ResourceGraph");
+    let nodes = graph["spec"]["nodes"].as_array().expect("nodes");
+    let summary: Vec<(String, String, Value)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or("").to_string(),
+                n["object"]["kind"].as_str().unwrap_or("").to_string(),
+                n.get("dependsOn").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "serviceaccount".into(),
+                "ServiceAccount".into(),
+                Value::Null
+            ),
+            (
+                "deployment".into(),
+                "Deployment".into(),
+                serde_json::json!(["serviceaccount"])
+            ),
+            ("service".into(), "Service".into(), Value::Null),
+        ]
+    );
+}
