@@ -33,9 +33,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
     let bundle = resolve_local(&transform.spec.module_ref, args.module_dir.as_deref())
         .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
-    let mut config = args.eval.pool_config()?;
-    config.workers = 1;
-    let renderer = Renderer::new(config, DEFAULT_CACHE_BYTES);
+    let renderer = Renderer::new(args.eval.pool_config()?, DEFAULT_CACHE_BYTES);
     let context = RenderContext {
         name: transform.metadata.name.clone().unwrap_or_default(),
         namespace: transform
