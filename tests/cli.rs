@@ -255,3 +255,61 @@ spec:
         )
     );
 }
+
+#[test]
+fn entrypoint_and_digest_pins_are_honoured() {
+    let digest_of = |args: &[&str]| {
+        let out = common::pequod_ok(args);
+        let graph: serde_json::Value = serde_yaml::from_str(&out).expect("YAML");
+        graph["spec"]["metadata"]["moduleDigest"]
+            .as_str()
+            .expect("digest")
+            .to_string()
+    };
+    let digest = digest_of(&["render", "-f", "testdata/transforms/webservice.yaml"]);
+    let pinned = temp_transform(&format!(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {{name: shop-api, namespace: shop}}\nspec:\n  moduleRef: {{type: embedded, ref: webservice, digest: \"{digest}\"}}\n  input: {{name: shop-api, image: ghcr.io/acme/shop-api:1.4.2}}\n"
+    ));
+    let path = pinned.path().display().to_string();
+    assert_eq!(digest_of(&["render", "-f", &path]), digest);
+
+    let tampered = temp_transform(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: x}\nspec:\n  moduleRef: {type: embedded, ref: webservice, digest: \"sha256:0000\"}\n  input: {}\n",
+    );
+    let path = tampered.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(code, 4);
+    assert_eq!(
+        first,
+        format!(
+            "error: module: module digest {digest} does not match the pinned digest sha256:0000"
+        )
+    );
+
+    let entry = temp_transform(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: x}\nspec:\n  moduleRef: {type: embedded, ref: webservice, entrypoint: start.ncl}\n  input: {}\n",
+    );
+    let path = entry.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path]);
+    assert_eq!(
+        (code, first.as_str()),
+        (4, "error: module: module has no entrypoint `start.ncl`")
+    );
+}
+
+#[test]
+fn a_closed_output_pipe_is_not_an_error() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::pequod_bin())
+        .args(["render", "-f", "testdata/transforms/webservice.yaml"])
+        .current_dir(common::repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pequod starts");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("pequod ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

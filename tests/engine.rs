@@ -123,6 +123,74 @@ async fn renders_with_defaults_context_namespace_and_labels() {
 }
 
 #[tokio::test]
+async fn deterministic_failures_are_cached_and_concurrent_renders_coalesce() {
+    let renderer = renderer();
+    let bad = json!({"name": "web", "replicas": "three"});
+    let first = render_err(&renderer, &demo(), bad.clone()).await;
+    let second = render_err(&renderer, &demo(), bad).await;
+    assert_eq!(first.to_string(), second.to_string());
+    assert_eq!(
+        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(renderer.stats().cache_hits.load(Ordering::Relaxed), 1);
+
+    let (input, module, ctx) = (json!({"name": "together"}), demo(), context());
+    let (a, b, c) = tokio::join!(
+        renderer.render(&module, &input, &ctx),
+        renderer.render(&module, &input, &ctx),
+        renderer.render(&module, &input, &ctx),
+    );
+    for graph in [a, b, c] {
+        assert_eq!(
+            graph.expect("renders").nodes[0].object["metadata"]["name"],
+            "together-a"
+        );
+    }
+    assert_eq!(
+        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
+        2
+    );
+}
+
+/// A caller that gives up mid-evaluation must not leave its reply for the next request.
+#[tokio::test]
+async fn abandoned_renders_do_not_leak_replies_into_later_ones() {
+    let renderer = renderer();
+    for i in 0..5 {
+        let abandoned = json!({"name": format!("abandoned-{i}")});
+        let _ = tokio::time::timeout(
+            Duration::from_millis(5),
+            renderer.render(&demo(), &abandoned, &context()),
+        )
+        .await;
+        let wanted = format!("wanted-{i}");
+        let graph = renderer
+            .render(&demo(), &json!({"name": wanted}), &context())
+            .await
+            .expect("renders");
+        assert_eq!(
+            graph.nodes[0].object["metadata"]["name"],
+            format!("{wanted}-a")
+        );
+    }
+}
+
+#[tokio::test]
+async fn workers_are_recycled_when_their_address_space_grows() {
+    let renderer = renderer_with(|c| c.recycle_at_percent = 1);
+    for i in 0..3 {
+        renderer
+            .render(&demo(), &json!({"name": format!("web-{i}")}), &context())
+            .await
+            .expect("renders");
+    }
+    let stats = renderer.pool().stats();
+    assert_eq!(stats.recycled.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.spawned.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
 async fn repeat_render_is_a_cache_hit_that_never_reaches_a_worker() {
     let renderer = renderer();
     let input = json!({"name": "web"});
@@ -231,10 +299,23 @@ async fn forbidden_imports_are_refused_before_evaluation() {
             r#"{ x = fun { a ? import "/etc/hostname" } => a }"#,
             "absolute import `/etc/hostname` is not allowed",
         ),
+        (
+            r#"{ x = import somepkg }"#,
+            "package import `somepkg` is not allowed",
+        ),
+        (
+            r#"{ x = import "data.yaml" as 'Text }"#,
+            "import `data.yaml` does not refer to a file of the module or of the pequod library",
+        ),
+        (
+            r#"{ x = import "lib" }"#,
+            "import `lib` does not refer to a file of the module or of the pequod library",
+        ),
     ];
     for (source, expected) in cases {
-        let f = failure(render_err(&renderer, &bundle(&[("main.ncl", source)]), json!({})).await);
-        assert_eq!(f.kind, FailureKind::Import, "{source}");
+        let module = bundle(&[("main.ncl", source), ("data.yaml", "a: 1\n")]);
+        let f = failure(render_err(&renderer, &module, json!({})).await);
+        assert_eq!(f.kind, FailureKind::ForbiddenImport, "{source}");
         assert_eq!(f.message, expected, "{source}");
         assert!(
             f.location
@@ -242,6 +323,26 @@ async fn forbidden_imports_are_refused_before_evaluation() {
                 .is_some_and(|l| l.starts_with("main.ncl:1:")),
             "{source}: {:?}",
             f.location
+        );
+    }
+}
+
+/// Syntax the static walk does not visit (let patterns, record includes) is caught after
+/// resolution, before anything is evaluated.
+#[tokio::test]
+async fn imports_hidden_from_the_static_walk_are_refused() {
+    let renderer = renderer();
+    let hidden = [
+        r#"let { t ? import "/etc/hostname" as 'Text } = {} in { x = t }"#,
+        r#"let y = 1 in { include y | std.contract.from_predicate (fun v => (import "/etc/hostname" as 'Text) == "") }"#,
+    ];
+    for source in hidden {
+        let f = failure(render_err(&renderer, &bundle(&[("main.ncl", source)]), json!({})).await);
+        assert_eq!(f.kind, FailureKind::ForbiddenImport, "{source}: {f}");
+        assert_eq!(
+            f.message,
+            "import `/etc/hostname` does not refer to a file of the module or of the pequod library",
+            "{source}"
         );
     }
 }
@@ -290,7 +391,7 @@ async fn runaway_module_times_out_and_the_pool_recovers() {
     )]);
     let error = render_err(&renderer, &runaway, json!({})).await;
     assert_eq!(error.to_string(), "evaluation exceeded 2s and was stopped");
-    assert_eq!(renderer.pool().stats().killed.load(Ordering::Relaxed), 1);
+    assert_eq!(renderer.pool().stats().failed.load(Ordering::Relaxed), 1);
     renderer
         .render(&demo(), &json!({"name": "after"}), &context())
         .await

@@ -14,10 +14,6 @@ pub use transform::{
     PolicyOverride, ResolvedModule, Transform, TransformSpec, TransformStatus,
 };
 
-/// API group of both resources.
-pub const GROUP: &str = "platform.pequod.io";
-/// API version of both resources.
-pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` string of both resources.
 pub const API_VERSION: &str = "platform.pequod.io/v1alpha1";
 

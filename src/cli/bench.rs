@@ -14,7 +14,7 @@ use super::{CliError, EvalArgs, exit};
 use crate::module::{ModuleBundle, embedded_module, library_files};
 use crate::render::nickel::entry_source;
 use crate::render::worker::resident_bytes;
-use crate::render::{RenderContext, Renderer};
+use crate::render::{DEFAULT_CACHE_BYTES, RenderContext, Renderer};
 
 /// Flags of `pequod bench`.
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ fn context() -> RenderContext {
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let bundle = embedded_module(MODULE)
         .ok_or_else(|| CliError::new(exit::MODULE_UNAVAILABLE, "no embedded webservice"))?;
-    let renderer = Arc::new(Renderer::new(args.eval.pool_config()?, 16 << 20));
+    let renderer = Arc::new(Renderer::new(args.eval.pool_config()?, DEFAULT_CACHE_BYTES));
     let samples = args.samples.max(1);
     println!(
         "pequod bench: module {MODULE}, {samples} samples, {} workers, {} cores",
@@ -100,7 +100,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         tasks.spawn(async move { render(&renderer, &bundle, &input(2_000_000 + i)).await });
     }
     while let Some(result) = tasks.join_next().await {
-        result.map_err(|e| CliError::new(1, e.to_string()))??;
+        result.map_err(|e| CliError::new(exit::INTERNAL, e.to_string()))??;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -129,7 +129,8 @@ fn module_variant(bundle: &ModuleBundle, i: usize) -> Result<ModuleBundle, CliEr
     if let Some(main) = files.get_mut(bundle.entrypoint()) {
         main.push_str(&format!("\n# variant {i}\n"));
     }
-    ModuleBundle::new(files, Some(bundle.entrypoint())).map_err(|e| CliError::new(1, e.to_string()))
+    ModuleBundle::new(files, Some(bundle.entrypoint()))
+        .map_err(|e| CliError::new(exit::INTERNAL, e.to_string()))
 }
 
 fn nickel_baseline(
@@ -137,15 +138,11 @@ fn nickel_baseline(
     bundle: &ModuleBundle,
     samples: usize,
 ) -> Result<(), CliError> {
-    let fail = |e: std::io::Error| CliError::new(1, format!("nickel baseline: {e}"));
+    let fail = |e: std::io::Error| CliError::new(exit::INTERNAL, format!("nickel baseline: {e}"));
     let dir = std::env::temp_dir().join(format!("pequod-bench-{}", std::process::id()));
     let module_dir = dir.join("module");
     write_tree(&module_dir, bundle.files()).map_err(fail)?;
-    let library: BTreeMap<String, String> = library_files()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_string()))
-        .collect();
-    write_tree(&dir.join("lib").join("pequod"), &library).map_err(fail)?;
+    write_tree(&dir.join("lib").join("pequod"), &library_files()).map_err(fail)?;
     let mut times = Vec::with_capacity(samples);
     for i in 0..samples {
         std::fs::write(
@@ -178,7 +175,10 @@ fn nickel_baseline(
             .map_err(fail)?;
         times.push(t.elapsed());
         if !status.success() {
-            return Err(CliError::new(1, format!("nickel export failed: {status}")));
+            return Err(CliError::new(
+                exit::INTERNAL,
+                format!("nickel export failed: {status}"),
+            ));
         }
     }
     report("`nickel export` CLI per render (baseline)", &mut times);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::render::worker::WorkerLimits;
-use crate::render::{PoolConfig, RenderError};
+use crate::render::{MIN_MEMORY_MIB, PoolConfig, RenderError};
 
 pub use output::OutputFormat;
 
@@ -56,7 +56,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub eval_timeout: Duration,
     /// Address-space limit of an evaluation worker, in MiB.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(MIN_MEMORY_MIB..=1 << 20))]
     pub eval_memory: u64,
     /// Number of evaluation worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -66,8 +66,12 @@ pub struct EvalArgs {
 impl EvalArgs {
     /// The worker-pool settings these flags describe, with this binary as the worker.
     pub fn pool_config(&self) -> Result<PoolConfig, CliError> {
-        let program = std::env::current_exe()
-            .map_err(|e| CliError::new(1, format!("cannot locate the pequod binary: {e}")))?;
+        let program = std::env::current_exe().map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("cannot locate the pequod binary: {e}"),
+            )
+        })?;
         let mut config = PoolConfig::with_program(program);
         config.timeout = self.eval_timeout;
         config.memory_mib = self.eval_memory;
@@ -107,6 +111,8 @@ pub mod exit {
     pub const BAD_INPUT_FILE: u8 = 3;
     /// The module could not be resolved (unknown embedded module, unreadable directory, ...).
     pub const MODULE_UNAVAILABLE: u8 = 4;
+    /// Pequod itself could not do its job: no runtime, no worker binary, output failed.
+    pub const INTERNAL: u8 = 5;
 }
 
 impl CliError {
@@ -146,6 +152,7 @@ pub fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (tests) is harmless: the first subscriber stays.
     let _ = match cli.log_format {
@@ -158,10 +165,11 @@ pub fn init_logging(cli: &Cli) {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Worker(args) => crate::render::worker::run(WorkerLimits {
-            memory_bytes: args.memory_mib << 20,
-            stack_bytes: usize::try_from(args.stack_mib << 20).unwrap_or(usize::MAX),
+            memory_bytes: args.memory_mib.saturating_mul(1 << 20),
+            stack_bytes: usize::try_from(args.stack_mib.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
         })
-        .map_err(|e| CliError::new(1, format!("worker: {e}"))),
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("worker: {e}"))),
         Command::Crds => print_crds(),
         Command::Render(args) => runtime()?.block_on(render::run(args)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
@@ -172,17 +180,37 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::new(1, format!("cannot start the async runtime: {e}")))
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
 }
 
 fn print_crds() -> Result<(), CliError> {
     let mut out = String::new();
     for crd in crate::api::crds() {
         let yaml = yaml::to_string(&crd)
-            .map_err(|e| CliError::new(1, format!("cannot serialize CRD: {e}")))?;
+            .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot serialize CRD: {e}")))?;
         out.push_str("---\n");
         out.push_str(&yaml);
     }
-    print!("{out}");
-    Ok(())
+    write_stdout(&out)
+}
+
+/// Writes command output to stdout. A closed pipe (`pequod render | head`) is not an error.
+fn write_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::new(
+            exit::INTERNAL,
+            format!("cannot write output: {e}"),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::output::{OutputFormat, print_graph};
-use super::{CliError, EvalArgs, exit};
+use super::{CliError, EvalArgs, exit, write_stdout};
 use crate::api::{API_VERSION, Transform};
 use crate::module::resolve_local;
 use crate::render::{DEFAULT_CACHE_BYTES, RenderContext, Renderer};
@@ -46,9 +46,8 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         .render(&bundle, &transform.spec.input, &context)
         .await?;
     let text = print_graph(&transform, &graph, args.output)
-        .map_err(|e| CliError::new(1, format!("cannot print the graph: {e}")))?;
-    print!("{text}");
-    Ok(())
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
+    write_stdout(&text)
 }
 
 /// Reads and checks a Transform document.

@@ -42,13 +42,7 @@ fn quote_yaml11_booleans(yaml: &str) -> String {
             block_indent = None;
         }
         let rewritten = rewrite_line(body);
-        let trimmed = rewritten.trim_end();
-        if trimmed.ends_with('|')
-            || trimmed.ends_with("|-")
-            || trimmed.ends_with("|+")
-            || trimmed.ends_with('>')
-            || trimmed.ends_with(">-")
-        {
+        if value_token(&rewritten).is_some_and(is_block_header) {
             block_indent = Some(indent);
         }
         out.push_str(&rewritten);
@@ -57,6 +51,35 @@ fn quote_yaml11_booleans(yaml: &str) -> String {
         }
     }
     out
+}
+
+/// The scalar a line ends with: after `key: ` or the last `- `.
+fn value_token(line: &str) -> Option<&str> {
+    let mut rest = line.trim_start();
+    while let Some(item) = rest.strip_prefix("- ") {
+        rest = item;
+    }
+    match rest.split_once(": ") {
+        Some((_, value)) => Some(value),
+        None if rest.ends_with(':') => None,
+        None => Some(rest),
+    }
+}
+
+/// A block scalar header: `|` or `>`, an optional indentation digit, an optional chomping
+/// indicator (`|`, `|-`, `|2+`, `>-`, ...).
+fn is_block_header(token: &str) -> bool {
+    let mut chars = token.chars();
+    if !matches!(chars.next(), Some('|' | '>')) {
+        return false;
+    }
+    let rest: Vec<char> = chars.collect();
+    match rest.as_slice() {
+        [] => true,
+        [c] => c.is_ascii_digit() && *c != '0' || matches!(c, '-' | '+'),
+        [d, c] => d.is_ascii_digit() && *d != '0' && matches!(c, '-' | '+'),
+        _ => false,
+    }
 }
 
 fn rewrite_line(body: &str) -> String {
@@ -109,12 +132,14 @@ mod tests {
             "list": ["yes", "n", "maybe", "true"],
             "nested": [{"value": "Y"}],
             "script": "line one\n  on\nno\n",
+            "indented": "  on\nno",
+            "pipe": "a |",
             "after": "no",
         });
         let yaml = to_string(&value).expect("serializable");
         assert_eq!(
             yaml,
-            "after: 'no'\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\nscript: |\n  line one\n    on\n  no\n"
+            "after: 'no'\nindented: |2-\n    on\n  no\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\npipe: a |\nscript: |\n  line one\n    on\n  no\n"
         );
         let back: serde_json::Value = serde_yaml::from_str(&yaml).expect("valid YAML");
         assert_eq!(back, value);

@@ -7,7 +7,7 @@ use std::fmt;
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use super::{Node, ObjectKey};
+use super::{Node, ObjectKey, json_type_name};
 
 /// One reason a graph cannot be executed. Every variant names the node ids involved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +47,16 @@ pub enum IntegrityError {
         node: String,
         /// What was found instead.
         found: &'static str,
+    },
+    /// A metadata field has the wrong shape.
+    #[error("node `{node}`: {field} must be {expected}")]
+    InvalidMetadata {
+        /// The node.
+        node: String,
+        /// `metadata`, `metadata.labels` or `metadata.annotations`.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
     },
     /// Two nodes target the same Kubernetes object.
     #[error("nodes `{first}` and `{second}` both target {object}")]
@@ -180,7 +190,7 @@ fn object_errors(nodes: &[Node]) -> Vec<IntegrityError> {
         if !node.object.is_object() {
             errors.push(IntegrityError::NotAnObject {
                 node: node.id.clone(),
-                found: json_type(&node.object),
+                found: json_type_name(&node.object),
             });
             continue;
         }
@@ -197,6 +207,7 @@ fn object_errors(nodes: &[Node]) -> Vec<IntegrityError> {
                 });
             }
         }
+        errors.extend(metadata_errors(node));
         if let Some(key) = node.object_key() {
             if let Some(first) = owners.get(&key) {
                 errors.push(IntegrityError::DuplicateObject {
@@ -212,15 +223,36 @@ fn object_errors(nodes: &[Node]) -> Vec<IntegrityError> {
     errors
 }
 
-fn json_type(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a list",
-        serde_json::Value::Object(_) => "a mapping",
+/// `metadata` must be a mapping, and its labels and annotations mappings of strings.
+fn metadata_errors(node: &Node) -> Vec<IntegrityError> {
+    let invalid = |field, expected| IntegrityError::InvalidMetadata {
+        node: node.id.clone(),
+        field,
+        expected,
+    };
+    let Some(metadata) = node.object.get("metadata") else {
+        return Vec::new();
+    };
+    let Some(metadata) = metadata.as_object() else {
+        return vec![invalid("metadata", "a mapping")];
+    };
+    let mut errors = Vec::new();
+    for field in ["labels", "annotations"] {
+        let string_map = metadata.get(field).is_none_or(|value| {
+            value
+                .as_object()
+                .is_some_and(|map| map.values().all(serde_json::Value::is_string))
+        });
+        if !string_map {
+            let name = if field == "labels" {
+                "metadata.labels"
+            } else {
+                "metadata.annotations"
+            };
+            errors.push(invalid(name, "a mapping of strings to strings"));
+        }
     }
+    errors
 }
 
 /// Finds one concrete cycle, returned as ids with the first repeated at the end. The cycle
@@ -373,12 +405,15 @@ mod tests {
         bad.object = json!({"kind": "ConfigMap", "metadata": {}});
         let mut scalar = node("s", &[]);
         scalar.object = json!("text");
+        let mut labelled = node("l", &[]);
+        labelled.object["metadata"]["labels"] = json!({"tier": 3});
         assert_eq!(
-            errors(&[bad, scalar]),
+            errors(&[bad, scalar, labelled]),
             vec![
                 "node `cfg`: object has no apiVersion",
                 "node `cfg`: object has no metadata.name",
                 "node `s`: object must be a mapping, found a string",
+                "node `l`: metadata.labels must be a mapping of strings to strings",
             ]
         );
     }

@@ -1,7 +1,7 @@
 //! The in-memory form of a module: file name → source, plus a digest over both.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -23,8 +23,15 @@ pub enum BundleError {
     #[error("module has no entrypoint `{0}`")]
     MissingEntrypoint(String),
     /// A file name is absolute, escapes the module, or is otherwise unusable.
-    #[error("invalid file name `{0}` in module: names must be relative paths inside the module")]
+    #[error(
+        "invalid file name `{0}` in module: names are relative paths of letters, digits, `.`, `_` and `-`"
+    )]
     InvalidPath(String),
+    /// A directory of the module would shadow the `pequod/` library.
+    #[error(
+        "invalid file name `{0}` in module: a `pequod` directory would shadow the pequod library"
+    )]
+    ShadowsLibrary(String),
     /// The files are larger than [`MAX_BUNDLE_BYTES`].
     #[error("module is {size} bytes, over the {max} byte limit")]
     TooLarge {
@@ -51,10 +58,8 @@ impl ModuleBundle {
         entrypoint: Option<&str>,
     ) -> Result<ModuleBundle, BundleError> {
         let entrypoint = entrypoint.unwrap_or("main.ncl").to_string();
-        for name in files.keys() {
-            if !is_clean_relative(name) {
-                return Err(BundleError::InvalidPath(name.clone()));
-            }
+        for name in files.keys().chain(std::iter::once(&entrypoint)) {
+            check_name(name)?;
         }
         let size: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
         if size > MAX_BUNDLE_BYTES {
@@ -72,14 +77,6 @@ impl ModuleBundle {
             entrypoint,
             digest,
         })
-    }
-
-    /// A bundle made of one `main.ncl` (the `inline` source type).
-    pub fn inline(source: &str) -> Result<ModuleBundle, BundleError> {
-        ModuleBundle::new(
-            BTreeMap::from([("main.ncl".to_string(), source.to_string())]),
-            None,
-        )
     }
 
     /// Reads every file below `dir` (hidden files and directories skipped).
@@ -106,11 +103,26 @@ impl ModuleBundle {
     }
 }
 
-fn is_clean_relative(name: &str) -> bool {
-    let path = Path::new(name);
-    !name.is_empty()
-        && !name.contains('\\')
-        && path.components().all(|c| matches!(c, Component::Normal(_)))
+/// File names are `/`-separated relative paths whose segments use only letters, digits,
+/// `.`, `_` and `-` (no `..`): they end up inside Nickel import strings. No directory may be
+/// named `pequod`, which Nickel would resolve before the library.
+fn check_name(name: &str) -> Result<(), BundleError> {
+    let segments: Vec<&str> = name.split('/').collect();
+    let clean = segments.iter().all(|segment| {
+        !segment.is_empty()
+            && *segment != "."
+            && *segment != ".."
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    });
+    if !clean {
+        return Err(BundleError::InvalidPath(name.to_string()));
+    }
+    if segments[..segments.len() - 1].contains(&crate::render::nickel::LIBRARY_PREFIX) {
+        return Err(BundleError::ShadowsLibrary(name.to_string()));
+    }
+    Ok(())
 }
 
 fn read_dir_into(
@@ -127,21 +139,26 @@ fn read_dir_into(
     for entry in entries {
         let entry = entry.map_err(|e| io_err(dir, e))?;
         let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        if entry.file_name() == ".git" {
             continue;
         }
-        let file_type = entry.file_type().map_err(|e| io_err(&path, e))?;
-        if file_type.is_dir() {
+        let link = entry
+            .file_type()
+            .map_err(|e| io_err(&path, e))?
+            .is_symlink();
+        // Symbolic links to files are followed; linked directories are not (no loops).
+        let metadata = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?;
+        if metadata.is_dir() && !link {
             read_dir_into(root, &path, files, size)?;
-        } else if file_type.is_file() {
-            let content = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-            *size += content.len();
+        } else if metadata.is_file() {
+            *size += usize::try_from(metadata.len()).unwrap_or(usize::MAX);
             if *size > MAX_BUNDLE_BYTES {
                 return Err(BundleError::TooLarge {
                     size: *size,
                     max: MAX_BUNDLE_BYTES,
                 });
             }
+            let content = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
             let relative = path
                 .strip_prefix(root)
                 .map_err(|_| BundleError::InvalidPath(path.display().to_string()))?;
@@ -199,19 +216,39 @@ mod tests {
 
     #[test]
     fn refuses_escaping_names_and_missing_entrypoint() {
-        for bad in ["../x.ncl", "/etc/passwd", "a/../../b", ""] {
+        for bad in [
+            "../x.ncl",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            "a\".ncl",
+            "x/%{y}.ncl",
+            "a//b",
+        ] {
             let err = ModuleBundle::new(files(&[("main.ncl", "1"), (bad, "2")]), None)
                 .expect_err("bad name refused");
             assert!(matches!(err, BundleError::InvalidPath(_)), "{bad}: {err}");
         }
         let err = ModuleBundle::new(files(&[("lib.ncl", "1")]), None).expect_err("no main");
         assert_eq!(err.to_string(), "module has no entrypoint `main.ncl`");
+        let err = ModuleBundle::new(files(&[("main.ncl", "1")]), Some("main.ncl\") & x"))
+            .expect_err("bad entrypoint");
+        assert!(matches!(err, BundleError::InvalidPath(_)), "{err}");
+        let err = ModuleBundle::new(
+            files(&[("main.ncl", "1"), ("lib/pequod/graph.ncl", "2")]),
+            None,
+        )
+        .expect_err("shadowing");
+        assert_eq!(
+            err.to_string(),
+            "invalid file name `lib/pequod/graph.ncl` in module: a `pequod` directory would shadow the pequod library"
+        );
     }
 
     #[test]
     fn refuses_oversized_modules() {
         let big = "x".repeat(MAX_BUNDLE_BYTES + 1);
-        let err = ModuleBundle::inline(&big).expect_err("too large");
+        let err = ModuleBundle::new(files(&[("main.ncl", &big)]), None).expect_err("too large");
         assert!(matches!(err, BundleError::TooLarge { .. }));
     }
 }

@@ -19,8 +19,8 @@ static EMBEDDED: LazyLock<BTreeMap<String, ModuleBundle>> = LazyLock::new(|| {
             let mut files = BTreeMap::new();
             collect(dir, dir.path(), &mut files);
             let files = files.into_iter().map(|(k, v)| (k, v.to_string())).collect();
-            // The shipped modules are tested at build time; a broken one is a bug, so it is
-            // left out rather than taking the process down.
+            // A shipped module with unusable file names is a bug caught by the tests below;
+            // it is left out rather than taking the process down.
             ModuleBundle::new(files, None).ok().map(|b| (name, b))
         })
         .collect()
@@ -49,8 +49,23 @@ pub fn embedded_module_names() -> Vec<&'static str> {
 }
 
 /// The Nickel library modules import as `"pequod/<file>"`: file name → source.
-pub fn library_files() -> BTreeMap<String, &'static str> {
+pub fn library_files() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     collect(&LIBRARY, LIBRARY.path(), &mut files);
     files
+        .into_iter()
+        .map(|(name, source)| (name, source.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_modules_and_library_are_embedded() {
+        assert_eq!(embedded_module_names(), ["postgres", "webservice"]);
+        let library: Vec<String> = library_files().into_keys().collect();
+        assert_eq!(library, ["graph.ncl", "k8s.ncl", "ready.ncl"]);
+    }
 }

@@ -10,6 +10,8 @@ use crate::graph::IntegrityErrors;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureKind {
     /// An import that is not a file of the module or the pequod library.
+    ForbiddenImport,
+    /// An import of a module file that cannot be read in its format (bad JSON/YAML, ...).
     Import,
     /// The module does not parse.
     Syntax,
@@ -28,7 +30,8 @@ pub enum FailureKind {
 impl FailureKind {
     fn label(self) -> &'static str {
         match self {
-            FailureKind::Import => "forbidden import",
+            FailureKind::ForbiddenImport => "forbidden import",
+            FailureKind::Import => "import error",
             FailureKind::Syntax => "syntax error",
             FailureKind::Type => "type error",
             FailureKind::Contract => "contract violation",
@@ -58,6 +61,19 @@ pub struct EvalFailure {
     pub detail: String,
 }
 
+impl EvalFailure {
+    /// A failure with only a kind and a message.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> EvalFailure {
+        EvalFailure {
+            kind,
+            message: message.into(),
+            path: None,
+            location: None,
+            detail: String::new(),
+        }
+    }
+}
+
 impl std::fmt::Display for EvalFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.kind.label())?;
@@ -73,7 +89,7 @@ impl std::fmt::Display for EvalFailure {
 }
 
 /// Why a render produced no graph.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RenderError {
     /// The Transform's input is not a mapping.
     #[error("input must be a mapping, found {0}")]
@@ -113,20 +129,28 @@ pub enum RenderError {
 }
 
 impl RenderError {
+    /// True when the same module, input and engine always give this error, so it may be
+    /// cached; false for failures of the sandbox or the worker, which may not recur.
+    pub fn is_deterministic(&self) -> bool {
+        match self {
+            RenderError::Evaluation(failure) => failure.kind != FailureKind::Request,
+            RenderError::InputNotAnObject(_)
+            | RenderError::StackOverflow
+            | RenderError::OutputTooLarge(_)
+            | RenderError::InvalidOutput(_)
+            | RenderError::Integrity(_) => true,
+            RenderError::Timeout(_)
+            | RenderError::MemoryLimit(_)
+            | RenderError::WorkerCrashed { .. }
+            | RenderError::Worker(_) => false,
+        }
+    }
+
     /// The multi-line report behind the one-line message, when there is one.
     pub fn detail(&self) -> Option<&str> {
         match self {
             RenderError::Evaluation(failure) if !failure.detail.is_empty() => Some(&failure.detail),
             _ => None,
         }
-    }
-
-    /// True for failures of the evaluation sandbox (deadline, memory, crash) rather than of
-    /// the module's logic as reported by Nickel.
-    pub fn is_resource_limit(&self) -> bool {
-        matches!(
-            self,
-            RenderError::Timeout(_) | RenderError::MemoryLimit(_) | RenderError::StackOverflow
-        )
     }
 }

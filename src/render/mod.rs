@@ -12,7 +12,7 @@ mod protocol;
 pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
-pub use pool::{PoolConfig, PoolStats, WorkerPool};
+pub use pool::{MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
 pub use protocol::RenderContext;
 
 use std::borrow::Cow;
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::graph::{ApplyMode, Dag, Node};
+use crate::graph::{ApplyMode, Dag, Node, json_type_name};
 use crate::module::{ModuleBundle, library_files};
 use protocol::EvalRequest;
 
@@ -43,23 +43,37 @@ pub mod labels {
 /// is no discovery to ask.
 const CLUSTER_SCOPED_KINDS: &[&str] = &[
     "APIService",
+    "CertificateSigningRequest",
     "ClusterImageCatalog",
     "ClusterIssuer",
     "ClusterRole",
     "ClusterRoleBinding",
     "ClusterSecretStore",
+    "ClusterTrustBundle",
     "CSIDriver",
+    "CSINode",
     "CustomResourceDefinition",
+    "DeviceClass",
+    "FlowSchema",
     "IngressClass",
+    "IPAddress",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
     "MutatingWebhookConfiguration",
     "Namespace",
     "Node",
     "PersistentVolume",
     "PriorityClass",
+    "PriorityLevelConfiguration",
+    "ResourceSlice",
     "RuntimeClass",
+    "ServiceCIDR",
     "StorageClass",
     "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
     "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+    "VolumeAttributesClass",
     "VolumeSnapshotClass",
 ];
 
@@ -113,28 +127,34 @@ struct RawRendered {
 /// Counters of the renderer.
 #[derive(Debug, Default)]
 pub struct RenderStats {
-    /// Renders answered from the graph cache.
+    /// Renders answered from the cache (graphs and deterministic failures).
     pub cache_hits: AtomicU64,
     /// Renders that needed an evaluation.
     pub cache_misses: AtomicU64,
 }
 
+/// A cached render: the graph, or a failure that the same input will always produce.
+type CachedOutcome = Result<Arc<RenderedGraph>, Arc<RenderError>>;
+
 /// Renders modules with a worker pool and a cache of rendered graphs.
 pub struct Renderer {
     pool: WorkerPool,
-    cache: moka::sync::Cache<String, Arc<RenderedGraph>>,
+    cache: moka::future::Cache<String, CachedOutcome>,
     engine_version: String,
     stats: RenderStats,
 }
 
-/// Default budget of the rendered-graph cache, in bytes of JSON.
+/// Default budget of the render cache, in estimated bytes.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 impl Renderer {
-    /// A renderer over a new worker pool, caching up to `cache_bytes` of rendered graphs.
+    /// A renderer over a new worker pool, caching up to about `cache_bytes` of renders.
     pub fn new(config: PoolConfig, cache_bytes: u64) -> Renderer {
-        let cache = moka::sync::Cache::builder()
-            .weigher(|_key: &String, graph: &Arc<RenderedGraph>| graph_weight(graph))
+        let cache = moka::future::Cache::builder()
+            .weigher(|key: &String, outcome: &CachedOutcome| {
+                let weight = key.len() + outcome_weight(outcome);
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
             .max_capacity(cache_bytes)
             .build();
         Renderer {
@@ -145,7 +165,9 @@ impl Renderer {
         }
     }
 
-    /// Renders `bundle` with `input` for the Transform named in `context`.
+    /// Renders `bundle` with `input` for the Transform named in `context`. The same render
+    /// asked for concurrently is evaluated once; graphs and deterministic failures are
+    /// cached, failures of the sandbox (deadline, memory, crash) are not.
     pub async fn render(
         &self,
         bundle: &ModuleBundle,
@@ -153,14 +175,33 @@ impl Renderer {
         context: &RenderContext,
     ) -> Result<Arc<RenderedGraph>, RenderError> {
         if !input.is_object() {
-            return Err(RenderError::InputNotAnObject(json_kind(input)));
+            return Err(RenderError::InputNotAnObject(json_type_name(input)));
         }
         let key = self.cache_key(bundle, input, context);
-        if let Some(graph) = self.cache.get(&key) {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(graph);
-        }
-        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let evaluation = async {
+            match self.evaluate(bundle, input, context).await {
+                Ok(graph) => Ok(Ok(Arc::new(graph))),
+                Err(error) if error.is_deterministic() => Ok(Err(Arc::new(error))),
+                Err(error) => Err(error),
+            }
+        };
+        let entry = self.cache.entry(key).or_try_insert_with(evaluation).await;
+        let entry = entry.map_err(|error| (*error).clone())?;
+        let counter = if entry.is_fresh() {
+            &self.stats.cache_misses
+        } else {
+            &self.stats.cache_hits
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        entry.into_value().map_err(|error| (*error).clone())
+    }
+
+    async fn evaluate(
+        &self,
+        bundle: &ModuleBundle,
+        input: &Value,
+        context: &RenderContext,
+    ) -> Result<RenderedGraph, RenderError> {
         let request = EvalRequest {
             digest: Cow::Borrowed(bundle.digest()),
             files: Cow::Borrowed(bundle.files()),
@@ -169,9 +210,7 @@ impl Renderer {
             context: Cow::Borrowed(context),
         };
         let output = self.pool.evaluate(&request).await?;
-        let graph = Arc::new(finish(output, bundle.digest(), context)?);
-        self.cache.insert(key, Arc::clone(&graph));
-        Ok(graph)
+        graph_from_output(output, bundle.digest(), context)
     }
 
     /// Renderer counters.
@@ -189,6 +228,7 @@ impl Renderer {
         for part in [
             self.engine_version.as_str(),
             bundle.digest(),
+            bundle.entrypoint(),
             &input.to_string(),
             &context.namespace,
             &context.name,
@@ -197,6 +237,19 @@ impl Renderer {
             hasher.update(part.as_bytes());
         }
         hex::encode(hasher.finalize())
+    }
+}
+
+/// Estimated memory of a cached outcome: parsed JSON takes several times its text.
+fn outcome_weight(outcome: &CachedOutcome) -> usize {
+    const JSON_OVERHEAD: usize = 4;
+    match outcome {
+        Ok(graph) => {
+            let nodes: usize = graph.nodes.iter().map(|n| n.object.to_string().len()).sum();
+            JSON_OVERHEAD
+                * (nodes + graph.outputs.to_string().len() + graph.input.to_string().len())
+        }
+        Err(error) => error.to_string().len() + error.detail().map_or(0, str::len),
     }
 }
 
@@ -217,14 +270,8 @@ pub fn engine_version() -> String {
     )
 }
 
-fn graph_weight(graph: &RenderedGraph) -> u32 {
-    let nodes: usize = graph.nodes.iter().map(|n| n.object.to_string().len()).sum();
-    let size = nodes + graph.outputs.to_string().len() + graph.input.to_string().len();
-    u32::try_from(size).unwrap_or(u32::MAX)
-}
-
 /// Parses an evaluation result into a checked graph.
-fn finish(
+fn graph_from_output(
     output: Value,
     module_digest: &str,
     context: &RenderContext,
@@ -290,17 +337,6 @@ fn place_and_label(node: &mut Node, context: &RenderContext) {
         ] {
             labels.insert(key.to_string(), Value::String(value.to_string()));
         }
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
     }
 }
 

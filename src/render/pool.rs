@@ -1,8 +1,11 @@
-//! The parent side of evaluation: a small pool of worker processes. Requests go to the
-//! worker their module digest routes to when it is free, so that worker keeps the module
-//! prepared, and to any free worker otherwise; each request has a deadline
-//! enforced by killing the worker; workers are recycled after a number of evaluations or
-//! when their memory grows (Nickel leaks a little on every evaluation).
+//! The parent side of evaluation: a small pool of worker processes.
+//!
+//! A request goes to the worker its module digest routes to when that worker is free (it
+//! likely has the module prepared), else to any free worker. Each exchange runs in its own
+//! task, so a caller that gives up never leaves a reply in a worker's pipe for the next
+//! request. A deadline is enforced by killing the worker. Workers are replaced after a number
+//! of evaluations, or when their address space nears its limit: Nickel leaks on every
+//! evaluation, and only a new process gives the memory back.
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -15,15 +18,18 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use super::error::RenderError;
 use super::protocol::{EvalRequest, EvalResponse};
+use super::worker::OUT_OF_MEMORY;
 
 /// Largest response a worker may send.
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 /// How much of a worker's stderr is kept to explain a crash.
 const STDERR_TAIL_BYTES: usize = 4096;
+/// Smallest address-space limit a worker can run with (its stack and binary included).
+pub const MIN_MEMORY_MIB: u64 = 256;
 
 /// Settings of the worker pool.
 #[derive(Clone, Debug)]
@@ -40,12 +46,13 @@ pub struct PoolConfig {
     pub stack_mib: u64,
     /// A worker is replaced after this many evaluations.
     pub max_evaluations: u64,
-    /// A worker is replaced once its resident memory passes this many MiB.
-    pub max_rss_mib: u64,
+    /// A worker is replaced once its address space passes this share of `memory_mib`, in
+    /// percent, so that leaked memory never makes a healthy module hit the limit.
+    pub recycle_at_percent: u64,
 }
 
 impl PoolConfig {
-    /// Defaults of SPEC §4 (10 s, 512 MiB), with this process as the worker program.
+    /// Defaults of SPEC §4 (10 s, 512 MiB), with `program` as the worker binary.
     pub fn with_program(program: PathBuf) -> PoolConfig {
         PoolConfig {
             program,
@@ -54,8 +61,12 @@ impl PoolConfig {
             memory_mib: 512,
             stack_mib: 64,
             max_evaluations: 1000,
-            max_rss_mib: 256,
+            recycle_at_percent: 70,
         }
+    }
+
+    fn recycle_threshold_bytes(&self) -> u64 {
+        self.memory_mib.saturating_mul(1 << 20) / 100 * self.recycle_at_percent
     }
 }
 
@@ -66,22 +77,29 @@ pub struct PoolStats {
     pub evaluations: AtomicU64,
     /// Worker processes started.
     pub spawned: AtomicU64,
-    /// Workers replaced for age or memory.
+    /// Workers replaced for age or memory growth.
     pub recycled: AtomicU64,
-    /// Workers killed for a deadline, or found dead.
-    pub killed: AtomicU64,
+    /// Workers replaced after a failed exchange: deadline, crash, garbled reply.
+    pub failed: AtomicU64,
 }
 
 /// A pool of evaluation workers.
 pub struct WorkerPool {
-    config: PoolConfig,
-    slots: Vec<Mutex<Slot>>,
-    stats: Arc<PoolStats>,
+    shared: Arc<Shared>,
+    slots: Vec<Arc<Mutex<Option<Worker>>>>,
+    free: Arc<Semaphore>,
 }
 
-#[derive(Default)]
-struct Slot {
-    worker: Option<Worker>,
+/// What the exchange tasks need: settings and counters.
+struct Shared {
+    config: PoolConfig,
+    stats: PoolStats,
+}
+
+/// A worker slot held for one exchange, with the permit that reserved it.
+struct Lease {
+    worker: OwnedMutexGuard<Option<Worker>>,
+    _permit: OwnedSemaphorePermit,
 }
 
 struct Worker {
@@ -105,140 +123,185 @@ enum Exchange {
 impl WorkerPool {
     /// A pool with `config.workers` slots; workers start on first use.
     pub fn new(config: PoolConfig) -> WorkerPool {
-        let slots = (0..config.workers.max(1))
-            .map(|_| Mutex::new(Slot::default()))
-            .collect();
+        let count = config.workers.max(1);
         WorkerPool {
-            config,
-            slots,
-            stats: Arc::default(),
+            shared: Arc::new(Shared {
+                config,
+                stats: PoolStats::default(),
+            }),
+            slots: (0..count).map(|_| Arc::new(Mutex::new(None))).collect(),
+            free: Arc::new(Semaphore::new(count)),
         }
     }
 
     /// Activity counters.
     pub fn stats(&self) -> &PoolStats {
-        &self.stats
+        &self.shared.stats
     }
 
-    /// The pool's settings.
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
-    /// Evaluates one request on the worker its digest routes to.
+    /// Evaluates one request on a worker. A worker that had already evaluated other requests
+    /// and runs out of memory gets one retry on a fresh worker: its leaks, not this request,
+    /// may have filled it.
     pub async fn evaluate(&self, request: &EvalRequest<'_>) -> Result<Value, RenderError> {
         let mut line =
             serde_json::to_vec(request).map_err(|e| RenderError::Worker(e.to_string()))?;
         line.push(b'\n');
-        let mut slot = self.acquire(&request.digest).await;
-        if slot.worker.is_none() {
-            slot.worker = Some(self.spawn()?);
-        }
-        let Some(worker) = slot.worker.as_mut() else {
-            return Err(RenderError::Worker("no worker".into()));
-        };
-        self.stats.evaluations.fetch_add(1, Ordering::Relaxed);
-        let exchange = tokio::time::timeout(self.config.timeout, worker.exchange(&line)).await;
-        let failure = match exchange {
-            Ok(Ok(Exchange::Answered(response))) => {
-                worker.evaluations += 1;
-                let worn_out = worker.evaluations >= self.config.max_evaluations
-                    || response.rss_bytes >= self.config.max_rss_mib << 20;
-                if worn_out {
-                    self.stats.recycled.fetch_add(1, Ordering::Relaxed);
-                    if let Some(worker) = slot.worker.take() {
-                        worker.retire();
-                    }
-                }
-                return response.result.map_err(RenderError::Evaluation);
+        let line = Arc::new(line);
+        let mut retried = false;
+        loop {
+            let lease = self.acquire(&request.digest).await?;
+            let shared = Arc::clone(&self.shared);
+            let task_line = Arc::clone(&line);
+            let (result, worn) =
+                tokio::spawn(async move { exchange(shared, lease, &task_line).await })
+                    .await
+                    .map_err(|e| RenderError::Worker(format!("exchange task failed: {e}")))?;
+            match result {
+                Err(RenderError::MemoryLimit(_)) if worn && !retried => retried = true,
+                other => return other,
             }
-            Err(_elapsed) => RenderError::Timeout(self.config.timeout),
-            Ok(Err(io)) => RenderError::Worker(io.to_string()),
-            Ok(Ok(Exchange::TooLarge)) => RenderError::OutputTooLarge(MAX_OUTPUT_BYTES),
-            Ok(Ok(Exchange::Died)) => RenderError::Worker("worker exited".into()),
-        };
-        // A failed exchange leaves the worker in an unknown state: it is replaced.
-        self.stats.killed.fetch_add(1, Ordering::Relaxed);
-        let Some(worker) = slot.worker.take() else {
-            return Err(failure);
-        };
-        if matches!(failure, RenderError::Worker(_)) {
-            Err(worker
-                .explain_death(self.config.memory_mib)
-                .await
-                .unwrap_or(failure))
-        } else {
-            worker.kill().await;
-            Err(failure)
         }
     }
 
-    /// The slot a digest routes to when it is free (its worker likely has the module
-    /// prepared), else any free slot, else a wait for the preferred one.
-    async fn acquire(&self, digest: &str) -> tokio::sync::MutexGuard<'_, Slot> {
+    /// Reserves a free slot: the one `digest` routes to when free, else any free one.
+    async fn acquire(&self, digest: &str) -> Result<Lease, RenderError> {
+        let permit = Arc::clone(&self.free)
+            .acquire_owned()
+            .await
+            .map_err(|_| RenderError::Worker("worker pool closed".into()))?;
         let mut hasher = DefaultHasher::new();
         digest.hash(&mut hasher);
-        let preferred = (hasher.finish() % self.slots.len() as u64) as usize;
-        let order = (0..self.slots.len()).map(|i| (preferred + i) % self.slots.len());
-        for index in order {
-            if let Ok(slot) = self.slots[index].try_lock() {
-                return slot;
+        let count = self.slots.len();
+        let preferred = (hasher.finish() % count as u64) as usize;
+        for index in (0..count).map(|i| (preferred + i) % count) {
+            if let Ok(worker) = Arc::clone(&self.slots[index]).try_lock_owned() {
+                return Ok(Lease {
+                    worker,
+                    _permit: permit,
+                });
             }
         }
-        self.slots[preferred].lock().await
-    }
-
-    fn spawn(&self) -> Result<Worker, RenderError> {
-        let mut child = Command::new(&self.config.program)
-            .arg("__worker")
-            .arg("--memory-mib")
-            .arg(self.config.memory_mib.to_string())
-            .arg("--stack-mib")
-            .arg(self.config.stack_mib.to_string())
-            .env("MALLOC_ARENA_MAX", "2")
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                RenderError::Worker(format!(
-                    "cannot start {}: {e}",
-                    self.config.program.display()
-                ))
-            })?;
-        let (Some(stdin), Some(stdout), Some(mut stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(RenderError::Worker("worker pipes missing".into()));
-        };
-        self.stats.spawned.fetch_add(1, Ordering::Relaxed);
-        let stderr_tail = Arc::new(std::sync::Mutex::new(VecDeque::new()));
-        let tail = Arc::clone(&stderr_tail);
-        let stderr_reader = tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut tail) = tail.lock() {
-                    tail.extend(&buf[..n]);
-                    let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
-                    tail.drain(..excess);
-                }
-            }
-        });
-        Ok(Worker {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
-            stderr_tail,
-            stderr_reader,
-            evaluations: 0,
+        // A slot is being released right now; wait for the preferred one.
+        let worker = Arc::clone(&self.slots[preferred]).lock_owned().await;
+        Ok(Lease {
+            worker,
+            _permit: permit,
         })
     }
+}
+
+/// One request/response with the leased worker, starting it if needed. Returns the result,
+/// and whether the worker had served earlier requests.
+async fn exchange(
+    shared: Arc<Shared>,
+    mut lease: Lease,
+    line: &[u8],
+) -> (Result<Value, RenderError>, bool) {
+    let config = &shared.config;
+    let stats = &shared.stats;
+    if lease.worker.is_none() {
+        match spawn(config) {
+            Ok(worker) => {
+                stats.spawned.fetch_add(1, Ordering::Relaxed);
+                *lease.worker = Some(worker);
+            }
+            Err(error) => return (Err(error), false),
+        }
+    }
+    let Some(worker) = lease.worker.as_mut() else {
+        return (Err(RenderError::Worker("no worker".into())), false);
+    };
+    let worn = worker.evaluations > 0;
+    worker.clear_stderr();
+    stats.evaluations.fetch_add(1, Ordering::Relaxed);
+    let outcome = tokio::time::timeout(config.timeout, worker.exchange(line)).await;
+    let failure = match outcome {
+        Ok(Ok(Exchange::Answered(response))) => {
+            worker.evaluations += 1;
+            let recycle = worker.evaluations >= config.max_evaluations
+                || response.vm_bytes >= config.recycle_threshold_bytes();
+            if recycle && let Some(old) = lease.worker.take() {
+                stats.recycled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    evaluations = old.evaluations,
+                    vm_bytes = response.vm_bytes,
+                    "recycling evaluation worker"
+                );
+                old.retire();
+            }
+            return (response.result.map_err(RenderError::Evaluation), worn);
+        }
+        Err(_elapsed) => RenderError::Timeout(config.timeout),
+        Ok(Err(io)) => RenderError::Worker(io.to_string()),
+        Ok(Ok(Exchange::TooLarge)) => RenderError::OutputTooLarge(MAX_OUTPUT_BYTES),
+        Ok(Ok(Exchange::Died)) => RenderError::Worker("worker exited".into()),
+    };
+    // A failed exchange leaves the worker in an unknown state: it is replaced.
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    let Some(worker) = lease.worker.take() else {
+        return (Err(failure), worn);
+    };
+    let error = match failure {
+        RenderError::Worker(reason) if reason == "worker exited" => worker
+            .explain_death(config.memory_mib)
+            .await
+            .unwrap_or(RenderError::Worker(reason)),
+        other => {
+            worker.kill().await;
+            other
+        }
+    };
+    tracing::debug!(error = %error, "evaluation worker replaced");
+    (Err(error), worn)
+}
+
+fn spawn(config: &PoolConfig) -> Result<Worker, RenderError> {
+    let mut child = Command::new(&config.program)
+        .arg("__worker")
+        .arg("--memory-mib")
+        .arg(config.memory_mib.to_string())
+        .arg("--stack-mib")
+        .arg(config.stack_mib.to_string())
+        .env("MALLOC_ARENA_MAX", "2")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            RenderError::Worker(format!("cannot start {}: {e}", config.program.display()))
+        })?;
+    let (Some(stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(RenderError::Worker("worker pipes missing".into()));
+    };
+    tracing::debug!(pid = child.id(), "started evaluation worker");
+    let stderr_tail = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+    let tail = Arc::clone(&stderr_tail);
+    let stderr_reader = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut tail) = tail.lock() {
+                tail.extend(&buf[..n]);
+                let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                tail.drain(..excess);
+            }
+        }
+    });
+    Ok(Worker {
+        child,
+        stdin,
+        stdout: BufReader::new(stdout),
+        stderr_tail,
+        stderr_reader,
+        evaluations: 0,
+    })
 }
 
 impl Worker {
@@ -270,6 +333,13 @@ impl Worker {
         serde_json::from_slice(&response)
             .map(Exchange::Answered)
             .map_err(|e| std::io::Error::other(format!("unreadable worker response: {e}")))
+    }
+
+    /// Forgets what the worker wrote on stderr before this request.
+    fn clear_stderr(&self) {
+        if let Ok(mut tail) = self.stderr_tail.lock() {
+            tail.clear();
+        }
     }
 
     /// Lets the worker finish on its own: it exits when its stdin closes.
@@ -305,8 +375,8 @@ impl Worker {
             .lock()
             .map(|mut tail| String::from_utf8_lossy(tail.make_contiguous()).into_owned())
             .unwrap_or_default();
-        let out_of_memory = stderr.contains(super::worker::OUT_OF_MEMORY)
-            || stderr.contains("memory allocation of");
+        let out_of_memory =
+            stderr.contains(OUT_OF_MEMORY) || stderr.contains("memory allocation of");
         Some(if out_of_memory {
             RenderError::MemoryLimit(memory_mib)
         } else if stderr.contains("overflowed its stack") {

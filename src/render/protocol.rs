@@ -40,6 +40,6 @@ pub struct EvalRequest<'a> {
 pub struct EvalResponse {
     /// `{ metadata, input, rendered }`, or what went wrong.
     pub result: Result<Value, EvalFailure>,
-    /// The worker's resident memory after the evaluation, for recycling decisions.
-    pub rss_bytes: u64,
+    /// The worker's address-space size after the evaluation, for recycling decisions.
+    pub vm_bytes: u64,
 }

@@ -63,10 +63,7 @@ pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
 }
 
 fn serve() -> std::io::Result<()> {
-    let library: std::collections::BTreeMap<String, String> = library_files()
-        .into_iter()
-        .map(|(name, source)| (name, source.to_string()))
-        .collect();
+    let library = library_files();
     let mut evaluator = Evaluator::new(library.clone());
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
@@ -105,7 +102,7 @@ fn serve() -> std::io::Result<()> {
         };
         let response = EvalResponse {
             result,
-            rss_bytes: resident_bytes(),
+            vm_bytes: status_bytes("VmSize:"),
         };
         serde_json::to_writer(&mut stdout, &response)?;
         stdout.write_all(b"\n")?;
@@ -124,12 +121,17 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Resident set size of this process, from /proc (0 where unavailable).
 pub fn resident_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` figure of /proc/self/status, in bytes (0 where unavailable).
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)

@@ -1,0 +1,268 @@
+//! The embedded Nickel interpreter, as used inside a worker process.
+//!
+//! A module is registered in a virtual file system (paths under [`VFS_ROOT`], which must not
+//! exist on disk), checked for forbidden imports ([`imports`]), then parsed, typechecked and
+//! transformed once ("prepared"). Each evaluation clones the prepared cache, adds the input
+//! and context as in-memory JSON files plus a generated entry, and evaluates that entry to
+//! JSON. Errors become plain data ([`diagnostics`]).
+//!
+//! Nickel's values and errors are `!Send`: everything here stays on the calling thread and
+//! only plain data (JSON values, [`EvalFailure`]) leaves it.
+
+mod diagnostics;
+mod imports;
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use lru::LruCache;
+use nickel_lang_core::ast::InputFormat;
+use nickel_lang_core::cache::{CacheHub, SourcePath};
+use nickel_lang_core::error::{Error as NickelError, NullReporter};
+use nickel_lang_core::eval::cache::CacheImpl;
+use nickel_lang_core::eval::{VirtualMachine, VmContext};
+use nickel_lang_core::files::FileId;
+use nickel_lang_core::position::PosTable;
+use nickel_lang_core::serialize::{self, ExportFormat};
+use serde_json::Value;
+
+use super::error::{EvalFailure, FailureKind};
+use super::input_json::SpannedJson;
+use super::protocol::{EvalRequest, RenderContext};
+use diagnostics::failure;
+
+/// Root of the virtual file system. It must not exist on the real file system: Nickel stats
+/// the real path before falling back to memory.
+pub const VFS_ROOT: &str = "/nickel-vfs";
+const MODULE_ROOT: &str = "/nickel-vfs/module";
+const LIB_ROOT: &str = "/nickel-vfs/lib";
+const EVAL_ROOT: &str = "/nickel-vfs/eval";
+const INPUT_FILE: &str = "spec.input.json";
+const CONTEXT_FILE: &str = "context.json";
+const ENTRY_FILE: &str = "entry.ncl";
+
+/// The directory under which modules import the library: `import "pequod/graph.ncl"`.
+pub const LIBRARY_PREFIX: &str = "pequod";
+
+/// How many prepared modules one worker keeps warm.
+const PREPARED_CAPACITY: usize = 16;
+
+/// A module parsed, typechecked and transformed once, cloned for every evaluation.
+struct PreparedModule {
+    cache: CacheHub,
+    pos_table: PosTable,
+    entrypoint: PathBuf,
+    /// Every file the module may use: its own, the library's and the stdlib's.
+    known_files: HashSet<FileId>,
+}
+
+/// Evaluates modules, keeping the most recently used ones prepared.
+pub struct Evaluator {
+    library: BTreeMap<String, String>,
+    prepared: LruCache<String, PreparedModule>,
+}
+
+impl Evaluator {
+    /// An evaluator whose modules may import `library` files as `"pequod/<name>"`.
+    pub fn new(library: BTreeMap<String, String>) -> Evaluator {
+        Evaluator {
+            library,
+            prepared: LruCache::new(
+                NonZeroUsize::new(PREPARED_CAPACITY).unwrap_or(NonZeroUsize::MIN),
+            ),
+        }
+    }
+
+    /// Evaluates the request's module with its input: `{ metadata, input, rendered }` as JSON.
+    pub fn evaluate(&mut self, request: &EvalRequest) -> Result<Value, EvalFailure> {
+        if !self.prepared.contains(request.digest.as_ref()) {
+            let prepared = prepare(&self.library, request)?;
+            self.prepared.put(request.digest.to_string(), prepared);
+        }
+        let prepared = self.prepared.get(request.digest.as_ref()).ok_or_else(|| {
+            EvalFailure::new(FailureKind::Request, "prepared module left the cache")
+        })?;
+        evaluate_prepared(prepared, &request.input, &request.context)
+    }
+}
+
+/// The generated entry: the module merged with its context, the input checked by the
+/// module's `Input` contract (which fills defaults), and the rendered graph checked by the
+/// library's `Rendered` contract. Arguments are import paths; they are escaped.
+pub fn entry_source(graph: &str, main: &str, context: &str, input: &str) -> String {
+    let [graph, main, context, input] = [graph, main, context, input].map(nickel_string);
+    format!(
+        r#"let graph = import {graph} in
+let module = (import {main}) & {{ context = import {context} }} in
+let checked_input = (import {input}) | module.Input in
+{{
+  metadata = module.metadata,
+  input = checked_input,
+  rendered = (module.render checked_input) | graph.Rendered,
+}}
+"#
+    )
+}
+
+/// A Nickel string literal for `text`.
+fn nickel_string(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("%{", "\\%{");
+    format!("\"{escaped}\"")
+}
+
+fn library_path(name: &str) -> PathBuf {
+    Path::new(LIB_ROOT).join(LIBRARY_PREFIX).join(name)
+}
+
+fn prepare(
+    library: &BTreeMap<String, String>,
+    request: &EvalRequest,
+) -> Result<PreparedModule, EvalFailure> {
+    let mut cache = CacheHub::new();
+    let mut known_files: HashSet<FileId> = cache.sources.file_paths.keys().copied().collect();
+    let mut nickel_files = Vec::new();
+    let module_files = request
+        .files
+        .iter()
+        .map(|(name, source)| (Path::new(MODULE_ROOT).join(name), source));
+    let library_files = library
+        .iter()
+        .map(|(name, source)| (library_path(name), source));
+    for (path, source) in module_files.chain(library_files) {
+        let id = add_file(&mut cache, &path, source.clone());
+        known_files.insert(id);
+        if InputFormat::from_path(&path) == Some(InputFormat::Nickel) {
+            nickel_files.push(id);
+        }
+    }
+    cache
+        .sources
+        .add_import_paths(std::iter::once(PathBuf::from(LIB_ROOT)));
+    imports::check(&cache, &nickel_files)?;
+
+    let entrypoint = Path::new(MODULE_ROOT).join(request.entrypoint.as_ref());
+    let find = |path: PathBuf| {
+        cache
+            .sources
+            .id_of(&SourcePath::Path(path, InputFormat::Nickel))
+    };
+    let main = find(entrypoint.clone()).ok_or_else(|| {
+        EvalFailure::new(
+            FailureKind::Request,
+            "the entrypoint is not a Nickel file of the module",
+        )
+    })?;
+    let graph_contract = find(library_path("graph.ncl")).ok_or_else(|| {
+        EvalFailure::new(FailureKind::Request, "the pequod library has no graph.ncl")
+    })?;
+
+    let mut pos_table = PosTable::new();
+    let result = cache
+        .prepare_stdlib(&mut pos_table)
+        .and_then(|()| cache.prepare(&mut pos_table, main))
+        .and_then(|_| cache.prepare(&mut pos_table, graph_contract));
+    if let Err(error) = result {
+        return Err(failure(cache.sources.files().clone(), error, None));
+    }
+    // Nickel resolved every import while preparing. Anything it loaded that is not a known
+    // file came from the real file system: refuse it before evaluation can expose it.
+    imports::ensure_only_known(&cache, &known_files)?;
+    Ok(PreparedModule {
+        cache,
+        pos_table,
+        entrypoint,
+        known_files,
+    })
+}
+
+fn add_file(cache: &mut CacheHub, path: &Path, source: String) -> FileId {
+    let format = InputFormat::from_path(path).unwrap_or(InputFormat::Text);
+    cache
+        .sources
+        .add_string(SourcePath::Path(path.to_path_buf(), format), source)
+}
+
+fn evaluate_prepared(
+    prepared: &PreparedModule,
+    input: &Value,
+    context: &RenderContext,
+) -> Result<Value, EvalFailure> {
+    let input_json = SpannedJson::new(input, "input");
+    let context_json = serde_json::to_string_pretty(context)
+        .map_err(|e| EvalFailure::new(FailureKind::Request, format!("context: {e}")))?;
+    let input_path = Path::new(EVAL_ROOT).join(INPUT_FILE);
+    let context_path = Path::new(EVAL_ROOT).join(CONTEXT_FILE);
+    let entry = entry_source(
+        &library_path("graph.ncl").display().to_string(),
+        &prepared.entrypoint.display().to_string(),
+        &context_path.display().to_string(),
+        &input_path.display().to_string(),
+    );
+
+    let mut cache = prepared.cache.clone_for_eval();
+    let mut pos_table = prepared.pos_table.clone();
+    let mut known_files = prepared.known_files.clone();
+    known_files.insert(add_file(
+        &mut cache,
+        &input_path,
+        input_json.text().to_string(),
+    ));
+    known_files.insert(add_file(&mut cache, &context_path, context_json));
+    let entry_id = add_file(&mut cache, &Path::new(EVAL_ROOT).join(ENTRY_FILE), entry);
+    known_files.insert(entry_id);
+    if let Err(error) = cache.prepare_eval_only(&mut pos_table, entry_id) {
+        return Err(failure(
+            cache.sources.files().clone(),
+            error,
+            Some(&input_json),
+        ));
+    }
+    imports::ensure_only_known(&cache, &known_files)?;
+
+    let mut vm_context = VmContext::<CacheHub, CacheImpl>::new_with_pos_table(
+        cache,
+        pos_table,
+        std::io::sink(),
+        NullReporter {},
+    );
+    let files = vm_context.import_resolver.sources.files().clone();
+    if let Err(error) = vm_context
+        .import_resolver
+        .closurize(&mut vm_context.cache, entry_id)
+    {
+        return Err(EvalFailure::new(
+            FailureKind::Request,
+            format!("the generated entry could not be prepared: {error:?}"),
+        ));
+    }
+    let term = vm_context
+        .import_resolver
+        .terms
+        .get_owned(entry_id)
+        .ok_or_else(|| EvalFailure::new(FailureKind::Request, "the generated entry has no term"))?;
+    let evaluated = VirtualMachine::new(&mut vm_context).eval_full_for_export(term);
+    let value = match evaluated {
+        Ok(value) => value,
+        Err(error) => return Err(failure(files, error.into(), Some(&input_json))),
+    };
+    if let Err(error) = serialize::validate(ExportFormat::Json, &value) {
+        let error = NickelError::export_error(vm_context.pos_table.clone(), error);
+        return Err(failure(files, error, Some(&input_json)));
+    }
+    serde_json::to_value(&value).map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_are_escaped() {
+        let entry = entry_source("/g.ncl", "/m/a\".ncl%{x}\\", "/c.json", "/i.json");
+        assert!(entry.contains(r#"(import "/m/a\".ncl\%{x}\\")"#), "{entry}");
+    }
+}
