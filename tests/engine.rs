@@ -15,7 +15,7 @@ fn renderer_with(adjust: impl FnOnce(&mut PoolConfig)) -> Renderer {
     let mut config = PoolConfig::with_program(common::pequod_bin());
     config.workers = 1;
     adjust(&mut config);
-    Renderer::new(config, 16 << 20)
+    Renderer::new(config, pequod::render::DEFAULT_CACHE_MIB << 20)
 }
 
 fn renderer() -> Renderer {

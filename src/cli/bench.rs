@@ -14,7 +14,7 @@ use super::{CliError, EvalArgs, exit};
 use crate::module::{ModuleBundle, embedded_module, library_files};
 use crate::render::nickel::entry_source;
 use crate::render::worker::resident_bytes;
-use crate::render::{DEFAULT_CACHE_BYTES, RenderContext, Renderer};
+use crate::render::{RenderContext, Renderer};
 
 /// Flags of `pequod bench`.
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ fn context() -> RenderContext {
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let bundle = embedded_module(MODULE)
         .ok_or_else(|| CliError::new(exit::MODULE_UNAVAILABLE, "no embedded webservice"))?;
-    let renderer = Arc::new(Renderer::new(args.eval.pool_config()?, DEFAULT_CACHE_BYTES));
+    let renderer = Arc::new(args.eval.renderer()?);
     let samples = args.samples.max(1);
     println!(
         "pequod bench: module {MODULE}, {samples} samples, {} workers, {} cores",

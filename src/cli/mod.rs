@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::render::worker::WorkerLimits;
-use crate::render::{MIN_MEMORY_MIB, PoolConfig, RenderError};
+use crate::render::{DEFAULT_CACHE_MIB, MIN_MEMORY_MIB, PoolConfig, RenderError, Renderer};
 
 pub use output::OutputFormat;
 
@@ -61,9 +61,18 @@ pub struct EvalArgs {
     /// Number of evaluation worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub eval_workers: u64,
+    /// Memory budget of the cache of rendered graphs, in MiB (estimated).
+    #[arg(long, default_value_t = DEFAULT_CACHE_MIB)]
+    pub render_cache_mib: u64,
 }
 
 impl EvalArgs {
+    /// A renderer with the pool and cache these flags describe.
+    pub fn renderer(&self) -> Result<Renderer, CliError> {
+        let cache_bytes = self.render_cache_mib.saturating_mul(1 << 20);
+        Ok(Renderer::new(self.pool_config()?, cache_bytes))
+    }
+
     /// The worker-pool settings these flags describe, with this binary as the worker.
     pub fn pool_config(&self) -> Result<PoolConfig, CliError> {
         let program = std::env::current_exe().map_err(|e| {

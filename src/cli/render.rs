@@ -8,7 +8,7 @@ use super::output::{OutputFormat, print_graph};
 use super::{CliError, EvalArgs, exit, write_stdout};
 use crate::api::{API_VERSION, Transform};
 use crate::module::resolve_local;
-use crate::render::{DEFAULT_CACHE_BYTES, RenderContext, Renderer};
+use crate::render::RenderContext;
 
 /// Flags of `pequod render`.
 #[derive(Debug, Args)]
@@ -33,7 +33,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
     let bundle = resolve_local(&transform.spec.module_ref, args.module_dir.as_deref())
         .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
-    let renderer = Renderer::new(args.eval.pool_config()?, DEFAULT_CACHE_BYTES);
+    let renderer = args.eval.renderer()?;
     let context = RenderContext {
         name: transform.metadata.name.clone().unwrap_or_default(),
         namespace: transform
