@@ -4,4 +4,5 @@
 fn main() {
     println!("cargo:rerun-if-changed=platforms");
     println!("cargo:rerun-if-changed=schemas/pequod");
+    println!("cargo:rerun-if-changed=schemas/json");
 }

@@ -93,6 +93,10 @@ fn broken_modules_fail_with_located_errors() {
             "unknown-dep",
             "error: render failed: graph integrity: node `config` depends on unknown node `missing`",
         ),
+        (
+            "schema-typo",
+            "error: render failed: schema validation: node cluster (Cluster ledger-db): spec.storage.sise: unknown field; node service (Service ledger-db): spec.ports[0].port: \"5432\" is not of type \"integer\"",
+        ),
     ];
     for (module, expected) in cases {
         let (code, first, _) = module_case(module, &[]);

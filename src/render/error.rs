@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::schema::SchemaViolation;
 use crate::graph::IntegrityErrors;
 
 /// The phase of Nickel processing that failed.
@@ -126,6 +127,9 @@ pub enum RenderError {
     /// The graph fails integrity checks.
     #[error("graph integrity: {0}")]
     Integrity(#[from] IntegrityErrors),
+    /// Rendered objects break the JSON Schema of their kind.
+    #[error("schema validation: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Schema(Vec<SchemaViolation>),
 }
 
 impl RenderError {
@@ -138,7 +142,8 @@ impl RenderError {
             | RenderError::StackOverflow
             | RenderError::OutputTooLarge(_)
             | RenderError::InvalidOutput(_)
-            | RenderError::Integrity(_) => true,
+            | RenderError::Integrity(_)
+            | RenderError::Schema(_) => true,
             RenderError::Timeout(_)
             | RenderError::MemoryLimit(_)
             | RenderError::WorkerCrashed { .. }

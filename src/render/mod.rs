@@ -9,11 +9,13 @@ mod input_json;
 pub mod nickel;
 mod pool;
 mod protocol;
+mod schema;
 pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
 pub use pool::{MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
 pub use protocol::RenderContext;
+pub use schema::SchemaViolation;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -211,7 +213,12 @@ impl Renderer {
             context: Cow::Borrowed(context),
         };
         let output = self.pool.evaluate(&request).await?;
-        graph_from_output(output, bundle.digest(), context)
+        // Schema validation compiles large validators on first use: keep it off the
+        // async runtime's threads.
+        let (digest, context) = (bundle.digest().to_string(), context.clone());
+        tokio::task::spawn_blocking(move || graph_from_output(output, &digest, &context))
+            .await
+            .map_err(|e| RenderError::Worker(format!("graph check failed: {e}")))?
     }
 
     /// Renderer counters.
@@ -285,6 +292,10 @@ fn graph_from_output(
         place_and_label(node, context);
     }
     let dag = Dag::build(&nodes)?;
+    let schema_violations = schema::validate_nodes(&nodes);
+    if !schema_violations.is_empty() {
+        return Err(RenderError::Schema(schema_violations));
+    }
     let outputs = raw.rendered.outputs;
     let render_hash = {
         let canonical = json!({"nodes": nodes, "outputs": outputs}).to_string();

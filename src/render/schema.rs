@@ -1,0 +1,239 @@
+//! Validation of rendered objects against the strict JSON Schema of their kind, bundled from
+//! `schemas/json/` (built-in kinds and the CRDs the shipped platforms use). Each validator is
+//! compiled on first use and kept for the life of the process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use include_dir::{Dir, include_dir};
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::{Registry, Validator};
+use serde_json::Value;
+
+use crate::graph::Node;
+
+static SCHEMAS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/schemas/json");
+
+/// Where `_definitions.json` is registered; the per-kind schemas refer to it as
+/// `/api/_definitions.json`, resolved against [`KIND_BASE_URI`].
+const DEFINITIONS_URI: &str = "https://kubernetes.io/api/_definitions.json";
+const KIND_BASE_URI: &str = "https://kubernetes.io/api/kind.json";
+
+static DEFINITIONS: LazyLock<Result<Registry<'static>, String>> = LazyLock::new(|| {
+    let defs = parse(&SCHEMAS, "k8s/_definitions.json")?;
+    Registry::new()
+        .add(DEFINITIONS_URI, defs)
+        .and_then(|builder| builder.prepare())
+        .map_err(|e| format!("schema definitions: {e}"))
+});
+
+static VALIDATORS: LazyLock<Mutex<HashMap<String, Arc<Validator>>>> = LazyLock::new(Mutex::default);
+
+fn parse(dir: &Dir<'static>, path: &str) -> Result<Value, String> {
+    let file = dir
+        .get_file(path)
+        .ok_or_else(|| format!("no bundled schema {path}"))?;
+    serde_json::from_slice(file.contents()).map_err(|e| format!("schema {path}: {e}"))
+}
+
+/// The bundled schema file for an object's apiVersion and kind, if there is one.
+fn schema_path(api_version: &str, kind: &str) -> Option<String> {
+    let kind = kind.to_lowercase();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let (folder, stem) = match group.split('.').next() {
+        Some(first) if !first.is_empty() => {
+            let folder = if group.contains('.') && !group.ends_with(".k8s.io") {
+                "crd"
+            } else {
+                "k8s"
+            };
+            (folder, format!("{kind}-{first}-{version}.json"))
+        }
+        _ => ("k8s", format!("{kind}-{version}.json")),
+    };
+    let path = format!("{folder}/{stem}");
+    SCHEMAS.get_file(&path).map(|_| path)
+}
+
+fn validator(path: &str) -> Result<Arc<Validator>, String> {
+    if let Ok(cache) = VALIDATORS.lock()
+        && let Some(validator) = cache.get(path)
+    {
+        return Ok(Arc::clone(validator));
+    }
+    let registry = DEFINITIONS.as_ref().map_err(Clone::clone)?;
+    let schema = parse(&SCHEMAS, path)?;
+    let validator = jsonschema::options()
+        .offline()
+        .with_registry(registry)
+        .with_base_uri(KIND_BASE_URI)
+        .build(&schema)
+        .map_err(|e| format!("schema {path}: {e}"))?;
+    let validator = Arc::new(validator);
+    if let Ok(mut cache) = VALIDATORS.lock() {
+        cache.insert(path.to_string(), Arc::clone(&validator));
+    }
+    Ok(validator)
+}
+
+/// One schema error of one node, e.g.
+/// `node cluster (Cluster ledger-db): spec.storage.sise: unknown field`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaViolation {
+    /// The node.
+    pub node: String,
+    /// `Kind name` of the object.
+    pub object: String,
+    /// Dotted path of the field, empty for the object itself.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for SchemaViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() {
+            "(object)"
+        } else {
+            &self.path
+        };
+        write!(
+            f,
+            "node {} ({}): {path}: {}",
+            self.node, self.object, self.message
+        )
+    }
+}
+
+/// Validates every node's object whose kind has a bundled schema. Kinds without one (a
+/// CRD this build does not know) are left to the API server.
+pub fn validate_nodes(nodes: &[Node]) -> Vec<SchemaViolation> {
+    let mut violations = Vec::new();
+    for node in nodes {
+        let (Some(api_version), Some(kind)) = (node.api_version(), node.kind()) else {
+            continue;
+        };
+        let Some(path) = schema_path(api_version, kind) else {
+            continue;
+        };
+        let violation = |path: String, message: String| SchemaViolation {
+            node: node.id.clone(),
+            object: node.describe(),
+            path,
+            message,
+        };
+        let validator = match validator(&path) {
+            Ok(validator) => validator,
+            Err(message) => {
+                violations.push(violation(String::new(), message));
+                continue;
+            }
+        };
+        for error in validator.iter_errors(&node.object) {
+            let at = dotted(&error.instance_path().to_string());
+            match error.kind() {
+                ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    for field in unexpected {
+                        let path = if at.is_empty() {
+                            field.clone()
+                        } else {
+                            format!("{at}.{field}")
+                        };
+                        violations.push(violation(path, "unknown field".into()));
+                    }
+                }
+                _ => violations.push(violation(at, error.to_string())),
+            }
+        }
+    }
+    violations
+}
+
+/// `/spec/containers/0/image` → `spec.containers[0].image`.
+fn dotted(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(id: &str, object: Value) -> Node {
+        serde_json::from_value(json!({"id": id, "object": object})).expect("valid node")
+    }
+
+    #[test]
+    fn schema_files_are_found_by_group_version_kind() {
+        let found = |api: &str, kind: &str| schema_path(api, kind);
+        assert_eq!(
+            found("apps/v1", "Deployment").as_deref(),
+            Some("k8s/deployment-apps-v1.json")
+        );
+        assert_eq!(
+            found("v1", "Service").as_deref(),
+            Some("k8s/service-v1.json")
+        );
+        assert_eq!(
+            found("networking.k8s.io/v1", "Ingress").as_deref(),
+            Some("k8s/ingress-networking-v1.json")
+        );
+        assert_eq!(
+            found("postgresql.cnpg.io/v1", "Cluster").as_deref(),
+            Some("crd/cluster-postgresql-v1.json")
+        );
+        assert_eq!(
+            found("external-secrets.io/v1", "ExternalSecret").as_deref(),
+            Some("crd/externalsecret-external-secrets-v1.json")
+        );
+        assert_eq!(found("example.com/v1", "Widget"), None);
+    }
+
+    #[test]
+    fn typos_and_wrong_types_are_named_by_node_kind_and_path() {
+        let nodes = [
+            node(
+                "cluster",
+                json!({
+                "apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+                "metadata": {"name": "ledger-db"},
+                "spec": {"instances": 1, "storage": {"sise": "1Gi"}}}),
+            ),
+            node(
+                "web",
+                json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "spec": {"selector": {}, "template": {"spec": {"containers": [
+                    {"name": "web", "image": "x:1", "ports": [{"containerPort": "80"}]}]}}}}),
+            ),
+            node(
+                "widget",
+                json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w"}, "anything": true}),
+            ),
+        ];
+        let messages: Vec<String> = validate_nodes(&nodes)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            messages,
+            vec![
+                "node cluster (Cluster ledger-db): spec.storage.sise: unknown field",
+                "node web (Deployment web): spec.template.spec.containers[0].ports[0].containerPort: \"80\" is not of type \"integer\"",
+            ]
+        );
+    }
+}
