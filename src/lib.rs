@@ -8,4 +8,5 @@ pub mod api;
 pub mod cli;
 pub mod graph;
 pub mod module;
+pub mod policy;
 pub mod render;

@@ -317,3 +317,38 @@ fn a_closed_output_pipe_is_not_an_error() {
     assert!(out.status.success(), "{}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn error_policies_block_the_render_and_overrides_lower_them() {
+    let (code, first, _) = module_case("policies", &[]);
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            1,
+            "error: render failed: policy violations: input.replicas: at least 2 replicas are required, got 1 (policy require-replicas)"
+        )
+    );
+    let lowered = temp_transform(
+        "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: test, namespace: testing}\nspec:\n  moduleRef: {type: inline, ref: \"\"}\n  input: {team: payments}\n  policies:\n  - {name: require-replicas, enforcement: Warn}\n  - {name: prefer-labels, enforcement: Sometimes}\n",
+    );
+    let path = lowered.path().display().to_string();
+    let out = common::pequod_ok(&[
+        "render",
+        "-f",
+        &path,
+        "--module-dir",
+        "testdata/modules/policies",
+        "-o",
+        "json",
+    ]);
+    let graph: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        graph["spec"]["violations"],
+        serde_json::json!([
+            {"path": "spec.policies[1]", "message": "enforcement `Sometimes` is not Error or Warning; override ignored",
+             "severity": "Warning", "policy": "prefer-labels"},
+            {"path": "input.replicas", "message": "at least 2 replicas are required, got 1",
+             "severity": "Warning", "policy": "require-replicas"},
+        ])
+    );
+}

@@ -9,7 +9,7 @@ use super::yaml;
 use crate::api::{
     API_VERSION, GraphMetadata, ResourceGraph, ResourceGraphSpec, SourceRef, Transform,
 };
-use crate::graph::ApplyMode;
+use crate::graph::{ApplyMode, Violation};
 use crate::render::{RenderedGraph, labels};
 
 /// Output formats of `pequod render`.
@@ -38,16 +38,18 @@ pub enum PrintError {
     Json(#[from] serde_json::Error),
 }
 
-/// Prints `graph`, rendered from `transform`, in `format`.
+/// Prints `graph`, rendered from `transform` with policy `warnings`, in `format`.
 pub fn print_graph(
     transform: &Transform,
     graph: &RenderedGraph,
+    warnings: &[Violation],
     format: OutputFormat,
 ) -> Result<String, PrintError> {
     Ok(match format {
-        OutputFormat::Yaml => yaml::to_string(&resource_graph(transform, graph))?,
+        OutputFormat::Yaml => yaml::to_string(&resource_graph(transform, graph, warnings))?,
         OutputFormat::Json => {
-            let mut text = serde_json::to_string_pretty(&resource_graph(transform, graph))?;
+            let mut text =
+                serde_json::to_string_pretty(&resource_graph(transform, graph, warnings))?;
             text.push('\n');
             text
         }
@@ -57,8 +59,13 @@ pub fn print_graph(
     })
 }
 
-/// The ResourceGraph object the operator would write for this render.
-pub fn resource_graph(transform: &Transform, graph: &RenderedGraph) -> ResourceGraph {
+/// The ResourceGraph object the operator would write for this render, with the policy
+/// warnings that did not block it.
+pub fn resource_graph(
+    transform: &Transform,
+    graph: &RenderedGraph,
+    warnings: &[Violation],
+) -> ResourceGraph {
     let name = transform.metadata.name.clone().unwrap_or_default();
     let outputs = match &graph.outputs {
         serde_json::Value::Object(map) if map.is_empty() => None,
@@ -94,7 +101,7 @@ pub fn resource_graph(transform: &Transform, graph: &RenderedGraph) -> ResourceG
             },
             nodes: graph.nodes.clone(),
             outputs,
-            violations: Vec::new(),
+            violations: warnings.to_vec(),
         },
         status: None,
     }

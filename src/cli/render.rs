@@ -8,6 +8,7 @@ use super::output::{OutputFormat, print_graph};
 use super::{CliError, EvalArgs, exit, write_stdout};
 use crate::api::{API_VERSION, Transform};
 use crate::module::resolve_local;
+use crate::policy;
 use crate::render::RenderContext;
 
 /// Flags of `pequod render`.
@@ -45,7 +46,10 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let graph = renderer
         .render(&bundle, &transform.spec.input, &context)
         .await?;
-    let text = print_graph(&transform, &graph, args.output)
+    let warnings = policy::enforce(&graph.findings, &transform.spec.policies)
+        .into_result()
+        .map_err(|e| CliError::new(exit::RENDER_FAILED, format!("render failed: {e}")))?;
+    let text = print_graph(&transform, &graph, &warnings, args.output)
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
     write_stdout(&text)
 }

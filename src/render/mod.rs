@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::graph::{ApplyMode, Dag, Node, json_type_name};
 use crate::module::{ModuleBundle, library_files};
+use crate::policy::Finding;
 use protocol::EvalRequest;
 
 /// Labels Pequod puts on every object it writes.
@@ -106,6 +107,8 @@ pub struct RenderedGraph {
     pub outputs: Value,
     /// `sha256:` over nodes and outputs.
     pub render_hash: String,
+    /// What the module's policies found, before the Transform's overrides.
+    pub findings: Vec<Finding>,
     /// The dependency DAG of the nodes.
     pub dag: Dag,
 }
@@ -116,6 +119,8 @@ struct RawOutput {
     metadata: ModuleMetadata,
     input: Value,
     rendered: RawRendered,
+    #[serde(default)]
+    violations: Vec<Finding>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +316,7 @@ fn graph_from_output(
         nodes,
         outputs,
         render_hash,
+        findings: raw.violations,
         dag,
     })
 }

@@ -88,18 +88,35 @@ impl Evaluator {
 }
 
 /// The generated entry: the module merged with its context, the input checked by the
-/// module's `Input` contract (which fills defaults), and the rendered graph checked by the
-/// library's `Rendered` contract. Arguments are import paths; they are escaped.
+/// module's `Input` contract (which fills defaults), the rendered graph checked by the
+/// library's `Rendered` contract, and the findings of the module's `policies` over both.
+/// Arguments are import paths; they are escaped.
 pub fn entry_source(graph: &str, main: &str, context: &str, input: &str) -> String {
     let [graph, main, context, input] = [graph, main, context, input].map(nickel_string);
     format!(
         r#"let graph = import {graph} in
-let module = (import {main}) & {{ context = import {context} }} in
+let module = (import {main}) & {{ context = import {context}, policies | default = {{}} }} in
 let checked_input = (import {input}) | module.Input in
+let rendered_graph = (module.render checked_input) | graph.Rendered in
+let findings = fun entry =>
+  let rule = entry.value in
+  let level = if std.record.has_field "severity" rule then rule.severity else 'Error in
+  let lowerable = if std.record.has_field "overridable" rule then rule.overridable else false in
+  std.array.map
+    (fun found => {{
+      path = found.path,
+      message = found.message,
+      policy = entry.field,
+      severity = level,
+      overridable = lowerable,
+    }})
+    (rule.check {{ input = checked_input, rendered = rendered_graph }})
+in
 {{
   metadata = module.metadata,
   input = checked_input,
-  rendered = (module.render checked_input) | graph.Rendered,
+  rendered = rendered_graph,
+  violations = std.array.flat_map findings (std.record.to_array module.policies),
 }}
 "#
     )
