@@ -352,3 +352,28 @@ fn error_policies_block_the_render_and_overrides_lower_them() {
         ])
     );
 }
+
+#[test]
+fn module_check_renders_every_example_and_fails_on_any_finding() {
+    let out = common::pequod(&["module", "check", "testdata/modules/policies"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok    examples/a-ok.yaml: 1 node\n\
+         FAIL  examples/b-lowered.yaml: policy warning: input.replicas: at least 2 replicas are required, got 1 (1 in all)\n\
+         FAIL  examples/c-broken.yaml: contract violation at input.replicas: contract broken by the value of `replicas`; expected `Number` (main.ncl:8:16) (spec.input.json:2:15)\n\
+         1 passed, 2 failed\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: 2 of 3 examples of testdata/modules/policies failed\n"
+    );
+    let (code, first, _) = failing(&["module", "check", "testdata/modules/cyclic"]);
+    assert_eq!(
+        (code, first.as_str()),
+        (
+            4,
+            "error: cannot read testdata/modules/cyclic/examples: No such file or directory (os error 2)"
+        )
+    );
+}

@@ -1,6 +1,7 @@
 //! The command line: `pequod render`, `pequod crds`, `pequod bench`, and the hidden worker.
 
 mod bench;
+mod module;
 mod output;
 mod render;
 mod yaml;
@@ -42,6 +43,9 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Print the Transform and ResourceGraph CustomResourceDefinitions as YAML.
     Crds,
+    /// Work with modules: check a module directory against its examples.
+    #[command(subcommand)]
+    Module(module::ModuleCommand),
     /// Measure render latency, throughput and memory, and print the figures.
     Bench(bench::BenchArgs),
     /// Evaluation worker (started by pequod itself; reads requests on stdin).
@@ -182,6 +186,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Crds => print_crds(),
         Command::Render(args) => runtime()?.block_on(render::run(args)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Module(command) => runtime()?.block_on(module::run(command)),
     }
 }
 
