@@ -94,6 +94,14 @@ fn every_rendered_object_validates_against_its_strict_schema() {
 }
 
 #[test]
+fn shipped_modules_pass_their_own_examples() {
+    for module in ["platforms/postgres", "platforms/webservice"] {
+        let out = common::pequod_ok(&["module", "check", module]);
+        assert!(out.ends_with(" passed, 0 failed\n"), "{module}: {out}");
+    }
+}
+
+#[test]
 fn json_and_yaml_outputs_carry_the_same_graph() {
     let yaml = common::pequod_ok(&["render", "-f", "testdata/transforms/webservice.yaml"]);
     let json = common::pequod_ok(&[
@@ -138,6 +146,7 @@ fn webservice_deployment_waits_for_its_service_account() {
                 serde_json::json!(["serviceaccount"])
             ),
             ("service".into(), "Service".into(), Value::Null),
+            ("pdb".into(), "PodDisruptionBudget".into(), Value::Null),
         ]
     );
 }

@@ -3,7 +3,8 @@
 //! serde_yaml writes YAML 1.2, where `on`, `off`, `yes`, `no`, `y` and `n` are plain
 //! strings and so are left unquoted. kubectl parses YAML 1.1, where they are booleans: a
 //! PostgreSQL parameter `wal_compression: on` would reach the API server as `true`. Such
-//! scalars are quoted here.
+//! scalars are quoted here, and so are the other plain scalars YAML 1.1 resolves to
+//! non-strings: timestamps (`2026-05-01T10:00:00Z`) and base-60 numbers (`12:30`).
 
 use serde::Serialize;
 
@@ -23,7 +24,27 @@ fn quote(token: &str) -> String {
 }
 
 fn is_ambiguous(token: &str) -> bool {
-    YAML11_BOOLEANS.contains(&token)
+    YAML11_BOOLEANS.contains(&token) || is_yaml11_timestamp(token) || is_yaml11_sexagesimal(token)
+}
+
+/// `YYYY-M-D`, optionally followed by a time: YAML 1.1's timestamp.
+fn is_yaml11_timestamp(token: &str) -> bool {
+    let date = token.split(['T', 't', ' ']).next().unwrap_or("");
+    let parts: Vec<&str> = date.split('-').collect();
+    let digits = |s: &str, min: usize, max: usize| {
+        (min..=max).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
+    };
+    parts.len() == 3 && digits(parts[0], 4, 4) && digits(parts[1], 1, 2) && digits(parts[2], 1, 2)
+}
+
+/// `1:20`, `10:00:00`: YAML 1.1's base-60 integers and floats.
+fn is_yaml11_sexagesimal(token: &str) -> bool {
+    let body = token.strip_prefix(['-', '+']).unwrap_or(token);
+    body.starts_with(|c: char| c.is_ascii_digit())
+        && body.contains(':')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ':' | '_' | '.'))
 }
 
 /// Rewrites plain scalars in key and value positions of serde_yaml's block output. Lines
@@ -134,12 +155,15 @@ mod tests {
             "script": "line one\n  on\nno\n",
             "indented": "  on\nno",
             "pipe": "a |",
+            "when": "2026-05-01T10:00:00Z",
+            "at": "12:30",
+            "version": "1.2.3",
             "after": "no",
         });
         let yaml = to_string(&value).expect("serializable");
         assert_eq!(
             yaml,
-            "after: 'no'\nindented: |2-\n    on\n  no\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\npipe: a |\nscript: |\n  line one\n    on\n  no\n"
+            "after: 'no'\nat: '12:30'\nindented: |2-\n    on\n  no\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\npipe: a |\nscript: |\n  line one\n    on\n  no\nversion: 1.2.3\nwhen: '2026-05-01T10:00:00Z'\n"
         );
         let back: serde_json::Value = serde_yaml::from_str(&yaml).expect("valid YAML");
         assert_eq!(back, value);

@@ -66,6 +66,6 @@ mod tests {
     fn shipped_modules_and_library_are_embedded() {
         assert_eq!(embedded_module_names(), ["postgres", "webservice"]);
         let library: Vec<String> = library_files().into_keys().collect();
-        assert_eq!(library, ["graph.ncl", "k8s.ncl", "ready.ncl"]);
+        assert_eq!(library, ["graph.ncl", "k8s.ncl", "policy.ncl", "ready.ncl"]);
     }
 }
