@@ -115,14 +115,7 @@ async fn check_example(
     example: &Path,
 ) -> Result<usize, String> {
     let transform = read_transform(example).map_err(|e| e.to_string())?;
-    let context = RenderContext {
-        name: transform.metadata.name.clone().unwrap_or_default(),
-        namespace: transform
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-    };
+    let context = RenderContext::of(&transform);
     let graph = renderer
         .render(bundle, &transform.spec.input, &context)
         .await

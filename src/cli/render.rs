@@ -35,14 +35,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let bundle = resolve_local(&transform.spec.module_ref, args.module_dir.as_deref())
         .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
     let renderer = args.eval.renderer()?;
-    let context = RenderContext {
-        name: transform.metadata.name.clone().unwrap_or_default(),
-        namespace: transform
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_string()),
-    };
+    let context = RenderContext::of(&transform);
     let graph = renderer
         .render(&bundle, &transform.spec.input, &context)
         .await?;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::EvalFailure;
+use crate::api::Transform;
 
 /// Who a render is for: merged into the module as `context`, so modules can name their
 /// namespace in outputs.
@@ -17,6 +18,20 @@ pub struct RenderContext {
     pub name: String,
     /// The Transform's namespace.
     pub namespace: String,
+}
+
+impl RenderContext {
+    /// The context of a Transform: its name, and its namespace (`default` when unset).
+    pub fn of(transform: &Transform) -> RenderContext {
+        RenderContext {
+            name: transform.metadata.name.clone().unwrap_or_default(),
+            namespace: transform
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
+        }
+    }
 }
 
 /// Evaluate a module with an input. The files travel with every request; a worker that
