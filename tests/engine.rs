@@ -432,10 +432,25 @@ async fn deep_nesting_overflows_a_worker_not_the_operator() {
 }
 
 #[tokio::test]
-async fn non_mapping_input_is_refused_without_evaluation() {
+async fn non_mapping_input_and_long_names_are_refused_without_evaluation() {
     let renderer = renderer();
     let error = render_err(&renderer, &demo(), json!(["a"])).await;
     assert_eq!(error.to_string(), "input must be a mapping, found a list");
+    let long = RenderContext {
+        name: "n".repeat(64),
+        ..context()
+    };
+    let error = renderer
+        .render(&demo(), &json!({"name": "web"}), &long)
+        .await
+        .expect_err("too long");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "Transform name `{}` is longer than 63 characters, the limit of the label values Pequod sets",
+            "n".repeat(64)
+        )
+    );
     assert_eq!(
         renderer.pool().stats().evaluations.load(Ordering::Relaxed),
         0

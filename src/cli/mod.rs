@@ -151,8 +151,13 @@ impl CliError {
 
 impl From<RenderError> for CliError {
     fn from(error: RenderError) -> CliError {
+        // A worker that cannot be started or talked to is Pequod's failure, not the module's.
+        let code = match error {
+            RenderError::Worker(_) => exit::INTERNAL,
+            _ => exit::RENDER_FAILED,
+        };
         CliError {
-            code: exit::RENDER_FAILED,
+            code,
             message: format!("render failed: {error}"),
             detail: error.detail().map(str::to_string),
         }

@@ -20,11 +20,24 @@ pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
 }
 
 fn quote(token: &str) -> String {
-    format!("'{token}'")
+    format!("'{}'", token.replace('\'', "''"))
 }
 
 fn is_ambiguous(token: &str) -> bool {
-    YAML11_BOOLEANS.contains(&token) || is_yaml11_timestamp(token) || is_yaml11_sexagesimal(token)
+    YAML11_BOOLEANS.contains(&token)
+        || is_yaml11_timestamp(token)
+        || is_yaml11_sexagesimal(token)
+        || is_yaml11_underscored_number(token)
+}
+
+/// `1_000`, `+0_7`: YAML 1.1 numbers may contain underscores.
+fn is_yaml11_underscored_number(token: &str) -> bool {
+    let body = token.strip_prefix(['-', '+']).unwrap_or(token);
+    body.starts_with(|c: char| c.is_ascii_digit())
+        && body.contains('_')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.'))
 }
 
 /// `YYYY-M-D`, optionally followed by a time: YAML 1.1's timestamp.
@@ -64,7 +77,7 @@ fn quote_yaml11_booleans(yaml: &str) -> String {
         }
         let rewritten = rewrite_line(body);
         if value_token(&rewritten).is_some_and(is_block_header) {
-            block_indent = Some(indent);
+            block_indent = Some(header_column(body));
         }
         out.push_str(&rewritten);
         if line.ends_with('\n') {
@@ -72,6 +85,23 @@ fn quote_yaml11_booleans(yaml: &str) -> String {
         }
     }
     out
+}
+
+/// The column that owns a block scalar started on `line`: its key's column, past any `- `
+/// item markers (`- script: |` owns lines indented deeper than `script`), or the last dash
+/// for a bare `- |`. Content lines are indented deeper than this column.
+fn header_column(line: &str) -> usize {
+    let indent = line.len() - line.trim_start().len();
+    let mut column = indent;
+    let mut rest = &line[indent..];
+    while let Some(item) = rest.strip_prefix("- ") {
+        if !item.contains(": ") && !item.ends_with(':') {
+            return column;
+        }
+        column += 2;
+        rest = item;
+    }
+    column
 }
 
 /// The scalar a line ends with: after `key: ` or the last `- `.
@@ -103,6 +133,21 @@ fn is_block_header(token: &str) -> bool {
     }
 }
 
+/// Splits `key: value` (or `key:`), skipping over a quoted key that may contain `: `.
+fn split_key(rest: &str) -> (&str, Option<&str>) {
+    let search_from = match rest.chars().next() {
+        Some(quote @ ('\'' | '"')) => rest[1..].find(quote).map_or(0, |end| end + 2),
+        _ => 0,
+    };
+    match rest[search_from..].find(": ") {
+        Some(at) => {
+            let at = search_from + at;
+            (&rest[..at], Some(&rest[at + 2..]))
+        }
+        None => (rest.strip_suffix(':').unwrap_or(rest), None),
+    }
+}
+
 fn rewrite_line(body: &str) -> String {
     let indent = body.len() - body.trim_start().len();
     let (prefix, mut rest) = body.split_at(indent);
@@ -115,10 +160,7 @@ fn rewrite_line(body: &str) -> String {
         out.push_str(&quote(rest));
         return out;
     }
-    let (key, value) = match rest.split_once(": ") {
-        Some((key, value)) => (key, Some(value)),
-        None => (rest.strip_suffix(':').unwrap_or(rest), None),
-    };
+    let (key, value) = split_key(rest);
     let key_is_plain = !key.starts_with(['\'', '"']);
     if key_is_plain && is_ambiguous(key) {
         out.push_str(&quote(key));
@@ -158,12 +200,16 @@ mod tests {
             "when": "2026-05-01T10:00:00Z",
             "at": "12:30",
             "version": "1.2.3",
+            "items": [{"script": "a\nb", "value": "on"}, "x"],
+            "a: b": "off",
+            "note": "2026-05-01 it's done",
+            "thousand": "1_000",
             "after": "no",
         });
         let yaml = to_string(&value).expect("serializable");
         assert_eq!(
             yaml,
-            "after: 'no'\nat: '12:30'\nindented: |2-\n    on\n  no\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\npipe: a |\nscript: |\n  line one\n    on\n  no\nversion: 1.2.3\nwhen: '2026-05-01T10:00:00Z'\n"
+            "'a: b': 'off'\nafter: 'no'\nat: '12:30'\nindented: |2-\n    on\n  no\nitems:\n- script: |-\n    a\n    b\n  value: 'on'\n- x\nlist:\n- 'yes'\n- 'n'\n- maybe\n- 'true'\nnested:\n- value: 'Y'\nnote: '2026-05-01 it''s done'\n'on': trigger\nparameters:\n  fsync: 'off'\n  shared_buffers: 128MB\n  wal_compression: 'on'\npipe: a |\nscript: |\n  line one\n    on\n  no\nthousand: '1_000'\nversion: 1.2.3\nwhen: '2026-05-01T10:00:00Z'\n"
         );
         let back: serde_json::Value = serde_yaml::from_str(&yaml).expect("valid YAML");
         assert_eq!(back, value);

@@ -40,6 +40,9 @@ pub enum BundleError {
         /// The limit.
         max: usize,
     },
+    /// A symbolic link in a module directory points outside it.
+    #[error("{0} is a link to a file outside the module")]
+    LinkOutside(String),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -79,7 +82,8 @@ impl ModuleBundle {
         })
     }
 
-    /// Reads every file below `dir` (hidden files and directories skipped).
+    /// Reads every file below `dir`. Hidden files and directories (`.git`, `.env`, ...) are
+    /// skipped; symbolic links are followed only to files inside `dir`.
     pub fn from_dir(dir: &Path, entrypoint: Option<&str>) -> Result<ModuleBundle, BundleError> {
         let mut files = BTreeMap::new();
         let mut size = 0;
@@ -139,13 +143,22 @@ fn read_dir_into(
     for entry in entries {
         let entry = entry.map_err(|e| io_err(dir, e))?;
         let path = entry.path();
-        if entry.file_name() == ".git" {
+        if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let link = entry
             .file_type()
             .map_err(|e| io_err(&path, e))?
             .is_symlink();
+        if link {
+            // A link may point at another file of the module, never outside it: a module
+            // must not carry ~/.aws/credentials into a render.
+            let target = std::fs::canonicalize(&path).map_err(|e| io_err(&path, e))?;
+            let canonical_root = std::fs::canonicalize(root).map_err(|e| io_err(root, e))?;
+            if !target.starts_with(&canonical_root) {
+                return Err(BundleError::LinkOutside(path.display().to_string()));
+            }
+        }
         // Symbolic links to files are followed; linked directories are not (no loops).
         let metadata = std::fs::metadata(&path).map_err(|e| io_err(&path, e))?;
         if metadata.is_dir() && !link {
@@ -243,6 +256,25 @@ mod tests {
             err.to_string(),
             "invalid file name `lib/pequod/graph.ncl` in module: a `pequod` directory would shadow the pequod library"
         );
+    }
+
+    #[test]
+    fn directories_skip_hidden_files_and_refuse_links_outside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::write(root.join("main.ncl"), "{}").expect("written");
+        std::fs::write(root.join(".env"), "SECRET=1").expect("written");
+        std::fs::create_dir(root.join("lib")).expect("dir");
+        std::fs::write(root.join("lib/a.ncl"), "1").expect("written");
+        std::os::unix::fs::symlink(root.join("lib/a.ncl"), root.join("b.ncl")).expect("link");
+        let bundle = ModuleBundle::from_dir(root, None).expect("module");
+        let names: Vec<&str> = bundle.files().keys().map(String::as_str).collect();
+        assert_eq!(names, ["b.ncl", "lib/a.ncl", "main.ncl"]);
+
+        let outside = tempfile::NamedTempFile::new().expect("temp file");
+        std::os::unix::fs::symlink(outside.path(), root.join("leak.ncl")).expect("link");
+        let err = ModuleBundle::from_dir(root, None).expect_err("link outside");
+        assert!(matches!(err, BundleError::LinkOutside(_)), "{err}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum FailureKind {
     Export,
     /// The worker could not make sense of the request.
     Request,
+    /// The interpreter itself failed (a caught panic): not a property of the module.
+    Internal,
 }
 
 impl FailureKind {
@@ -39,6 +41,7 @@ impl FailureKind {
             FailureKind::Evaluation => "evaluation error",
             FailureKind::Export => "export error",
             FailureKind::Request => "bad evaluation request",
+            FailureKind::Internal => "interpreter failure",
         }
     }
 }
@@ -95,6 +98,11 @@ pub enum RenderError {
     /// The Transform's input is not a mapping.
     #[error("input must be a mapping, found {0}")]
     InputNotAnObject(&'static str),
+    /// The Transform's name cannot be a label value.
+    #[error(
+        "Transform name `{0}` is longer than 63 characters, the limit of the label values Pequod sets"
+    )]
+    NameTooLong(String),
     /// Nickel reported an error.
     #[error("{0}")]
     Evaluation(EvalFailure),
@@ -137,8 +145,11 @@ impl RenderError {
     /// cached; false for failures of the sandbox or the worker, which may not recur.
     pub fn is_deterministic(&self) -> bool {
         match self {
-            RenderError::Evaluation(failure) => failure.kind != FailureKind::Request,
+            RenderError::Evaluation(failure) => {
+                !matches!(failure.kind, FailureKind::Request | FailureKind::Internal)
+            }
             RenderError::InputNotAnObject(_)
+            | RenderError::NameTooLong(_)
             | RenderError::StackOverflow
             | RenderError::OutputTooLarge(_)
             | RenderError::InvalidOutput(_)

@@ -42,6 +42,9 @@ pub mod labels {
     pub const NODE_ID: &str = "platform.pequod.io/node-id";
 }
 
+/// Longest Kubernetes label value; Pequod's labels carry the Transform's name.
+pub const MAX_LABEL_VALUE: usize = 63;
+
 /// Kinds that are cluster-scoped; every other kind is namespaced. Used offline, where there
 /// is no discovery to ask.
 const CLUSTER_SCOPED_KINDS: &[&str] = &[
@@ -184,6 +187,9 @@ impl Renderer {
     ) -> Result<Arc<RenderedGraph>, RenderError> {
         if !input.is_object() {
             return Err(RenderError::InputNotAnObject(json_type_name(input)));
+        }
+        if context.name.len() > MAX_LABEL_VALUE {
+            return Err(RenderError::NameTooLong(context.name.clone()));
         }
         let key = self.cache_key(bundle, input, context);
         let evaluation = async {

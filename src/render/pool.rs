@@ -152,8 +152,9 @@ impl WorkerPool {
             let lease = self.acquire(&request.digest).await?;
             let shared = Arc::clone(&self.shared);
             let task_line = Arc::clone(&line);
+            let fresh = retried;
             let (result, worn) =
-                tokio::spawn(async move { exchange(shared, lease, &task_line).await })
+                tokio::spawn(async move { exchange(shared, lease, &task_line, fresh).await })
                     .await
                     .map_err(|e| RenderError::Worker(format!("exchange task failed: {e}")))?;
             match result {
@@ -190,15 +191,23 @@ impl WorkerPool {
     }
 }
 
-/// One request/response with the leased worker, starting it if needed. Returns the result,
-/// and whether the worker had served earlier requests.
+/// One request/response with the leased worker, starting it if needed (or if `fresh` is
+/// asked for and the worker has served before, or if it died while idle). Returns the
+/// result, and whether the worker had served earlier requests.
 async fn exchange(
     shared: Arc<Shared>,
     mut lease: Lease,
     line: &[u8],
+    fresh: bool,
 ) -> (Result<Value, RenderError>, bool) {
     let config = &shared.config;
     let stats = &shared.stats;
+    let replace = lease.worker.as_mut().is_some_and(|worker| {
+        (fresh && worker.evaluations > 0) || !matches!(worker.child.try_wait(), Ok(None))
+    });
+    if replace && let Some(old) = lease.worker.take() {
+        old.retire();
+    }
     if lease.worker.is_none() {
         match spawn(config) {
             Ok(worker) => {

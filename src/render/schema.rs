@@ -36,22 +36,32 @@ fn parse(dir: &Dir<'static>, path: &str) -> Result<Value, String> {
     serde_json::from_slice(file.contents()).map_err(|e| format!("schema {path}: {e}"))
 }
 
+/// API groups with bundled schemas, and the file-name prefix of each (`<kind>-<prefix>-<version>`).
+/// Built-in groups live in `k8s/`, custom resources in `crd/`; the full group must match, so
+/// an unrelated `postgresql.example.com` Cluster is never checked against CloudNativePG's.
+const SCHEMA_GROUPS: &[(&str, &str, &str)] = &[
+    ("", "k8s", ""),
+    ("apps", "k8s", "apps"),
+    ("autoscaling", "k8s", "autoscaling"),
+    ("batch", "k8s", "batch"),
+    ("policy", "k8s", "policy"),
+    ("networking.k8s.io", "k8s", "networking"),
+    ("postgresql.cnpg.io", "crd", "postgresql"),
+    ("barmancloud.cnpg.io", "crd", "barmancloud"),
+    ("external-secrets.io", "crd", "external-secrets"),
+    ("monitoring.coreos.com", "crd", "monitoring"),
+];
+
 /// The bundled schema file for an object's apiVersion and kind, if there is one.
 fn schema_path(api_version: &str, kind: &str) -> Option<String> {
     let kind = kind.to_lowercase();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let (folder, stem) = match group.split('.').next() {
-        Some(first) if !first.is_empty() => {
-            let folder = if group.contains('.') && !group.ends_with(".k8s.io") {
-                "crd"
-            } else {
-                "k8s"
-            };
-            (folder, format!("{kind}-{first}-{version}.json"))
-        }
-        _ => ("k8s", format!("{kind}-{version}.json")),
+    let (_, folder, prefix) = SCHEMA_GROUPS.iter().find(|(g, _, _)| *g == group)?;
+    let path = if prefix.is_empty() {
+        format!("{folder}/{kind}-{version}.json")
+    } else {
+        format!("{folder}/{kind}-{prefix}-{version}.json")
     };
-    let path = format!("{folder}/{stem}");
     SCHEMAS.get_file(&path).map(|_| path)
 }
 
@@ -203,6 +213,7 @@ mod tests {
             Some("crd/externalsecret-external-secrets-v1.json")
         );
         assert_eq!(found("example.com/v1", "Widget"), None);
+        assert_eq!(found("postgresql.example.com/v1", "Cluster"), None);
     }
 
     #[test]

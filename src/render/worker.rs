@@ -80,25 +80,13 @@ fn serve() -> std::io::Result<()> {
                 outcome.unwrap_or_else(|panic| {
                     // The interpreter's state is unknown after a panic: start afresh.
                     evaluator = Evaluator::new(library.clone());
-                    Err(EvalFailure {
-                        kind: FailureKind::Evaluation,
-                        message: format!(
-                            "the Nickel interpreter failed: {}",
-                            panic_message(&panic)
-                        ),
-                        path: None,
-                        location: None,
-                        detail: String::new(),
-                    })
+                    Err(EvalFailure::new(
+                        FailureKind::Internal,
+                        format!("the Nickel interpreter failed: {}", panic_message(&panic)),
+                    ))
                 })
             }
-            Err(e) => Err(EvalFailure {
-                kind: FailureKind::Request,
-                message: e.to_string(),
-                path: None,
-                location: None,
-                detail: String::new(),
-            }),
+            Err(e) => Err(EvalFailure::new(FailureKind::Request, e.to_string())),
         };
         let response = EvalResponse {
             result,

@@ -183,6 +183,8 @@ fn prepare(
         .and_then(|()| cache.prepare(&mut pos_table, main))
         .and_then(|_| cache.prepare(&mut pos_table, graph_contract));
     if let Err(error) = result {
+        // A report must not quote a file that should never have been read.
+        imports::ensure_only_known(&cache, &known_files)?;
         return Err(failure(cache.sources.files().clone(), error, None));
     }
     // Nickel resolved every import while preparing. Anything it loaded that is not a known
@@ -232,6 +234,7 @@ fn evaluate_prepared(
     let entry_id = add_file(&mut cache, &Path::new(EVAL_ROOT).join(ENTRY_FILE), entry);
     known_files.insert(entry_id);
     if let Err(error) = cache.prepare_eval_only(&mut pos_table, entry_id) {
+        imports::ensure_only_known(&cache, &known_files)?;
         return Err(failure(
             cache.sources.files().clone(),
             error,
