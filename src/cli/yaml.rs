@@ -24,20 +24,7 @@ fn quote(token: &str) -> String {
 }
 
 fn is_ambiguous(token: &str) -> bool {
-    YAML11_BOOLEANS.contains(&token)
-        || is_yaml11_timestamp(token)
-        || is_yaml11_sexagesimal(token)
-        || is_yaml11_underscored_number(token)
-}
-
-/// `1_000`, `+0_7`: YAML 1.1 numbers may contain underscores.
-fn is_yaml11_underscored_number(token: &str) -> bool {
-    let body = token.strip_prefix(['-', '+']).unwrap_or(token);
-    body.starts_with(|c: char| c.is_ascii_digit())
-        && body.contains('_')
-        && body
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.'))
+    YAML11_BOOLEANS.contains(&token) || is_yaml11_timestamp(token) || is_yaml11_number(token)
 }
 
 /// `YYYY-M-D`, optionally followed by a time: YAML 1.1's timestamp.
@@ -50,11 +37,12 @@ fn is_yaml11_timestamp(token: &str) -> bool {
     parts.len() == 3 && digits(parts[0], 4, 4) && digits(parts[1], 1, 2) && digits(parts[2], 1, 2)
 }
 
-/// `1:20`, `10:00:00`: YAML 1.1's base-60 integers and floats.
-fn is_yaml11_sexagesimal(token: &str) -> bool {
+/// `1_000`, `+0_7`, `1:20`, `10:00:00`: YAML 1.1 numbers may contain underscores, and
+/// base-60 integers and floats use colons.
+fn is_yaml11_number(token: &str) -> bool {
     let body = token.strip_prefix(['-', '+']).unwrap_or(token);
     body.starts_with(|c: char| c.is_ascii_digit())
-        && body.contains(':')
+        && body.contains([':', '_'])
         && body
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, ':' | '_' | '.'))
