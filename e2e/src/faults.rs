@@ -1,0 +1,182 @@
+//! Failures a test injects into the API: errors, throttling and latency on chosen requests.
+
+use crate::status::ApiError;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// What an injected fault does to a matching request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultAction {
+    /// Answer `500 InternalError` without touching the store.
+    InternalError,
+    /// Answer `429 TooManyRequests` with this `Retry-After`.
+    Throttle {
+        /// Seconds the client is asked to wait.
+        retry_after_seconds: u64,
+    },
+    /// Serve the request normally after this delay.
+    Latency(Duration),
+}
+
+/// One injected fault: which requests it hits and how often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// Only requests on this plural resource (`deployments`), or all.
+    pub resource: Option<String>,
+    /// Only this HTTP method (`PATCH`), or all.
+    pub method: Option<String>,
+    /// Only requests for objects of this name, or all.
+    pub name: Option<String>,
+    /// What happens.
+    pub action: FaultAction,
+    /// How many more requests it hits (None = until cleared).
+    pub times: Option<u32>,
+}
+
+impl Fault {
+    /// A fault that does `action` to every request until narrowed.
+    pub fn new(action: FaultAction) -> Self {
+        Fault {
+            resource: None,
+            method: None,
+            name: None,
+            action,
+            times: None,
+        }
+    }
+
+    /// Only on this resource.
+    pub fn on(mut self, resource: &str) -> Self {
+        self.resource = Some(resource.to_owned());
+        self
+    }
+
+    /// Only for this method.
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_uppercase());
+        self
+    }
+
+    /// Only for objects of this name.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Only for the next `n` matching requests.
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    fn matches(&self, method: &str, resource: Option<&str>, name: Option<&str>) -> bool {
+        self.method.as_deref().is_none_or(|m| m == method)
+            && self.resource.as_deref().is_none_or(|r| Some(r) == resource)
+            && self.name.as_deref().is_none_or(|n| Some(n) == name)
+    }
+}
+
+/// The faults in force, checked on every API request.
+#[derive(Debug, Default)]
+pub struct Faults {
+    rules: Mutex<Vec<Fault>>,
+    hits: Mutex<u64>,
+}
+
+/// What to do to one request.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Wait this long first.
+    pub delay: Duration,
+    /// Then fail with this instead of serving.
+    pub error: Option<ApiError>,
+}
+
+impl Faults {
+    /// Injects a fault.
+    pub fn add(&self, fault: Fault) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// How many requests faults have hit so far.
+    pub fn hits(&self) -> u64 {
+        *self.hits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The verdict for a request; counts down the faults it uses.
+    pub fn check(&self, method: &str, resource: Option<&str>, name: Option<&str>) -> Verdict {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verdict = Verdict::default();
+        let mut hit = false;
+        for rule in rules.iter_mut() {
+            if rule.times == Some(0) || !rule.matches(method, resource, name) {
+                continue;
+            }
+            match &rule.action {
+                FaultAction::Latency(delay) => verdict.delay += *delay,
+                FaultAction::InternalError if verdict.error.is_none() => {
+                    verdict.error = Some(ApiError::internal("injected fault: internal error"));
+                }
+                FaultAction::Throttle {
+                    retry_after_seconds,
+                } if verdict.error.is_none() => {
+                    verdict.error = Some(ApiError::too_many_requests(*retry_after_seconds));
+                }
+                _ => continue,
+            }
+            hit = true;
+            if let Some(times) = rule.times.as_mut() {
+                *times -= 1;
+            }
+        }
+        rules.retain(|rule| rule.times != Some(0));
+        if hit {
+            *self.hits.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_match_and_count_down() {
+        let faults = Faults::default();
+        faults.add(
+            Fault::new(FaultAction::InternalError)
+                .on("deployments")
+                .method("patch")
+                .times(1),
+        );
+        faults.add(Fault::new(FaultAction::Latency(Duration::from_millis(5))).on("secrets"));
+        assert!(
+            faults
+                .check("GET", Some("deployments"), None)
+                .error
+                .is_none()
+        );
+        let verdict = faults.check("PATCH", Some("deployments"), Some("web"));
+        assert_eq!(verdict.error.map(|e| e.code), Some(500));
+        assert!(
+            faults
+                .check("PATCH", Some("deployments"), Some("web"))
+                .error
+                .is_none()
+        );
+        assert_eq!(
+            faults.check("GET", Some("secrets"), None).delay,
+            Duration::from_millis(5)
+        );
+        assert_eq!(faults.hits(), 2);
+    }
+}

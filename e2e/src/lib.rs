@@ -1,0 +1,329 @@
+//! A test Kubernetes API server for Pequod's end-to-end tests.
+//!
+//! [`TestApiServer::start`] serves the Kubernetes REST protocol on a loopback port (plain
+//! HTTP) faithfully enough for unmodified `kube` clients and `kubectl`: discovery, OpenAPI v3,
+//! CRUD with server-side apply and managedFields, watches, the status subresource,
+//! finalizers, garbage collection, CRD registration. A readiness simulator plays the
+//! controllers of a real cluster. `e2e/README.md` lists where it differs from a real server.
+
+pub mod api;
+pub mod defaults;
+pub mod discovery;
+pub mod faults;
+pub mod managed;
+pub mod patch;
+pub mod resources;
+pub mod schema;
+pub mod selector;
+pub mod simulator;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod watch;
+
+use crate::faults::Faults;
+use crate::simulator::SimulatorControl;
+use crate::store::{FieldValidation, Store, WriteOptions};
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub addr: SocketAddr,
+    /// Where to write the kubeconfig (None: a file in a temporary directory owned by the
+    /// server).
+    pub kubeconfig: Option<PathBuf>,
+    /// Run the readiness simulator.
+    pub simulate: bool,
+    /// How long simulated workloads take to become ready.
+    pub readiness_delay: Duration,
+    /// Directories (or files) of CRDs to load before serving.
+    pub crds: Vec<PathBuf>,
+    /// How many changes the event log keeps for watches to resume from.
+    pub event_log: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubeconfig: None,
+            simulate: true,
+            readiness_delay: Duration::from_millis(500),
+            crds: Vec::new(),
+            event_log: 10_000,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A CRD file is not valid YAML.
+    #[error("{path}: {source}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_yaml::Error,
+    },
+    /// The server refused a CRD.
+    #[error("{path}: CRD {name} refused: {source}")]
+    Crd {
+        /// The file.
+        path: PathBuf,
+        /// The CRD's name.
+        name: String,
+        /// The API error.
+        source: Box<status::ApiError>,
+    },
+}
+
+/// A running test API server. Dropping it without [`TestApiServer::stop`] stops it too.
+pub struct TestApiServer {
+    addr: SocketAddr,
+    kubeconfig: PathBuf,
+    store: Arc<Store>,
+    faults: Arc<Faults>,
+    simulator: Arc<SimulatorControl>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    _tempdir: Option<TempDir>,
+}
+
+/// A directory removed on drop (for kubeconfigs nobody asked to keep).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestApiServer {
+    /// Loads the CRDs, binds, writes the kubeconfig and starts serving (and simulating).
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let store = Arc::new(Store::new(config.event_log));
+        for path in &config.crds {
+            load_crds(&store, path)?;
+        }
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let (kubeconfig, tempdir) = match &config.kubeconfig {
+            Some(path) => (path.clone(), None),
+            None => {
+                let dir = std::env::temp_dir().join(format!(
+                    "pequod-e2e-{}-{}",
+                    std::process::id(),
+                    addr.port()
+                ));
+                std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                (dir.join("kubeconfig"), Some(TempDir(dir)))
+            }
+        };
+        std::fs::write(&kubeconfig, kubeconfig_text(addr)).map_err(|source| StartError::Io {
+            path: kubeconfig.clone(),
+            source,
+        })?;
+        let faults = Arc::new(Faults::default());
+        let simulator = Arc::new(SimulatorControl::new(config.readiness_delay));
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(api::App {
+            store: store.clone(),
+            faults: faults.clone(),
+            shutdown: shutdown.clone(),
+            address: addr.to_string(),
+        });
+        if config.simulate {
+            tokio::spawn(simulator::run(
+                store.clone(),
+                simulator.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, api::router(app))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "test API server stopped");
+            }
+        });
+        tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "test API server listening");
+        Ok(TestApiServer {
+            addr,
+            kubeconfig,
+            store,
+            faults,
+            simulator,
+            shutdown,
+            task: Some(task),
+            _tempdir: tempdir,
+        })
+    }
+
+    /// The address served.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The kubeconfig file naming this server.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The object store (for assertions that bypass HTTP).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Fault injection.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The readiness simulator's controls.
+    pub fn simulator(&self) -> &SimulatorControl {
+        &self.simulator
+    }
+
+    /// Stops serving: open watches end, the listener closes.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestApiServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A kubeconfig for a server at `addr` (no credentials: the server does not authenticate).
+pub fn kubeconfig_text(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: pequod-e2e
+  cluster:
+    server: http://{addr}
+contexts:
+- name: pequod-e2e
+  context:
+    cluster: pequod-e2e
+    user: pequod-e2e
+    namespace: default
+current-context: pequod-e2e
+users:
+- name: pequod-e2e
+  user: {{}}
+"
+    )
+}
+
+/// Loads every CustomResourceDefinition in `path` (a YAML/JSON file, or a directory searched
+/// recursively) into the store. Returns how many were loaded.
+pub fn load_crds(store: &Store, path: &Path) -> Result<usize, StartError> {
+    let io = |source| StartError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        let mut loaded = 0;
+        for entry in entries {
+            let is_manifest = entry
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| ["yaml", "yml", "json"].contains(&e));
+            if entry.is_dir() || is_manifest {
+                loaded += load_crds(store, &entry)?;
+            }
+        }
+        return Ok(loaded);
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let registry = store.registry();
+    let Some(ty) = registry.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    else {
+        return Ok(0);
+    };
+    let options = WriteOptions {
+        manager: "test-apiserver".into(),
+        validation: FieldValidation::Ignore,
+        dry_run: false,
+    };
+    let mut loaded = 0;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let crd = Value::deserialize(document).map_err(|source| StartError::Yaml {
+            path: path.to_owned(),
+            source,
+        })?;
+        if crd.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
+            continue;
+        }
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        store
+            .create(&ty, "v1", "", crd, &options)
+            .map_err(|source| StartError::Crd {
+                path: path.to_owned(),
+                name,
+                source: Box::new(source),
+            })?;
+        loaded += 1;
+    }
+    Ok(loaded)
+}
