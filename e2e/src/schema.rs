@@ -40,6 +40,9 @@ pub enum ListType {
 #[derive(Debug, Clone, Copy)]
 pub struct Schema<'a> {
     node: Option<&'a Value>,
+    /// The node that held the `$ref`, whose own extensions (`x-kubernetes-patch-strategy`
+    /// next to a `$ref`) take precedence over the referenced definition's.
+    outer: Option<&'a Value>,
     defs: Option<&'a Map<String, Value>>,
 }
 
@@ -48,6 +51,7 @@ impl<'a> Schema<'a> {
     pub fn unknown() -> Schema<'static> {
         Schema {
             node: None,
+            outer: None,
             defs: None,
         }
     }
@@ -56,6 +60,7 @@ impl<'a> Schema<'a> {
     pub fn new(node: &'a Value, defs: Option<&'a Map<String, Value>>) -> Self {
         Schema {
             node: Some(node),
+            outer: None,
             defs,
         }
         .resolved()
@@ -97,6 +102,7 @@ impl<'a> Schema<'a> {
             let Some(reference) = reference else {
                 return current;
             };
+            current.outer = current.outer.or(Some(node));
             let name = reference
                 .rsplit_once('/')
                 .map_or(reference, |(_, name)| name);
@@ -106,7 +112,11 @@ impl<'a> Schema<'a> {
     }
 
     fn extension(&self, name: &str) -> Option<&'a Value> {
-        self.node.and_then(|node| node.get(name))
+        let own = |node: &'a Value| node.get(name);
+        self.outer
+            .and_then(own)
+            .filter(|_| name.starts_with("x-kubernetes-"))
+            .or_else(|| self.node.and_then(own))
     }
 
     fn child(&self, node: Option<&'a Value>) -> Schema<'a> {
@@ -114,6 +124,7 @@ impl<'a> Schema<'a> {
             Some(node) if node.is_object() => Schema::new(node, self.defs),
             _ => Schema {
                 node: None,
+                outer: None,
                 defs: self.defs,
             },
         }
@@ -267,6 +278,11 @@ mod tests {
         assert!(!metadata.field("labels").has_properties());
         assert!(metadata.field("labels").field("app").is_known());
         assert!(!deployment.field("nonsense").is_known());
+        let pdb = Schema::builtin("io.k8s.api.policy.v1.PodDisruptionBudget");
+        assert_eq!(
+            pdb.field("spec").field("selector").patch_strategy(),
+            Some("replace")
+        );
     }
 
     #[test]

@@ -139,6 +139,21 @@ impl ApiError {
         ApiError::new(400, "BadRequest", message)
     }
 
+    /// A patch that could not be applied, with the code Kubernetes answers for it.
+    pub fn patch_failed(code: u16, message: impl Into<String>) -> Self {
+        let reason = match code {
+            422 => "Invalid",
+            413 => "RequestEntityTooLarge",
+            500 => "InternalError",
+            _ => "BadRequest",
+        };
+        ApiError::new(
+            if reason == "BadRequest" { 400 } else { code },
+            reason,
+            message,
+        )
+    }
+
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(403, "Forbidden", message)

@@ -5,7 +5,7 @@
 use crate::managed::{self, Part, Writer};
 use crate::patch;
 use crate::resources::{self, GroupResource, Registry, ResourceType};
-use crate::schema;
+use crate::schema::{self, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
@@ -246,6 +246,23 @@ fn set_finalizers(object: &mut Value, finalizers: &[String]) {
     } else {
         metadata.insert("finalizers".into(), json!(finalizers));
     }
+}
+
+/// The finalizers of a namespace's `spec` (the namespace controller's `kubernetes`).
+fn spec_finalizers(ty: &ResourceType, object: &Value) -> Vec<String> {
+    if ty.gr.resource != "namespaces" || !ty.gr.group.is_empty() {
+        return Vec::new();
+    }
+    object
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn is_terminating(object: &Value) -> bool {
@@ -593,7 +610,7 @@ impl Store {
                 }
                 _ => patch::strategic_merge_patch(&current, &body, schema),
             }
-            .map_err(|error| ApiError::bad_request(error.to_string()))?;
+            .map_err(|error| ApiError::patch_failed(error.code(), error.to_string()))?;
             check_identity(ty, namespace, name, &patched)?;
             if let Some(rv) = meta(&patched, "resourceVersion").filter(|rv| !rv.is_empty())
                 && Some(rv) != meta(&old, "resourceVersion")
@@ -870,7 +887,23 @@ impl State {
             ));
         }
         let mut unknown = Vec::new();
+        // The envelope is checked against ObjectMeta whatever the type's schema declares.
+        let envelope: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
+            .iter()
+            .filter_map(|key| {
+                let fields = body.as_object_mut()?;
+                fields.remove(*key).map(|value| ((*key).to_owned(), value))
+            })
+            .collect();
         schema::prune(&mut body, ty.schema(version), "", &mut unknown);
+        for (key, mut value) in envelope {
+            if key == "metadata" {
+                let object_meta =
+                    Schema::builtin("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+                schema::prune(&mut value, object_meta, ".metadata", &mut unknown);
+            }
+            body[key] = value;
+        }
         crate::defaults::apply(ty, &mut body);
         let unknown: Vec<String> = unknown
             .into_iter()
@@ -1222,7 +1255,10 @@ impl State {
         let Some(object) = self.object(&ty.gr, namespace, name).cloned() else {
             return;
         };
-        if is_terminating(&object) && finalizers(&object).is_empty() {
+        if is_terminating(&object)
+            && finalizers(&object).is_empty()
+            && spec_finalizers(ty, &object).is_empty()
+        {
             self.remove(ty, namespace, name);
         } else if ty.gr.resource == "customresourcedefinitions"
             && ty.gr.group == "apiextensions.k8s.io"
@@ -1308,7 +1344,7 @@ impl State {
         {
             list.push(FOREGROUND.into());
         }
-        if list.is_empty() {
+        if list.is_empty() && spec_finalizers(ty, &object).is_empty() {
             return self.remove(ty, namespace, name).unwrap_or(object);
         }
         if is_terminating(&object) && list == finalizers(&object) {
@@ -1477,11 +1513,17 @@ impl State {
                     list.retain(|f| f != FOREGROUND);
                 }
             }
-            if ty.gr.resource == "namespaces"
-                && ty.gr.group.is_empty()
-                && self.empty_namespace(&name)
-            {
-                list.retain(|f| f != NAMESPACE_FINALIZER);
+            if !spec_finalizers(&ty, &object).is_empty() && self.empty_namespace(&name) {
+                progressed = true;
+                if list.is_empty() {
+                    self.remove(&ty, &namespace, &name);
+                } else {
+                    let mut updated = object.clone();
+                    updated["spec"]["finalizers"] = json!([]);
+                    set_finalizers(&mut updated, &list);
+                    self.put(&ty, &namespace, &name, updated, Some(object));
+                }
+                continue;
             }
             if ty.gr.resource == "customresourcedefinitions"
                 && list.iter().any(|f| f == CRD_FINALIZER)

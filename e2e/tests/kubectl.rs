@@ -1,0 +1,501 @@
+//! The installed `kubectl` against the test API server: server-side apply with managed
+//! fields and conflicts, CRDs and custom resources, watches, finalizers, waiting for
+//! simulated readiness, and the CloudNativePG CRDs.
+
+mod common;
+
+use common::{Kubectl, eventually, server, server_with, shared_crds};
+use pequod_e2e::Config;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports: [{containerPort: 80}]
+";
+
+const CRD: &str = "\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+          status:
+            type: object
+            properties:
+              phase: {type: string}
+";
+
+fn managed_fields(yaml: &str) -> Vec<Value> {
+    let object: Value = serde_yaml::from_str(yaml).expect("kubectl printed YAML");
+    let mut entries = object["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for entry in &mut entries {
+        if let Some(fields) = entry.as_object_mut() {
+            assert!(fields.remove("time").is_some(), "every entry has a time");
+        }
+    }
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_conflicts_and_force() {
+    let server = server().await;
+    let kubectl = Kubectl::new(&server);
+    let applied = kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(DEPLOYMENT))
+        .await;
+    assert_eq!(applied, "deployment.apps/web serverside-applied\n");
+
+    let other = DEPLOYMENT.replace("replicas: 2", "replicas: 5");
+    let only_replicas =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 5}\n";
+    let error = kubectl
+        .fails(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "scaler",
+                "-f",
+                "-",
+            ],
+            Some(only_replicas),
+        )
+        .await;
+    assert!(
+        error.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"kubectl\": .spec.replicas\n"
+        ),
+        "{error}"
+    );
+    // The same value is no conflict: both managers own it.
+    kubectl
+        .ok(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "scaler",
+                "-f",
+                "-",
+            ],
+            Some(&only_replicas.replace("replicas: 5", "replicas: 2")),
+        )
+        .await;
+    let forced = kubectl
+        .ok(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "scaler",
+                "--force-conflicts",
+                "-f",
+                "-",
+            ],
+            Some(only_replicas),
+        )
+        .await;
+    assert_eq!(forced, "deployment.apps/web serverside-applied\n");
+    let yaml = kubectl
+        .ok(
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "yaml",
+                "--show-managed-fields",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        managed_fields(&yaml),
+        [
+            json!({
+                "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "manager": "kubectl", "operation": "Apply",
+                "fieldsV1": {
+                    "f:metadata": {"f:labels": {"f:app": {}}},
+                    "f:spec": {
+                        "f:selector": {},
+                        "f:template": {
+                            "f:metadata": {"f:labels": {"f:app": {}}},
+                            "f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {
+                                ".": {}, "f:image": {}, "f:name": {},
+                                "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
+                                    ".": {}, "f:containerPort": {}, "f:protocol": {}
+                                }}
+                            }}}
+                        }
+                    }
+                }
+            }),
+            json!({
+                "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "manager": "scaler", "operation": "Apply",
+                "fieldsV1": {"f:spec": {"f:replicas": {}}}
+            }),
+            json!({
+                "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "manager": "kube-controller-manager",
+                "operation": "Update", "subresource": "status",
+                "fieldsV1": managed_fields(&yaml)[2]["fieldsV1"].clone()
+            }),
+        ]
+    );
+    let replicas = kubectl
+        .ok(
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(replicas, "5");
+    // Without --show-managed-fields, kubectl hides them.
+    let plain = kubectl
+        .ok(&["get", "deployment", "web", "-o", "yaml"], None)
+        .await;
+    assert!(!plain.contains("managedFields"));
+
+    // kubectl applying again without replicas gives up the field; the other manager keeps it.
+    let without = other.replace("  replicas: 5\n", "");
+    kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(&without))
+        .await;
+    let replicas = kubectl
+        .ok(
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(replicas, "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_available_through_the_simulator() {
+    let server = server().await;
+    let kubectl = Kubectl::new(&server);
+    kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(DEPLOYMENT))
+        .await;
+    let waited = kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=condition=Available",
+                "deployment/web",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(waited, "deployment.apps/web condition met\n");
+    let table = kubectl.ok(&["get", "deployments"], None).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&row[..4], ["web", "2/2", "2", "2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_ready_deployment_times_out() {
+    let server = server().await;
+    server
+        .simulator()
+        .never_ready("Deployment", "default", "web");
+    let kubectl = Kubectl::new(&server);
+    kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(DEPLOYMENT))
+        .await;
+    let error = kubectl
+        .fails(
+            &[
+                "wait",
+                "--for=condition=Available",
+                "deployment/web",
+                "--timeout=2s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        error,
+        "error: timed out waiting for the condition on deployments/web\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_then_custom_resource_watch_and_finalizer() {
+    let server = server().await;
+    let kubectl = Kubectl::new(&server);
+    let out = kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(CRD))
+        .await;
+    assert_eq!(
+        out,
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com serverside-applied\n"
+    );
+    let established = kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/widgets.example.com",
+                "--timeout=10s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        established,
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com condition met\n"
+    );
+    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  finalizers: [example.com/hold]\nspec: {size: 3}\n";
+    let out = kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(widget))
+        .await;
+    assert_eq!(out, "widget.example.com/w1 serverside-applied\n");
+    let table = kubectl.ok(&["get", "wd"], None).await;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "SIZE"]);
+    assert_eq!(
+        table
+            .lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["w1", "3"])
+    );
+
+    // A watch sees the update.
+    let mut watch = kubectl
+        .command(&[
+            "get",
+            "widget",
+            "w1",
+            "-w",
+            "-o",
+            "jsonpath={.spec.size}{\"\\n\"}",
+        ])
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("first watch line in time");
+    assert_eq!(first.ok().flatten().as_deref(), Some("3"));
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "widget",
+                "w1",
+                "--type=merge",
+                "-p",
+                "{\"spec\":{\"size\":5}}",
+            ],
+            None,
+        )
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("watch update in time");
+    assert_eq!(next.ok().flatten().as_deref(), Some("5"));
+    let _ = watch.kill().await;
+
+    // Deleting waits on the finalizer: Terminating until it is removed.
+    let deleted = kubectl
+        .ok(&["delete", "widget", "w1", "--wait=false"], None)
+        .await;
+    assert_eq!(deleted, "widget.example.com \"w1\" deleted\n");
+    let timestamp = kubectl
+        .ok(
+            &[
+                "get",
+                "widget",
+                "w1",
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        timestamp.ends_with('Z'),
+        "deletionTimestamp set: {timestamp:?}"
+    );
+    // A waiting delete returns once the finalizer is gone.
+    let waiting = kubectl
+        .command(&["delete", "widget", "w1", "--timeout=30s"])
+        .spawn()
+        .expect("kubectl delete");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "widget",
+                "w1",
+                "--type=json",
+                "-p",
+                "[{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}]",
+            ],
+            None,
+        )
+        .await;
+    let output = tokio::time::timeout(Duration::from_secs(30), waiting.wait_with_output())
+        .await
+        .expect("delete returned")
+        .expect("kubectl ran");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let error = kubectl.fails(&["get", "widget", "w1"], None).await;
+    assert_eq!(
+        error,
+        "Error from server (NotFound): widgets.example.com \"w1\" not found\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudnative_pg_cluster_applies_and_becomes_ready() {
+    let server = server_with(Config {
+        crds: vec![shared_crds()],
+        readiness_delay: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    let kubectl = Kubectl::new(&server);
+    let cluster = "\
+apiVersion: postgresql.cnpg.io/v1
+kind: Cluster
+metadata: {name: ledger-db}
+spec:
+  instances: 3
+  imageName: ghcr.io/cloudnative-pg/postgresql:16.6
+  storage: {size: 1Gi}
+  bootstrap: {initdb: {database: ledger, owner: ledger}}
+";
+    let out = kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(cluster))
+        .await;
+    assert_eq!(
+        out,
+        "cluster.postgresql.cnpg.io/ledger-db serverside-applied\n"
+    );
+    let read: Value = serde_json::from_str(
+        &kubectl
+            .ok(&["get", "cluster", "ledger-db", "-o", "json"], None)
+            .await,
+    )
+    .expect("JSON");
+    assert_eq!(read["spec"]["storage"], json!({"size": "1Gi"}));
+    assert_eq!(read["spec"]["bootstrap"]["initdb"]["owner"], "ledger");
+    let waited = kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "cluster/ledger-db",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        waited,
+        "cluster.postgresql.cnpg.io/ledger-db condition met\n"
+    );
+    let table = kubectl
+        .ok(&["get", "clusters.postgresql.cnpg.io"], None)
+        .await;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "AGE", "INSTANCES", "READY", "STATUS", "PRIMARY"]
+    );
+    let row = table.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cells[0], cells[2], cells[3]), ("ledger-db", "3", "3"));
+    assert!(
+        row.contains("Cluster in healthy state") && row.ends_with("ledger-db-1"),
+        "{row}"
+    );
+    // The app Secret the CNPG operator would create.
+    let user = eventually(10, "the ledger-db-app Secret", || async {
+        let run = kubectl
+            .run(
+                &[
+                    "get",
+                    "secret",
+                    "ledger-db-app",
+                    "-o",
+                    "jsonpath={.data.username}",
+                ],
+                None,
+            )
+            .await;
+        run.success.then_some(run.stdout)
+    })
+    .await;
+    assert_eq!(user, "bGVkZ2Vy"); // "ledger"
+}
