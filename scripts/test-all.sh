@@ -9,9 +9,14 @@ if [ ! -d ../shared/data ]; then
   exit 1
 fi
 
+if ! command -v kubectl >/dev/null; then
+  echo "error: kubectl is not installed; the end-to-end tests drive it against the test API server" >&2
+  exit 1
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
-cargo test --all-targets --locked
+cargo test --workspace --all-targets --locked

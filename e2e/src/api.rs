@@ -134,9 +134,23 @@ async fn handle(
     let route = route(uri.path());
     let query = Query::parse(uri.query());
     let registry = app.store.registry();
-    let result = match route {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let result = match &route {
         Route::Version => ok(Some(discovery::version())),
         Route::Health => Ok((StatusCode::OK, "ok").into_response()),
+        Route::CoreVersions | Route::Groups if discovery::wants_aggregated(&accept) => {
+            let core = route == Route::CoreVersions;
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, discovery::AGGREGATED)],
+                discovery::aggregated(&registry, core).to_string(),
+            )
+                .into_response())
+        }
         Route::CoreVersions => ok(Some(discovery::core_versions(&app.address))),
         Route::Groups => ok(Some(discovery::groups(&registry))),
         Route::Group(group) => ok(discovery::api_group(&registry, &group)),

@@ -123,6 +123,76 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
     }))
 }
 
+/// The `Content-Type` (and `Accept` entry) of aggregated discovery documents.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the `Accept` header asks for aggregated discovery (kubectl does, first).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let parameters: Vec<&str> = media.split(';').map(str::trim).collect();
+        parameters.contains(&"g=apidiscovery.k8s.io")
+            && parameters.contains(&"v=v2")
+            && parameters.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+/// `GET /api` or `/apis` as an `apidiscovery.k8s.io/v2 APIGroupDiscoveryList`: every group
+/// (the core group alone for `/api`) with its versions and resources.
+pub fn aggregated(registry: &Registry, core: bool) -> Value {
+    let mut groups: Vec<(String, Vec<String>)> = if core {
+        vec![(String::new(), vec!["v1".to_owned()])]
+    } else {
+        registry.groups().into_iter().collect()
+    };
+    groups.retain(|(name, _)| name.is_empty() == core);
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = registry
+                        .in_group_version(group, version)
+                        .iter()
+                        .map(|ty| {
+                            let kind = json!({"group": group, "version": version, "kind": ty.kind});
+                            let mut resource = json!({
+                                "resource": ty.gr.resource,
+                                "responseKind": kind,
+                                "scope": if ty.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": ty.singular,
+                                "verbs": VERBS,
+                            });
+                            if !ty.short_names.is_empty() {
+                                resource["shortNames"] = json!(ty.short_names);
+                            }
+                            if !ty.categories.is_empty() {
+                                resource["categories"] = json!(ty.categories);
+                            }
+                            if ty.status_subresource {
+                                resource["subresources"] = json!([{
+                                    "subresource": "status",
+                                    "responseKind": kind,
+                                    "verbs": ["get", "patch", "update"],
+                                }]);
+                            }
+                            resource
+                        })
+                        .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
+}
+
 /// The OpenAPI path prefix of a group/version (`api/v1`, `apis/apps/v1`).
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -343,6 +413,33 @@ mod tests {
             .collect();
         assert!(names.contains(&"deployments") && names.contains(&"deployments/status"));
         assert!(resource_list(&registry, "apps", "v9").is_none());
+    }
+
+    #[test]
+    fn aggregated_discovery_lists_groups_and_resources() {
+        let registry = Registry::builtin();
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated("application/json"));
+        let core = aggregated(&registry, true);
+        assert_eq!(core["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let groups = aggregated(&registry, false);
+        let apps = groups["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["metadata"]["name"] == "apps")
+            .expect("apps group");
+        let deployments = apps["versions"][0]["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resource"] == "deployments")
+            .expect("deployments");
+        assert_eq!(deployments["scope"], "Namespaced");
+        assert_eq!(deployments["subresources"][0]["subresource"], "status");
     }
 
     #[test]
