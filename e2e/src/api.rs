@@ -153,18 +153,16 @@ async fn handle(
         }
         Route::CoreVersions => ok(Some(discovery::core_versions(&app.address))),
         Route::Groups => ok(Some(discovery::groups(&registry))),
-        Route::Group(group) => ok(discovery::api_group(&registry, &group)),
+        Route::Group(group) => ok(discovery::api_group(&registry, group)),
         Route::ResourceList(group, version) => {
-            ok(discovery::resource_list(&registry, &group, &version))
+            ok(discovery::resource_list(&registry, group, version))
         }
         Route::OpenApiIndex => ok(Some(discovery::openapi_index(&registry))),
         Route::OpenApiDocument(group, version) => {
-            if registry.in_group_version(&group, &version).is_empty() {
+            if registry.in_group_version(group, version).is_empty() {
                 Err(ApiError::no_route())
             } else {
-                ok(Some(discovery::openapi_document(
-                    &registry, &group, &version,
-                )))
+                ok(Some(discovery::openapi_document(&registry, group, version)))
             }
         }
         Route::Resource(path) => {
@@ -183,7 +181,7 @@ async fn handle(
                         query: &query,
                         body: &body,
                     };
-                    resource(&app, &path, &request)
+                    resource(&app, path, &request)
                 }
             }
         }

@@ -284,11 +284,11 @@ fn spec_part(ty: &ResourceType, object: &Value) -> Value {
     copy
 }
 
-/// An object without the fields that change on every write, to detect no-op writes.
+/// An object without its resourceVersion, to detect writes that change nothing (a change of
+/// managedFields alone is a change).
 fn comparable(object: &Value) -> Value {
     let mut copy = object.clone();
     if let Some(metadata) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("managedFields");
         metadata.remove("resourceVersion");
     }
     if let Some(fields) = copy.as_object_mut() {

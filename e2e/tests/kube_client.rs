@@ -88,7 +88,8 @@ async fn discovery_and_server_side_apply() {
 
     // Another manager's conflicting apply: 409 naming the manager and the field.
     let mut other = deployment(3, "nginx:1");
-    other.data["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+    other.data["spec"]["template"]["spec"]["containers"][0] =
+        json!({"name": "web", "image": "nginx:2"});
     let error = api
         .patch(
             "web",
@@ -276,8 +277,15 @@ async fn patch_types() {
         )
         .await
         .expect_err("failing test op");
-    assert_eq!(api_error(failed_test).0, 400);
-    // Strategic merge patch is refused for custom resources, as in Kubernetes.
+    assert_eq!(
+        api_error(failed_test),
+        (
+            422,
+            "Invalid".into(),
+            "testing value /spec/replicas failed: test failed".into()
+        )
+    );
+    // Leases, as leader election uses them: created, then renewed with an update.
     let leases: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",

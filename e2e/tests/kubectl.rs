@@ -354,6 +354,17 @@ async fn crd_then_custom_resource_watch_and_finalizer() {
         .expect("watch update in time");
     assert_eq!(next.ok().flatten().as_deref(), Some("5"));
     let _ = watch.kill().await;
+    // kubectl patches strategically by default; custom resources refuse that, as in Kubernetes.
+    let error = kubectl
+        .fails(
+            &["patch", "widget", "w1", "-p", "{\"spec\":{\"size\":4}}"],
+            None,
+        )
+        .await;
+    assert_eq!(
+        error,
+        "error: application/strategic-merge-patch+json is not supported by example.com/v1, Kind=Widget: the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml\n"
+    );
 
     // Deleting waits on the finalizer: Terminating until it is removed.
     let deleted = kubectl

@@ -82,13 +82,13 @@ impl Kubectl {
         let mut child = self.command(args).spawn().unwrap_or_else(|error| {
             panic!("kubectl must be installed (it is on the build machines): {error}")
         });
-        if let Some(mut input) = child.stdin.take() {
-            if let Some(text) = stdin {
-                input
-                    .write_all(text.as_bytes())
-                    .await
-                    .expect("kubectl stdin");
-            }
+        if let Some(mut input) = child.stdin.take()
+            && let Some(text) = stdin
+        {
+            input
+                .write_all(text.as_bytes())
+                .await
+                .expect("kubectl stdin");
         }
         let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
             .await
