@@ -55,8 +55,13 @@ pub struct Kubectl {
 
 impl Kubectl {
     pub fn new(server: &TestApiServer) -> Self {
+        Self::with_kubeconfig(server.kubeconfig())
+    }
+
+    /// kubectl for whatever server `kubeconfig` names.
+    pub fn with_kubeconfig(kubeconfig: &Path) -> Self {
         Kubectl {
-            kubeconfig: server.kubeconfig().to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
             cache: tempfile::tempdir().expect("temporary directory"),
         }
     }
