@@ -709,6 +709,18 @@ async fn injected_faults_and_simulated_readiness() {
         "Retry-After honoured"
     );
     assert_eq!(server.faults().hits(), 2);
+    // Latency delays the answer, nothing more.
+    server.faults().add(
+        Fault::new(FaultAction::Latency(Duration::from_millis(400)))
+            .on("deployments")
+            .method("GET")
+            .named("web")
+            .times(1),
+    );
+    let started = std::time::Instant::now();
+    api.get("web").await.expect("read after the delay");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(server.faults().hits(), 3);
     let available = eventually(10, "Deployment Available", || {
         let api = api.clone();
         async move {

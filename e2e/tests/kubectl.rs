@@ -509,4 +509,103 @@ spec:
     })
     .await;
     assert_eq!(user, "bGVkZ2Vy"); // "ledger"
+
+    // A Pooler goes inactive, then active; a Database reports applied.
+    let pooler_and_database = "\
+apiVersion: postgresql.cnpg.io/v1
+kind: Pooler
+metadata: {name: ledger-db-pooler}
+spec:
+  cluster: {name: ledger-db}
+  instances: 2
+  type: rw
+  pgbouncer: {poolMode: session}
+---
+apiVersion: postgresql.cnpg.io/v1
+kind: Database
+metadata: {name: ledger}
+spec:
+  cluster: {name: ledger-db}
+  name: ledger
+  owner: ledger
+";
+    kubectl
+        .ok(
+            &["apply", "--server-side", "-f", "-"],
+            Some(pooler_and_database),
+        )
+        .await;
+    let waited = kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=jsonpath={.status.phase}=active",
+                "pooler/ledger-db-pooler",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        waited,
+        "pooler.postgresql.cnpg.io/ledger-db-pooler condition met\n"
+    );
+    let waited = kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=jsonpath={.status.applied}=true",
+                "database/ledger",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(waited, "database.postgresql.cnpg.io/ledger condition met\n");
+    let instances = kubectl
+        .ok(
+            &[
+                "get",
+                "pooler",
+                "ledger-db-pooler",
+                "-o",
+                "jsonpath={.status.instances}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(instances, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_becomes_ready_through_the_simulator() {
+    let server = server().await;
+    let kubectl = Kubectl::new(&server);
+    let statefulset = "\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: cache}
+spec:
+  replicas: 2
+  serviceName: cache
+  selector: {matchLabels: {app: cache}}
+  template:
+    metadata: {labels: {app: cache}}
+    spec: {containers: [{name: redis, image: redis:7}]}
+";
+    kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(statefulset))
+        .await;
+    let waited = kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=jsonpath={.status.readyReplicas}=2",
+                "statefulset/cache",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(waited, "statefulset.apps/cache condition met\n");
 }
