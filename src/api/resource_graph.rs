@@ -2,14 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::schema::optional_free_form_object;
-use crate::graph::{Node, Violation};
+use super::{API_VERSION, Transform};
+use crate::graph::{DeletionPolicy, Node, Violation};
+use crate::render::{RenderedGraph, labels};
 
 /// The rendered graph: its source, provenance, nodes and outputs.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -41,6 +43,18 @@ pub struct ResourceGraphSpec {
     /// Policy warnings that did not block the render.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,
+    /// Delete objects that left the graph (the Transform's `spec.prune`).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub prune: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `prune: true` is the default and is left out of the object.
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// A reference to the Transform a graph came from.
@@ -150,6 +164,10 @@ pub struct NodeStatus {
     /// Hash of the object last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_hash: Option<String>,
+    /// When this version of the object (this hash) was first applied: a node's timeout
+    /// counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<Time>,
     /// When the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
@@ -185,6 +203,9 @@ pub struct InventoryEntry {
     pub object: ObjectRef,
     /// The node that rendered it.
     pub node_id: String,
+    /// Orphan: left in the cluster when pruned or when the graph is deleted.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_delete")]
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// Node counts of a graph.
@@ -199,4 +220,66 @@ pub struct GraphSummary {
     pub failed: u32,
     /// `ready/total`, for `kubectl get`.
     pub ready_text: String,
+}
+
+impl ResourceGraph {
+    /// The ResourceGraph for a render of `transform`, with the policy warnings that did not
+    /// block it. In a cluster the Transform has a uid, and the graph is owned by it.
+    pub fn rendered(
+        transform: &Transform,
+        graph: &RenderedGraph,
+        warnings: &[Violation],
+    ) -> ResourceGraph {
+        let name = transform.metadata.name.clone().unwrap_or_default();
+        let outputs = match &graph.outputs {
+            Value::Object(map) if map.is_empty() => None,
+            Value::Null => None,
+            other => Some(other.clone()),
+        };
+        let owner = transform.metadata.uid.as_ref().map(|uid| {
+            vec![OwnerReference {
+                api_version: API_VERSION.to_string(),
+                kind: "Transform".to_string(),
+                name: name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        });
+        ResourceGraph {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: transform.metadata.namespace.clone(),
+                labels: Some(
+                    [
+                        (labels::MANAGED_BY.to_string(), "pequod".to_string()),
+                        (labels::TRANSFORM.to_string(), name.clone()),
+                    ]
+                    .into(),
+                ),
+                owner_references: owner,
+                ..ObjectMeta::default()
+            },
+            spec: ResourceGraphSpec {
+                source_ref: SourceRef {
+                    api_version: API_VERSION.to_string(),
+                    kind: "Transform".to_string(),
+                    name,
+                    uid: transform.metadata.uid.clone(),
+                },
+                metadata: GraphMetadata {
+                    module: graph.module.name.clone(),
+                    version: graph.module.version.clone(),
+                    module_digest: graph.module_digest.clone(),
+                    render_hash: graph.render_hash.clone(),
+                    rendered_at: None,
+                },
+                nodes: graph.nodes.clone(),
+                outputs,
+                violations: warnings.to_vec(),
+                prune: transform.spec.prune,
+            },
+            status: None,
+        }
+    }
 }

@@ -1,9 +1,11 @@
-//! The command line: `pequod render`, `pequod crds`, `pequod bench`, and the hidden worker.
+//! The command line: `pequod run`, `pequod render`, `pequod module`, `pequod crds`,
+//! `pequod bench`, and the hidden worker.
 
 mod bench;
 mod module;
 mod output;
 mod render;
+mod run;
 mod yaml;
 
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: the Transform and ResourceGraph controllers.
+    Run(run::RunArgs),
     /// Render a Transform offline and print its ResourceGraph (or manifests, or a diagram).
     Render(render::RenderArgs),
     /// Print the Transform and ResourceGraph CustomResourceDefinitions as YAML.
@@ -189,6 +193,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         })
         .map_err(|e| CliError::new(exit::INTERNAL, format!("worker: {e}"))),
         Command::Crds => print_crds(),
+        Command::Run(args) => runtime()?.block_on(run::run(args)),
         Command::Render(args) => runtime()?.block_on(render::run(args)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Module(command) => runtime()?.block_on(module::run(command)),

@@ -3,14 +3,10 @@
 
 use std::fmt::Write as _;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
 use super::yaml;
-use crate::api::{
-    API_VERSION, GraphMetadata, ResourceGraph, ResourceGraphSpec, SourceRef, Transform,
-};
+use crate::api::{ResourceGraph, Transform};
 use crate::graph::{ApplyMode, Violation};
-use crate::render::{RenderedGraph, labels};
+use crate::render::RenderedGraph;
 
 /// Output formats of `pequod render`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,10 +42,12 @@ pub fn print_graph(
     format: OutputFormat,
 ) -> Result<String, PrintError> {
     Ok(match format {
-        OutputFormat::Yaml => yaml::to_string(&resource_graph(transform, graph, warnings))?,
+        OutputFormat::Yaml => {
+            yaml::to_string(&ResourceGraph::rendered(transform, graph, warnings))?
+        }
         OutputFormat::Json => {
             let mut text =
-                serde_json::to_string_pretty(&resource_graph(transform, graph, warnings))?;
+                serde_json::to_string_pretty(&ResourceGraph::rendered(transform, graph, warnings))?;
             text.push('\n');
             text
         }
@@ -57,54 +55,6 @@ pub fn print_graph(
         OutputFormat::Dot => dot(transform, graph),
         OutputFormat::Mermaid => mermaid(graph),
     })
-}
-
-/// The ResourceGraph object the operator would write for this render, with the policy
-/// warnings that did not block it.
-pub fn resource_graph(
-    transform: &Transform,
-    graph: &RenderedGraph,
-    warnings: &[Violation],
-) -> ResourceGraph {
-    let name = transform.metadata.name.clone().unwrap_or_default();
-    let outputs = match &graph.outputs {
-        serde_json::Value::Object(map) if map.is_empty() => None,
-        serde_json::Value::Null => None,
-        other => Some(other.clone()),
-    };
-    ResourceGraph {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: transform.metadata.namespace.clone(),
-            labels: Some(
-                [
-                    (labels::MANAGED_BY.to_string(), "pequod".to_string()),
-                    (labels::TRANSFORM.to_string(), name.clone()),
-                ]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        spec: ResourceGraphSpec {
-            source_ref: SourceRef {
-                api_version: API_VERSION.to_string(),
-                kind: "Transform".to_string(),
-                name,
-                uid: transform.metadata.uid.clone(),
-            },
-            metadata: GraphMetadata {
-                module: graph.module.name.clone(),
-                version: graph.module.version.clone(),
-                module_digest: graph.module_digest.clone(),
-                render_hash: graph.render_hash.clone(),
-                rendered_at: None,
-            },
-            nodes: graph.nodes.clone(),
-            outputs,
-            violations: warnings.to_vec(),
-        },
-        status: None,
-    }
 }
 
 /// The objects Pequod would write (observed nodes excluded), one YAML document each.

@@ -88,6 +88,13 @@ pub enum DeletionPolicy {
     Orphan,
 }
 
+impl DeletionPolicy {
+    /// Whether this is the default, `Delete`.
+    pub fn is_delete(&self) -> bool {
+        *self == DeletionPolicy::Delete
+    }
+}
+
 /// A policy finding on a rendered graph.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,0 +1,319 @@
+//! Writing and reading graph objects in the cluster: a discovery cache from kinds to API
+//! resources, server-side apply as field manager `pequod`, and the errors a node can show.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{self, Scope};
+use serde_json::Value;
+
+/// The field manager of every write Pequod makes.
+pub const FIELD_MANAGER: &str = "pequod";
+
+/// A kind as the API server serves it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The resource (plural name, group, version).
+    pub resource: ApiResource,
+    /// Whether objects of the kind live in namespaces.
+    pub namespaced: bool,
+}
+
+/// Why reading or writing one object failed, worded for a node's status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The kind is not served (its CRD is not installed).
+    #[error("kind {kind} of {api_version} is not installed in the cluster (no such API resource)")]
+    KindNotInstalled {
+        /// The object's apiVersion.
+        api_version: String,
+        /// The object's kind.
+        kind: String,
+    },
+    /// Server-side apply found fields owned by another manager.
+    #[error("{message} (set applyPolicy.conflictPolicy: Force to take the fields)")]
+    Conflict {
+        /// The API server's message, naming the managers and fields.
+        message: String,
+    },
+    /// The API server refused the object.
+    #[error("{reason} ({code}): {message}")]
+    Refused {
+        /// HTTP status code.
+        code: u16,
+        /// The Status reason (Invalid, Forbidden, ...).
+        reason: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// The request did not get an answer from the API server: retried.
+    #[error("API request failed: {0}")]
+    Transport(String),
+    /// The object is malformed in a way the render should have caught.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl ApplyError {
+    /// Whether retrying soon may succeed without any change (server errors, throttling,
+    /// network), as opposed to errors that need a change of the graph or the cluster.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Transport(_) => true,
+            ApplyError::Refused { code, .. } => *code == 429 || *code >= 500,
+            _ => false,
+        }
+    }
+
+    fn from_kube(error: kube::Error) -> ApplyError {
+        match error {
+            kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict" => {
+                if status.message.starts_with("Apply failed") {
+                    ApplyError::Conflict {
+                        message: status.message,
+                    }
+                } else {
+                    ApplyError::Refused {
+                        code: status.code,
+                        reason: status.reason,
+                        message: status.message,
+                    }
+                }
+            }
+            kube::Error::Api(status) => ApplyError::Refused {
+                code: status.code,
+                reason: status.reason,
+                message: status.message,
+            },
+            other => ApplyError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Whether the error is a 404 for the object itself.
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Reads and writes graph objects of any kind, resolving kinds through a discovery cache.
+#[derive(Clone)]
+pub struct Applier {
+    client: kube::Client,
+    served: Arc<DashMap<(String, String), Served>>,
+}
+
+/// `group/version` and kind of an object.
+pub fn type_of(object: &Value) -> Result<(String, String), ApplyError> {
+    let text = |key: &str| {
+        object
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| ApplyError::Malformed(format!("object has no {key}")))
+    };
+    Ok((text("apiVersion")?, text("kind")?))
+}
+
+impl Applier {
+    /// An applier using `client`.
+    pub fn new(client: kube::Client) -> Applier {
+        Applier {
+            client,
+            served: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// How the API server serves `kind` of `api_version`. Only found kinds are cached, so
+    /// a kind whose CRD is installed later is found on the next call.
+    pub async fn served(&self, api_version: &str, kind: &str) -> Result<Served, ApplyError> {
+        let key = (api_version.to_string(), kind.to_string());
+        if let Some(found) = self.served.get(&key) {
+            return Ok(found.clone());
+        }
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let not_installed = || ApplyError::KindNotInstalled {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        };
+        let (resource, capabilities) = match discovery::pinned_kind(&self.client, &gvk).await {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Err(not_installed()),
+            Err(kube::Error::Discovery(_)) => return Err(not_installed()),
+            Err(other) => return Err(ApplyError::from_kube(other)),
+        };
+        let served = Served {
+            resource,
+            namespaced: capabilities.scope == Scope::Namespaced,
+        };
+        self.served.insert(key, served.clone());
+        Ok(served)
+    }
+
+    /// Forgets a kind (after a 404 that says its resource is gone).
+    pub fn forget(&self, api_version: &str, kind: &str) {
+        self.served
+            .remove(&(api_version.to_string(), kind.to_string()));
+    }
+
+    fn api(&self, served: &Served, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace.filter(|_| served.namespaced) {
+            Some(namespace) => {
+                Api::namespaced_with(self.client.clone(), namespace, &served.resource)
+            }
+            None => Api::all_with(self.client.clone(), &served.resource),
+        }
+    }
+
+    /// Reads an object; `None` when it does not exist.
+    pub async fn get(
+        &self,
+        served: &Served,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ApplyError> {
+        match self.api(served, namespace).get(name).await {
+            Ok(object) => Ok(Some(to_value(&object)?)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(ApplyError::from_kube(error)),
+        }
+    }
+
+    /// Server-side applies `object`, taking conflicting fields when `force`.
+    pub async fn apply(
+        &self,
+        served: &Served,
+        object: &Value,
+        force: bool,
+    ) -> Result<Value, ApplyError> {
+        let (namespace, name) = identity(object)?;
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        params.force = force;
+        let applied = self
+            .api(served, namespace.as_deref())
+            .patch(&name, &params, &Patch::Apply(object))
+            .await
+            .map_err(ApplyError::from_kube)?;
+        to_value(&applied)
+    }
+
+    /// Creates `object`; `None` when it already exists (mode Create never updates).
+    pub async fn create(
+        &self,
+        served: &Served,
+        object: &Value,
+    ) -> Result<Option<Value>, ApplyError> {
+        let (namespace, _) = identity(object)?;
+        let typed: DynamicObject = serde_json::from_value(object.clone())
+            .map_err(|e| ApplyError::Malformed(format!("not a Kubernetes object: {e}")))?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PostParams::default()
+        };
+        match self
+            .api(served, namespace.as_deref())
+            .create(&params, &typed)
+            .await
+        {
+            Ok(created) => Ok(Some(to_value(&created)?)),
+            Err(kube::Error::Api(status))
+                if status.code == 409 && status.reason == "AlreadyExists" =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(ApplyError::from_kube(error)),
+        }
+    }
+
+    /// Deletes an object in the background; `false` when it was already gone.
+    pub async fn delete(
+        &self,
+        served: &Served,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<bool, ApplyError> {
+        match self
+            .api(served, namespace)
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(ApplyError::from_kube(error)),
+        }
+    }
+}
+
+/// Namespace and name of an object.
+fn identity(object: &Value) -> Result<(Option<String>, String), ApplyError> {
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApplyError::Malformed("object has no metadata.name".to_string()))?;
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    Ok((namespace, name.to_string()))
+}
+
+fn to_value(object: &DynamicObject) -> Result<Value, ApplyError> {
+    serde_json::to_value(object)
+        .map_err(|e| ApplyError::Malformed(format!("cannot read the object back: {e}")))
+}
+
+/// Whether every field `desired` sets has the same value in `live` (fields the server or
+/// other managers added are ignored): the live object has not drifted from what was applied.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => desired
+            .iter()
+            .all(|(key, value)| live.get(key).is_some_and(|found| contains(found, value))),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
+        }
+        (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
+        (live, desired) => live == desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn drift_ignores_added_fields_but_not_changed_ones() {
+        let desired = json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}});
+        let live = json!({"spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}]},
+                          "status": {}});
+        assert!(contains(&live, &desired));
+        let edited = json!({"spec": {"replicas": 5, "ports": [{"port": 80}]}});
+        assert!(!contains(&edited, &desired));
+        let fewer = json!({"spec": {"replicas": 2, "ports": []}});
+        assert!(!contains(&fewer, &desired));
+    }
+
+    #[test]
+    fn transient_errors_are_server_side_or_throttling() {
+        let refused = |code| ApplyError::Refused {
+            code,
+            reason: String::new(),
+            message: String::new(),
+        };
+        assert!(refused(500).is_transient());
+        assert!(refused(429).is_transient());
+        assert!(!refused(422).is_transient());
+        assert!(ApplyError::Transport("connection refused".into()).is_transient());
+    }
+}

@@ -1,0 +1,176 @@
+//! The operator: the Transform controller (resolve → render → validate → write the
+//! ResourceGraph) and the ResourceGraph controller (execute the graph), sharing a
+//! [`Context`] with the client, the renderer, the applier, events and metrics.
+
+mod graph;
+mod transform;
+mod watches;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{Controller, controller::Action, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::Semaphore;
+
+use crate::api::{ResourceGraph, Transform};
+use crate::apply::Applier;
+use crate::exec::ExecConfig;
+use crate::metrics::Metrics;
+use crate::render::Renderer;
+pub use watches::Watches;
+
+/// What the operator was started with.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Watch only this namespace (None: all).
+    pub namespace: Option<String>,
+    /// At most this many object writes at once, over all graphs.
+    pub max_concurrent_applies: usize,
+    /// Namespace and scope guards.
+    pub exec: ExecConfig,
+}
+
+/// Shared by every reconcile of both controllers.
+pub struct Context {
+    /// The API client.
+    pub client: kube::Client,
+    /// Reads and writes graph objects.
+    pub applier: Applier,
+    /// The render engine (worker pool and render cache).
+    pub renderer: Renderer,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes events.
+    pub recorder: Recorder,
+    /// Bounds concurrent object writes.
+    pub applies: Arc<Semaphore>,
+    /// Watches of applied and observed objects, waking their graphs.
+    pub watches: Watches,
+    /// The operator's flags.
+    pub config: OperatorConfig,
+}
+
+/// Why a reconcile failed; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the API server failed.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be serialized.
+    #[error("serialization failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Context {
+    /// A context over `client` with the given renderer and metrics.
+    pub fn new(
+        client: kube::Client,
+        renderer: Renderer,
+        metrics: Arc<Metrics>,
+        config: OperatorConfig,
+        graphs: futures::channel::mpsc::UnboundedSender<
+            kube::runtime::reflector::ObjectRef<ResourceGraph>,
+        >,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: "pequod".to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            applier: Applier::new(client.clone()),
+            recorder: Recorder::new(client.clone(), reporter),
+            watches: Watches::new(client.clone(), config.namespace.clone(), graphs),
+            applies: Arc::new(Semaphore::new(config.max_concurrent_applies.max(1))),
+            client,
+            renderer,
+            metrics,
+            config,
+        }
+    }
+
+    /// Publishes an event about `object`; a failure is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(truncate(note, 1000)),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, name = %object.name_any(), reason, "cannot publish event");
+        }
+    }
+}
+
+fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run(
+    context: Arc<Context>,
+    graphs: futures::channel::mpsc::UnboundedReceiver<
+        kube::runtime::reflector::ObjectRef<ResourceGraph>,
+    >,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let namespace = context.config.namespace.as_deref();
+    let transforms: Api<Transform> = api(&context.client, namespace);
+    let resource_graphs: Api<ResourceGraph> = api(&context.client, namespace);
+    let transform_controller = Controller::new(transforms, watcher::Config::default())
+        .owns(resource_graphs.clone(), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            transform::reconcile,
+            transform::error_policy,
+            context.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "transform controller");
+            }
+        });
+    let graph_controller = Controller::new(resource_graphs, watcher::Config::default())
+        .reconcile_on(graphs)
+        .graceful_shutdown_on(shutdown)
+        .run(graph::reconcile, graph::error_policy, context.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "resource graph controller");
+            }
+        });
+    futures::join!(transform_controller, graph_controller);
+}
+
+/// The requeue of a failed reconcile: soon, then less often.
+fn retry_action(attempt: u32) -> Action {
+    Action::requeue(crate::exec::retry_delay(attempt.max(1)).min(Duration::from_secs(60)))
+}

@@ -1,0 +1,473 @@
+//! The Transform controller: resolve the module, render it with the input, validate, and
+//! server-side apply the ResourceGraph; the Transform's status says how each step went and
+//! mirrors the graph's readiness. A failed step never touches the existing ResourceGraph.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use serde_json::json;
+
+use super::{Context, Error, retry_action};
+use crate::api::{LocalObjectReference, ResolvedModule, ResourceGraph, Transform, TransformStatus};
+use crate::apply::FIELD_MANAGER;
+use crate::exec::condition;
+use crate::graph::Violation;
+use crate::module::{ModuleBundle, resolve_local};
+use crate::policy;
+use crate::render::{FailureKind, RenderContext, RenderError};
+
+const CONTROLLER: &str = "transform";
+
+/// Reconciles one Transform.
+pub async fn reconcile(transform: Arc<Transform>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_transform(&transform, &context).await;
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    context
+        .metrics
+        .reconcile_total
+        .with_label_values(&[CONTROLLER, outcome])
+        .inc();
+    context
+        .metrics
+        .reconcile_duration_seconds
+        .with_label_values(&[CONTROLLER])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Retries a failed reconcile with backoff.
+pub fn error_policy(transform: Arc<Transform>, error: &Error, _context: Arc<Context>) -> Action {
+    tracing::warn!(kind = "Transform", namespace = transform.namespace().unwrap_or_default(), name = %transform.name_any(), %error, "reconcile failed");
+    retry_action(2)
+}
+
+/// A step that failed: the condition to set False and why.
+struct Failure {
+    condition: &'static str,
+    reason: &'static str,
+    message: String,
+    violations: Vec<Violation>,
+}
+
+async fn reconcile_transform(transform: &Transform, context: &Context) -> Result<Action, Error> {
+    if transform.metadata.deletion_timestamp.is_some() {
+        // The ResourceGraph is owned by the Transform: garbage collection deletes it, and
+        // its finalizer deletes the objects.
+        return Ok(Action::await_change());
+    }
+    let namespace = transform.namespace().unwrap_or_default();
+    let name = transform.name_any();
+    let transforms: Api<Transform> = Api::namespaced(context.client.clone(), &namespace);
+    let graphs: Api<ResourceGraph> = Api::namespaced(context.client.clone(), &namespace);
+    let previous = transform.status.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let generation = transform.metadata.generation;
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+
+    if transform.spec.suspend {
+        set(
+            &mut status,
+            condition(
+                "Suspended",
+                true,
+                "Suspended",
+                "spec.suspend is true: the Transform is not reconciled",
+                generation,
+                now,
+                &previous.conditions,
+            ),
+        );
+        return finish(
+            &transforms,
+            &name,
+            transform,
+            status,
+            Action::await_change(),
+        )
+        .await;
+    }
+    status.conditions.retain(|c| c.type_ != "Suspended");
+
+    match render(transform, context).await {
+        Err(failure) => {
+            let steps = ["ModuleResolved", "Validated", "Rendered"];
+            let failed_at = steps
+                .iter()
+                .position(|s| *s == failure.condition)
+                .unwrap_or(0);
+            for (i, step) in steps.iter().enumerate() {
+                if i < failed_at {
+                    set(
+                        &mut status,
+                        condition(
+                            step,
+                            true,
+                            "Succeeded",
+                            "succeeded",
+                            generation,
+                            now,
+                            &previous.conditions,
+                        ),
+                    );
+                }
+            }
+            set(
+                &mut status,
+                condition(
+                    failure.condition,
+                    false,
+                    failure.reason,
+                    &failure.message,
+                    generation,
+                    now,
+                    &previous.conditions,
+                ),
+            );
+            if failure.condition == "ModuleResolved" {
+                status
+                    .conditions
+                    .retain(|c| c.type_ == "ModuleResolved" || c.type_ == "Ready");
+            }
+            if !failure.violations.is_empty() {
+                status.violations = failure.violations.clone();
+            }
+            let reason = if failure.condition == "Validated" {
+                "ValidationFailed"
+            } else {
+                "RenderFailed"
+            };
+            if previous
+                .conditions
+                .iter()
+                .all(|c| c.type_ != failure.condition || c.message != failure.message)
+            {
+                context
+                    .event(
+                        transform,
+                        EventType::Warning,
+                        reason,
+                        failure.message.clone(),
+                    )
+                    .await;
+            }
+            mirror_ready(
+                &mut status,
+                &graphs,
+                &name,
+                generation,
+                now,
+                &previous.conditions,
+            )
+            .await?;
+            finish(&transforms, &name, transform, status, retry_action(3)).await
+        }
+        Ok((bundle, graph)) => {
+            let rendered_hash = graph.spec.metadata.render_hash.clone();
+            let existing = graphs.get_opt(&name).await?;
+            let mut graph = graph;
+            graph.spec.metadata.rendered_at = Some(Time(now));
+            if let Some(existing) = &existing
+                && existing.spec.metadata.render_hash == rendered_hash
+                && existing.spec.metadata.module_digest == graph.spec.metadata.module_digest
+                && existing.spec.prune == graph.spec.prune
+                && existing.spec.violations == graph.spec.violations
+            {
+                graph.spec.metadata.rendered_at = existing.spec.metadata.rendered_at.clone();
+            }
+            let changed = existing.as_ref().is_none_or(|e| e.spec != graph.spec);
+            if changed {
+                let mut object = serde_json::to_value(&graph)?;
+                if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    metadata.remove("creationTimestamp");
+                }
+                object["apiVersion"] = json!(crate::api::API_VERSION);
+                object["kind"] = json!("ResourceGraph");
+                graphs
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await?;
+                context
+                    .event(
+                        transform,
+                        EventType::Normal,
+                        "Rendered",
+                        format!(
+                            "{}@{} rendered {} nodes ({})",
+                            graph.spec.metadata.module,
+                            graph.spec.metadata.version,
+                            graph.spec.nodes.len(),
+                            rendered_hash
+                        ),
+                    )
+                    .await;
+            }
+            status.resolved_module = Some(ResolvedModule {
+                type_: transform.spec.module_ref.type_,
+                ref_: short_ref(
+                    &transform.spec.module_ref.ref_,
+                    transform.spec.module_ref.type_,
+                ),
+                digest: bundle.digest().to_string(),
+                fetched_at: previous
+                    .resolved_module
+                    .as_ref()
+                    .filter(|m| m.digest == bundle.digest())
+                    .and_then(|m| m.fetched_at.clone())
+                    .or(Some(Time(now))),
+            });
+            status.resource_graph_ref = Some(LocalObjectReference { name: name.clone() });
+            status.outputs = graph.spec.outputs.clone();
+            status.violations = graph.spec.violations.clone();
+            for step in ["ModuleResolved", "Validated", "Rendered"] {
+                let message = match step {
+                    "ModuleResolved" => {
+                        format!("{} {}", transform.spec.module_ref.type_, bundle.digest())
+                    }
+                    "Validated" if graph.spec.violations.is_empty() => {
+                        "input, graph and policies are valid".to_string()
+                    }
+                    "Validated" => format!("{} policy warnings", graph.spec.violations.len()),
+                    _ => format!("{} nodes, {}", graph.spec.nodes.len(), rendered_hash),
+                };
+                set(
+                    &mut status,
+                    condition(
+                        step,
+                        true,
+                        "Succeeded",
+                        &message,
+                        generation,
+                        now,
+                        &previous.conditions,
+                    ),
+                );
+            }
+            mirror_ready(
+                &mut status,
+                &graphs,
+                &name,
+                generation,
+                now,
+                &previous.conditions,
+            )
+            .await?;
+            finish(
+                &transforms,
+                &name,
+                transform,
+                status,
+                Action::await_change(),
+            )
+            .await
+        }
+    }
+}
+
+/// An inline module's `ref` is its whole source: the status keeps a digest-sized stand-in.
+fn short_ref(reference: &str, type_: crate::api::ModuleType) -> String {
+    if type_ == crate::api::ModuleType::Inline {
+        "(inline)".to_string()
+    } else {
+        reference.to_string()
+    }
+}
+
+/// Resolves and renders; the ResourceGraph to write, or the step that failed.
+async fn render(
+    transform: &Transform,
+    context: &Context,
+) -> Result<(ModuleBundle, ResourceGraph), Failure> {
+    let module_ref = &transform.spec.module_ref;
+    let type_label = module_ref.type_.to_string();
+    let started = Instant::now();
+    let resolved = resolve_local(module_ref, None);
+    context
+        .metrics
+        .module_fetch_total
+        .with_label_values(&[
+            type_label.as_str(),
+            if resolved.is_ok() { "success" } else { "error" },
+        ])
+        .inc();
+    context
+        .metrics
+        .module_fetch_duration_seconds
+        .with_label_values(&[type_label.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    let bundle = resolved.map_err(|error| Failure {
+        condition: "ModuleResolved",
+        reason: match error {
+            crate::module::SourceError::DigestMismatch { .. } => "DigestMismatch",
+            crate::module::SourceError::Unsupported(_) => "UnsupportedSource",
+            crate::module::SourceError::UnknownEmbedded { .. } => "ModuleNotFound",
+            crate::module::SourceError::Bundle(_) => "InvalidModule",
+        },
+        message: error.to_string(),
+        violations: Vec::new(),
+    })?;
+    let hits_before = context
+        .renderer
+        .stats()
+        .cache_hits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let rendered = context
+        .renderer
+        .render(
+            &bundle,
+            &transform.spec.input,
+            &RenderContext::of(transform),
+        )
+        .await;
+    context
+        .metrics
+        .render_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let hits_after = context
+        .renderer
+        .stats()
+        .cache_hits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    context
+        .metrics
+        .render_cache_hits_total
+        .inc_by(hits_after.saturating_sub(hits_before));
+    let graph = rendered.map_err(render_failure)?;
+    let warnings = policy::enforce(&graph.findings, &transform.spec.policies)
+        .into_result()
+        .map_err(|errors| Failure {
+            condition: "Validated",
+            reason: "PolicyViolation",
+            message: errors.to_string(),
+            violations: errors.0.clone(),
+        })?;
+    Ok((
+        bundle,
+        ResourceGraph::rendered(transform, &graph, &warnings),
+    ))
+}
+
+fn render_failure(error: RenderError) -> Failure {
+    let (condition, reason) = match &error {
+        RenderError::InputNotAnObject(_) => ("Validated", "InvalidInput"),
+        RenderError::Evaluation(failure)
+            if failure.kind == FailureKind::Contract && failure.path.is_some() =>
+        {
+            ("Validated", "InvalidInput")
+        }
+        RenderError::Integrity(_) => ("Validated", "InvalidGraph"),
+        RenderError::Schema(_) => ("Validated", "SchemaViolation"),
+        RenderError::NameTooLong(_) => ("Validated", "NameTooLong"),
+        RenderError::Timeout(_) | RenderError::MemoryLimit(_) | RenderError::StackOverflow => {
+            ("Rendered", "EvaluationLimit")
+        }
+        RenderError::WorkerCrashed { .. } | RenderError::Worker(_) => ("Rendered", "WorkerFailed"),
+        _ => ("Rendered", "RenderFailed"),
+    };
+    Failure {
+        condition,
+        reason,
+        message: error.to_string(),
+        violations: Vec::new(),
+    }
+}
+
+/// Replaces (or adds) the condition of the same type.
+fn set(status: &mut TransformStatus, condition: Condition) {
+    match status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == condition.type_)
+    {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+/// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation.
+async fn mirror_ready(
+    status: &mut TransformStatus,
+    graphs: &Api<ResourceGraph>,
+    name: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+) -> Result<(), Error> {
+    let graph = graphs.get_opt(name).await?;
+    let ready = graph.as_ref().and_then(|g| {
+        let status = g.status.as_ref()?;
+        if status.observed_generation != g.metadata.generation {
+            return None;
+        }
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .cloned()
+    });
+    let mirrored = match (graph, ready) {
+        (None, _) => condition(
+            "Ready",
+            false,
+            "NoResourceGraph",
+            "no ResourceGraph has been written yet",
+            generation,
+            now,
+            previous,
+        ),
+        (Some(_), None) => condition(
+            "Ready",
+            false,
+            "Progressing",
+            "waiting for the ResourceGraph to be executed",
+            generation,
+            now,
+            previous,
+        ),
+        (Some(_), Some(ready)) => condition(
+            "Ready",
+            ready.status == "True",
+            &ready.reason,
+            &ready.message,
+            generation,
+            now,
+            previous,
+        ),
+    };
+    set(status, mirrored);
+    Ok(())
+}
+
+async fn finish(
+    transforms: &Api<Transform>,
+    name: &str,
+    transform: &Transform,
+    status: TransformStatus,
+    action: Action,
+) -> Result<Action, Error> {
+    if transform.status.as_ref() != Some(&status) {
+        let patch = json!({
+            "apiVersion": crate::api::API_VERSION,
+            "kind": "Transform",
+            "status": status,
+        });
+        transforms
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    Ok(action)
+}

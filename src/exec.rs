@@ -1,0 +1,865 @@
+//! Executing a ResourceGraph: one level-triggered pass over its nodes.
+//!
+//! A pass reads the cluster, applies every node whose dependencies are Ready (independent
+//! nodes concurrently, bounded by a semaphore shared by all graphs), evaluates readiness and
+//! returns the new status; it never waits for an object to become ready. Nodes that become
+//! Ready during the pass release their dependents in the same pass. A failed node blocks
+//! only its dependents. After a pass in which every node was applied, objects of the
+//! previous inventory that left the graph are pruned, dependents first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::api::{
+    GraphPhase, GraphSummary, InventoryEntry, NodePhase, NodeStatus, ObjectRef, ResourceGraph,
+    ResourceGraphStatus,
+};
+use crate::apply::{Applier, ApplyError, Served, contains, type_of};
+use crate::graph::{ApplyMode, ConflictPolicy, Dag, DeletionPolicy, Node};
+use crate::readiness::{self, Readiness};
+
+/// Annotation that keeps an object from being pruned: `platform.pequod.io/prune: disabled`.
+pub const PRUNE_ANNOTATION: &str = "platform.pequod.io/prune";
+
+/// How graphs are executed, from the operator's flags.
+#[derive(Clone, Debug)]
+pub struct ExecConfig {
+    /// Objects may live in other namespaces than their graph's.
+    pub allow_cross_namespace: bool,
+    /// Cluster-scoped objects may be written.
+    pub allow_cluster_scoped: bool,
+}
+
+/// Something that happened to a node during a pass, for events and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The object was written (created, updated or corrected).
+    Applied {
+        /// The node.
+        node: String,
+        /// Why: created, changed, drift corrected.
+        why: String,
+    },
+    /// The node became Ready.
+    Ready {
+        /// The node.
+        node: String,
+    },
+    /// The node failed.
+    Failed {
+        /// The node.
+        node: String,
+        /// The error.
+        message: String,
+    },
+    /// An object that left the graph was deleted.
+    Pruned {
+        /// `Kind namespace/name`.
+        object: String,
+    },
+}
+
+/// The result of one pass.
+#[derive(Debug)]
+pub struct Pass {
+    /// The graph's new status.
+    pub status: ResourceGraphStatus,
+    /// When to look again without a watch event (failed nodes retry, timeouts expire).
+    pub requeue: Option<Duration>,
+    /// The kinds (and observed objects) whose changes must wake this graph.
+    pub watch: Vec<WatchTarget>,
+    /// What happened.
+    pub events: Vec<NodeEvent>,
+    /// How many applies were made, by result (`true` success).
+    pub applies: Vec<(bool, Duration)>,
+}
+
+/// An API resource to watch for one graph.
+#[derive(Clone, Debug)]
+pub struct WatchTarget {
+    /// The resource.
+    pub served: Served,
+    /// `Some((namespace, name))` for an observed object Pequod does not label.
+    pub observed: Option<(Option<String>, String)>,
+}
+
+/// Outcome of running one node.
+struct NodeRun {
+    status: NodeStatus,
+    events: Vec<NodeEvent>,
+    applies: Vec<(bool, Duration)>,
+    watch: Option<WatchTarget>,
+    inventory: Option<InventoryEntry>,
+}
+
+/// Runs one pass over `graph`.
+pub async fn execute(
+    applier: &Applier,
+    graph: &ResourceGraph,
+    config: &ExecConfig,
+    applies: &Arc<Semaphore>,
+) -> Pass {
+    let namespace = graph.metadata.namespace.clone().unwrap_or_default();
+    let previous = graph.status.clone().unwrap_or_default();
+    let nodes: HashMap<&str, &Node> = graph
+        .spec
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n))
+        .collect();
+    let now = jiff::Timestamp::now();
+    let mut statuses: BTreeMap<String, NodeStatus> = BTreeMap::new();
+    let mut events = Vec::new();
+    let mut apply_results = Vec::new();
+    let mut watch = Vec::new();
+    let mut inventory: Vec<InventoryEntry> = Vec::new();
+
+    let dag = match Dag::build(&graph.spec.nodes) {
+        Ok(dag) => dag,
+        Err(errors) => {
+            let status = ResourceGraphStatus {
+                phase: Some(GraphPhase::Failed),
+                conditions: vec![condition(
+                    "Ready",
+                    false,
+                    "InvalidGraph",
+                    &errors.to_string(),
+                    graph.metadata.generation,
+                    now,
+                    &previous.conditions,
+                )],
+                inventory: previous.inventory.clone(),
+                observed_generation: graph.metadata.generation,
+                ..ResourceGraphStatus::default()
+            };
+            return Pass {
+                status,
+                requeue: None,
+                watch,
+                events,
+                applies: apply_results,
+            };
+        }
+    };
+
+    // Waves: every node whose dependencies are settled runs; a node that is Ready releases
+    // its dependents into the next wave of the same pass.
+    let mut settled: HashSet<String> = HashSet::new();
+    let mut ready: HashSet<String> = HashSet::new();
+    loop {
+        let mut wave = Vec::new();
+        for id in dag.topological_order() {
+            if settled.contains(id) {
+                continue;
+            }
+            let dependencies: Vec<&String> = dag.dependencies(id).collect();
+            if !dependencies.iter().all(|d| settled.contains(*d)) {
+                continue;
+            }
+            let prior = previous.nodes.get(id);
+            let blocked: Vec<&str> = dependencies
+                .iter()
+                .filter(|d| {
+                    matches!(
+                        statuses.get(d.as_str()).map(|s| s.phase),
+                        Some(NodePhase::Failed | NodePhase::Blocked)
+                    )
+                })
+                .map(|d| d.as_str())
+                .collect();
+            let waiting: Vec<&str> = dependencies
+                .iter()
+                .filter(|d| !ready.contains(d.as_str()))
+                .map(|d| d.as_str())
+                .collect();
+            if !blocked.is_empty() {
+                let message = format!("dependency {} failed", quote_list(&blocked));
+                statuses.insert(id.clone(), carried(prior, NodePhase::Blocked, message, now));
+                settled.insert(id.clone());
+            } else if !waiting.is_empty() {
+                let message = format!("waiting for {} to be Ready", quote_list(&waiting));
+                statuses.insert(id.clone(), carried(prior, NodePhase::Pending, message, now));
+                settled.insert(id.clone());
+            } else if let Some(node) = nodes.get(id.as_str()) {
+                wave.push(*node);
+            }
+        }
+        if wave.is_empty() {
+            break;
+        }
+        let mut running: FuturesUnordered<_> = wave
+            .into_iter()
+            .map(|node| {
+                let prior = previous.nodes.get(&node.id);
+                let namespace = namespace.as_str();
+                async move {
+                    let run = run_node(applier, node, prior, namespace, config, applies, now).await;
+                    (node.id.clone(), run)
+                }
+            })
+            .collect();
+        while let Some((id, run)) = running.next().await {
+            if run.status.phase == NodePhase::Ready {
+                ready.insert(id.clone());
+            }
+            events.extend(run.events);
+            apply_results.extend(run.applies);
+            watch.extend(run.watch);
+            inventory.extend(run.inventory);
+            statuses.insert(id.clone(), run.status);
+            settled.insert(id);
+        }
+    }
+
+    // Nodes below a Pending node are Pending too.
+    for id in dag.topological_order() {
+        if !statuses.contains_key(id) {
+            let message = "waiting for its dependencies".to_string();
+            statuses.insert(
+                id.clone(),
+                carried(previous.nodes.get(id), NodePhase::Pending, message, now),
+            );
+        }
+    }
+
+    // The inventory keeps the graph's topological order, so pruning can go in reverse.
+    let order: HashMap<&str, usize> = dag
+        .topological_order()
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    inventory.sort_by_key(|entry| order.get(entry.node_id.as_str()).copied());
+    let applied_all = graph.spec.nodes.iter().all(|node| {
+        node.apply_policy.mode == ApplyMode::Observe
+            || matches!(
+                statuses.get(&node.id).map(|s| s.phase),
+                Some(NodePhase::Ready | NodePhase::WaitingReady)
+            )
+    });
+    let current: HashSet<ObjectIdentity> = inventory.iter().map(identity).collect();
+    let mut leftovers: Vec<InventoryEntry> = previous
+        .inventory
+        .iter()
+        .filter(|entry| !current.contains(&identity(entry)))
+        .cloned()
+        .collect();
+    if applied_all && graph.spec.prune {
+        leftovers = prune(applier, leftovers, &mut events).await;
+    }
+    inventory.extend(leftovers);
+
+    let requeue = requeue_after(&graph.spec.nodes, &statuses, now);
+    let status = summarize(graph, &previous, statuses, inventory, now);
+    Pass {
+        status,
+        requeue,
+        watch,
+        events,
+        applies: apply_results,
+    }
+}
+
+type ObjectIdentity = (String, String, Option<String>, String);
+
+fn identity(entry: &InventoryEntry) -> ObjectIdentity {
+    let group = entry
+        .object
+        .api_version
+        .rsplit_once('/')
+        .map_or("", |(group, _)| group);
+    (
+        group.to_string(),
+        entry.object.kind.clone(),
+        entry.object.namespace.clone(),
+        entry.object.name.clone(),
+    )
+}
+
+fn quote_list(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| format!("`{id}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A status with `phase` and `message`, keeping the previous attempts, hash and object.
+fn carried(
+    prior: Option<&NodeStatus>,
+    phase: NodePhase,
+    message: String,
+    now: jiff::Timestamp,
+) -> NodeStatus {
+    let mut status = prior.cloned().unwrap_or(NodeStatus {
+        phase,
+        message: None,
+        attempts: 0,
+        applied_hash: None,
+        applied_at: None,
+        last_transition_time: None,
+        object: None,
+    });
+    if prior.map(|p| p.phase) != Some(phase) || status.last_transition_time.is_none() {
+        status.last_transition_time = Some(Time(now));
+    }
+    status.phase = phase;
+    status.message = Some(message);
+    status
+}
+
+/// `sha256:` of the object as it would be applied.
+pub fn object_hash(object: &Value) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(object.to_string())))
+}
+
+async fn run_node(
+    applier: &Applier,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    graph_namespace: &str,
+    config: &ExecConfig,
+    applies: &Arc<Semaphore>,
+    now: jiff::Timestamp,
+) -> NodeRun {
+    let mut run = NodeRun {
+        status: carried(prior, NodePhase::Applying, String::new(), now),
+        events: Vec::new(),
+        applies: Vec::new(),
+        watch: None,
+        inventory: None,
+    };
+    match step(
+        applier,
+        node,
+        prior,
+        graph_namespace,
+        config,
+        applies,
+        now,
+        &mut run,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(error) => {
+            let message = error.to_string();
+            if prior.map(|p| (p.phase, p.message.as_deref()))
+                != Some((NodePhase::Failed, Some(&message)))
+            {
+                run.events.push(NodeEvent::Failed {
+                    node: node.id.clone(),
+                    message: message.clone(),
+                });
+            }
+            let attempts = run.status.attempts;
+            run.status = carried(Some(&run.status), NodePhase::Failed, message, now);
+            run.status.attempts = attempts;
+        }
+    }
+    run
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn step(
+    applier: &Applier,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    graph_namespace: &str,
+    config: &ExecConfig,
+    applies: &Arc<Semaphore>,
+    now: jiff::Timestamp,
+    run: &mut NodeRun,
+) -> Result<(), ApplyError> {
+    let (api_version, kind) = type_of(&node.object)?;
+    let served = applier.served(&api_version, &kind).await?;
+    let mut object = node.object.clone();
+    let mode = node.apply_policy.mode;
+    let namespace = if served.namespaced {
+        let namespace = node.namespace().unwrap_or(graph_namespace).to_string();
+        if namespace != graph_namespace
+            && !config.allow_cross_namespace
+            && mode != ApplyMode::Observe
+        {
+            return Err(ApplyError::Malformed(format!(
+                "{kind} {namespace}/{} is outside the graph's namespace {graph_namespace}: refused (the operator runs without --allow-cross-namespace)",
+                node.name().unwrap_or_default()
+            )));
+        }
+        object["metadata"]["namespace"] = Value::String(namespace.clone());
+        Some(namespace)
+    } else {
+        if !config.allow_cluster_scoped && mode != ApplyMode::Observe {
+            return Err(ApplyError::Malformed(format!(
+                "{kind} {} is cluster-scoped: refused (the operator runs without --allow-cluster-scoped)",
+                node.name().unwrap_or_default()
+            )));
+        }
+        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("namespace");
+        }
+        None
+    };
+    let name = node.name().unwrap_or_default().to_string();
+    run.watch = Some(WatchTarget {
+        served: served.clone(),
+        observed: (mode == ApplyMode::Observe).then(|| (namespace.clone(), name.clone())),
+    });
+    let hash = object_hash(&object);
+    let live = applier.get(&served, namespace.as_deref(), &name).await?;
+    let same_hash = prior.and_then(|p| p.applied_hash.as_deref()) == Some(hash.as_str());
+    let live = match (mode, live) {
+        (ApplyMode::Observe, None) => {
+            run.status = carried(
+                prior,
+                NodePhase::WaitingReady,
+                format!(
+                    "waiting for {kind} {} to exist (observed, not managed by this graph)",
+                    shown(namespace.as_deref(), &name)
+                ),
+                now,
+            );
+            return Ok(());
+        }
+        (ApplyMode::Observe | ApplyMode::Create, Some(live)) => live,
+        (ApplyMode::Create, None) => {
+            let _permit = applies.acquire().await;
+            let started = std::time::Instant::now();
+            let created = applier.create(&served, &object).await;
+            run.applies.push((created.is_ok(), started.elapsed()));
+            run.status.attempts += 1;
+            let created = match created? {
+                Some(created) => created,
+                None => applier
+                    .get(&served, namespace.as_deref(), &name)
+                    .await?
+                    .unwrap_or_default(),
+            };
+            run.events.push(NodeEvent::Applied {
+                node: node.id.clone(),
+                why: "created".into(),
+            });
+            created
+        }
+        (ApplyMode::Apply, live) => {
+            let drifted = live.as_ref().is_some_and(|l| !contains(l, &object));
+            if same_hash
+                && !drifted
+                && let Some(live) = live
+            {
+                live
+            } else {
+                let why = match (&live, same_hash) {
+                    (None, _) => "created",
+                    (Some(_), true) => "drift corrected",
+                    (Some(_), false) => "changed",
+                };
+                let force = node.apply_policy.conflict_policy == ConflictPolicy::Force;
+                let _permit = applies.acquire().await;
+                let started = std::time::Instant::now();
+                let applied = applier.apply(&served, &object, force).await;
+                run.applies.push((applied.is_ok(), started.elapsed()));
+                run.status.attempts += 1;
+                let applied = applied?;
+                run.events.push(NodeEvent::Applied {
+                    node: node.id.clone(),
+                    why: why.into(),
+                });
+                applied
+            }
+        }
+    };
+    if mode != ApplyMode::Observe {
+        if !same_hash || run.status.applied_at.is_none() {
+            run.status.applied_at = Some(Time(now));
+        }
+        run.status.applied_hash = Some(hash);
+        run.inventory = Some(InventoryEntry {
+            object: object_ref(&api_version, &kind, namespace.as_deref(), &name, &live),
+            node_id: node.id.clone(),
+            deletion_policy: node.deletion_policy,
+        });
+    }
+    run.status.object = Some(object_ref(
+        &api_version,
+        &kind,
+        namespace.as_deref(),
+        &name,
+        &live,
+    ));
+    let drift_note = run
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::Applied { why, .. } if why == "drift corrected"));
+    match readiness::evaluate(&node.ready_when, &live) {
+        Readiness::Ready => {
+            if prior.map(|p| p.phase) != Some(NodePhase::Ready) {
+                run.events.push(NodeEvent::Ready {
+                    node: node.id.clone(),
+                });
+            }
+            let message = if drift_note {
+                "Ready (drift corrected)"
+            } else {
+                "Ready"
+            };
+            let mut status = carried(
+                Some(&run.status),
+                NodePhase::Ready,
+                message.to_string(),
+                now,
+            );
+            if prior.map(|p| p.phase) == Some(NodePhase::Ready) {
+                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
+            }
+            run.status = status;
+        }
+        Readiness::Waiting(message) => {
+            let since = run.status.applied_at.as_ref().map_or(now, |t| t.0);
+            let waited = now.duration_since(since).as_secs();
+            if let Some(timeout) = node.timeout_seconds
+                && waited >= i64::from(timeout)
+            {
+                return Err(ApplyError::Malformed(format!(
+                    "not ready after {timeout}s: {message}"
+                )));
+            }
+            let mut status = carried(Some(&run.status), NodePhase::WaitingReady, message, now);
+            if prior.map(|p| p.phase) == Some(NodePhase::WaitingReady) {
+                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
+            }
+            run.status = status;
+        }
+    }
+    Ok(())
+}
+
+fn shown(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+fn object_ref(
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    live: &Value,
+) -> ObjectRef {
+    ObjectRef {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        namespace: namespace.map(str::to_string),
+        name: name.to_string(),
+        uid: live
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
+
+/// Deletes the objects that left the graph, last first; returns those still to go.
+async fn prune(
+    applier: &Applier,
+    leftovers: Vec<InventoryEntry>,
+    events: &mut Vec<NodeEvent>,
+) -> Vec<InventoryEntry> {
+    let mut kept = Vec::new();
+    for entry in leftovers.into_iter().rev() {
+        match delete_entry(applier, &entry).await {
+            Ok(Deletion::Gone | Deletion::Orphaned) => {}
+            Ok(Deletion::Deleted) => events.push(NodeEvent::Pruned {
+                object: describe(&entry.object),
+            }),
+            Err(error) => {
+                tracing::warn!(object = %describe(&entry.object), %error, "prune failed");
+                kept.push(entry);
+            }
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+/// `Kind namespace/name`.
+pub fn describe(object: &ObjectRef) -> String {
+    format!(
+        "{} {}",
+        object.kind,
+        shown(object.namespace.as_deref(), &object.name)
+    )
+}
+
+/// What deleting an inventory entry did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// A delete request was accepted.
+    Deleted,
+    /// The object was already gone.
+    Gone,
+    /// The object stays: deletionPolicy Orphan or the prune annotation.
+    Orphaned,
+}
+
+/// Deletes one managed object unless it is to be orphaned.
+pub async fn delete_entry(
+    applier: &Applier,
+    entry: &InventoryEntry,
+) -> Result<Deletion, ApplyError> {
+    if entry.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(Deletion::Orphaned);
+    }
+    let object = &entry.object;
+    let served = applier.served(&object.api_version, &object.kind).await?;
+    let namespace = object.namespace.as_deref();
+    let Some(live) = applier.get(&served, namespace, &object.name).await? else {
+        return Ok(Deletion::Gone);
+    };
+    let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
+    if object.uid.is_some() && uid != object.uid.as_deref() {
+        // Someone else's object now has that name.
+        return Ok(Deletion::Orphaned);
+    }
+    let annotation = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(PRUNE_ANNOTATION))
+        .and_then(Value::as_str);
+    if annotation == Some("disabled") {
+        return Ok(Deletion::Orphaned);
+    }
+    if live.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(Deletion::Deleted);
+    }
+    if applier.delete(&served, namespace, &object.name).await? {
+        Ok(Deletion::Deleted)
+    } else {
+        Ok(Deletion::Gone)
+    }
+}
+
+/// When to run again although no watch event came: failed nodes back off (exponentially,
+/// with jitter), waiting nodes with a timeout are looked at when it expires.
+fn requeue_after(
+    nodes: &[Node],
+    statuses: &BTreeMap<String, NodeStatus>,
+    now: jiff::Timestamp,
+) -> Option<Duration> {
+    let mut soonest: Option<Duration> = None;
+    let mut consider = |d: Duration| soonest = Some(soonest.map_or(d, |s| s.min(d)));
+    for node in nodes {
+        let Some(status) = statuses.get(&node.id) else {
+            continue;
+        };
+        match status.phase {
+            NodePhase::Failed => consider(retry_delay(status.attempts)),
+            NodePhase::WaitingReady => {
+                if let (Some(timeout), Some(since)) =
+                    (node.timeout_seconds, status.last_transition_time.as_ref())
+                {
+                    let waited = now.duration_since(since.0).as_secs().max(0);
+                    let left = i64::from(timeout).saturating_sub(waited).max(0);
+                    consider(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    soonest
+}
+
+/// Exponential backoff with jitter for the `attempts`-th retry: 1s, 2s, 4s, ... up to 5 min.
+pub fn retry_delay(attempts: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(300))
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(usize::try_from(attempts.saturating_sub(1)).unwrap_or(0))
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// A metav1.Condition, keeping the previous transition time when the status is unchanged.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn summarize(
+    graph: &ResourceGraph,
+    previous: &ResourceGraphStatus,
+    nodes: BTreeMap<String, NodeStatus>,
+    inventory: Vec<InventoryEntry>,
+    now: jiff::Timestamp,
+) -> ResourceGraphStatus {
+    let count = |phase: NodePhase| nodes.values().filter(|s| s.phase == phase).count();
+    let total = nodes.len();
+    let ready = count(NodePhase::Ready);
+    let failed = count(NodePhase::Failed);
+    let blocked = count(NodePhase::Blocked);
+    let applied_any = nodes
+        .values()
+        .any(|s| s.applied_hash.is_some() || s.phase == NodePhase::Ready);
+    let phase = if ready == total {
+        GraphPhase::Ready
+    } else if failed > 0 {
+        GraphPhase::Failed
+    } else if applied_any {
+        GraphPhase::Progressing
+    } else {
+        GraphPhase::Pending
+    };
+    let generation = graph.metadata.generation;
+    let named = |phases: &[NodePhase]| -> String {
+        nodes
+            .iter()
+            .filter(|(_, s)| phases.contains(&s.phase))
+            .map(|(id, s)| format!("{id}: {}", s.message.as_deref().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let apply_failures: Vec<&String> = nodes
+        .iter()
+        .filter(|(_, s)| s.phase == NodePhase::Failed && s.applied_hash.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    let applied = if apply_failures.is_empty() {
+        condition(
+            "Applied",
+            true,
+            "ApplySucceeded",
+            "every runnable node is applied",
+            generation,
+            now,
+            &previous.conditions,
+        )
+    } else {
+        condition(
+            "Applied",
+            false,
+            "ApplyFailed",
+            &named(&[NodePhase::Failed]),
+            generation,
+            now,
+            &previous.conditions,
+        )
+    };
+    let ready_condition = match phase {
+        GraphPhase::Ready => condition(
+            "Ready",
+            true,
+            "AllNodesReady",
+            &format!("{ready}/{total} nodes ready"),
+            generation,
+            now,
+            &previous.conditions,
+        ),
+        GraphPhase::Failed => condition(
+            "Ready",
+            false,
+            "NodeFailed",
+            &named(&[NodePhase::Failed]),
+            generation,
+            now,
+            &previous.conditions,
+        ),
+        _ => condition(
+            "Ready",
+            false,
+            "Progressing",
+            &format!(
+                "{ready}/{total} nodes ready; {}",
+                named(&[
+                    NodePhase::WaitingReady,
+                    NodePhase::Applying,
+                    NodePhase::Pending
+                ])
+            ),
+            generation,
+            now,
+            &previous.conditions,
+        ),
+    };
+    let _ = blocked;
+    ResourceGraphStatus {
+        phase: Some(phase),
+        summary: Some(GraphSummary {
+            total: u32::try_from(total).unwrap_or(u32::MAX),
+            ready: u32::try_from(ready).unwrap_or(u32::MAX),
+            failed: u32::try_from(failed).unwrap_or(u32::MAX),
+            ready_text: format!("{ready}/{total}"),
+        }),
+        nodes,
+        inventory,
+        conditions: vec![applied, ready_condition],
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_stay_bounded() {
+        let first = retry_delay(1);
+        assert!(
+            first >= Duration::from_secs(1) && first <= Duration::from_secs(2),
+            "{first:?}"
+        );
+        let fifth = retry_delay(5);
+        assert!(
+            fifth >= Duration::from_secs(16) && fifth <= Duration::from_secs(32),
+            "{fifth:?}"
+        );
+        assert!(retry_delay(40) <= Duration::from_secs(600));
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let earlier = jiff::Timestamp::from_second(1_000).expect("valid");
+        let later = jiff::Timestamp::from_second(2_000).expect("valid");
+        let first = condition("Ready", false, "Progressing", "a", Some(1), earlier, &[]);
+        let same = condition(
+            "Ready",
+            false,
+            "Progressing",
+            "b",
+            Some(2),
+            later,
+            std::slice::from_ref(&first),
+        );
+        assert_eq!(same.last_transition_time, Time(earlier));
+        let flipped = condition("Ready", true, "AllNodesReady", "c", Some(2), later, &[same]);
+        assert_eq!(flipped.last_transition_time, Time(later));
+    }
+}

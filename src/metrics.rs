@@ -1,0 +1,363 @@
+//! The operator's Prometheus metrics (SPEC §8), all prefixed `pequod_`, and the HTTP
+//! endpoints that serve them with the health probes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use dashmap::DashMap;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::api::{NodePhase, ResourceGraphStatus};
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by controller and result (`success`, `error`).
+    pub reconcile_total: IntCounterVec,
+    /// Reconcile latency by controller.
+    pub reconcile_duration_seconds: HistogramVec,
+    /// Module resolutions by source type and result.
+    pub module_fetch_total: IntCounterVec,
+    /// Module resolution latency by source type.
+    pub module_fetch_duration_seconds: HistogramVec,
+    /// Module bundles served from the module cache (remote sources).
+    pub module_cache_hits_total: IntCounter,
+    /// Module bundles that had to be fetched (remote sources).
+    pub module_cache_misses_total: IntCounter,
+    /// Module bundles evicted from the module cache (remote sources).
+    pub module_cache_evictions_total: IntCounter,
+    /// Latency of renders (Nickel evaluation, or a cache hit).
+    pub render_duration_seconds: Histogram,
+    /// Renders answered from the render cache.
+    pub render_cache_hits_total: IntCounter,
+    /// Object writes by result.
+    pub apply_total: IntCounterVec,
+    /// Object write latency.
+    pub apply_duration_seconds: Histogram,
+    /// Objects in the inventories of all graphs.
+    pub resources_managed: IntGauge,
+    /// Nodes of all graphs by phase.
+    pub graph_nodes: IntGaugeVec,
+    /// From render to every node Ready.
+    pub graph_execution_duration_seconds: Histogram,
+    /// 1 while this replica holds the leader Lease (or runs without leader election).
+    pub leader: IntGauge,
+    per_graph: DashMap<String, (HashMap<&'static str, i64>, i64)>,
+}
+
+/// The node phases as metric labels.
+const PHASES: [(NodePhase, &str); 8] = [
+    (NodePhase::Pending, "Pending"),
+    (NodePhase::Applying, "Applying"),
+    (NodePhase::WaitingReady, "WaitingReady"),
+    (NodePhase::Ready, "Ready"),
+    (NodePhase::Failed, "Failed"),
+    (NodePhase::Blocked, "Blocked"),
+    (NodePhase::Adopted, "Adopted"),
+    (NodePhase::Orphaned, "Orphaned"),
+];
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    // Names are fixed and distinct: registration fails only on a programming error.
+    if let Err(error) = registry.register(Box::new(metric.clone())) {
+        tracing::error!(%error, "metric registration failed");
+    }
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::with_opts(Opts::new(name, help).namespace("pequod"))
+        .expect("static metric definition");
+    register(registry, metric)
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help).namespace("pequod"), labels)
+        .expect("static metric definition");
+    register(registry, metric)
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let metric = Histogram::with_opts(
+        HistogramOpts::new(name, help)
+            .namespace("pequod")
+            .buckets(buckets),
+    )
+    .expect("static metric definition");
+    register(registry, metric)
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let metric = HistogramVec::new(
+        HistogramOpts::new(name, help)
+            .namespace("pequod")
+            .buckets(buckets),
+        labels,
+    )
+    .expect("static metric definition");
+    register(registry, metric)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::with_opts(Opts::new(name, help).namespace("pequod"))
+        .expect("static metric definition");
+    register(registry, metric)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// All metrics, registered in a registry of their own.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let fast = prometheus::exponential_buckets(0.001, 2.0, 15).expect("static buckets");
+        let slow = prometheus::exponential_buckets(0.1, 2.0, 14).expect("static buckets");
+        let graph_nodes = IntGaugeVec::new(
+            Opts::new("graph_nodes", "Nodes of all ResourceGraphs by phase").namespace("pequod"),
+            &["phase"],
+        )
+        .expect("static metric definition");
+        let graph_nodes = register(&r, graph_nodes);
+        for (_, phase) in PHASES {
+            graph_nodes.with_label_values(&[phase]).set(0);
+        }
+        Metrics {
+            reconcile_total: counter_vec(
+                &r,
+                "reconcile_total",
+                "Reconciles by controller and result",
+                &["controller", "result"],
+            ),
+            reconcile_duration_seconds: histogram_vec(
+                &r,
+                "reconcile_duration_seconds",
+                "Reconcile latency by controller",
+                &["controller"],
+                fast.clone(),
+            ),
+            module_fetch_total: counter_vec(
+                &r,
+                "module_fetch_total",
+                "Module resolutions by source type and result",
+                &["type", "result"],
+            ),
+            module_fetch_duration_seconds: histogram_vec(
+                &r,
+                "module_fetch_duration_seconds",
+                "Module resolution latency by source type",
+                &["type"],
+                fast.clone(),
+            ),
+            module_cache_hits_total: counter(
+                &r,
+                "module_cache_hits_total",
+                "Module bundles served from the module cache",
+            ),
+            module_cache_misses_total: counter(
+                &r,
+                "module_cache_misses_total",
+                "Module bundles fetched because the module cache did not have them",
+            ),
+            module_cache_evictions_total: counter(
+                &r,
+                "module_cache_evictions_total",
+                "Module bundles evicted from the module cache",
+            ),
+            render_duration_seconds: histogram(
+                &r,
+                "render_duration_seconds",
+                "Render latency (Nickel evaluation or render-cache hit)",
+                fast.clone(),
+            ),
+            render_cache_hits_total: counter(
+                &r,
+                "render_cache_hits_total",
+                "Renders answered from the render cache",
+            ),
+            apply_total: counter_vec(&r, "apply_total", "Object writes by result", &["result"]),
+            apply_duration_seconds: histogram(
+                &r,
+                "apply_duration_seconds",
+                "Object write latency",
+                fast,
+            ),
+            resources_managed: gauge(
+                &r,
+                "resources_managed",
+                "Objects in the inventories of all ResourceGraphs",
+            ),
+            graph_nodes,
+            graph_execution_duration_seconds: histogram(
+                &r,
+                "graph_execution_duration_seconds",
+                "Time from render to every node Ready",
+                slow,
+            ),
+            leader: gauge(&r, "leader", "1 while this replica is the leader"),
+            registry: r,
+            per_graph: DashMap::new(),
+        }
+    }
+
+    /// Records a graph's node phases and inventory size (`None`: the graph is gone).
+    pub fn record_graph(&self, key: &str, status: Option<&ResourceGraphStatus>) {
+        match status {
+            Some(status) => {
+                let mut counts: HashMap<&'static str, i64> = HashMap::new();
+                for node in status.nodes.values() {
+                    if let Some((_, label)) = PHASES.iter().find(|(p, _)| *p == node.phase) {
+                        *counts.entry(label).or_default() += 1;
+                    }
+                }
+                let managed = i64::try_from(status.inventory.len()).unwrap_or(i64::MAX);
+                self.per_graph.insert(key.to_string(), (counts, managed));
+            }
+            None => {
+                self.per_graph.remove(key);
+            }
+        }
+        for (_, label) in PHASES {
+            let total: i64 = self
+                .per_graph
+                .iter()
+                .map(|entry| entry.value().0.get(label).copied().unwrap_or(0))
+                .sum();
+            self.graph_nodes.with_label_values(&[label]).set(total);
+        }
+        let managed: i64 = self.per_graph.iter().map(|entry| entry.value().1).sum();
+        self.resources_managed.set(managed);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` on `metrics_addr` and `/healthz`, `/readyz` on `health_addr` (one
+/// listener when the addresses are equal) until `shutdown` resolves.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    metrics_addr: SocketAddr,
+    health_addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + Clone + 'static,
+) -> std::io::Result<()> {
+    let metrics_routes = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    let health_routes = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+                    }
+                }
+            }),
+        );
+    let mut servers = Vec::new();
+    if metrics_addr == health_addr {
+        servers.push((metrics_addr, metrics_routes.merge(health_routes)));
+    } else {
+        servers.push((metrics_addr, metrics_routes));
+        servers.push((health_addr, health_routes));
+    }
+    let mut tasks = Vec::new();
+    for (addr, router) in servers {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving metrics and probes");
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }));
+    }
+    for task in tasks {
+        match task.await {
+            Ok(result) => result?,
+            Err(error) => tracing::error!(%error, "metrics server task failed"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::NodeStatus;
+
+    fn node(phase: NodePhase) -> NodeStatus {
+        NodeStatus {
+            phase,
+            message: None,
+            attempts: 0,
+            applied_hash: None,
+            applied_at: None,
+            last_transition_time: None,
+            object: None,
+        }
+    }
+
+    #[test]
+    fn graph_gauges_sum_over_graphs() {
+        let metrics = Metrics::new();
+        let mut status = ResourceGraphStatus::default();
+        status.nodes.insert("a".into(), node(NodePhase::Ready));
+        status.nodes.insert("b".into(), node(NodePhase::Pending));
+        metrics.record_graph("ns/one", Some(&status));
+        metrics.record_graph("ns/two", Some(&status));
+        assert_eq!(metrics.graph_nodes.with_label_values(&["Ready"]).get(), 2);
+        metrics.record_graph("ns/two", None);
+        assert_eq!(metrics.graph_nodes.with_label_values(&["Ready"]).get(), 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains("pequod_graph_nodes{phase=\"Pending\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pequod_apply_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}
