@@ -462,7 +462,10 @@ async fn step(
                     (Some(_), true) => "drift corrected",
                     (Some(_), false) => "changed",
                 };
-                let force = node.apply_policy.conflict_policy == ConflictPolicy::Force;
+                // Restoring what was applied before takes the fields back from whoever
+                // edited them; a new version of the object obeys the conflict policy.
+                let force = node.apply_policy.conflict_policy == ConflictPolicy::Force
+                    || (same_hash && drifted);
                 let _permit = applies.acquire().await;
                 let started = std::time::Instant::now();
                 let applied = applier.apply(&served, &object, force).await;
@@ -506,17 +509,15 @@ async fn step(
                     node: node.id.clone(),
                 });
             }
-            let message = if drift_note {
-                "Ready (drift corrected)"
-            } else {
-                "Ready"
+            // A correction stays in the message until the object changes again.
+            let message = match prior {
+                _ if drift_note => "Ready (drift corrected)".to_string(),
+                Some(p) if p.phase == NodePhase::Ready && run.applies.is_empty() => {
+                    p.message.clone().unwrap_or_else(|| "Ready".to_string())
+                }
+                _ => "Ready".to_string(),
             };
-            let mut status = carried(
-                Some(&run.status),
-                NodePhase::Ready,
-                message.to_string(),
-                now,
-            );
+            let mut status = carried(Some(&run.status), NodePhase::Ready, message, now);
             if prior.map(|p| p.phase) == Some(NodePhase::Ready) {
                 status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
             }

@@ -33,6 +33,11 @@ fn free_port() -> u16 {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(Duration::from_millis(300)).await
+    }
+
+    /// A cluster whose simulated workloads become ready after `readiness_delay`.
+    async fn start_with(readiness_delay: Duration) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let crds = dir.path().join("pequod-crds.yaml");
         let printed = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
@@ -42,23 +47,13 @@ impl Cluster {
         std::fs::write(&crds, &printed.stdout).expect("CRDs written");
         let server = TestApiServer::start(Config {
             crds: vec![crds, shared_crds()],
-            readiness_delay: Duration::from_millis(300),
+            readiness_delay,
             ..Config::default()
         })
         .await
         .expect("test API server starts");
-        let port = free_port();
-        let metrics = format!("127.0.0.1:{port}");
-        let operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
-            .args(["run", "--metrics-addr", &metrics, "--health-addr", &metrics])
-            .env("KUBECONFIG", server.kubeconfig())
-            .env("RUST_LOG", "pequod=debug,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("pequod run starts");
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let operator = spawn_operator(&server, &metrics);
         let cluster = Cluster {
             server,
             operator,
@@ -66,13 +61,59 @@ impl Cluster {
             _dir: dir,
             kubectl_cache: tempfile::tempdir().expect("temporary directory"),
         };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    async fn wait_ready(&self) {
         eventually(60, "the operator's /readyz", || async {
-            http_get(&cluster.metrics, "/readyz")
+            http_get(&self.metrics, "/readyz")
                 .await
                 .filter(|body| body == "ok")
         })
         .await;
-        cluster
+    }
+
+    /// Stops the operator and starts a new one (same flags).
+    async fn restart_operator(&mut self) {
+        let _ = self.operator.kill().await;
+        let _ = self.operator.wait().await;
+        self.operator = spawn_operator(&self.server, &self.metrics);
+        self.wait_ready().await;
+    }
+
+    /// The named Transform, once `check` accepts it.
+    async fn transform_when(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(60, what, || async {
+            let transform = self
+                .json(&["-n", namespace, "get", "transform", name])
+                .await?;
+            check(&transform).then_some(transform)
+        })
+        .await
+    }
+
+    /// The named ResourceGraph, once `check` accepts it.
+    async fn graph_when(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(60, what, || async {
+            let graph = self
+                .json(&["-n", namespace, "get", "resourcegraph", name])
+                .await?;
+            check(&graph).then_some(graph)
+        })
+        .await
     }
 
     /// Runs kubectl; returns (success, stdout, stderr).
@@ -129,6 +170,83 @@ impl Cluster {
         let _ = self.operator.kill().await;
         self.server.stop().await;
     }
+}
+
+fn spawn_operator(server: &TestApiServer, metrics: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
+        .args(["run", "--metrics-addr", metrics, "--health-addr", metrics])
+        .env("KUBECONFIG", server.kubeconfig())
+        // PEQUOD_E2E_LOG=pequod=debug shows what the operator does.
+        .env(
+            "RUST_LOG",
+            std::env::var("PEQUOD_E2E_LOG").unwrap_or_else(|_| "warn".to_string()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pequod run starts")
+}
+
+/// A Transform of the `shapes` test module (inline) with these nodes.
+fn shapes(name: &str, nodes: Value) -> String {
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/modules/shapes/main.ncl"),
+    )
+    .expect("shapes module");
+    serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1",
+        "kind": "Transform",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"moduleRef": {"type": "inline", "ref": source}, "input": {"nodes": nodes}},
+    })
+    .to_string()
+}
+
+/// One change seen by [`Timeline`]: when, what happened, resource, name.
+type Change = (std::time::Instant, EventType, String, String);
+
+/// Every change the test API server makes, with the moment it was seen.
+#[derive(Clone, Default)]
+struct Timeline(std::sync::Arc<std::sync::Mutex<Vec<Change>>>);
+
+impl Timeline {
+    /// Records every change of `server` from now on.
+    fn record(server: &TestApiServer) -> Timeline {
+        let timeline = Timeline::default();
+        let mut changes = server.store().events();
+        let sink = timeline.clone();
+        tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                let name = change.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                if let Ok(mut log) = sink.0.lock() {
+                    log.push((
+                        std::time::Instant::now(),
+                        change.kind,
+                        change.gr.resource.clone(),
+                        name,
+                    ));
+                }
+            }
+        });
+        timeline
+    }
+
+    /// When `resource` `name` first had a change of type `kind`.
+    fn first(&self, kind: EventType, resource: &str, name: &str) -> Option<std::time::Instant> {
+        let log = self.0.lock().ok()?;
+        log.iter()
+            .find(|(_, k, r, n)| *k == kind && r == resource && n == name)
+            .map(|(at, ..)| *at)
+    }
+}
+
+fn node<'a>(graph: &'a Value, id: &str) -> &'a Value {
+    &graph["status"]["nodes"][id]
 }
 
 /// A plain HTTP GET on loopback; the body of a 2xx answer.
@@ -350,5 +468,457 @@ async fn webservice_transform_becomes_ready_in_dependency_order() {
         4.0,
         "{text}"
     );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diamond_branches_apply_concurrently() {
+    use pequod_e2e::faults::{Fault, FaultAction};
+    let cluster = Cluster::start().await;
+    let timeline = Timeline::record(&cluster.server);
+    // Each branch takes a second to write: concurrently ≈ 1 s, one after the other ≈ 2 s.
+    for branch in ["b", "c"] {
+        cluster.server.faults().add(
+            Fault::new(FaultAction::Latency(Duration::from_secs(1)))
+                .on("configmaps")
+                .method("PATCH")
+                .named(branch)
+                .times(1),
+        );
+    }
+    let nodes = serde_json::json!([
+        {"id": "a"},
+        {"id": "b", "dependsOn": ["a"]},
+        {"id": "c", "dependsOn": ["a"]},
+        {"id": "d", "dependsOn": ["b", "c"]},
+    ]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("diamond", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "diamond", "the diamond Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    assert_eq!(graph["status"]["summary"]["readyText"], "4/4");
+    let created = |name| {
+        timeline
+            .first(EventType::Added, "configmaps", name)
+            .unwrap_or_else(|| panic!("ConfigMap {name} created"))
+    };
+    let (a, b, c, d) = (created("a"), created("b"), created("c"), created("d"));
+    assert!(a < b && a < c, "a first");
+    let apart = if b > c { b - c } else { c - b };
+    assert!(
+        apart < Duration::from_millis(600),
+        "b and c ran concurrently: {apart:?} apart"
+    );
+    assert!(d > b && d > c, "d after both branches");
+    assert!(
+        d - a < Duration::from_millis(1900),
+        "critical path, not the sum: {:?}",
+        d - a
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_fails_a_node_blocks_its_dependents_and_spares_other_branches() {
+    let cluster = Cluster::start().await;
+    cluster
+        .server
+        .simulator()
+        .never_ready("Deployment", "default", "slow");
+    let nodes = serde_json::json!([
+        {"id": "base"},
+        {"id": "slow", "kind": "Deployment", "dependsOn": ["base"], "timeoutSeconds": 2},
+        {"id": "after", "dependsOn": ["slow"]},
+        {"id": "other", "dependsOn": ["base"]},
+    ]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("branches", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "branches", "the slow node Failed", |g| {
+            node(g, "slow")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(
+        node(&graph, "slow")["message"],
+        "not ready after 2s: Available=False: MinimumReplicasUnavailable: Deployment does not have minimum availability."
+    );
+    assert_eq!(node(&graph, "after")["phase"], "Blocked");
+    assert_eq!(node(&graph, "after")["message"], "dependency `slow` failed");
+    assert_eq!(node(&graph, "other")["phase"], "Ready");
+    assert_eq!(node(&graph, "base")["phase"], "Ready");
+    assert_eq!(graph["status"]["phase"], "Failed");
+    let (found, _, _) = cluster.kubectl(&["get", "configmap", "after"], None).await;
+    assert!(!found, "a blocked node is never applied");
+    let transform = cluster
+        .transform_when("default", "branches", "Transform Ready=False", |t| {
+            condition(t, "Ready").is_some_and(|c| c["reason"] == "NodeFailed")
+        })
+        .await;
+    let message = condition(&transform, "Ready").expect("Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.starts_with("slow: not ready after 2s"), "{message}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_nothing() {
+    let cluster = Cluster::start().await;
+    let nodes = serde_json::json!([
+        {"id": "a"},
+        {"id": "b", "dependsOn": ["a"]},
+        {"id": "keep", "deletionPolicy": "Orphan"},
+    ]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("updates", nodes)))
+        .await;
+    cluster
+        .graph_when("default", "updates", "first version Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+
+    let nodes = serde_json::json!([{"id": "a", "value": "v2"}]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("updates", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "updates", "second version Ready", |g| {
+            g["status"]["phase"] == "Ready" && g["status"]["summary"]["total"] == 1
+        })
+        .await;
+    let value = cluster
+        .ok(
+            &["get", "configmap", "a", "-o", "jsonpath={.data.value}"],
+            None,
+        )
+        .await;
+    assert_eq!(value, "v2");
+    assert_eq!(node(&graph, "a")["attempts"], 2);
+    let names: Vec<&Value> = graph["status"]["nodes"]
+        .as_object()
+        .expect("nodes")
+        .keys()
+        .map(|_| &Value::Null)
+        .collect();
+    assert_eq!(names.len(), 1, "removed nodes leave the status: {graph}");
+    let inventory: Vec<&str> = graph["status"]["inventory"]
+        .as_array()
+        .expect("inventory")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(inventory, ["a"]);
+    eventually(30, "b pruned", || async {
+        let (found, _, _) = cluster.kubectl(&["get", "configmap", "b"], None).await;
+        (!found).then_some(())
+    })
+    .await;
+    let (kept, _, _) = cluster.kubectl(&["get", "configmap", "keep"], None).await;
+    assert!(kept, "deletionPolicy Orphan leaves the object");
+
+    // A broken input: Validated=False, the graph and the objects stay as they were.
+    let before = cluster
+        .json(&["get", "resourcegraph", "updates"])
+        .await
+        .expect("graph");
+    let broken = shapes("updates", serde_json::json!([{"id": 5}]));
+    cluster.ok(&["apply", "-f", "-"], Some(&broken)).await;
+    let transform = cluster
+        .transform_when("default", "updates", "Validated=False", |t| {
+            condition(t, "Validated").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    let validated = condition(&transform, "Validated").expect("Validated");
+    assert_eq!(validated["reason"], "InvalidInput");
+    assert!(
+        validated["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("contract violation at input.nodes[0].id:")),
+        "{validated}"
+    );
+    assert_eq!(transform["status"]["observedGeneration"], 3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = cluster
+        .json(&["get", "resourcegraph", "updates"])
+        .await
+        .expect("graph");
+    assert_eq!(
+        after["spec"], before["spec"],
+        "a failed render leaves the graph alone"
+    );
+    let (found, _, _) = cluster.kubectl(&["get", "configmap", "a"], None).await;
+    assert!(found, "nothing pruned after a failed render");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
+    let cluster = Cluster::start().await;
+    // Someone else applied this ConfigMap's value first.
+    let theirs =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: taken}\ndata: {value: theirs}\n";
+    cluster
+        .ok(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "other-team",
+                "-f",
+                "-",
+            ],
+            Some(theirs),
+        )
+        .await;
+    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken"}]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("drift", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "drift", "the conflict reported", |g| {
+            node(g, "taken")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(
+        node(&graph, "taken")["message"],
+        "Apply failed with 1 conflict: conflict with \"other-team\": .data.value (set applyPolicy.conflictPolicy: Force to take the fields)"
+    );
+    assert_eq!(node(&graph, "mine")["phase"], "Ready");
+
+    // With Force the fields are taken.
+    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken", "conflictPolicy": "Force"}]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("drift", nodes)))
+        .await;
+    cluster
+        .graph_when("default", "drift", "taken by force", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    let value = cluster
+        .ok(
+            &["get", "configmap", "taken", "-o", "jsonpath={.data.value}"],
+            None,
+        )
+        .await;
+    assert_eq!(value, "v1");
+
+    // An edit of a managed field is reverted.
+    cluster
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "mine",
+                "--type",
+                "merge",
+                "-p",
+                "{\"data\":{\"value\":\"edited\"}}",
+            ],
+            None,
+        )
+        .await;
+    eventually(30, "the edit reverted", || async {
+        let value = cluster
+            .ok(
+                &["get", "configmap", "mine", "-o", "jsonpath={.data.value}"],
+                None,
+            )
+            .await;
+        (value == "v1").then_some(())
+    })
+    .await;
+    let graph = cluster
+        .graph_when("default", "drift", "drift reported", |g| {
+            node(g, "mine")["message"] == "Ready (drift corrected)"
+        })
+        .await;
+    assert_eq!(node(&graph, "mine")["attempts"], 2);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_transform_deletes_dependents_first_and_keeps_orphans() {
+    let cluster = Cluster::start().await;
+    let timeline = Timeline::record(&cluster.server);
+    let nodes = serde_json::json!([
+        {"id": "root"},
+        {"id": "middle", "dependsOn": ["root"]},
+        {"id": "leaf", "dependsOn": ["middle"]},
+        {"id": "keep", "deletionPolicy": "Orphan"},
+    ]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("chain", nodes)))
+        .await;
+    cluster
+        .graph_when("default", "chain", "the chain Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    cluster
+        .ok(&["delete", "transform", "chain", "--timeout=60s"], None)
+        .await;
+    eventually(60, "the ResourceGraph gone", || async {
+        let (found, _, _) = cluster
+            .kubectl(&["get", "resourcegraph", "chain"], None)
+            .await;
+        (!found).then_some(())
+    })
+    .await;
+    let deleted = |name| {
+        timeline
+            .first(EventType::Deleted, "configmaps", name)
+            .unwrap_or_else(|| panic!("ConfigMap {name} deleted"))
+    };
+    let (leaf, middle, root) = (deleted("leaf"), deleted("middle"), deleted("root"));
+    assert!(leaf < middle && middle < root, "dependents first");
+    let (kept, _, _) = cluster.kubectl(&["get", "configmap", "keep"], None).await;
+    assert!(kept, "the orphan stays");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_resumes_and_api_errors_are_retried() {
+    use pequod_e2e::faults::{Fault, FaultAction};
+    let mut cluster = Cluster::start().await;
+    // The first writes of `flaky` fail with 500, then with 429: retried, not fatal.
+    cluster.server.faults().add(
+        Fault::new(FaultAction::InternalError)
+            .on("configmaps")
+            .method("PATCH")
+            .named("flaky")
+            .times(2),
+    );
+    cluster.server.faults().add(
+        Fault::new(FaultAction::Throttle {
+            retry_after_seconds: 1,
+        })
+        .on("configmaps")
+        .method("PATCH")
+        .named("flaky")
+        .times(1),
+    );
+    let nodes = serde_json::json!([{"id": "steady"}, {"id": "flaky", "dependsOn": ["steady"]}]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("resume", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "resume", "Ready despite API errors", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    assert_eq!(node(&graph, "steady")["attempts"], 1);
+    assert!(
+        node(&graph, "flaky")["attempts"].as_u64().unwrap_or(0) >= 2,
+        "{graph}"
+    );
+    let flaky_attempts = node(&graph, "flaky")["attempts"].clone();
+
+    let patches_before = cluster.server.store().resource_version();
+    cluster.restart_operator().await;
+    // Give the new operator time to reconcile everything once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let graph = cluster
+        .json(&["get", "resourcegraph", "resume"])
+        .await
+        .expect("graph");
+    assert_eq!(graph["status"]["phase"], "Ready");
+    assert_eq!(
+        node(&graph, "steady")["attempts"],
+        1,
+        "Ready nodes are not re-applied"
+    );
+    assert_eq!(node(&graph, "flaky")["attempts"], flaky_attempts);
+    let configmap_rv = |name: &str| {
+        let name = name.to_string();
+        let cluster = &cluster;
+        async move {
+            cluster
+                .ok(
+                    &[
+                        "get",
+                        "configmap",
+                        &name,
+                        "-o",
+                        "jsonpath={.metadata.resourceVersion}",
+                    ],
+                    None,
+                )
+                .await
+                .parse::<u64>()
+                .unwrap_or(u64::MAX)
+        }
+    };
+    assert!(
+        configmap_rv("steady").await <= patches_before,
+        "no write after the restart"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webservice_waits_for_its_database_and_says_why() {
+    let cluster = Cluster::start_with(Duration::from_secs(4)).await;
+    cluster.ok(&["apply", "-f", "-"], Some(NAMESPACE)).await;
+    let database = "\
+apiVersion: platform.pequod.io/v1alpha1
+kind: Transform
+metadata: { name: orders-db, namespace: shop }
+spec:
+  moduleRef: { type: embedded, ref: postgres }
+  input: { name: orders-db, preset: minimal, storage: { size: 1Gi } }
+";
+    let webservice = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/transforms/webservice-database-direct.yaml"),
+    )
+    .expect("test Transform");
+    cluster.ok(&["apply", "-f", "-"], Some(database)).await;
+    cluster.ok(&["apply", "-f", "-"], Some(&webservice)).await;
+    let graph = cluster
+        .graph_when(
+            "shop",
+            "orders-api",
+            "the Deployment waiting for the database",
+            |g| {
+                node(g, "deployment")["phase"] == "Pending"
+                    && node(g, "database")["phase"] == "WaitingReady"
+            },
+        )
+        .await;
+    assert_eq!(
+        node(&graph, "deployment")["message"],
+        "waiting for `database` to be Ready"
+    );
+    let waiting = node(&graph, "database")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        waiting == "Ready=False: ClusterIsNotReady: Cluster Is Not Ready"
+            || waiting.starts_with("waiting for Cluster shop/orders-db to exist"),
+        "{waiting}"
+    );
+    let (found, _, _) = cluster
+        .kubectl(&["-n", "shop", "get", "deployment", "orders-api"], None)
+        .await;
+    assert!(!found, "the Deployment waits");
+    cluster
+        .transform_when("shop", "orders-api", "the webservice Ready", |t| {
+            condition(t, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
+    cluster
+        .transform_when("shop", "orders-db", "the database Ready", |t| {
+            condition(t, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
     cluster.stop().await;
 }
