@@ -14,6 +14,14 @@ if ! command -v kubectl >/dev/null; then
   exit 1
 fi
 
+# promtool (Debian package prometheus) checks the operator's /metrics in the e2e tests.
+if ! command -v promtool >/dev/null; then
+  echo "==> installing promtool (Debian package prometheus)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -156,6 +156,22 @@ impl Cluster {
         stdout
     }
 
+    /// Runs a `pequod` command against this cluster; returns stdout.
+    async fn pequod(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
+            .args(args)
+            .env("KUBECONFIG", self.server.kubeconfig())
+            .output()
+            .await
+            .expect("pequod runs");
+        assert!(
+            output.status.success(),
+            "pequod {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     async fn json(&self, args: &[&str]) -> Option<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -247,6 +263,35 @@ impl Timeline {
 
 fn node<'a>(graph: &'a Value, id: &str) -> &'a Value {
     &graph["status"]["nodes"][id]
+}
+
+/// `promtool check metrics` (Debian package prometheus) accepts the exposition.
+async fn promtool_accepts(text: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test-all.sh installs the prometheus package)");
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(text.as_bytes())
+            .await
+            .expect("promtool stdin");
+    }
+    let output = child.wait_with_output().await.expect("promtool ran");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {report}\n{text}"
+    );
+    assert_eq!(report, "", "promtool has no complaints");
 }
 
 /// A plain HTTP GET on loopback; the body of a 2xx answer.
@@ -468,6 +513,49 @@ async fn webservice_transform_becomes_ready_in_dependency_order() {
         4.0,
         "{text}"
     );
+    promtool_accepts(&text).await;
+
+    // pequod status and pequod tree read the same from the cluster.
+    let status = cluster.pequod(&["status", "shop-api", "-n", "shop"]).await;
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Transform shop/shop-api  Ready=True AllNodesReady  webservice@0.2.0  4/4 ready"
+    );
+    assert!(
+        lines[1].starts_with("Module:  embedded webservice (sha256:"),
+        "{status}"
+    );
+    assert!(
+        status.contains("\nOutputs:\n  serviceHost: shop-api.shop.svc.cluster.local\n"),
+        "{status}"
+    );
+    let deployment_row = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("deployment "))
+        .expect("a deployment row");
+    let cells: Vec<&str> = deployment_row.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        ["deployment", "Deployment", "shop-api", "Ready", cells[4]]
+    );
+    assert!(
+        deployment_row.ends_with("serviceaccount  Ready"),
+        "{deployment_row}"
+    );
+    let tree = cluster.pequod(&["tree", "shop-api", "-n", "shop"]).await;
+    let expected = [
+        "Transform shop/shop-api  Ready=True",
+        "├── serviceaccount  ServiceAccount shop-api  Ready  ",
+        "│   └── deployment  Deployment shop-api  Ready  ",
+        "├── service  Service shop-api  Ready  ",
+        "└── pdb  PodDisruptionBudget shop-api  Ready  ",
+    ];
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{tree}");
+    for (line, start) in lines.iter().zip(expected) {
+        assert!(line.starts_with(start), "{tree}");
+    }
     cluster.stop().await;
 }
 

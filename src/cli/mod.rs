@@ -6,6 +6,7 @@ mod module;
 mod output;
 mod render;
 mod run;
+mod status;
 mod yaml;
 
 use std::time::Duration;
@@ -43,6 +44,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the operator: the Transform and ResourceGraph controllers.
     Run(run::RunArgs),
+    /// Show a Transform from the cluster: conditions, module, outputs and its graph's nodes.
+    Status(status::StatusArgs),
+    /// Show a Transform's graph as a tree of nodes with phase, age and message.
+    Tree(status::StatusArgs),
     /// Render a Transform offline and print its ResourceGraph (or manifests, or a diagram).
     Render(render::RenderArgs),
     /// Print the Transform and ResourceGraph CustomResourceDefinitions as YAML.
@@ -128,8 +133,11 @@ pub mod exit {
     pub const BAD_INPUT_FILE: u8 = 3;
     /// The module could not be resolved (unknown embedded module, unreadable directory, ...).
     pub const MODULE_UNAVAILABLE: u8 = 4;
-    /// Pequod itself could not do its job: no runtime, no worker binary, output failed.
+    /// Pequod itself could not do its job: no runtime, no worker binary, output failed,
+    /// no connection to the API server.
     pub const INTERNAL: u8 = 5;
+    /// `pequod status`/`tree`: the Transform does not exist.
+    pub const NOT_FOUND: u8 = 6;
 }
 
 impl CliError {
@@ -194,6 +202,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         .map_err(|e| CliError::new(exit::INTERNAL, format!("worker: {e}"))),
         Command::Crds => print_crds(),
         Command::Run(args) => runtime()?.block_on(run::run(args)),
+        Command::Status(args) => runtime()?.block_on(status::run(args, status::View::Status)),
+        Command::Tree(args) => runtime()?.block_on(status::run(args, status::View::Tree)),
         Command::Render(args) => runtime()?.block_on(render::run(args)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Module(command) => runtime()?.block_on(module::run(command)),
