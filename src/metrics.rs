@@ -256,15 +256,16 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` on `metrics_addr` and `/healthz`, `/readyz` on `health_addr` (one
-/// listener when the addresses are equal) until `shutdown` resolves.
-pub async fn serve(
+/// Binds `/metrics` on `metrics_addr` and `/healthz`, `/readyz` on `health_addr` (one
+/// listener when the addresses are equal); the returned future serves them until
+/// `shutdown` resolves. Binding first makes a taken port an error at startup.
+pub async fn bind(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     metrics_addr: SocketAddr,
     health_addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + Clone + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
     let metrics_routes = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -295,31 +296,25 @@ pub async fn serve(
                 }
             }),
         );
-    let mut servers = Vec::new();
-    if metrics_addr == health_addr {
-        servers.push((metrics_addr, metrics_routes.merge(health_routes)));
+    let routes = if metrics_addr == health_addr {
+        vec![(metrics_addr, metrics_routes.merge(health_routes))]
     } else {
-        servers.push((metrics_addr, metrics_routes));
-        servers.push((health_addr, health_routes));
-    }
-    let mut tasks = Vec::new();
-    for (addr, router) in servers {
+        vec![(metrics_addr, metrics_routes), (health_addr, health_routes)]
+    };
+    let mut servers = Vec::new();
+    for (addr, router) in routes {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(%addr, "serving metrics and probes");
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-        }));
+        servers.push(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone()));
     }
-    for task in tasks {
-        match task.await {
-            Ok(result) => result?,
-            Err(error) => tracing::error!(%error, "metrics server task failed"),
+    Ok(async move {
+        for result in
+            futures::future::join_all(servers.into_iter().map(|s| async move { s.await })).await
+        {
+            result?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl Cluster {
         .await
         .expect("test API server starts");
         let metrics = format!("127.0.0.1:{}", free_port());
-        let operator = spawn_operator(&server, &metrics);
+        let operator = spawn_operator(&server, &metrics, &[]);
         let cluster = Cluster {
             server,
             operator,
@@ -78,7 +78,7 @@ impl Cluster {
     async fn restart_operator(&mut self) {
         let _ = self.operator.kill().await;
         let _ = self.operator.wait().await;
-        self.operator = spawn_operator(&self.server, &self.metrics);
+        self.operator = spawn_operator(&self.server, &self.metrics, &[]);
         self.wait_ready().await;
     }
 
@@ -188,9 +188,10 @@ impl Cluster {
     }
 }
 
-fn spawn_operator(server: &TestApiServer, metrics: &str) -> tokio::process::Child {
+fn spawn_operator(server: &TestApiServer, metrics: &str, extra: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
         .args(["run", "--metrics-addr", metrics, "--health-addr", metrics])
+        .args(extra)
         .env("KUBECONFIG", server.kubeconfig())
         // PEQUOD_E2E_LOG=pequod=debug shows what the operator does.
         .env(
@@ -1008,5 +1009,83 @@ spec:
             condition(t, "Ready").is_some_and(|c| c["status"] == "True")
         })
         .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_standby_takes_over() {
+    let cluster = Cluster::start().await;
+    // The cluster's own operator runs without leader election: stop it, start two that elect.
+    let mut cluster = cluster;
+    let _ = cluster.operator.kill().await;
+    let flags = ["--leader-elect", "--leader-election-lease-duration", "3s"];
+    let addrs = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let mut operators: Vec<tokio::process::Child> = addrs
+        .iter()
+        .map(|addr| spawn_operator(&cluster.server, addr, &flags))
+        .collect();
+    let leader_gauge = |addr: String| async move {
+        let text = http_get(&addr, "/metrics").await?;
+        Some(metric(&text, "pequod_leader "))
+    };
+    let leader = eventually(30, "one leader", || async {
+        let a = leader_gauge(addrs[0].clone()).await?;
+        let b = leader_gauge(addrs[1].clone()).await?;
+        match (a, b) {
+            (x, y) if x == 1.0 && y == 0.0 => Some(0),
+            (x, y) if x == 0.0 && y == 1.0 => Some(1),
+            _ => None,
+        }
+    })
+    .await;
+    let lease = cluster
+        .ok(
+            &[
+                "get",
+                "lease",
+                "pequod-leader",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        )
+        .await;
+    assert!(!lease.is_empty(), "the Lease names its holder");
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&shapes("first", serde_json::json!([{"id": "one"}]))),
+        )
+        .await;
+    cluster
+        .graph_when("default", "first", "the leader reconciles", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+
+    // The leader goes away; the standby takes the Lease and carries on.
+    let _ = operators[leader].kill().await;
+    let standby = 1 - leader;
+    eventually(30, "the standby leads", || async {
+        (leader_gauge(addrs[standby].clone()).await? == 1.0).then_some(())
+    })
+    .await;
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&shapes("second", serde_json::json!([{"id": "two"}]))),
+        )
+        .await;
+    cluster
+        .graph_when("default", "second", "the new leader reconciles", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    for operator in &mut operators {
+        let _ = operator.kill().await;
+    }
     cluster.stop().await;
 }

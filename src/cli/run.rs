@@ -8,7 +8,7 @@ use clap::Args;
 use futures::FutureExt;
 
 use super::{CliError, EvalArgs, exit};
-use crate::controller::{self, Context, OperatorConfig};
+use crate::controller::{self, Context, LeaderConfig, Leadership, OperatorConfig};
 use crate::exec::ExecConfig;
 use crate::metrics::Metrics;
 
@@ -33,6 +33,18 @@ pub struct RunArgs {
     /// Let graphs write cluster-scoped objects.
     #[arg(long)]
     pub allow_cluster_scoped: bool,
+    /// Run the controllers only while this replica holds the leader Lease.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else the kubeconfig's).
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "pequod-leader")]
+    pub leader_election_id: String,
+    /// How long a leader keeps the Lease without renewing it (e.g. 15s).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_election_lease_duration: std::time::Duration,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -47,7 +59,6 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         )
     })?;
     let metrics = Arc::new(Metrics::new());
-    metrics.leader.set(1);
     let config = OperatorConfig {
         namespace: args.namespace.clone(),
         max_concurrent_applies: usize::try_from(args.max_concurrent_applies).unwrap_or(16),
@@ -57,8 +68,18 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         },
     };
     let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let leader = LeaderConfig {
+        namespace: args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        name: args.leader_election_id.clone(),
+        identity: identity(),
+        duration_seconds: args.leader_election_lease_duration.as_secs(),
+    };
     let context = Arc::new(Context::new(
-        client,
+        client.clone(),
         args.eval.renderer()?,
         metrics.clone(),
         config,
@@ -66,17 +87,34 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     ));
     let shutdown = shutdown_signal().shared();
     let ready = Arc::new(AtomicBool::new(false));
-    let server = crate::metrics::serve(
+    let server = crate::metrics::bind(
         metrics,
         ready.clone(),
         args.metrics_addr,
         args.health_addr,
         shutdown.clone(),
-    );
+    )
+    .await
+    .map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("cannot serve metrics and probes: {e}"),
+        )
+    })?;
     let server = tokio::spawn(server);
     ready.store(true, Ordering::Relaxed);
-    tracing::info!("pequod operator started");
-    controller::run(context, receiver, shutdown).await;
+    let outcome = if args.leader_elect {
+        lead_then_run(client, &leader, context, receiver, shutdown).await
+    } else {
+        context.metrics.leader.set(1);
+        tracing::info!("pequod operator started");
+        controller::run(context, receiver, shutdown).await;
+        Ok(())
+    };
+    if outcome.is_err() {
+        server.abort();
+        return outcome;
+    }
     match server.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(CliError::new(
@@ -88,6 +126,59 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             format!("metrics server: {error}"),
         )),
     }
+}
+
+/// Waits for the Lease (or shutdown), runs the controllers while it is held, and stops
+/// with an error when it is lost: a restarted replica competes again.
+async fn lead_then_run(
+    client: kube::Client,
+    config: &LeaderConfig,
+    context: Arc<Context>,
+    receiver: futures::channel::mpsc::UnboundedReceiver<
+        kube::runtime::reflector::ObjectRef<crate::api::ResourceGraph>,
+    >,
+    shutdown: futures::future::Shared<impl std::future::Future<Output = ()> + Send + 'static>,
+) -> Result<(), CliError> {
+    let mut leadership = Leadership::start(client, config)
+        .await
+        .map_err(|e| CliError::new(exit::INTERNAL, e.to_string()))?;
+    tracing::info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity, "waiting for leadership");
+    tokio::select! {
+        () = leadership.acquired() => {}
+        () = shutdown.clone() => return Ok(()),
+    }
+    context.metrics.leader.set(1);
+    tracing::info!(identity = %config.identity, "leading: pequod operator started");
+    let (lost_sender, lost) = tokio::sync::oneshot::channel::<()>();
+    let stop = futures::future::select(
+        Box::pin(shutdown.clone()),
+        Box::pin(async move {
+            let _ = lost.await;
+        }),
+    )
+    .map(|_| ())
+    .shared();
+    let controllers = controller::run(context.clone(), receiver, stop);
+    tokio::pin!(controllers);
+    tokio::select! {
+        () = &mut controllers => Ok(()),
+        () = leadership.lost() => {
+            context.metrics.leader.set(0);
+            let _ = lost_sender.send(());
+            controllers.await;
+            Err(CliError::new(exit::INTERNAL, "lost the leader Lease: stopping"))
+        }
+    }
+}
+
+/// This replica's name for leader election: the Pod name, else host name and process id.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "pequod".to_string());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,6 +3,7 @@
 //! [`Context`] with the client, the renderer, the applier, events and metrics.
 
 mod graph;
+mod leader;
 mod transform;
 mod watches;
 
@@ -21,6 +22,7 @@ use crate::apply::Applier;
 use crate::exec::ExecConfig;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
+pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use watches::Watches;
 
 /// What the operator was started with.
