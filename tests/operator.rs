@@ -1089,3 +1089,188 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     }
     cluster.stop().await;
 }
+
+/// A Transform of an inline module whose `render` returns `nodes` (Nickel source).
+fn inline(name: &str, nodes: &str) -> String {
+    let source = format!(
+        r#"let ready = import "pequod/ready.ncl" in
+{{
+  metadata = {{ name = "inline-test", version = "0.1.0" }},
+  Input = {{ .. }},
+  render = fun input => {{ nodes = {nodes} }},
+}}"#
+    );
+    serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1",
+        "kind": "Transform",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"moduleRef": {"type": "inline", "ref": source}, "input": {}},
+    })
+    .to_string()
+}
+
+const WIDGET_CRD: &str = "\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer}}}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_that_is_not_installed_fails_its_node_until_its_crd_appears() {
+    let cluster = Cluster::start().await;
+    let nodes = r#"[
+      { id = "widget", object = { apiVersion = "example.com/v1", kind = "Widget", metadata = { name = "w" }, spec = { size = 3 } }, readyWhen = [ready.exists] },
+      { id = "after", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "after" } }, dependsOn = ["widget"] },
+    ]"#;
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&inline("widgets", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "widgets", "the widget node Failed", |g| {
+            node(g, "widget")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(
+        node(&graph, "widget")["message"],
+        "kind Widget of example.com/v1 is not installed in the cluster (no such API resource)"
+    );
+    assert_eq!(node(&graph, "after")["phase"], "Blocked");
+    cluster.ok(&["apply", "-f", "-"], Some(WIDGET_CRD)).await;
+    cluster
+        .graph_when("default", "widgets", "Ready once the CRD exists", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    let size = cluster
+        .ok(&["get", "widget", "w", "-o", "jsonpath={.spec.size}"], None)
+        .await;
+    assert_eq!(size, "3");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_outside_the_namespace_or_cluster_scoped_are_refused() {
+    let cluster = Cluster::start().await;
+    let nodes = r#"[
+      { id = "elsewhere", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "x", namespace = "kube-system" } } },
+      { id = "namespace", object = { apiVersion = "v1", kind = "Namespace", metadata = { name = "team-b" } } },
+      { id = "fine", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "fine" } } },
+    ]"#;
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&inline("guards", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "guards", "both refused", |g| {
+            node(g, "elsewhere")["phase"] == "Failed" && node(g, "namespace")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(
+        node(&graph, "elsewhere")["message"],
+        "ConfigMap kube-system/x is outside the graph's namespace default: refused (the operator runs without --allow-cross-namespace)"
+    );
+    assert_eq!(
+        node(&graph, "namespace")["message"],
+        "Namespace team-b is cluster-scoped: refused (the operator runs without --allow-cluster-scoped)"
+    );
+    assert_eq!(node(&graph, "fine")["phase"], "Ready");
+    let (found, _, _) = cluster.kubectl(&["get", "namespace", "team-b"], None).await;
+    assert!(!found);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
+    let cluster = Cluster::start().await;
+    let nodes = serde_json::json!([{"id": "cfg"}]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("paused", nodes)))
+        .await;
+    cluster
+        .graph_when("default", "paused", "Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    let mut suspended: Value = serde_json::from_str(&shapes(
+        "paused",
+        serde_json::json!([{"id": "cfg", "value": "v2"}]),
+    ))
+    .expect("JSON");
+    suspended["spec"]["suspend"] = Value::Bool(true);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&suspended.to_string()))
+        .await;
+    let transform = cluster
+        .transform_when("default", "paused", "Suspended=True", |t| {
+            condition(t, "Suspended").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
+    assert_eq!(transform["status"]["observedGeneration"], 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let value = cluster
+        .ok(
+            &["get", "configmap", "cfg", "-o", "jsonpath={.data.value}"],
+            None,
+        )
+        .await;
+    assert_eq!(value, "v1", "a suspended Transform is not rendered");
+    suspended["spec"]["suspend"] = Value::Bool(false);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&suspended.to_string()))
+        .await;
+    eventually(30, "the update once resumed", || async {
+        let value = cluster
+            .ok(
+                &["get", "configmap", "cfg", "-o", "jsonpath={.data.value}"],
+                None,
+            )
+            .await;
+        (value == "v2").then_some(())
+    })
+    .await;
+    let transform = cluster
+        .transform_when("default", "paused", "resumed", |t| {
+            condition(t, "Suspended").is_none()
+        })
+        .await;
+    assert_eq!(transform["status"]["observedGeneration"], 3);
+
+    // Events on the Transform and its graph (events.k8s.io, as kube's recorder writes them).
+    let reasons = eventually(30, "the events", || async {
+        let events = cluster.json(&["get", "events.events.k8s.io"]).await?;
+        let reasons: Vec<String> = events["items"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["regarding"]["kind"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        [
+            "Transform Rendered",
+            "ResourceGraph NodeApplied",
+            "ResourceGraph NodeReady",
+        ]
+        .iter()
+        .all(|r| reasons.iter().any(|found| found == r))
+        .then_some(reasons)
+    })
+    .await;
+    assert!(!reasons.is_empty());
+    cluster.stop().await;
+}

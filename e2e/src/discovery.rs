@@ -328,12 +328,26 @@ pub fn openapi_document(registry: &Registry, group: &str, version: &str) -> Valu
         if let Some(list) = patch_parameters.as_array_mut() {
             list.push(json!({"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}));
         }
-        let patch_body = json!({"content": {
-            "application/apply-patch+yaml": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}},
-            "application/json-patch+json": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}},
-            "application/merge-patch+json": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}},
-            "application/strategic-merge-patch+json": {"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}}
-        }, "required": true});
+        // Custom resources take no strategic merge patch: kubectl reads this list to choose
+        // between a strategic and a JSON merge patch for client-side apply.
+        let mut patch_types = vec![
+            "application/apply-patch+yaml",
+            "application/json-patch+json",
+            "application/merge-patch+json",
+        ];
+        if !ty.is_custom() {
+            patch_types.push("application/strategic-merge-patch+json");
+        }
+        let patch_content: serde_json::Map<String, Value> = patch_types
+            .into_iter()
+            .map(|media| {
+                (
+                    media.to_owned(),
+                    json!({"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}}),
+                )
+            })
+            .collect();
+        let patch_body = json!({"content": patch_content, "required": true});
         let operation = |action: &str, extra: Value| {
             let mut op = json!({
                 "operationId": format!("{action}{}", ty.kind),

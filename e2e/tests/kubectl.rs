@@ -317,6 +317,27 @@ async fn crd_then_custom_resource_watch_and_finalizer() {
             .map(|l| l.split_whitespace().collect::<Vec<_>>()),
         Some(vec!["w1", "3"])
     );
+    // Client-side apply of a custom resource: created, then updated with a JSON merge
+    // patch (the OpenAPI document offers no strategic merge patch for custom resources).
+    let gadget =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: gadget}\nspec: {size: 1}\n";
+    let out = kubectl.ok(&["apply", "-f", "-"], Some(gadget)).await;
+    assert_eq!(out, "widget.example.com/gadget created\n");
+    let out = kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&gadget.replace("size: 1", "size: 2")),
+        )
+        .await;
+    assert_eq!(out, "widget.example.com/gadget configured\n");
+    let size = kubectl
+        .ok(
+            &["get", "widget", "gadget", "-o", "jsonpath={.spec.size}"],
+            None,
+        )
+        .await;
+    assert_eq!(size, "2");
+    kubectl.ok(&["delete", "widget", "gadget"], None).await;
 
     // A watch sees the update.
     let mut watch = kubectl
