@@ -1,0 +1,171 @@
+//! The manifests in `deploy/`: the CRDs are exactly what `pequod crds` prints, the workload
+//! objects pass the strict schemas of their kinds, and the RBAC grants what the operator
+//! and the shipped platforms need.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use serde_json::Value;
+
+fn documents(file: &str) -> Vec<Value> {
+    let path = common::repo().join("deploy").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    common::yaml_documents(&text)
+}
+
+fn cluster_role(file: &str) -> ClusterRole {
+    let role = documents(file)
+        .into_iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .unwrap_or_else(|| panic!("{file} has a ClusterRole"));
+    serde_json::from_value(role).expect("a valid ClusterRole")
+}
+
+/// Whether `role` allows `verb` on `group`/`resource`.
+fn allows(role: &ClusterRole, group: &str, resource: &str, verb: &str) -> bool {
+    let has = |list: &Option<Vec<String>>, wanted: &str| {
+        list.as_ref()
+            .is_some_and(|l| l.iter().any(|v| v == wanted || v == "*"))
+    };
+    role.rules.iter().flatten().any(|rule| {
+        has(&rule.api_groups, group)
+            && has(&rule.resources, resource)
+            && rule.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
+/// What the operator itself does, whatever the modules render.
+const OPERATOR_NEEDS: &[(&str, &str, &[&str])] = &[
+    (
+        "platform.pequod.io",
+        "transforms",
+        &["get", "list", "watch"],
+    ),
+    ("platform.pequod.io", "transforms/status", &["patch"]),
+    (
+        "platform.pequod.io",
+        "resourcegraphs",
+        &["get", "list", "watch", "patch"],
+    ),
+    ("platform.pequod.io", "resourcegraphs/status", &["patch"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
+];
+
+const OBJECT_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+
+#[test]
+fn crds_are_what_pequod_prints() {
+    let printed = common::pequod_ok(&["crds"]);
+    let shipped =
+        std::fs::read_to_string(common::repo().join("deploy/crds.yaml")).expect("deploy/crds.yaml");
+    assert!(
+        printed == shipped,
+        "deploy/crds.yaml is stale: run `cargo run -- crds > deploy/crds.yaml`"
+    );
+}
+
+#[test]
+fn workload_manifests_pass_their_strict_schemas() {
+    let mut problems = Vec::new();
+    for file in ["namespace.yaml", "deployment.yaml", "rbac.yaml"] {
+        for object in documents(file) {
+            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            if kind.starts_with("ClusterRole") {
+                continue; // no strict schema in ../shared/data; parsed by the RBAC tests
+            }
+            for error in common::schema_errors(&object) {
+                problems.push(format!("{file}: {kind}: {error}"));
+            }
+        }
+    }
+    assert_eq!(problems, Vec::<String>::new());
+    let deployment = documents("deployment.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        container["args"]
+            .as_array()
+            .is_some_and(|a| a.contains(&Value::from("--leader-elect")))
+    );
+}
+
+#[test]
+fn both_cluster_roles_grant_what_the_operator_does() {
+    for file in ["rbac.yaml", "rbac-narrow.yaml"] {
+        let role = cluster_role(file);
+        for (group, resource, verbs) in OPERATOR_NEEDS {
+            for verb in *verbs {
+                assert!(
+                    allows(&role, group, resource, verb),
+                    "{file}: {verb} {group}/{resource}"
+                );
+            }
+        }
+    }
+}
+
+/// `Deployment` → `deployments`, `NetworkPolicy` → `networkpolicies`, `Ingress` → `ingresses`.
+fn plural(kind: &str) -> String {
+    let lower = kind.to_lowercase();
+    if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if lower.ends_with('s') {
+        format!("{lower}es")
+    } else {
+        format!("{lower}s")
+    }
+}
+
+#[test]
+fn the_narrow_role_covers_every_kind_the_shipped_platforms_render() {
+    let role = cluster_role("rbac-narrow.yaml");
+    let mut kinds = BTreeSet::new();
+    for entry in std::fs::read_dir(common::repo().join("testdata/transforms")).expect("transforms")
+    {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let file = path
+            .strip_prefix(common::repo())
+            .expect("inside the repo")
+            .display()
+            .to_string();
+        let graph: Value =
+            serde_json::from_str(&common::pequod_ok(&["render", "-f", &file, "-o", "json"]))
+                .expect("JSON");
+        for node in graph["spec"]["nodes"].as_array().expect("nodes") {
+            let api_version = node["object"]["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version
+                .rsplit_once('/')
+                .map_or("", |(g, _)| g)
+                .to_string();
+            kinds.insert((
+                group,
+                plural(node["object"]["kind"].as_str().unwrap_or_default()),
+            ));
+        }
+    }
+    assert!(kinds.len() >= 10, "{kinds:?}");
+    for (group, resource) in &kinds {
+        for verb in OBJECT_VERBS {
+            assert!(
+                allows(&role, group, resource, verb),
+                "rbac-narrow.yaml: {verb} {group}/{resource}"
+            );
+        }
+    }
+}
