@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::api::{
-    GraphPhase, GraphSummary, InventoryEntry, NodePhase, NodeStatus, ObjectRef, ResourceGraph,
-    ResourceGraphStatus,
+    AdoptStrategy, GraphPhase, GraphSummary, InventoryEntry, NodePhase, NodeStatus, ObjectRef,
+    ResourceGraph, ResourceGraphStatus,
 };
 use crate::apply::{Applier, ApplyError, Served, contains, type_of};
 use crate::graph::{ApplyMode, ConflictPolicy, Dag, DeletionPolicy, Node};
@@ -60,6 +60,13 @@ pub enum NodeEvent {
         node: String,
         /// The error.
         message: String,
+    },
+    /// An existing object was adopted (`Transform.spec.adopt`).
+    Adopted {
+        /// The node.
+        node: String,
+        /// TakeOwnership or Mirror.
+        strategy: AdoptStrategy,
     },
     /// An object that left the graph was deleted.
     Pruned {
@@ -208,7 +215,7 @@ pub async fn execute(
             })
             .collect();
         while let Some((id, run)) = running.next().await {
-            if run.status.phase == NodePhase::Ready {
+            if is_ready(run.status.phase) {
                 ready.insert(id.clone());
             }
             events.extend(run.events);
@@ -243,7 +250,7 @@ pub async fn execute(
         node.apply_policy.mode == ApplyMode::Observe
             || matches!(
                 statuses.get(&node.id).map(|s| s.phase),
-                Some(NodePhase::Ready | NodePhase::WaitingReady)
+                Some(NodePhase::Ready | NodePhase::WaitingReady | NodePhase::Adopted)
             )
     });
     let current: HashSet<ObjectIdentity> = inventory.iter().map(identity).collect();
@@ -267,6 +274,11 @@ pub async fn execute(
         events,
         applies: apply_results,
     }
+}
+
+/// Whether a node in this phase releases its dependents.
+fn is_ready(phase: NodePhase) -> bool {
+    matches!(phase, NodePhase::Ready | NodePhase::Adopted)
 }
 
 type ObjectIdentity = (String, String, Option<String>, String);
@@ -416,6 +428,13 @@ async fn step(
     let hash = object_hash(&object);
     let live = applier.get(&served, namespace.as_deref(), &name).await?;
     let same_hash = prior.and_then(|p| p.applied_hash.as_deref()) == Some(hash.as_str());
+    let adopted_before = prior.is_some_and(|p| p.applied_hash.is_some());
+    if node.adopted == Some(AdoptStrategy::TakeOwnership) && live.is_none() && !adopted_before {
+        return Err(ApplyError::Malformed(format!(
+            "{kind} {} does not exist: nothing to adopt (Transform.spec.adopt)",
+            shown(namespace.as_deref(), &name)
+        )));
+    }
     let live = match (mode, live) {
         (ApplyMode::Observe, None) => {
             run.status = carried(
@@ -503,6 +522,29 @@ async fn step(
         .iter()
         .any(|e| matches!(e, NodeEvent::Applied { why, .. } if why == "drift corrected"));
     match readiness::evaluate(&node.ready_when, &live) {
+        Readiness::Ready if node.adopted.is_some() => {
+            let strategy = node.adopted.unwrap_or(AdoptStrategy::Mirror);
+            if prior.map(|p| p.phase) != Some(NodePhase::Adopted) {
+                run.events.push(NodeEvent::Adopted {
+                    node: node.id.clone(),
+                    strategy,
+                });
+            }
+            let message = match strategy {
+                AdoptStrategy::TakeOwnership => "adopted: managed by this graph",
+                AdoptStrategy::Mirror => "mirrored: observed, never modified",
+            };
+            let mut status = carried(
+                Some(&run.status),
+                NodePhase::Adopted,
+                message.to_string(),
+                now,
+            );
+            if prior.map(|p| p.phase) == Some(NodePhase::Adopted) {
+                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
+            }
+            run.status = status;
+        }
         Readiness::Ready => {
             if prior.map(|p| p.phase) != Some(NodePhase::Ready) {
                 run.events.push(NodeEvent::Ready {
@@ -724,12 +766,12 @@ fn summarize(
 ) -> ResourceGraphStatus {
     let count = |phase: NodePhase| nodes.values().filter(|s| s.phase == phase).count();
     let total = nodes.len();
-    let ready = count(NodePhase::Ready);
+    let ready = count(NodePhase::Ready) + count(NodePhase::Adopted);
     let failed = count(NodePhase::Failed);
     let blocked = count(NodePhase::Blocked);
     let applied_any = nodes
         .values()
-        .any(|s| s.applied_hash.is_some() || s.phase == NodePhase::Ready);
+        .any(|s| s.applied_hash.is_some() || is_ready(s.phase));
     let phase = if ready == total {
         GraphPhase::Ready
     } else if failed > 0 {

@@ -1274,3 +1274,128 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
     assert!(!reasons.is_empty());
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_objects_are_adopted_or_mirrored() {
+    let cluster = Cluster::start().await;
+    for name in ["legacy", "extra", "watched"] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{origin: by-hand}}\n"
+        );
+        cluster.ok(&["create", "-f", "-"], Some(&manifest)).await;
+    }
+    let mut owner: Value = serde_json::from_str(&shapes(
+        "owner",
+        serde_json::json!([{"id": "legacy", "value": "mine"}]),
+    ))
+    .expect("JSON");
+    owner["spec"]["adopt"] = serde_json::json!({"strategy": "TakeOwnership", "resources": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "legacy"},
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "extra"},
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost"},
+    ]});
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&owner.to_string()))
+        .await;
+    let graph = cluster
+        .graph_when("default", "owner", "adoption done", |g| {
+            node(g, "legacy")["phase"] == "Adopted"
+                && node(g, "adopted-configmap-extra")["phase"] == "Adopted"
+                && node(g, "adopted-configmap-ghost")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(
+        node(&graph, "legacy")["message"],
+        "adopted: managed by this graph"
+    );
+    assert_eq!(
+        node(&graph, "adopted-configmap-ghost")["message"],
+        "ConfigMap default/ghost does not exist: nothing to adopt (Transform.spec.adopt)"
+    );
+    let legacy = cluster
+        .json(&["get", "configmap", "legacy"])
+        .await
+        .expect("legacy");
+    assert_eq!(legacy["data"]["value"], "mine");
+    assert_eq!(
+        legacy["data"]["origin"], "by-hand",
+        "fields nobody renders stay"
+    );
+    let extra = cluster
+        .json(&["get", "configmap", "extra"])
+        .await
+        .expect("extra");
+    assert_eq!(
+        extra["metadata"]["labels"]["platform.pequod.io/resource-graph"],
+        "owner"
+    );
+    assert_eq!(extra["data"]["origin"], "by-hand");
+    let inventory: Vec<&str> = graph["status"]["inventory"]
+        .as_array()
+        .expect("inventory")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    let mut inventory = inventory;
+    inventory.sort();
+    assert_eq!(
+        inventory,
+        ["extra", "legacy"],
+        "the ghost was never adopted"
+    );
+
+    let mut mirror: Value =
+        serde_json::from_str(&shapes("mirror", serde_json::json!([{"id": "own"}]))).expect("JSON");
+    mirror["spec"]["adopt"] = serde_json::json!({"strategy": "Mirror", "resources": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "watched"},
+    ]});
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&mirror.to_string()))
+        .await;
+    let graph = cluster
+        .graph_when("default", "mirror", "mirrored", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    assert_eq!(
+        node(&graph, "adopted-configmap-watched")["phase"],
+        "Adopted"
+    );
+    assert_eq!(
+        node(&graph, "adopted-configmap-watched")["message"],
+        "mirrored: observed, never modified"
+    );
+    let watched = cluster
+        .json(&["get", "configmap", "watched", "--show-managed-fields"])
+        .await
+        .expect("watched");
+    assert!(
+        watched["metadata"]["labels"].is_null(),
+        "a mirrored object is never written: {watched}"
+    );
+
+    // Deleting the Transforms: adopted objects go with their graph, mirrored ones stay.
+    cluster
+        .ok(
+            &["delete", "transform", "owner", "mirror", "--timeout=60s"],
+            None,
+        )
+        .await;
+    eventually(60, "both graphs gone", || async {
+        let (found, stdout, _) = cluster
+            .kubectl(&["get", "resourcegraphs", "-o", "name"], None)
+            .await;
+        (found && stdout.is_empty()).then_some(())
+    })
+    .await;
+    for (name, expected) in [
+        ("legacy", false),
+        ("extra", false),
+        ("watched", true),
+        ("own", false),
+    ] {
+        let (found, _, _) = cluster.kubectl(&["get", "configmap", name], None).await;
+        assert_eq!(found, expected, "{name}");
+    }
+    cluster.stop().await;
+}

@@ -181,6 +181,11 @@ async fn publish(graph: &ResourceGraph, context: &Context, events: &[NodeEvent])
                 "NodeFailed",
                 format!("node {node}: {message}"),
             ),
+            NodeEvent::Adopted { node, strategy } => (
+                EventType::Normal,
+                "Adopted",
+                format!("node {node}: existing object adopted ({strategy:?})"),
+            ),
             NodeEvent::Pruned { object } => (
                 EventType::Normal,
                 "Pruned",

@@ -2,6 +2,7 @@
 //! ResourceGraph) and the ResourceGraph controller (execute the graph), sharing a
 //! [`Context`] with the client, the renderer, the applier, events and metrics.
 
+mod adopt;
 mod graph;
 mod leader;
 mod transform;

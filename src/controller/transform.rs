@@ -351,10 +351,13 @@ async fn render(
             message: errors.to_string(),
             violations: errors.0.clone(),
         })?;
-    Ok((
-        bundle,
-        ResourceGraph::rendered(transform, &graph, &warnings),
-    ))
+    let mut resource_graph = ResourceGraph::rendered(transform, &graph, &warnings);
+    super::adopt::adopt(
+        &mut resource_graph.spec.nodes,
+        transform.spec.adopt.as_ref(),
+        &RenderContext::of(transform),
+    );
+    Ok((bundle, resource_graph))
 }
 
 fn render_failure(error: RenderError) -> Failure {

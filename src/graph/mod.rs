@@ -41,6 +41,10 @@ pub struct Node {
     /// What happens to the object when it leaves the graph or the graph is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Set on nodes for objects listed in `Transform.spec.adopt`: the object must already
+    /// exist; TakeOwnership manages it from then on, Mirror only observes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<crate::api::AdoptStrategy>,
 }
 
 /// How a node's object is written to the cluster.

@@ -329,7 +329,7 @@ fn graph_from_output(
 
 /// Defaults the namespace of namespaced objects to the Transform's, and adds Pequod's
 /// labels to the objects it will write (not to observed ones).
-fn place_and_label(node: &mut Node, context: &RenderContext) {
+pub fn place_and_label(node: &mut Node, context: &RenderContext) {
     let namespaced = node
         .kind()
         .is_some_and(|kind| !CLUSTER_SCOPED_KINDS.contains(&kind));
