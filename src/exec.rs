@@ -8,12 +8,13 @@
 //! previous inventory that left the graph are pruned, dependents first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -209,7 +210,12 @@ pub async fn execute(
                 let prior = previous.nodes.get(&node.id);
                 let namespace = namespace.as_str();
                 async move {
-                    let run = run_node(applier, node, prior, namespace, config, applies, now).await;
+                    let step = run_node(applier, node, prior, namespace, config, applies, now);
+                    // A bug must fail its node, not the operator.
+                    let run = match AssertUnwindSafe(step).catch_unwind().await {
+                        Ok(run) => run,
+                        Err(panic) => panicked(node, prior, &panic_message(panic.as_ref()), now),
+                    };
                     (node.id.clone(), run)
                 }
             })
@@ -328,6 +334,35 @@ fn carried(
     status
 }
 
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+fn panicked(
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    message: &str,
+    now: jiff::Timestamp,
+) -> NodeRun {
+    let message = format!("internal error while executing the node: {message}");
+    tracing::error!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or_default(), name = node.name().unwrap_or_default(), %message);
+    NodeRun {
+        status: carried(prior, NodePhase::Failed, message.clone(), now),
+        events: vec![NodeEvent::Failed {
+            node: node.id.clone(),
+            message,
+        }],
+        applies: Vec::new(),
+        watch: None,
+        inventory: None,
+    }
+}
+
 /// `sha256:` of the object as it would be applied.
 pub fn object_hash(object: &Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(object.to_string())))
@@ -364,6 +399,7 @@ async fn run_node(
         Ok(()) => {}
         Err(error) => {
             let message = error.to_string();
+            tracing::warn!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or(graph_namespace), name = node.name().unwrap_or_default(), %message, "node failed");
             if prior.map(|p| (p.phase, p.message.as_deref()))
                 != Some((NodePhase::Failed, Some(&message)))
             {

@@ -70,7 +70,7 @@ fn crds_declare_names_status_and_printer_columns() {
                 "tf".to_string(),
                 serde_json::json!({"status": {}}),
                 vec![
-                    "Module=.spec.moduleRef.ref".to_string(),
+                    "Module=.status.resolvedModule.ref".to_string(),
                     "Ready=.status.conditions[?(@.type==\"Ready\")].status".to_string(),
                     "Age=.metadata.creationTimestamp".to_string(),
                 ],

@@ -20,7 +20,7 @@ use crate::graph::Violation;
     status = "TransformStatus",
     shortname = "tf",
     category = "pequod",
-    printcolumn = r#"{"name": "Module", "type": "string", "jsonPath": ".spec.moduleRef.ref", "description": "The module reference"}"#,
+    printcolumn = r#"{"name": "Module", "type": "string", "jsonPath": ".status.resolvedModule.ref", "description": "The module reference that was resolved (inline modules show (inline))"}"#,
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Whether every object of the graph is ready"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]

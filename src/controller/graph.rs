@@ -2,9 +2,11 @@
 //! and, when the graph is deleted, its objects deleted in reverse dependency order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -29,7 +31,13 @@ const CONTROLLER: &str = "resourcegraph";
 /// Reconciles one ResourceGraph.
 pub async fn reconcile(graph: Arc<ResourceGraph>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_graph(&graph, &context).await;
+    let result = match AssertUnwindSafe(reconcile_graph(&graph, &context))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(Error::Panic(crate::exec::panic_message(panic.as_ref()))),
+    };
     let outcome = if result.is_ok() { "success" } else { "error" };
     context
         .metrics

@@ -66,6 +66,9 @@ pub enum Error {
     /// An object could not be serialized.
     #[error("serialization failed: {0}")]
     Json(#[from] serde_json::Error),
+    /// The reconcile panicked (a bug): reported and retried, the operator carries on.
+    #[error("internal error: {0}")]
+    Panic(String),
 }
 
 impl Context {

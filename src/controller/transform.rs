@@ -2,9 +2,11 @@
 //! server-side apply the ResourceGraph; the Transform's status says how each step went and
 //! mirrors the graph's readiness. A failed step never touches the existing ResourceGraph.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -26,7 +28,13 @@ const CONTROLLER: &str = "transform";
 /// Reconciles one Transform.
 pub async fn reconcile(transform: Arc<Transform>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_transform(&transform, &context).await;
+    let result = match AssertUnwindSafe(reconcile_transform(&transform, &context))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(Error::Panic(crate::exec::panic_message(panic.as_ref()))),
+    };
     let outcome = if result.is_ok() { "success" } else { "error" };
     context
         .metrics
