@@ -172,6 +172,21 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `metadata.resourceVersion` of an object in `default`.
+    async fn resource_version(&self, kind: &str, name: &str) -> String {
+        self.ok(
+            &[
+                "get",
+                kind,
+                name,
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ],
+            None,
+        )
+        .await
+    }
+
     async fn json(&self, args: &[&str]) -> Option<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -894,59 +909,61 @@ async fn a_restarted_operator_resumes_and_api_errors_are_retried() {
         .named("flaky")
         .times(1),
     );
-    let nodes = serde_json::json!([{"id": "steady"}, {"id": "flaky", "dependsOn": ["steady"]}]);
+    // The Deployment takes a while: the operator is restarted while it waits.
+    cluster.server.simulator().set_delay(Duration::from_secs(4));
+    let nodes = serde_json::json!([
+        {"id": "steady"},
+        {"id": "flaky", "dependsOn": ["steady"]},
+        {"id": "web", "kind": "Deployment", "dependsOn": ["flaky"]},
+    ]);
     cluster
         .ok(&["apply", "-f", "-"], Some(&shapes("resume", nodes)))
         .await;
     let graph = cluster
-        .graph_when("default", "resume", "Ready despite API errors", |g| {
+        .graph_when(
+            "default",
+            "resume",
+            "the Deployment waiting, despite API errors",
+            |g| node(g, "web")["phase"] == "WaitingReady",
+        )
+        .await;
+    assert_eq!(node(&graph, "steady")["attempts"], 1);
+    let flaky_attempts = node(&graph, "flaky")["attempts"].as_u64().unwrap_or(0);
+    assert!(
+        flaky_attempts >= 2,
+        "the failed writes were retried: {graph}"
+    );
+    assert_eq!(node(&graph, "flaky")["phase"], "Ready");
+    let (steady_rv, flaky_rv) = (
+        cluster.resource_version("configmap", "steady").await,
+        cluster.resource_version("configmap", "flaky").await,
+    );
+
+    cluster.restart_operator().await;
+    let graph = cluster
+        .graph_when("default", "resume", "Ready after the restart", |g| {
             g["status"]["phase"] == "Ready"
         })
         .await;
-    assert_eq!(node(&graph, "steady")["attempts"], 1);
-    assert!(
-        node(&graph, "flaky")["attempts"].as_u64().unwrap_or(0) >= 2,
-        "{graph}"
-    );
-    let flaky_attempts = node(&graph, "flaky")["attempts"].clone();
-
-    let patches_before = cluster.server.store().resource_version();
-    cluster.restart_operator().await;
-    // Give the new operator time to reconcile everything once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let graph = cluster
-        .json(&["get", "resourcegraph", "resume"])
-        .await
-        .expect("graph");
-    assert_eq!(graph["status"]["phase"], "Ready");
     assert_eq!(
         node(&graph, "steady")["attempts"],
         1,
         "Ready nodes are not re-applied"
     );
     assert_eq!(node(&graph, "flaky")["attempts"], flaky_attempts);
-    let configmap_rv = |name: &str| {
-        let name = name.to_string();
-        let cluster = &cluster;
-        async move {
-            cluster
-                .ok(
-                    &[
-                        "get",
-                        "configmap",
-                        &name,
-                        "-o",
-                        "jsonpath={.metadata.resourceVersion}",
-                    ],
-                    None,
-                )
-                .await
-                .parse::<u64>()
-                .unwrap_or(u64::MAX)
-        }
-    };
-    assert!(
-        configmap_rv("steady").await <= patches_before,
+    assert_eq!(
+        node(&graph, "web")["attempts"],
+        1,
+        "the waiting Deployment is not re-applied"
+    );
+    assert_eq!(
+        cluster.resource_version("configmap", "steady").await,
+        steady_rv,
+        "no write after the restart"
+    );
+    assert_eq!(
+        cluster.resource_version("configmap", "flaky").await,
+        flaky_rv,
         "no write after the restart"
     );
     cluster.stop().await;
