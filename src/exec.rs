@@ -208,9 +208,15 @@ pub async fn execute(
             .into_iter()
             .map(|node| {
                 let prior = previous.nodes.get(&node.id);
-                let namespace = namespace.as_str();
+                let pass = PassContext {
+                    applier,
+                    namespace: namespace.as_str(),
+                    config,
+                    applies,
+                    now,
+                };
                 async move {
-                    let step = run_node(applier, node, prior, namespace, config, applies, now);
+                    let step = run_node(&pass, node, prior);
                     // A bug must fail its node, not the operator.
                     let run = match AssertUnwindSafe(step).catch_unwind().await {
                         Ok(run) => run,
@@ -368,15 +374,19 @@ pub fn object_hash(object: &Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(object.to_string())))
 }
 
-async fn run_node(
-    applier: &Applier,
-    node: &Node,
-    prior: Option<&NodeStatus>,
-    graph_namespace: &str,
-    config: &ExecConfig,
-    applies: &Arc<Semaphore>,
+/// What every node of one pass shares.
+struct PassContext<'a> {
+    applier: &'a Applier,
+    /// The graph's namespace.
+    namespace: &'a str,
+    config: &'a ExecConfig,
+    applies: &'a Arc<Semaphore>,
+    /// The pass's clock: every time it writes is this one.
     now: jiff::Timestamp,
-) -> NodeRun {
+}
+
+async fn run_node(pass: &PassContext<'_>, node: &Node, prior: Option<&NodeStatus>) -> NodeRun {
+    let now = pass.now;
     let mut run = NodeRun {
         status: carried(prior, NodePhase::Applying, String::new(), now),
         events: Vec::new(),
@@ -384,49 +394,42 @@ async fn run_node(
         watch: None,
         inventory: None,
     };
-    match step(
-        applier,
-        node,
-        prior,
-        graph_namespace,
-        config,
-        applies,
-        now,
-        &mut run,
-    )
-    .await
-    {
+    match step(pass, node, prior, &mut run).await {
         Ok(()) => {}
         Err(error) => {
             let message = error.to_string();
-            tracing::warn!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or(graph_namespace), name = node.name().unwrap_or_default(), %message, "node failed");
             if prior.map(|p| (p.phase, p.message.as_deref()))
                 != Some((NodePhase::Failed, Some(&message)))
             {
+                tracing::warn!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or(pass.namespace), name = node.name().unwrap_or_default(), %message, "node failed");
                 run.events.push(NodeEvent::Failed {
                     node: node.id.clone(),
                     message: message.clone(),
                 });
             }
-            let attempts = run.status.attempts;
-            run.status = carried(Some(&run.status), NodePhase::Failed, message, now);
-            run.status.attempts = attempts;
+            let mut status = carried(Some(&run.status), NodePhase::Failed, message, now);
+            if prior.map(|p| p.phase) == Some(NodePhase::Failed) {
+                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
+            }
+            run.status = status;
         }
     }
     run
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn step(
-    applier: &Applier,
+    pass: &PassContext<'_>,
     node: &Node,
     prior: Option<&NodeStatus>,
-    graph_namespace: &str,
-    config: &ExecConfig,
-    applies: &Arc<Semaphore>,
-    now: jiff::Timestamp,
     run: &mut NodeRun,
 ) -> Result<(), ApplyError> {
+    let PassContext {
+        applier,
+        namespace: graph_namespace,
+        config,
+        applies,
+        now,
+    } = *pass;
     let (api_version, kind) = type_of(&node.object)?;
     let served = applier.served(&api_version, &kind).await?;
     let mut object = node.object.clone();
@@ -778,7 +781,21 @@ pub fn condition(
     now: jiff::Timestamp,
     previous: &[Condition],
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = if status { "True" } else { "False" };
+    condition_with_status(type_, status, reason, message, generation, now, previous)
+}
+
+/// [`condition`] with any status: `True`, `False` or `Unknown`.
+pub fn condition_with_status(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+) -> Condition {
+    let status = status.to_string();
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

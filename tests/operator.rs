@@ -747,6 +747,15 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
             .is_some_and(|m| m.starts_with("contract violation at input.nodes[0].id:")),
         "{validated}"
     );
+    assert_eq!(
+        condition(&transform, "Rendered").expect("Rendered")["status"],
+        "Unknown",
+        "nothing rendered from an invalid input"
+    );
+    assert_eq!(
+        condition(&transform, "ModuleResolved").expect("ModuleResolved")["status"],
+        "True"
+    );
     assert_eq!(transform["status"]["observedGeneration"], 3);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = cluster

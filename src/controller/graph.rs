@@ -2,11 +2,9 @@
 //! and, when the graph is deleted, its objects deleted in reverse dependency order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::FutureExt;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -14,7 +12,7 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::watches::object_key;
-use super::{Context, Error, retry_action};
+use super::{Context, Error, measured, retry_action};
 use crate::api::{GraphPhase, InventoryEntry, ResourceGraph, ResourceGraphStatus};
 use crate::apply::FIELD_MANAGER;
 use crate::exec::{self, Deletion, NodeEvent, describe};
@@ -30,26 +28,7 @@ const CONTROLLER: &str = "resourcegraph";
 
 /// Reconciles one ResourceGraph.
 pub async fn reconcile(graph: Arc<ResourceGraph>, context: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = match AssertUnwindSafe(reconcile_graph(&graph, &context))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result,
-        Err(panic) => Err(Error::Panic(crate::exec::panic_message(panic.as_ref()))),
-    };
-    let outcome = if result.is_ok() { "success" } else { "error" };
-    context
-        .metrics
-        .reconcile_total
-        .with_label_values(&[CONTROLLER, outcome])
-        .inc();
-    context
-        .metrics
-        .reconcile_duration_seconds
-        .with_label_values(&[CONTROLLER])
-        .observe(started.elapsed().as_secs_f64());
-    result
+    measured(&context, CONTROLLER, reconcile_graph(&graph, &context)).await
 }
 
 /// Retries a failed reconcile with backoff.

@@ -11,7 +11,7 @@ mod watches;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, controller::Action, watcher};
@@ -174,6 +174,32 @@ pub async fn run(
             }
         });
     futures::join!(transform_controller, graph_controller);
+}
+
+/// Runs one reconcile of `controller`: a panic becomes an error (the controller retries it,
+/// the operator carries on), and the reconcile is counted and timed.
+async fn measured(
+    context: &Context,
+    controller: &str,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(Error::Panic(crate::exec::panic_message(panic.as_ref()))),
+    };
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    context
+        .metrics
+        .reconcile_total
+        .with_label_values(&[controller, outcome])
+        .inc();
+    context
+        .metrics
+        .reconcile_duration_seconds
+        .with_label_values(&[controller])
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 /// The requeue of a failed reconcile: soon, then less often.

@@ -2,11 +2,9 @@
 //! server-side apply the ResourceGraph; the Transform's status says how each step went and
 //! mirrors the graph's readiness. A failed step never touches the existing ResourceGraph.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -14,10 +12,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use super::{Context, Error, retry_action};
+use super::{Context, Error, measured, retry_action};
 use crate::api::{LocalObjectReference, ResolvedModule, ResourceGraph, Transform, TransformStatus};
 use crate::apply::FIELD_MANAGER;
-use crate::exec::condition;
+use crate::exec::{condition, condition_with_status};
 use crate::graph::Violation;
 use crate::module::{ModuleBundle, resolve_local};
 use crate::policy;
@@ -27,26 +25,12 @@ const CONTROLLER: &str = "transform";
 
 /// Reconciles one Transform.
 pub async fn reconcile(transform: Arc<Transform>, context: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = match AssertUnwindSafe(reconcile_transform(&transform, &context))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result,
-        Err(panic) => Err(Error::Panic(crate::exec::panic_message(panic.as_ref()))),
-    };
-    let outcome = if result.is_ok() { "success" } else { "error" };
-    context
-        .metrics
-        .reconcile_total
-        .with_label_values(&[CONTROLLER, outcome])
-        .inc();
-    context
-        .metrics
-        .reconcile_duration_seconds
-        .with_label_values(&[CONTROLLER])
-        .observe(started.elapsed().as_secs_f64());
-    result
+    measured(
+        &context,
+        CONTROLLER,
+        reconcile_transform(&transform, &context),
+    )
+    .await
 }
 
 /// Retries a failed reconcile with backoff.
@@ -61,6 +45,8 @@ struct Failure {
     reason: &'static str,
     message: String,
     violations: Vec<Violation>,
+    /// The input was refused before anything rendered.
+    before_render: bool,
 }
 
 async fn reconcile_transform(transform: &Transform, context: &Context) -> Result<Action, Error> {
@@ -103,49 +89,9 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     }
     status.conditions.retain(|c| c.type_ != "Suspended");
 
-    match render(transform, context).await {
+    let action = match render(transform, context).await {
         Err(failure) => {
-            let steps = ["ModuleResolved", "Validated", "Rendered"];
-            let failed_at = steps
-                .iter()
-                .position(|s| *s == failure.condition)
-                .unwrap_or(0);
-            for (i, step) in steps.iter().enumerate() {
-                if i < failed_at {
-                    set(
-                        &mut status,
-                        condition(
-                            step,
-                            true,
-                            "Succeeded",
-                            "succeeded",
-                            generation,
-                            now,
-                            &previous.conditions,
-                        ),
-                    );
-                }
-            }
-            set(
-                &mut status,
-                condition(
-                    failure.condition,
-                    false,
-                    failure.reason,
-                    &failure.message,
-                    generation,
-                    now,
-                    &previous.conditions,
-                ),
-            );
-            if failure.condition == "ModuleResolved" {
-                status
-                    .conditions
-                    .retain(|c| c.type_ == "ModuleResolved" || c.type_ == "Ready");
-            }
-            if !failure.violations.is_empty() {
-                status.violations = failure.violations.clone();
-            }
+            record_failure(&mut status, &failure, generation, now, &previous.conditions);
             let reason = if failure.condition == "Validated" {
                 "ValidationFailed"
             } else {
@@ -165,120 +111,175 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                     )
                     .await;
             }
-            mirror_ready(
-                &mut status,
-                &graphs,
-                &name,
-                generation,
-                now,
-                &previous.conditions,
-            )
-            .await?;
-            finish(&transforms, &name, transform, status, retry_action(3)).await
+            retry_action(3)
         }
         Ok((bundle, graph)) => {
-            let rendered_hash = graph.spec.metadata.render_hash.clone();
-            let existing = graphs.get_opt(&name).await?;
-            let mut graph = graph;
-            graph.spec.metadata.rendered_at = Some(Time(now));
-            if let Some(existing) = &existing
-                && existing.spec.metadata.render_hash == rendered_hash
-                && existing.spec.metadata.module_digest == graph.spec.metadata.module_digest
-                && existing.spec.prune == graph.spec.prune
-                && existing.spec.violations == graph.spec.violations
-            {
-                graph.spec.metadata.rendered_at = existing.spec.metadata.rendered_at.clone();
-            }
-            let changed = existing.as_ref().is_none_or(|e| e.spec != graph.spec);
-            if changed {
-                let mut object = serde_json::to_value(&graph)?;
-                if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-                    metadata.remove("creationTimestamp");
-                }
-                object["apiVersion"] = json!(crate::api::API_VERSION);
-                object["kind"] = json!("ResourceGraph");
-                graphs
-                    .patch(
-                        &name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&object),
-                    )
-                    .await?;
-                context
-                    .event(
-                        transform,
-                        EventType::Normal,
-                        "Rendered",
-                        format!(
-                            "{}@{} rendered {} nodes ({})",
-                            graph.spec.metadata.module,
-                            graph.spec.metadata.version,
-                            graph.spec.nodes.len(),
-                            rendered_hash
-                        ),
-                    )
-                    .await;
-            }
-            status.resolved_module = Some(ResolvedModule {
-                type_: transform.spec.module_ref.type_,
-                ref_: short_ref(
-                    &transform.spec.module_ref.ref_,
-                    transform.spec.module_ref.type_,
-                ),
-                digest: bundle.digest().to_string(),
-                fetched_at: previous
-                    .resolved_module
-                    .as_ref()
-                    .filter(|m| m.digest == bundle.digest())
-                    .and_then(|m| m.fetched_at.clone())
-                    .or(Some(Time(now))),
-            });
-            status.resource_graph_ref = Some(LocalObjectReference { name: name.clone() });
-            status.outputs = graph.spec.outputs.clone();
-            status.violations = graph.spec.violations.clone();
-            for step in ["ModuleResolved", "Validated", "Rendered"] {
-                let message = match step {
-                    "ModuleResolved" => {
-                        format!("{} {}", transform.spec.module_ref.type_, bundle.digest())
-                    }
-                    "Validated" if graph.spec.violations.is_empty() => {
-                        "input, graph and policies are valid".to_string()
-                    }
-                    "Validated" => format!("{} policy warnings", graph.spec.violations.len()),
-                    _ => format!("{} nodes, {}", graph.spec.nodes.len(), rendered_hash),
-                };
-                set(
-                    &mut status,
-                    condition(
-                        step,
-                        true,
-                        "Succeeded",
-                        &message,
-                        generation,
-                        now,
-                        &previous.conditions,
-                    ),
-                );
-            }
-            mirror_ready(
-                &mut status,
+            write_graph(
+                transform,
+                context,
                 &graphs,
+                graph,
+                &bundle,
+                &mut status,
+                now,
+            )
+            .await?;
+            Action::await_change()
+        }
+    };
+    mirror_ready(
+        &mut status,
+        &graphs,
+        &name,
+        generation,
+        now,
+        &previous.conditions,
+    )
+    .await?;
+    finish(&transforms, &name, transform, status, action).await
+}
+
+/// The steps of a reconcile, in order, each with its condition.
+const STEPS: [&str; 3] = ["ModuleResolved", "Rendered", "Validated"];
+
+/// Sets the failed step's condition False, the steps before it True and those after it
+/// Unknown (not reached). An invalid input is found before anything renders.
+fn record_failure(
+    status: &mut TransformStatus,
+    failure: &Failure,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+) {
+    let failed_at = STEPS
+        .iter()
+        .position(|s| *s == failure.condition)
+        .unwrap_or(0);
+    for (i, step) in STEPS.iter().enumerate() {
+        let not_reached = i > failed_at || (failure.before_render && *step == "Rendered");
+        let entry = if i == failed_at {
+            condition(
+                step,
+                false,
+                failure.reason,
+                &failure.message,
+                generation,
+                now,
+                previous,
+            )
+        } else if not_reached {
+            condition_with_status(
+                step,
+                "Unknown",
+                "NotReached",
+                &format!("{} failed", failure.condition),
+                generation,
+                now,
+                previous,
+            )
+        } else {
+            condition(
+                step,
+                true,
+                "Succeeded",
+                "succeeded",
+                generation,
+                now,
+                previous,
+            )
+        };
+        set(status, entry);
+    }
+    if !failure.violations.is_empty() {
+        status.violations = failure.violations.clone();
+    }
+}
+
+/// Server-side applies the rendered ResourceGraph when its spec changed, and records the
+/// successful steps in `status`.
+async fn write_graph(
+    transform: &Transform,
+    context: &Context,
+    graphs: &Api<ResourceGraph>,
+    mut graph: ResourceGraph,
+    bundle: &ModuleBundle,
+    status: &mut TransformStatus,
+    now: jiff::Timestamp,
+) -> Result<(), Error> {
+    let name = transform.name_any();
+    let generation = transform.metadata.generation;
+    let previous = transform.status.clone().unwrap_or_default();
+    let rendered_hash = graph.spec.metadata.render_hash.clone();
+    let existing = graphs.get_opt(&name).await?;
+    graph.spec.metadata.rendered_at = Some(Time(now));
+    if let Some(existing) = &existing
+        && existing.spec.metadata.render_hash == rendered_hash
+        && existing.spec.metadata.module_digest == graph.spec.metadata.module_digest
+    {
+        // Same render: keep its time, so an unchanged graph is not rewritten.
+        graph.spec.metadata.rendered_at = existing.spec.metadata.rendered_at.clone();
+    }
+    if existing.as_ref().is_none_or(|e| e.spec != graph.spec) {
+        let mut object = serde_json::to_value(&graph)?;
+        object["apiVersion"] = json!(crate::api::API_VERSION);
+        object["kind"] = json!("ResourceGraph");
+        graphs
+            .patch(
                 &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await?;
+        let note = format!(
+            "{}@{} rendered {} nodes ({rendered_hash})",
+            graph.spec.metadata.module,
+            graph.spec.metadata.version,
+            graph.spec.nodes.len(),
+        );
+        context
+            .event(transform, EventType::Normal, "Rendered", note)
+            .await;
+    }
+    status.resolved_module = Some(ResolvedModule {
+        type_: transform.spec.module_ref.type_,
+        ref_: short_ref(
+            &transform.spec.module_ref.ref_,
+            transform.spec.module_ref.type_,
+        ),
+        digest: bundle.digest().to_string(),
+        fetched_at: previous
+            .resolved_module
+            .as_ref()
+            .filter(|m| m.digest == bundle.digest())
+            .and_then(|m| m.fetched_at.clone())
+            .or(Some(Time(now))),
+    });
+    status.resource_graph_ref = Some(LocalObjectReference { name });
+    status.outputs = graph.spec.outputs.clone();
+    status.violations = graph.spec.violations.clone();
+    for step in STEPS {
+        let message = match step {
+            "ModuleResolved" => format!("{} {}", transform.spec.module_ref.type_, bundle.digest()),
+            "Validated" if graph.spec.violations.is_empty() => {
+                "input, graph and policies are valid".to_string()
+            }
+            "Validated" => format!("{} policy warnings", graph.spec.violations.len()),
+            _ => format!("{} nodes, {rendered_hash}", graph.spec.nodes.len()),
+        };
+        set(
+            status,
+            condition(
+                step,
+                true,
+                "Succeeded",
+                &message,
                 generation,
                 now,
                 &previous.conditions,
-            )
-            .await?;
-            finish(
-                &transforms,
-                &name,
-                transform,
-                status,
-                Action::await_change(),
-            )
-            .await
-        }
+            ),
+        );
     }
+    Ok(())
 }
 
 /// An inline module's `ref` is its whole source: the status keeps a digest-sized stand-in.
@@ -322,6 +323,7 @@ async fn render(
         },
         message: error.to_string(),
         violations: Vec::new(),
+        before_render: false,
     })?;
     let hits_before = context
         .renderer
@@ -358,6 +360,7 @@ async fn render(
             reason: "PolicyViolation",
             message: errors.to_string(),
             violations: errors.0.clone(),
+            before_render: false,
         })?;
     let mut resource_graph = ResourceGraph::rendered(transform, &graph, &warnings);
     super::adopt::adopt(
@@ -388,6 +391,7 @@ fn render_failure(error: RenderError) -> Failure {
     Failure {
         condition,
         reason,
+        before_render: matches!(reason, "InvalidInput" | "NameTooLong"),
         message: error.to_string(),
         violations: Vec::new(),
     }
