@@ -37,6 +37,10 @@ pub enum ApplyError {
     Conflict {
         /// The API server's message, naming the managers and fields.
         message: String,
+        /// Every conflicting manager made its change with an update or patch (`kubectl
+        /// edit`, `kubectl patch`: the API server says `using <apiVersion>` of those), none
+        /// with an apply of its own.
+        edits_only: bool,
     },
     /// The API server refused the object.
     #[error("{reason} ({code}): {message}")]
@@ -71,8 +75,18 @@ impl ApplyError {
         match error {
             kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict" => {
                 if status.message.starts_with("Apply failed") {
+                    let causes = status
+                        .details
+                        .as_ref()
+                        .map(|d| d.causes.as_slice())
+                        .unwrap_or_default();
+                    let edits_only = !causes.is_empty()
+                        && causes
+                            .iter()
+                            .all(|cause| cause.message.contains("\" using "));
                     ApplyError::Conflict {
                         message: status.message,
+                        edits_only,
                     }
                 } else {
                     ApplyError::Refused {
@@ -272,17 +286,45 @@ fn to_value(object: &DynamicObject) -> Result<Value, ApplyError> {
         .map_err(|e| ApplyError::Malformed(format!("cannot read the object back: {e}")))
 }
 
-/// Whether every field `desired` sets has the same value in `live` (fields the server or
-/// other managers added are ignored): the live object has not drifted from what was applied.
-pub fn contains(live: &Value, desired: &Value) -> bool {
+/// Whether the live object has drifted from what was applied: some field `desired` sets
+/// has another value in `live`. Fields the server or other managers added are ignored, and
+/// so are values the server drops when they are empty (`null`, `{}`, `[]`) and a Secret's
+/// write-only `stringData`.
+pub fn drifted(live: &Value, desired: &Value) -> bool {
+    let secret = desired.get("kind").and_then(Value::as_str) == Some("Secret")
+        && desired.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    if secret && desired.get("stringData").is_some() {
+        let mut desired = desired.clone();
+        if let Some(fields) = desired.as_object_mut() {
+            fields.remove("stringData");
+        }
+        return !contains(live, &desired);
+    }
+    !contains(live, desired)
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(fields) => fields.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+fn contains(live: &Value, desired: &Value) -> bool {
     match (live, desired) {
-        (Value::Object(live), Value::Object(desired)) => desired
-            .iter()
-            .all(|(key, value)| live.get(key).is_some_and(|found| contains(found, value))),
+        (Value::Object(live), Value::Object(desired)) => {
+            desired.iter().all(|(key, value)| match live.get(key) {
+                Some(found) => contains(found, value),
+                None => is_empty(value),
+            })
+        }
         (Value::Array(live), Value::Array(desired)) => {
             live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
         }
         (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
+        (Value::Null, desired) => is_empty(desired),
         (live, desired) => live == desired,
     }
 }
@@ -297,11 +339,20 @@ mod tests {
         let desired = json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}});
         let live = json!({"spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}]},
                           "status": {}});
-        assert!(contains(&live, &desired));
+        assert!(!drifted(&live, &desired));
         let edited = json!({"spec": {"replicas": 5, "ports": [{"port": 80}]}});
-        assert!(!contains(&edited, &desired));
+        assert!(drifted(&edited, &desired));
         let fewer = json!({"spec": {"replicas": 2, "ports": []}});
-        assert!(!contains(&fewer, &desired));
+        assert!(drifted(&fewer, &desired));
+    }
+
+    #[test]
+    fn values_the_server_drops_are_no_drift() {
+        let desired = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"annotations": {}},
+                             "stringData": {"password": "x"}, "data": null, "spec": {"list": []}});
+        let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {},
+                          "data": {"password": "eA=="}});
+        assert!(!drifted(&live, &desired));
     }
 
     #[test]

@@ -24,9 +24,10 @@ use crate::api::{
     AdoptStrategy, GraphPhase, GraphSummary, InventoryEntry, NodePhase, NodeStatus, ObjectRef,
     ResourceGraph, ResourceGraphStatus,
 };
-use crate::apply::{Applier, ApplyError, Served, contains, type_of};
+use crate::apply::{Applier, ApplyError, Served, drifted, type_of};
 use crate::graph::{ApplyMode, ConflictPolicy, Dag, DeletionPolicy, Node};
 use crate::readiness::{self, Readiness};
+use crate::render::labels;
 
 /// Annotation that keeps an object from being pruned: `platform.pequod.io/prune: disabled`.
 pub const PRUNE_ANNOTATION: &str = "platform.pequod.io/prune";
@@ -117,6 +118,7 @@ pub async fn execute(
     applies: &Arc<Semaphore>,
 ) -> Pass {
     let namespace = graph.metadata.namespace.clone().unwrap_or_default();
+    let graph_name = graph.metadata.name.clone().unwrap_or_default();
     let previous = graph.status.clone().unwrap_or_default();
     let nodes: HashMap<&str, &Node> = graph
         .spec
@@ -210,6 +212,7 @@ pub async fn execute(
                 let prior = previous.nodes.get(&node.id);
                 let pass = PassContext {
                     applier,
+                    graph: graph_name.as_str(),
                     namespace: namespace.as_str(),
                     config,
                     applies,
@@ -250,14 +253,6 @@ pub async fn execute(
         }
     }
 
-    // The inventory keeps the graph's topological order, so pruning can go in reverse.
-    let order: HashMap<&str, usize> = dag
-        .topological_order()
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    inventory.sort_by_key(|entry| order.get(entry.node_id.as_str()).copied());
     let applied_all = graph.spec.nodes.iter().all(|node| {
         node.apply_policy.mode == ApplyMode::Observe
             || matches!(
@@ -265,17 +260,38 @@ pub async fn execute(
                 Some(NodePhase::Ready | NodePhase::WaitingReady | NodePhase::Adopted)
             )
     });
-    let current: HashSet<ObjectIdentity> = inventory.iter().map(identity).collect();
-    let mut leftovers: Vec<InventoryEntry> = previous
-        .inventory
-        .iter()
-        .filter(|entry| !current.contains(&identity(entry)))
-        .cloned()
-        .collect();
+    // Entries of the nodes that ran replace theirs; nodes of the graph that did not run in
+    // this pass keep theirs; an object that is now only observed (Observe, Mirror) leaves
+    // the inventory without being deleted; the rest left the graph and may be pruned.
+    let fresh: HashSet<ObjectIdentity> = inventory.iter().map(identity).collect();
+    let mut leftovers = Vec::new();
+    for entry in &previous.inventory {
+        if fresh.contains(&identity(entry)) {
+            continue;
+        }
+        match graph.spec.nodes.iter().find(|node| targets(node, entry)) {
+            Some(node) if node.apply_policy.mode == ApplyMode::Observe => {}
+            Some(_) => inventory.push(entry.clone()),
+            None => leftovers.push(entry.clone()),
+        }
+    }
     if applied_all && graph.spec.prune {
-        leftovers = prune(applier, leftovers, &mut events).await;
+        leftovers = prune(applier, applies, leftovers, &mut events).await;
     }
     inventory.extend(leftovers);
+    // Dependency order, objects still to be pruned last: pruning and deletion go in reverse.
+    let order: HashMap<&str, usize> = dag
+        .topological_order()
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    inventory.sort_by_key(|entry| {
+        order
+            .get(entry.node_id.as_str())
+            .copied()
+            .unwrap_or(usize::MAX)
+    });
 
     let requeue = requeue_after(&graph.spec.nodes, &statuses, now);
     let status = summarize(graph, &previous, statuses, inventory, now);
@@ -294,6 +310,19 @@ fn is_ready(phase: NodePhase) -> bool {
 }
 
 type ObjectIdentity = (String, String, Option<String>, String);
+
+/// Whether `node` renders the object of an inventory entry (namespaces compared only when
+/// both are known: offline defaulting may have namespaced a cluster-scoped kind).
+fn targets(node: &Node, entry: &InventoryEntry) -> bool {
+    let Some(key) = node.object_key() else {
+        return false;
+    };
+    let (group, kind, namespace, name) = identity(entry);
+    key.group == group
+        && key.kind == kind
+        && key.name == name
+        && (key.namespace.is_empty() || namespace.is_none_or(|n| n == key.namespace))
+}
 
 fn identity(entry: &InventoryEntry) -> ObjectIdentity {
     let group = entry
@@ -328,7 +357,8 @@ fn carried(
         message: None,
         attempts: 0,
         applied_hash: None,
-        applied_at: None,
+        waiting_since: None,
+        failures: 0,
         last_transition_time: None,
         object: None,
     });
@@ -357,8 +387,10 @@ fn panicked(
 ) -> NodeRun {
     let message = format!("internal error while executing the node: {message}");
     tracing::error!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or_default(), name = node.name().unwrap_or_default(), %message);
+    let mut status = carried(prior, NodePhase::Failed, message.clone(), now);
+    status.failures = prior.map_or(0, |p| p.failures).saturating_add(1);
     NodeRun {
-        status: carried(prior, NodePhase::Failed, message.clone(), now),
+        status,
         events: vec![NodeEvent::Failed {
             node: node.id.clone(),
             message,
@@ -369,6 +401,25 @@ fn panicked(
     }
 }
 
+/// Sets the outcome of a node's step: its phase and message, the transition time kept when
+/// the phase is the one it had.
+fn settle(
+    status: &mut NodeStatus,
+    prior: Option<&NodeStatus>,
+    phase: NodePhase,
+    message: String,
+    now: jiff::Timestamp,
+) {
+    status.last_transition_time = match prior {
+        Some(p) if p.phase == phase && p.last_transition_time.is_some() => {
+            p.last_transition_time.clone()
+        }
+        _ => Some(Time(now)),
+    };
+    status.phase = phase;
+    status.message = Some(message);
+}
+
 /// `sha256:` of the object as it would be applied.
 pub fn object_hash(object: &Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(object.to_string())))
@@ -377,6 +428,8 @@ pub fn object_hash(object: &Value) -> String {
 /// What every node of one pass shares.
 struct PassContext<'a> {
     applier: &'a Applier,
+    /// The graph's name (the value of Pequod's resource-graph label).
+    graph: &'a str,
     /// The graph's namespace.
     namespace: &'a str,
     config: &'a ExecConfig,
@@ -395,7 +448,7 @@ async fn run_node(pass: &PassContext<'_>, node: &Node, prior: Option<&NodeStatus
         inventory: None,
     };
     match step(pass, node, prior, &mut run).await {
-        Ok(()) => {}
+        Ok(()) => run.status.failures = 0,
         Err(error) => {
             let message = error.to_string();
             if prior.map(|p| (p.phase, p.message.as_deref()))
@@ -407,11 +460,8 @@ async fn run_node(pass: &PassContext<'_>, node: &Node, prior: Option<&NodeStatus
                     message: message.clone(),
                 });
             }
-            let mut status = carried(Some(&run.status), NodePhase::Failed, message, now);
-            if prior.map(|p| p.phase) == Some(NodePhase::Failed) {
-                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
-            }
-            run.status = status;
+            run.status.failures = prior.map_or(0, |p| p.failures).saturating_add(1);
+            settle(&mut run.status, prior, NodePhase::Failed, message, now);
         }
     }
     run
@@ -425,6 +475,7 @@ async fn step(
 ) -> Result<(), ApplyError> {
     let PassContext {
         applier,
+        graph: _,
         namespace: graph_namespace,
         config,
         applies,
@@ -474,27 +525,28 @@ async fn step(
             shown(namespace.as_deref(), &name)
         )));
     }
-    let live = match (mode, live) {
-        (ApplyMode::Observe, None) => {
-            run.status = carried(
-                prior,
-                NodePhase::WaitingReady,
-                format!(
-                    "waiting for {kind} {} to exist (observed, not managed by this graph)",
-                    shown(namespace.as_deref(), &name)
-                ),
-                now,
-            );
-            return Ok(());
+    let mine = |object: &Value| {
+        object
+            .pointer("/metadata/labels")
+            .and_then(|labels| labels.get(labels::RESOURCE_GRAPH))
+            .and_then(Value::as_str)
+            == Some(pass.graph)
+    };
+    let (live, owned) = match (mode, live) {
+        (ApplyMode::Observe, None) => (None, false),
+        (ApplyMode::Observe, Some(live)) => (Some(live), false),
+        // Create never updates, and an object it did not create is not its to delete.
+        (ApplyMode::Create, Some(live)) => {
+            let owned = mine(&live);
+            (Some(live), owned)
         }
-        (ApplyMode::Observe | ApplyMode::Create, Some(live)) => live,
         (ApplyMode::Create, None) => {
             let _permit = applies.acquire().await;
             let started = std::time::Instant::now();
             let created = applier.create(&served, &object).await;
             run.applies.push((created.is_ok(), started.elapsed()));
             run.status.attempts += 1;
-            let created = match created? {
+            let live = match created? {
                 Some(created) => created,
                 None => applier
                     .get(&served, namespace.as_deref(), &name)
@@ -505,15 +557,16 @@ async fn step(
                 node: node.id.clone(),
                 why: "created".into(),
             });
-            created
+            let owned = mine(&live);
+            (Some(live), owned)
         }
         (ApplyMode::Apply, live) => {
-            let drifted = live.as_ref().is_some_and(|l| !contains(l, &object));
+            let edited = live.as_ref().is_some_and(|l| drifted(l, &object));
             if same_hash
-                && !drifted
+                && !edited
                 && let Some(live) = live
             {
-                live
+                (Some(live), true)
             } else {
                 let why = match (&live, same_hash) {
                     (None, _) => "created",
@@ -523,89 +576,104 @@ async fn step(
                 // Restoring what was applied before takes the fields back from whoever
                 // edited them; a new version of the object obeys the conflict policy.
                 let force = node.apply_policy.conflict_policy == ConflictPolicy::Force
-                    || (same_hash && drifted);
+                    || (same_hash && edited);
                 let _permit = applies.acquire().await;
                 let started = std::time::Instant::now();
-                let applied = applier.apply(&served, &object, force).await;
+                let mut applied = applier.apply(&served, &object, force).await;
+                let mut why = why.to_string();
+                // Fields of an object this graph applied before, since edited by hand (an
+                // update, not another manager's apply), are Pequod's to take back.
+                if let Err(ApplyError::Conflict {
+                    edits_only: true, ..
+                }) = &applied
+                    && prior.is_some_and(|p| p.applied_hash.is_some())
+                {
+                    applied = applier.apply(&served, &object, true).await;
+                    why.push_str(", edits by hand overridden");
+                }
                 run.applies.push((applied.is_ok(), started.elapsed()));
                 run.status.attempts += 1;
                 let applied = applied?;
                 run.events.push(NodeEvent::Applied {
                     node: node.id.clone(),
-                    why: why.into(),
+                    why,
                 });
-                applied
+                (Some(applied), true)
             }
         }
     };
     if mode != ApplyMode::Observe {
-        if !same_hash || run.status.applied_at.is_none() {
-            run.status.applied_at = Some(Time(now));
-        }
         run.status.applied_hash = Some(hash);
-        run.inventory = Some(InventoryEntry {
-            object: object_ref(&api_version, &kind, namespace.as_deref(), &name, &live),
-            node_id: node.id.clone(),
-            deletion_policy: node.deletion_policy,
-        });
     }
-    run.status.object = Some(object_ref(
-        &api_version,
-        &kind,
-        namespace.as_deref(),
-        &name,
-        &live,
-    ));
+    let reference =
+        |live: &Value| object_ref(&api_version, &kind, namespace.as_deref(), &name, live);
+    if let Some(live) = &live {
+        run.status.object = Some(reference(live));
+        if owned {
+            run.inventory = Some(InventoryEntry {
+                object: reference(live),
+                node_id: node.id.clone(),
+                deletion_policy: node.deletion_policy,
+            });
+        }
+    }
+    let readiness = match &live {
+        Some(live) => readiness::evaluate(&node.ready_when, live),
+        None => Readiness::Waiting(format!(
+            "waiting for {kind} {} to exist (observed, not managed by this graph)",
+            shown(namespace.as_deref(), &name)
+        )),
+    };
     let drift_note = run
         .events
         .iter()
         .any(|e| matches!(e, NodeEvent::Applied { why, .. } if why == "drift corrected"));
-    match readiness::evaluate(&node.ready_when, &live) {
-        Readiness::Ready if node.adopted.is_some() => {
-            let strategy = node.adopted.unwrap_or(AdoptStrategy::Mirror);
-            if prior.map(|p| p.phase) != Some(NodePhase::Adopted) {
-                run.events.push(NodeEvent::Adopted {
-                    node: node.id.clone(),
-                    strategy,
-                });
-            }
-            let message = match strategy {
-                AdoptStrategy::TakeOwnership => "adopted: managed by this graph",
-                AdoptStrategy::Mirror => "mirrored: observed, never modified",
-            };
-            let mut status = carried(
-                Some(&run.status),
-                NodePhase::Adopted,
-                message.to_string(),
-                now,
-            );
-            if prior.map(|p| p.phase) == Some(NodePhase::Adopted) {
-                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
-            }
-            run.status = status;
-        }
+    let was = prior.map(|p| p.phase);
+    match readiness {
         Readiness::Ready => {
-            if prior.map(|p| p.phase) != Some(NodePhase::Ready) {
-                run.events.push(NodeEvent::Ready {
-                    node: node.id.clone(),
+            run.status.waiting_since = None;
+            let (phase, message) = match node.adopted {
+                Some(AdoptStrategy::TakeOwnership) => (
+                    NodePhase::Adopted,
+                    "adopted: managed by this graph".to_string(),
+                ),
+                Some(AdoptStrategy::Mirror) => (
+                    NodePhase::Adopted,
+                    "mirrored: observed, never modified".to_string(),
+                ),
+                // A correction stays in the message until the object changes again.
+                None => match prior {
+                    _ if drift_note => (NodePhase::Ready, "Ready (drift corrected)".to_string()),
+                    Some(p) if p.phase == NodePhase::Ready && run.applies.is_empty() => (
+                        NodePhase::Ready,
+                        p.message.clone().unwrap_or_else(|| "Ready".to_string()),
+                    ),
+                    _ => (NodePhase::Ready, "Ready".to_string()),
+                },
+            };
+            if was != Some(phase) {
+                run.events.push(match node.adopted {
+                    Some(strategy) => NodeEvent::Adopted {
+                        node: node.id.clone(),
+                        strategy,
+                    },
+                    None => NodeEvent::Ready {
+                        node: node.id.clone(),
+                    },
                 });
             }
-            // A correction stays in the message until the object changes again.
-            let message = match prior {
-                _ if drift_note => "Ready (drift corrected)".to_string(),
-                Some(p) if p.phase == NodePhase::Ready && run.applies.is_empty() => {
-                    p.message.clone().unwrap_or_else(|| "Ready".to_string())
-                }
-                _ => "Ready".to_string(),
-            };
-            let mut status = carried(Some(&run.status), NodePhase::Ready, message, now);
-            if prior.map(|p| p.phase) == Some(NodePhase::Ready) {
-                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
-            }
-            run.status = status;
+            settle(&mut run.status, prior, phase, message, now);
         }
         Readiness::Waiting(message) => {
-            let since = run.status.applied_at.as_ref().map_or(now, |t| t.0);
+            // One clock per wait: it starts when this version is applied, or when the
+            // object stops being ready, and a timeout counts from it.
+            let still_waiting =
+                same_hash && matches!(was, Some(NodePhase::WaitingReady | NodePhase::Failed));
+            let since = match (&run.status.waiting_since, still_waiting) {
+                (Some(since), true) => since.0,
+                _ => now,
+            };
+            run.status.waiting_since = Some(Time(since));
             let waited = now.duration_since(since).as_secs();
             if let Some(timeout) = node.timeout_seconds
                 && waited >= i64::from(timeout)
@@ -614,11 +682,13 @@ async fn step(
                     "not ready after {timeout}s: {message}"
                 )));
             }
-            let mut status = carried(Some(&run.status), NodePhase::WaitingReady, message, now);
-            if prior.map(|p| p.phase) == Some(NodePhase::WaitingReady) {
-                status.last_transition_time = prior.and_then(|p| p.last_transition_time.clone());
-            }
-            run.status = status;
+            settle(
+                &mut run.status,
+                prior,
+                NodePhase::WaitingReady,
+                message,
+                now,
+            );
         }
     }
     Ok(())
@@ -653,12 +723,13 @@ fn object_ref(
 /// Deletes the objects that left the graph, last first; returns those still to go.
 async fn prune(
     applier: &Applier,
+    applies: &Semaphore,
     leftovers: Vec<InventoryEntry>,
     events: &mut Vec<NodeEvent>,
 ) -> Vec<InventoryEntry> {
     let mut kept = Vec::new();
     for entry in leftovers.into_iter().rev() {
-        match delete_entry(applier, &entry).await {
+        match delete_entry(applier, applies, &entry).await {
             Ok(Deletion::Gone | Deletion::Orphaned) => {}
             Ok(Deletion::Deleted) => events.push(NodeEvent::Pruned {
                 object: describe(&entry.object),
@@ -693,16 +764,23 @@ pub enum Deletion {
     Orphaned,
 }
 
-/// Deletes one managed object unless it is to be orphaned.
+/// Deletes one managed object unless it is to be orphaned; the delete takes one of the
+/// `applies` permits, like every write.
 pub async fn delete_entry(
     applier: &Applier,
+    applies: &Semaphore,
     entry: &InventoryEntry,
 ) -> Result<Deletion, ApplyError> {
     if entry.deletion_policy == DeletionPolicy::Orphan {
         return Ok(Deletion::Orphaned);
     }
     let object = &entry.object;
-    let served = applier.served(&object.api_version, &object.kind).await?;
+    let served = match applier.served(&object.api_version, &object.kind).await {
+        Ok(served) => served,
+        // Its CRD is gone, and every object of the kind with it.
+        Err(ApplyError::KindNotInstalled { .. }) => return Ok(Deletion::Gone),
+        Err(error) => return Err(error),
+    };
     let namespace = object.namespace.as_deref();
     let Some(live) = applier.get(&served, namespace, &object.name).await? else {
         return Ok(Deletion::Gone);
@@ -722,6 +800,7 @@ pub async fn delete_entry(
     if live.pointer("/metadata/deletionTimestamp").is_some() {
         return Ok(Deletion::Deleted);
     }
+    let _permit = applies.acquire().await;
     if applier.delete(&served, namespace, &object.name).await? {
         Ok(Deletion::Deleted)
     } else {
@@ -743,10 +822,10 @@ fn requeue_after(
             continue;
         };
         match status.phase {
-            NodePhase::Failed => consider(retry_delay(status.attempts)),
+            NodePhase::Failed => consider(retry_delay(status.failures)),
             NodePhase::WaitingReady => {
                 if let (Some(timeout), Some(since)) =
-                    (node.timeout_seconds, status.last_transition_time.as_ref())
+                    (node.timeout_seconds, status.waiting_since.as_ref())
                 {
                     let waited = now.duration_since(since.0).as_secs().max(0);
                     let left = i64::from(timeout).saturating_sub(waited).max(0);
@@ -759,15 +838,16 @@ fn requeue_after(
     soonest
 }
 
-/// Exponential backoff with jitter for the `attempts`-th retry: 1s, 2s, 4s, ... up to 5 min.
-pub fn retry_delay(attempts: u32) -> Duration {
+/// Exponential backoff with jitter after `failures` failures in a row: about 1 s, 2 s,
+/// 4 s, ... up to 5 min.
+pub fn retry_delay(failures: u32) -> Duration {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(300))
         .with_jitter()
         .without_max_times()
         .build()
-        .nth(usize::try_from(attempts.saturating_sub(1)).unwrap_or(0))
+        .nth(usize::try_from(failures.saturating_sub(1)).unwrap_or(0))
         .unwrap_or(Duration::from_secs(300))
 }
 

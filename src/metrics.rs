@@ -328,7 +328,8 @@ mod tests {
             message: None,
             attempts: 0,
             applied_hash: None,
-            applied_at: None,
+            waiting_since: None,
+            failures: 0,
             last_transition_time: None,
             object: None,
         }

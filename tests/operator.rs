@@ -1184,6 +1184,25 @@ async fn a_kind_that_is_not_installed_fails_its_node_until_its_crd_appears() {
         .ok(&["get", "widget", "w", "-o", "jsonpath={.spec.size}"], None)
         .await;
     assert_eq!(size, "3");
+    // The CRD goes (and its objects with it): deleting the Transform still completes.
+    cluster
+        .ok(
+            &["delete", "crd", "widgets.example.com", "--timeout=30s"],
+            None,
+        )
+        .await;
+    cluster
+        .ok(&["delete", "transform", "widgets", "--timeout=60s"], None)
+        .await;
+    eventually(60, "the graph gone", || async {
+        let (found, _, _) = cluster
+            .kubectl(&["get", "resourcegraph", "widgets"], None)
+            .await;
+        (!found).then_some(())
+    })
+    .await;
+    let (found, _, _) = cluster.kubectl(&["get", "configmap", "after"], None).await;
+    assert!(!found, "the rest of the graph was deleted");
     cluster.stop().await;
 }
 
@@ -1244,6 +1263,26 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
         })
         .await;
     assert_eq!(transform["status"]["observedGeneration"], 2);
+    // Nothing runs while suspended: neither the new input nor drift correction.
+    eventually(30, "the graph suspended", || async {
+        let graph = cluster.json(&["get", "resourcegraph", "paused"]).await?;
+        (graph["spec"]["suspend"] == true).then_some(())
+    })
+    .await;
+    cluster
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "cfg",
+                "--type",
+                "merge",
+                "-p",
+                "{\"data\":{\"value\":\"by-hand\"}}",
+            ],
+            None,
+        )
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let value = cluster
         .ok(
@@ -1251,7 +1290,7 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
             None,
         )
         .await;
-    assert_eq!(value, "v1", "a suspended Transform is not rendered");
+    assert_eq!(value, "by-hand", "a suspended Transform is left alone");
     suspended["spec"]["suspend"] = Value::Bool(false);
     cluster
         .ok(&["apply", "-f", "-"], Some(&suspended.to_string()))
@@ -1422,6 +1461,79 @@ async fn existing_objects_are_adopted_or_mirrored() {
     ] {
         let (found, _, _) = cluster.kubectl(&["get", "configmap", name], None).await;
         assert_eq!(found, expected, "{name}");
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_pequod_did_not_create_or_now_only_observes_are_never_deleted() {
+    let cluster = Cluster::start().await;
+    // Someone's Secret, matched by a Create node: used, not taken.
+    let theirs = "apiVersion: v1\nkind: Secret\nmetadata: {name: db-password}\nstringData: {password: hunter2}\n";
+    cluster.ok(&["create", "-f", "-"], Some(theirs)).await;
+    let nodes = r#"[
+      { id = "password", object = { apiVersion = "v1", kind = "Secret", metadata = { name = "db-password" }, stringData = { password = "generated" } }, applyPolicy = { mode = "Create" } },
+      { id = "shared", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "shared" }, data = { a = "1" } } },
+    ]"#;
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&inline("owners", nodes)))
+        .await;
+    let graph = cluster
+        .graph_when("default", "owners", "Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    let inventory: Vec<&str> = graph["status"]["inventory"]
+        .as_array()
+        .expect("inventory")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(
+        inventory,
+        ["shared"],
+        "an object Create found is not inventoried"
+    );
+    let password = cluster
+        .ok(
+            &[
+                "get",
+                "secret",
+                "db-password",
+                "-o",
+                "jsonpath={.data.password}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(password, "aHVudGVyMg==", "Create never updates"); // "hunter2"
+
+    // The module now only observes the ConfigMap: it leaves the inventory, stays in place.
+    let nodes = r#"[
+      { id = "password", object = { apiVersion = "v1", kind = "Secret", metadata = { name = "db-password" }, stringData = { password = "generated" } }, applyPolicy = { mode = "Create" } },
+      { id = "shared", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "shared" } }, applyPolicy = { mode = "Observe" } },
+    ]"#;
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&inline("owners", nodes)))
+        .await;
+    cluster
+        .graph_when("default", "owners", "the ConfigMap observed", |g| {
+            g["status"]["phase"] == "Ready" && g["status"]["inventory"].is_null()
+        })
+        .await;
+    cluster
+        .ok(&["delete", "transform", "owners", "--timeout=60s"], None)
+        .await;
+    eventually(60, "the graph gone", || async {
+        let (found, _, _) = cluster
+            .kubectl(&["get", "resourcegraph", "owners"], None)
+            .await;
+        (!found).then_some(())
+    })
+    .await;
+    for (kind, name) in [("secret", "db-password"), ("configmap", "shared")] {
+        let (found, _, _) = cluster.kubectl(&["get", kind, name], None).await;
+        assert!(found, "{kind} {name} is not Pequod's to delete");
     }
     cluster.stop().await;
 }

@@ -1,5 +1,6 @@
 //! The few defaults the API server fills in that clients (and server-side apply keys)
-//! depend on: port protocols and Service ports and types.
+//! depend on: port protocols, Service ports and types, and a Secret's write-only
+//! `stringData` merged into `data`.
 
 use crate::resources::ResourceType;
 use serde_json::{Value, json};
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 pub fn apply(ty: &ResourceType, object: &mut Value) {
     match (ty.gr.group.as_str(), ty.gr.resource.as_str()) {
         ("", "services") => service(object),
+        ("", "secrets") => secret(object),
         ("apps", "deployments" | "statefulsets") | ("batch", "jobs") => {
             if let Some(pod) = object.pointer_mut("/spec/template/spec") {
                 pod_spec(pod);
@@ -58,6 +60,32 @@ fn service(object: &mut Value) {
             && let Some(number) = port.get("port").cloned()
         {
             port["targetPort"] = number;
+        }
+    }
+}
+
+/// `stringData` is write-only: its entries replace those of `data`, base64-encoded, and it
+/// is not stored.
+fn secret(object: &mut Value) {
+    use base64::Engine;
+    let Some(fields) = object.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = fields.remove("stringData") else {
+        return;
+    };
+    let data = fields
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !data.is_object() {
+        *data = Value::Object(Default::default());
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            if let Some(text) = value.as_str() {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+                data.insert(key, Value::String(encoded));
+            }
         }
     }
 }

@@ -637,6 +637,15 @@ impl Store {
                 ty.kind
             )));
         }
+        // An applied configuration that names a resourceVersion applies only to that
+        // version (optimistic concurrency, as for updates).
+        if let (Some(rv), Some(old)) = (
+            meta(&body, "resourceVersion").filter(|rv| !rv.is_empty()),
+            old.as_ref(),
+        ) && Some(rv) != meta(old, "resourceVersion")
+        {
+            return Err(ApiError::stale(ty.gr.subject(), name));
+        }
         let (applied, warnings) = state.decode(ty, version, body, options.validation)?;
         let time = now();
         let writer = Writer {

@@ -736,3 +736,50 @@ async fn injected_faults_and_simulated_readiness() {
     assert_eq!(available.data["status"]["availableReplicas"], 2);
     assert_eq!(available.data["status"]["observedGeneration"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_naming_a_stale_resource_version_conflicts() {
+    let server = server().await;
+    let client = client(&server).await;
+    let api = configmaps(&client, "default");
+    let first = api
+        .patch(
+            "cfg",
+            &PatchParams::apply("one"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "cfg"}, "data": {"a": "1"}})),
+        )
+        .await
+        .expect("created");
+    let seen = first
+        .metadata
+        .resource_version
+        .clone()
+        .expect("a resourceVersion");
+    api.patch(
+        "cfg",
+        &PatchParams::apply("one"),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": "cfg"}, "data": {"a": "2"}})),
+    )
+    .await
+    .expect("updated");
+    let error = api
+        .patch(
+            "cfg",
+            &PatchParams::apply("one").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "cfg", "resourceVersion": seen},
+                                 "data": {"a": "3"}})),
+        )
+        .await
+        .expect_err("stale");
+    assert_eq!(
+        api_error(error),
+        (
+            409,
+            "Conflict".into(),
+            "Operation cannot be fulfilled on configmaps \"cfg\": the object has been modified; please apply your changes to the latest version and try again".into()
+        )
+    );
+}

@@ -46,10 +46,18 @@ pub struct ResourceGraphSpec {
     /// Delete objects that left the graph (the Transform's `spec.prune`).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub prune: bool,
+    /// The Transform is suspended: the graph is not executed (no apply, no prune, no drift
+    /// correction) until it is resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// `prune: true` is the default and is left out of the object.
@@ -164,10 +172,14 @@ pub struct NodeStatus {
     /// Hash of the object last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_hash: Option<String>,
-    /// When this version of the object (this hash) was first applied: a node's timeout
+    /// Since when the node has been waiting for this version of its object to become ready
+    /// (set when it is applied, or when a ready object stops being ready): its timeout
     /// counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applied_at: Option<Time>,
+    pub waiting_since: Option<Time>,
+    /// Failures in a row; the retry backoff grows with it, a success resets it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
     /// When the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
@@ -223,6 +235,35 @@ pub struct GraphSummary {
 }
 
 impl ResourceGraph {
+    /// The metadata of the ResourceGraph of `transform`: its name and namespace, Pequod's
+    /// labels and, in a cluster, a controller reference to the Transform.
+    pub fn rendered_metadata(transform: &Transform) -> ObjectMeta {
+        let name = transform.metadata.name.clone().unwrap_or_default();
+        let owner = transform.metadata.uid.as_ref().map(|uid| {
+            vec![OwnerReference {
+                api_version: API_VERSION.to_string(),
+                kind: "Transform".to_string(),
+                name: name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        });
+        ObjectMeta {
+            name: Some(name.clone()),
+            namespace: transform.metadata.namespace.clone(),
+            labels: Some(
+                [
+                    (labels::MANAGED_BY.to_string(), "pequod".to_string()),
+                    (labels::TRANSFORM.to_string(), name),
+                ]
+                .into(),
+            ),
+            owner_references: owner,
+            ..ObjectMeta::default()
+        }
+    }
+
     /// The ResourceGraph for a render of `transform`, with the policy warnings that did not
     /// block it. In a cluster the Transform has a uid, and the graph is owned by it.
     pub fn rendered(
@@ -236,30 +277,8 @@ impl ResourceGraph {
             Value::Null => None,
             other => Some(other.clone()),
         };
-        let owner = transform.metadata.uid.as_ref().map(|uid| {
-            vec![OwnerReference {
-                api_version: API_VERSION.to_string(),
-                kind: "Transform".to_string(),
-                name: name.clone(),
-                uid: uid.clone(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]
-        });
         ResourceGraph {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: transform.metadata.namespace.clone(),
-                labels: Some(
-                    [
-                        (labels::MANAGED_BY.to_string(), "pequod".to_string()),
-                        (labels::TRANSFORM.to_string(), name.clone()),
-                    ]
-                    .into(),
-                ),
-                owner_references: owner,
-                ..ObjectMeta::default()
-            },
+            metadata: Self::rendered_metadata(transform),
             spec: ResourceGraphSpec {
                 source_ref: SourceRef {
                     api_version: API_VERSION.to_string(),
@@ -278,6 +297,7 @@ impl ResourceGraph {
                 outputs,
                 violations: warnings.to_vec(),
                 prune: transform.spec.prune,
+                suspend: false,
             },
             status: None,
         }

@@ -149,23 +149,13 @@ async fn lead_then_run(
     }
     context.metrics.leader.set(1);
     tracing::info!(identity = %config.identity, "leading: pequod operator started");
-    let (lost_sender, lost) = tokio::sync::oneshot::channel::<()>();
-    let stop = futures::future::select(
-        Box::pin(shutdown.clone()),
-        Box::pin(async move {
-            let _ = lost.await;
-        }),
-    )
-    .map(|_| ())
-    .shared();
-    let controllers = controller::run(context.clone(), receiver, stop);
-    tokio::pin!(controllers);
+    let controllers = controller::run(context.clone(), receiver, shutdown);
     tokio::select! {
-        () = &mut controllers => Ok(()),
+        () = controllers => Ok(()),
         () = leadership.lost() => {
+            // Stop at once, another replica may lead already: dropping the controllers
+            // cancels their reconciles.
             context.metrics.leader.set(0);
-            let _ = lost_sender.send(());
-            controllers.await;
             Err(CliError::new(exit::INTERNAL, "lost the leader Lease: stopping"))
         }
     }

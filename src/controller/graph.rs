@@ -65,6 +65,10 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
 
+    if graph.spec.suspend {
+        // Its Transform is suspended: nothing is applied, pruned or corrected.
+        return Ok(Action::await_change());
+    }
     let pass = exec::execute(
         &context.applier,
         graph,
@@ -125,24 +129,28 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
         .metrics
         .record_graph(&graph_key(graph), Some(&pass.status));
     if graph.status.as_ref() != Some(&pass.status) {
-        write_status(&api, &name, &pass.status).await?;
+        write_status(&api, graph, &pass.status).await?;
     }
     publish(graph, context, &pass.events).await;
     Ok(Action::requeue(pass.requeue.unwrap_or(RESYNC).min(RESYNC)))
 }
 
+/// Writes the status of the `graph` this pass read: a precondition on its
+/// resourceVersion makes a pass that started from a stale copy retry instead of
+/// overwriting what a newer pass wrote (an inventory entry, say).
 async fn write_status(
     api: &Api<ResourceGraph>,
-    name: &str,
+    graph: &ResourceGraph,
     status: &ResourceGraphStatus,
 ) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": crate::api::API_VERSION,
         "kind": "ResourceGraph",
+        "metadata": {"resourceVersion": graph.resource_version()},
         "status": status,
     });
     api.patch_status(
-        name,
+        &graph.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
@@ -203,7 +211,7 @@ async fn cleanup(
     for wave in waves {
         let mut pending = Vec::new();
         for entry in wave {
-            match exec::delete_entry(&context.applier, &entry).await {
+            match exec::delete_entry(&context.applier, &context.applies, &entry).await {
                 Ok(Deletion::Gone | Deletion::Orphaned) => {}
                 Ok(Deletion::Deleted) => pending.push(entry),
                 Err(error) => {
@@ -231,7 +239,7 @@ async fn cleanup(
             &status.conditions,
         )];
         if graph.status.as_ref() != Some(&status) {
-            write_status(api, &graph.name_any(), &status).await?;
+            write_status(api, graph, &status).await?;
         }
         return Ok(Action::requeue(Duration::from_secs(1)));
     }

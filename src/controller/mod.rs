@@ -11,6 +11,7 @@ mod watches;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use futures::{FutureExt, StreamExt};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -55,6 +56,8 @@ pub struct Context {
     pub watches: Watches,
     /// The operator's flags.
     pub config: OperatorConfig,
+    /// Transient render failures in a row, by `namespace/name`: the retry backoff grows.
+    pub transform_failures: DashMap<String, u32>,
 }
 
 /// Why a reconcile failed; the controller retries with backoff.
@@ -95,6 +98,7 @@ impl Context {
             renderer,
             metrics,
             config,
+            transform_failures: DashMap::new(),
         }
     }
 

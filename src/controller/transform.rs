@@ -47,6 +47,8 @@ struct Failure {
     violations: Vec<Violation>,
     /// The input was refused before anything rendered.
     before_render: bool,
+    /// A failure of the sandbox (deadline, memory, worker) that may not recur.
+    transient: bool,
 }
 
 async fn reconcile_transform(transform: &Transform, context: &Context) -> Result<Action, Error> {
@@ -78,6 +80,19 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 &previous.conditions,
             ),
         );
+        // The graph stops too: no apply, no prune, no drift correction.
+        if let Some(mut existing) = graphs.get_opt(&name).await?
+            && !existing.spec.suspend
+        {
+            existing.spec.suspend = true;
+            apply_graph(
+                &graphs,
+                &name,
+                &ResourceGraph::new(&name, existing.spec),
+                transform,
+            )
+            .await?;
+        }
         return finish(
             &transforms,
             &name,
@@ -88,6 +103,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         .await;
     }
     status.conditions.retain(|c| c.type_ != "Suspended");
+    let key = format!("{namespace}/{name}");
 
     let action = match render(transform, context).await {
         Err(failure) => {
@@ -111,9 +127,30 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                     )
                     .await;
             }
-            retry_action(3)
+            // The Transform's generation is not ready, whatever the old graph says.
+            set(
+                &mut status,
+                condition(
+                    "Ready",
+                    false,
+                    failure.reason,
+                    &format!("{} failed: {}", failure.condition, failure.message),
+                    generation,
+                    now,
+                    &previous.conditions,
+                ),
+            );
+            if failure.transient {
+                let mut failures = context.transform_failures.entry(key).or_insert(0);
+                *failures = failures.saturating_add(1);
+                Action::requeue(crate::exec::retry_delay(*failures))
+            } else {
+                // The same input fails the same way: only a change is worth a new try.
+                Action::await_change()
+            }
         }
         Ok((bundle, graph)) => {
+            context.transform_failures.remove(&key);
             write_graph(
                 transform,
                 context,
@@ -124,18 +161,18 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 now,
             )
             .await?;
+            mirror_ready(
+                &mut status,
+                &graphs,
+                &name,
+                generation,
+                now,
+                &previous.conditions,
+            )
+            .await?;
             Action::await_change()
         }
     };
-    mirror_ready(
-        &mut status,
-        &graphs,
-        &name,
-        generation,
-        now,
-        &previous.conditions,
-    )
-    .await?;
     finish(&transforms, &name, transform, status, action).await
 }
 
@@ -220,16 +257,7 @@ async fn write_graph(
         graph.spec.metadata.rendered_at = existing.spec.metadata.rendered_at.clone();
     }
     if existing.as_ref().is_none_or(|e| e.spec != graph.spec) {
-        let mut object = serde_json::to_value(&graph)?;
-        object["apiVersion"] = json!(crate::api::API_VERSION);
-        object["kind"] = json!("ResourceGraph");
-        graphs
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&object),
-            )
-            .await?;
+        apply_graph(graphs, &name, &graph, transform).await?;
         let note = format!(
             "{}@{} rendered {} nodes ({rendered_hash})",
             graph.spec.metadata.module,
@@ -282,6 +310,28 @@ async fn write_graph(
     Ok(())
 }
 
+/// Server-side applies a whole ResourceGraph as the Transform's, owned by it.
+async fn apply_graph(
+    graphs: &Api<ResourceGraph>,
+    name: &str,
+    graph: &ResourceGraph,
+    transform: &Transform,
+) -> Result<(), Error> {
+    let mut graph = graph.clone();
+    graph.metadata = ResourceGraph::rendered_metadata(transform);
+    let mut object = serde_json::to_value(&graph)?;
+    object["apiVersion"] = json!(crate::api::API_VERSION);
+    object["kind"] = json!("ResourceGraph");
+    graphs
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await?;
+    Ok(())
+}
+
 /// An inline module's `ref` is its whole source: the status keeps a digest-sized stand-in.
 fn short_ref(reference: &str, type_: crate::api::ModuleType) -> String {
     if type_ == crate::api::ModuleType::Inline {
@@ -324,6 +374,7 @@ async fn render(
         message: error.to_string(),
         violations: Vec::new(),
         before_render: false,
+        transient: false,
     })?;
     let hits_before = context
         .renderer
@@ -361,6 +412,7 @@ async fn render(
             message: errors.to_string(),
             violations: errors.0.clone(),
             before_render: false,
+            transient: false,
         })?;
     let mut resource_graph = ResourceGraph::rendered(transform, &graph, &warnings);
     super::adopt::adopt(
@@ -392,6 +444,7 @@ fn render_failure(error: RenderError) -> Failure {
         condition,
         reason,
         before_render: matches!(reason, "InvalidInput" | "NameTooLong"),
+        transient: matches!(reason, "EvaluationLimit" | "WorkerFailed"),
         message: error.to_string(),
         violations: Vec::new(),
     }
