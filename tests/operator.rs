@@ -201,6 +201,23 @@ impl Cluster {
         let _ = self.operator.kill().await;
         self.server.stop().await;
     }
+
+    /// Stops the operator with SIGTERM, as Kubernetes does, and insists on a clean exit.
+    async fn terminate(mut self) {
+        let pid = self.operator.id().expect("the operator runs").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.operator.wait())
+            .await
+            .expect("the operator stops within 30 s of SIGTERM")
+            .expect("waited");
+        assert!(status.success(), "a clean exit: {status}");
+        self.server.stop().await;
+    }
 }
 
 fn spawn_operator(server: &TestApiServer, metrics: &str, extra: &[&str]) -> tokio::process::Child {
@@ -572,7 +589,7 @@ async fn webservice_transform_becomes_ready_in_dependency_order() {
     for (line, start) in lines.iter().zip(expected) {
         assert!(line.starts_with(start), "{tree}");
     }
-    cluster.stop().await;
+    cluster.terminate().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,6 +774,24 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
         "True"
     );
     assert_eq!(transform["status"]["observedGeneration"], 3);
+    let ready = condition(&transform, "Ready").expect("Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&Value::from("False"), &Value::from("InvalidInput"))
+    );
+    eventually(30, "a ValidationFailed event", || async {
+        let events = cluster.json(&["get", "events.events.k8s.io"]).await?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["reason"] == "ValidationFailed"
+                    && e["type"] == "Warning"
+                    && e["regarding"]["name"] == "updates"
+            })
+            .then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = cluster
         .json(&["get", "resourcegraph", "updates"])
