@@ -303,10 +303,11 @@ pub fn drifted(live: &Value, desired: &Value) -> bool {
     !contains(live, desired)
 }
 
+/// Whether `value` sets nothing the server keeps: null, `[]`, or a map of such values.
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,
-        Value::Object(fields) => fields.is_empty(),
+        Value::Object(fields) => fields.values().all(is_empty),
         Value::Array(items) => items.is_empty(),
         _ => false,
     }
@@ -314,6 +315,8 @@ fn is_empty(value: &Value) -> bool {
 
 fn contains(live: &Value, desired: &Value) -> bool {
     match (live, desired) {
+        // An applied null sets nothing.
+        (_, Value::Null) => true,
         (Value::Object(live), Value::Object(desired)) => {
             desired.iter().all(|(key, value)| match live.get(key) {
                 Some(found) => contains(found, value),

@@ -4,6 +4,7 @@
 
 mod bundle;
 mod embedded;
+pub mod oci;
 mod source;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};

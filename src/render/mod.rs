@@ -222,6 +222,7 @@ impl Renderer {
             entrypoint: Cow::Borrowed(bundle.entrypoint()),
             input: Cow::Borrowed(input),
             context: Cow::Borrowed(context),
+            describe: false,
         };
         let output = self.pool.evaluate(&request).await?;
         // Schema validation compiles large validators on first use: keep it off the
@@ -230,6 +231,29 @@ impl Renderer {
         tokio::task::spawn_blocking(move || graph_from_output(output, &digest, &context))
             .await
             .map_err(|e| RenderError::Worker(format!("graph check failed: {e}")))?
+    }
+
+    /// The module's `metadata` (name, version, description), evaluated without an input:
+    /// what `pequod module publish` records. Not cached.
+    pub async fn describe(&self, bundle: &ModuleBundle) -> Result<ModuleMetadata, RenderError> {
+        let context = RenderContext {
+            name: "describe".to_string(),
+            namespace: "default".to_string(),
+        };
+        let request = EvalRequest {
+            digest: Cow::Borrowed(bundle.digest()),
+            files: Cow::Borrowed(bundle.files()),
+            entrypoint: Cow::Borrowed(bundle.entrypoint()),
+            input: Cow::Owned(json!({})),
+            context: Cow::Owned(context),
+            describe: true,
+        };
+        let output = self.pool.evaluate(&request).await?;
+        serde_json::from_value(output["metadata"].clone()).map_err(|e| {
+            RenderError::InvalidOutput(format!(
+                "metadata must be {{ name, version, description? }} strings: {e}"
+            ))
+        })
     }
 
     /// Renderer counters.

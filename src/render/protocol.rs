@@ -48,6 +48,10 @@ pub struct EvalRequest<'a> {
     pub input: Cow<'a, Value>,
     /// The Transform's identity.
     pub context: Cow<'a, RenderContext>,
+    /// Evaluate only the module's `metadata` (input and context unused): for publishing
+    /// and inspecting a module.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub describe: bool,
 }
 
 /// The worker's answer.

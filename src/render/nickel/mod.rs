@@ -83,7 +83,7 @@ impl Evaluator {
         let prepared = self.prepared.get(request.digest.as_ref()).ok_or_else(|| {
             EvalFailure::new(FailureKind::Request, "prepared module left the cache")
         })?;
-        evaluate_prepared(prepared, &request.input, &request.context)
+        evaluate_prepared(prepared, &request.input, &request.context, request.describe)
     }
 }
 
@@ -118,6 +118,16 @@ in
   rendered = rendered_graph,
   violations = std.array.flat_map findings (std.record.to_array module.policies),
 }}
+"#
+    )
+}
+
+/// The entry of a describe request: the module's metadata alone.
+pub fn describe_source(main: &str, context: &str) -> String {
+    let [main, context] = [main, context].map(nickel_string);
+    format!(
+        r#"let module = (import {main}) & {{ context = import {context} }} in
+{{ metadata = module.metadata }}
 "#
     )
 }
@@ -209,18 +219,26 @@ fn evaluate_prepared(
     prepared: &PreparedModule,
     input: &Value,
     context: &RenderContext,
+    describe: bool,
 ) -> Result<Value, EvalFailure> {
     let input_json = SpannedJson::new(input, "input");
     let context_json = serde_json::to_string_pretty(context)
         .map_err(|e| EvalFailure::new(FailureKind::Request, format!("context: {e}")))?;
     let input_path = Path::new(EVAL_ROOT).join(INPUT_FILE);
     let context_path = Path::new(EVAL_ROOT).join(CONTEXT_FILE);
-    let entry = entry_source(
-        &library_path("graph.ncl").display().to_string(),
-        &prepared.entrypoint.display().to_string(),
-        &context_path.display().to_string(),
-        &input_path.display().to_string(),
-    );
+    let entry = if describe {
+        describe_source(
+            &prepared.entrypoint.display().to_string(),
+            &context_path.display().to_string(),
+        )
+    } else {
+        entry_source(
+            &library_path("graph.ncl").display().to_string(),
+            &prepared.entrypoint.display().to_string(),
+            &context_path.display().to_string(),
+            &input_path.display().to_string(),
+        )
+    };
 
     let mut cache = prepared.cache.clone_for_eval();
     let mut pos_table = prepared.pos_table.clone();

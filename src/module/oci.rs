@@ -1,0 +1,579 @@
+//! Modules as OCI artifacts (SPEC §5): an image manifest whose config
+//! (`application/vnd.pequod.module.config.v1+json`) names the module and whose one layer
+//! (`application/vnd.pequod.module.content.v1.tar+gzip`) is a reproducible tarball of its
+//! files, so the same directory always has the same digest.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use flate2::Compression;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{MAX_BUNDLE_BYTES, ModuleBundle};
+
+/// Media type of the config blob, also the manifest's `artifactType`.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.pequod.module.config.v1+json";
+/// Media type of the content layer.
+pub const CONTENT_MEDIA_TYPE: &str = "application/vnd.pequod.module.content.v1.tar+gzip";
+/// Largest manifest or config accepted from a registry.
+const MAX_METADATA_BYTES: i64 = 1 << 20;
+/// A module's input JSON Schema, when it ships one: its digest goes into the config.
+const INPUT_SCHEMA_FILE: &str = "input.schema.json";
+
+/// The config blob: what the module is, without unpacking it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleConfig {
+    /// The module's name (its `metadata.name`).
+    pub name: String,
+    /// The module's version.
+    pub version: String,
+    /// The entrypoint file.
+    pub entrypoint: String,
+    /// One-line description.
+    #[serde(default)]
+    pub description: String,
+    /// `sha256:` of `input.schema.json`, when the module ships one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema_digest: Option<String>,
+}
+
+/// Where a module came from, for the `org.opencontainers.image.*` annotations.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    /// `org.opencontainers.image.source`: the repository URL.
+    pub source: Option<String>,
+    /// `org.opencontainers.image.revision`: the commit.
+    pub revision: Option<String>,
+    /// `org.opencontainers.image.created`, RFC 3339. Fixed by the caller (SOURCE_DATE_EPOCH)
+    /// so that publishing stays reproducible.
+    pub created: String,
+}
+
+/// Why a module could not be published or pulled.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The reference does not parse.
+    #[error("invalid OCI reference `{reference}`: {message}")]
+    Reference {
+        /// The reference.
+        reference: String,
+        /// Why.
+        message: String,
+    },
+    /// The registry refused the credentials (or wanted some).
+    #[error("registry {registry} refused access (401/403): {message}")]
+    Unauthorized {
+        /// The registry host.
+        registry: String,
+        /// The registry's words.
+        message: String,
+    },
+    /// No such repository, tag or digest.
+    #[error("{reference} not found in the registry")]
+    NotFound {
+        /// The reference.
+        reference: String,
+    },
+    /// The registry could not be reached or answered with an error.
+    #[error("registry error for {reference}: {message}")]
+    Registry {
+        /// The reference.
+        reference: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The artifact is not a Pequod module, or is damaged.
+    #[error("{reference} is not a valid Pequod module artifact: {message}")]
+    Malformed {
+        /// The reference.
+        reference: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A registry client: plain HTTP for the `insecure` registries, credentials from a docker
+/// config (`{"auths": {host: {auth | username, password}}}`).
+pub struct Registry {
+    client: Client,
+    docker_config: Option<Value>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl Registry {
+    /// A client; `insecure` lists the registries (`host:port`) spoken to over plain HTTP.
+    pub fn new(insecure: &[String], docker_config: Option<Value>) -> Registry {
+        // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
+            ..ClientConfig::default()
+        };
+        Registry {
+            client: Client::new(config),
+            docker_config,
+        }
+    }
+
+    fn auth(&self, reference: &Reference) -> RegistryAuth {
+        credentials(self.docker_config.as_ref(), reference.resolve_registry())
+    }
+
+    /// Pushes `bundle` as `reference`; returns the manifest digest.
+    pub async fn publish(
+        &self,
+        reference: &str,
+        bundle: &ModuleBundle,
+        config: &ModuleConfig,
+        provenance: &Provenance,
+    ) -> Result<String, OciError> {
+        let parsed = parse(reference)?;
+        let auth = self.auth(&parsed);
+        let artifact = artifact(bundle, config, provenance)?;
+        let failed = |e| classify(reference, e);
+        self.client
+            .store_auth_if_needed(parsed.resolve_registry(), &auth)
+            .await;
+        self.client
+            .push_blob(&parsed, artifact.layer.clone(), &artifact.layer_digest)
+            .await
+            .map_err(failed)?;
+        self.client
+            .push_blob(&parsed, artifact.config.clone(), &artifact.config_digest)
+            .await
+            .map_err(failed)?;
+        self.client
+            .push_manifest_raw(
+                &parsed,
+                artifact.manifest.clone(),
+                http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE),
+            )
+            .await
+            .map_err(failed)?;
+        Ok(sha256(&artifact.manifest))
+    }
+
+    /// The digest `reference` names now (a tag's current manifest, or the digest itself).
+    pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
+        let parsed = parse(reference)?;
+        if let Some(digest) = parsed.digest() {
+            return Ok(digest.to_string());
+        }
+        let auth = self.auth(&parsed);
+        self.client
+            .fetch_manifest_digest(&parsed, &auth)
+            .await
+            .map_err(|e| classify(reference, e))
+    }
+
+    /// Pulls and checks the module at `reference`: the manifest digest, the config and the
+    /// files (the content layer's digest verified, sizes bounded).
+    pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
+        let parsed = parse(reference)?;
+        let auth = self.auth(&parsed);
+        let malformed = |message: String| OciError::Malformed {
+            reference: reference.to_string(),
+            message,
+        };
+        let (manifest_bytes, digest) = self
+            .client
+            .pull_manifest_raw(&parsed, &auth, &[OCI_IMAGE_MEDIA_TYPE])
+            .await
+            .map_err(|e| classify(reference, e))?;
+        if manifest_bytes.len() as i64 > MAX_METADATA_BYTES {
+            return Err(malformed("the manifest is too large".into()));
+        }
+        if let Some(pinned) = parsed.digest()
+            && sha256(&manifest_bytes) != pinned
+        {
+            return Err(malformed(format!(
+                "the manifest's content does not match its digest {pinned}"
+            )));
+        }
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| malformed(format!("the manifest is not an OCI image manifest: {e}")))?;
+        if manifest.config.media_type != CONFIG_MEDIA_TYPE {
+            return Err(malformed(format!(
+                "config media type is {}, expected {CONFIG_MEDIA_TYPE}",
+                manifest.config.media_type
+            )));
+        }
+        let [layer] = manifest.layers.as_slice() else {
+            return Err(malformed(format!(
+                "expected one layer of {CONTENT_MEDIA_TYPE}, found {}",
+                manifest.layers.len()
+            )));
+        };
+        if layer.media_type != CONTENT_MEDIA_TYPE {
+            return Err(malformed(format!(
+                "layer media type is {}, expected {CONTENT_MEDIA_TYPE}",
+                layer.media_type
+            )));
+        }
+        if manifest.config.size > MAX_METADATA_BYTES || layer.size > MAX_BUNDLE_BYTES as i64 {
+            return Err(malformed(format!(
+                "the artifact is larger than the {MAX_BUNDLE_BYTES} byte limit of a module"
+            )));
+        }
+        let config_bytes = self.blob(&parsed, &manifest.config, reference).await?;
+        let config: ModuleConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| malformed(format!("the config is not a Pequod module config: {e}")))?;
+        let layer_bytes = self.blob(&parsed, layer, reference).await?;
+        let files = unpack(&layer_bytes).map_err(malformed)?;
+        Ok(Pulled {
+            digest,
+            config,
+            files,
+            annotations: manifest.annotations,
+        })
+    }
+
+    async fn blob(
+        &self,
+        parsed: &Reference,
+        descriptor: &Descriptor,
+        reference: &str,
+    ) -> Result<Vec<u8>, OciError> {
+        let oci = OciDescriptor {
+            media_type: descriptor.media_type.clone(),
+            digest: descriptor.digest.clone(),
+            size: descriptor.size,
+            ..OciDescriptor::default()
+        };
+        let mut bytes = Vec::new();
+        self.client
+            .pull_blob(parsed, &oci, &mut bytes)
+            .await
+            .map_err(|e| classify(reference, e))?;
+        if sha256(&bytes) != descriptor.digest {
+            return Err(OciError::Malformed {
+                reference: reference.to_string(),
+                message: format!("blob {} does not match its digest", descriptor.digest),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// A pulled module.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    /// The manifest digest.
+    pub digest: String,
+    /// The config blob.
+    pub config: ModuleConfig,
+    /// The module's files.
+    pub files: BTreeMap<String, String>,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The parts of an OCI image manifest a module artifact uses.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    schema_version: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+/// The blobs and manifest of a module artifact, ready to push.
+struct Artifact {
+    layer: Vec<u8>,
+    layer_digest: String,
+    config: Vec<u8>,
+    config_digest: String,
+    manifest: Vec<u8>,
+}
+
+fn artifact(
+    bundle: &ModuleBundle,
+    config: &ModuleConfig,
+    provenance: &Provenance,
+) -> Result<Artifact, OciError> {
+    let internal = |message: String| OciError::Malformed {
+        reference: config.name.clone(),
+        message,
+    };
+    let layer = pack(bundle.files()).map_err(|e| internal(format!("cannot pack: {e}")))?;
+    let config_bytes =
+        serde_json::to_vec(config).map_err(|e| internal(format!("config: {e}")))?;
+    let mut annotations = BTreeMap::from([
+        ("org.opencontainers.image.title".to_string(), config.name.clone()),
+        ("org.opencontainers.image.version".to_string(), config.version.clone()),
+        ("org.opencontainers.image.created".to_string(), provenance.created.clone()),
+    ]);
+    if !config.description.is_empty() {
+        annotations.insert(
+            "org.opencontainers.image.description".to_string(),
+            config.description.clone(),
+        );
+    }
+    for (key, value) in [
+        ("org.opencontainers.image.source", &provenance.source),
+        ("org.opencontainers.image.revision", &provenance.revision),
+    ] {
+        if let Some(value) = value {
+            annotations.insert(key.to_string(), value.clone());
+        }
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_string()),
+        artifact_type: Some(CONFIG_MEDIA_TYPE.to_string()),
+        config: Descriptor {
+            media_type: CONFIG_MEDIA_TYPE.to_string(),
+            digest: sha256(&config_bytes),
+            size: config_bytes.len() as i64,
+            annotations: BTreeMap::new(),
+        },
+        layers: vec![Descriptor {
+            media_type: CONTENT_MEDIA_TYPE.to_string(),
+            digest: sha256(&layer),
+            size: layer.len() as i64,
+            annotations: BTreeMap::from([(
+                "org.opencontainers.image.title".to_string(),
+                format!("{}.tar.gz", config.name),
+            )]),
+        }],
+        annotations,
+    };
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| internal(format!("manifest: {e}")))?;
+    Ok(Artifact {
+        layer_digest: sha256(&layer),
+        config_digest: sha256(&config_bytes),
+        layer,
+        config: config_bytes,
+        manifest,
+    })
+}
+
+/// The config of a module from its metadata, with the digest of its input schema.
+pub fn module_config(bundle: &ModuleBundle, name: &str, version: &str, description: &str) -> ModuleConfig {
+    ModuleConfig {
+        name: name.to_string(),
+        version: version.to_string(),
+        entrypoint: bundle.entrypoint().to_string(),
+        description: description.to_string(),
+        input_schema_digest: bundle
+            .files()
+            .get(INPUT_SCHEMA_FILE)
+            .map(|schema| sha256(schema.as_bytes())),
+    }
+}
+
+/// A reproducible `.tar.gz` of `files`: sorted entries, no timestamps, owners or modes
+/// from the machine, a gzip header without name or time.
+pub fn pack(files: &BTreeMap<String, String>) -> std::io::Result<Vec<u8>> {
+    let gzip = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::default());
+    let mut archive = tar::Builder::new(gzip);
+    archive.mode(tar::HeaderMode::Deterministic);
+    for (name, content) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        archive.append_data(&mut header, name, content.as_bytes())?;
+    }
+    archive.into_inner()?.finish()
+}
+
+/// The files of a module tarball: regular files only, at most [`MAX_BUNDLE_BYTES`] in all,
+/// UTF-8 text. Names are checked when the bundle is built.
+pub fn unpack(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let gzip = flate2::read::GzDecoder::new(bytes);
+    // Bounded: a gzip bomb stops at the limit.
+    let mut archive = tar::Archive::new(gzip.take(MAX_BUNDLE_BYTES as u64 * 2));
+    let mut files = BTreeMap::new();
+    let mut total = 0usize;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("the content layer is not a tar.gz: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("the content layer is damaged: {e}"))?;
+        let kind = entry.header().entry_type();
+        let name = entry
+            .path()
+            .map_err(|e| format!("bad entry name: {e}"))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(format!("{name}: only regular files may be in a module"));
+        }
+        let mut content = String::new();
+        entry
+            .read_to_string(&mut content)
+            .map_err(|e| format!("{name}: not UTF-8 text or damaged: {e}"))?;
+        total += content.len();
+        if total > MAX_BUNDLE_BYTES {
+            return Err(format!(
+                "the files are over the {MAX_BUNDLE_BYTES} byte limit of a module"
+            ));
+        }
+        files.insert(name, content);
+    }
+    Ok(files)
+}
+
+fn parse(reference: &str) -> Result<Reference, OciError> {
+    reference.parse::<Reference>().map_err(|e| OciError::Reference {
+        reference: reference.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Credentials for `registry` from a docker config: `auth` (base64 `user:password`) or
+/// `username` and `password`; anonymous when none match.
+pub fn credentials(docker_config: Option<&Value>, registry: &str) -> RegistryAuth {
+    use base64::Engine;
+    let Some(auths) = docker_config.and_then(|c| c.get("auths")).and_then(Value::as_object)
+    else {
+        return RegistryAuth::Anonymous;
+    };
+    let entry = auths.iter().find(|(host, _)| {
+        let host = host
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        host == registry || host.split('/').next() == Some(registry)
+    });
+    let Some((_, entry)) = entry else {
+        return RegistryAuth::Anonymous;
+    };
+    let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_string);
+    if let Some(encoded) = text("auth")
+        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded)
+        && let Ok(decoded) = String::from_utf8(decoded)
+        && let Some((user, password)) = decoded.split_once(':')
+    {
+        return RegistryAuth::Basic(user.to_string(), password.to_string());
+    }
+    match (text("username"), text("password")) {
+        (Some(user), Some(password)) => RegistryAuth::Basic(user, password),
+        _ => RegistryAuth::Anonymous,
+    }
+}
+
+fn classify(reference: &str, error: oci_client::errors::OciDistributionError) -> OciError {
+    use oci_client::errors::OciDistributionError as E;
+    let message = error.to_string();
+    let registry = reference.split('/').next().unwrap_or(reference).to_string();
+    match &error {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            OciError::Unauthorized { registry, message }
+        }
+        E::ImageManifestNotFoundError(_) => OciError::NotFound {
+            reference: reference.to_string(),
+        },
+        E::ServerError { code, .. } if *code == 401 || *code == 403 => {
+            OciError::Unauthorized { registry, message }
+        }
+        E::ServerError { code, .. } if *code == 404 => OciError::NotFound {
+            reference: reference.to_string(),
+        },
+        E::RegistryError { envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown)) =>
+        {
+            OciError::NotFound {
+                reference: reference.to_string(),
+            }
+        }
+        E::RegistryError { envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied)) =>
+        {
+            OciError::Unauthorized { registry, message }
+        }
+        _ => OciError::Registry {
+            reference: reference.to_string(),
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("main.ncl".to_string(), "{ metadata = {} }".to_string()),
+            ("lib/util.ncl".to_string(), "{}".to_string()),
+        ])
+    }
+
+    #[test]
+    fn tarballs_are_reproducible_and_round_trip() {
+        let first = pack(&files()).expect("packs");
+        let second = pack(&files()).expect("packs");
+        assert_eq!(first, second, "the same files, the same bytes");
+        assert_eq!(unpack(&first).expect("unpacks"), files());
+    }
+
+    #[test]
+    fn damaged_content_is_refused() {
+        assert!(unpack(b"not a tarball").is_err());
+        let mut packed = pack(&files()).expect("packs");
+        let middle = packed.len() / 2;
+        packed[middle] ^= 0xff;
+        assert!(unpack(&packed).is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_docker_config() {
+        let config = serde_json::json!({"auths": {
+            "registry.example.com": {"auth": "YWxpY2U6czNjcmV0"},
+            "https://other.example.com/v1/": {"username": "bob", "password": "pw"}
+        }});
+        assert!(matches!(
+            credentials(Some(&config), "registry.example.com"),
+            RegistryAuth::Basic(user, password) if user == "alice" && password == "s3cret"
+        ));
+        assert!(matches!(
+            credentials(Some(&config), "other.example.com"),
+            RegistryAuth::Basic(user, _) if user == "bob"
+        ));
+        assert!(matches!(credentials(Some(&config), "ghcr.io"), RegistryAuth::Anonymous));
+        assert!(matches!(credentials(None, "ghcr.io"), RegistryAuth::Anonymous));
+    }
+}
