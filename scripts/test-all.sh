@@ -14,12 +14,19 @@ if ! command -v kubectl >/dev/null; then
   exit 1
 fi
 
-# promtool (Debian package prometheus) checks the operator's /metrics in the e2e tests.
-if ! command -v promtool >/dev/null; then
-  echo "==> installing promtool (Debian package prometheus)"
+# Real tools the tests drive, from Debian's packages: promtool (prometheus) checks the
+# operator's /metrics; docker-registry, skopeo and htpasswd (apache2-utils) are the OCI
+# registry, another OCI client and the registry's credentials.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 echo "==> cargo fmt --check"

@@ -102,6 +102,55 @@ impl EvalArgs {
     }
 }
 
+/// How to reach OCI registries, shared by every command that fetches modules.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) to speak plain HTTP to (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Docker config file with registry credentials (default: $DOCKER_CONFIG/config.json,
+    /// else ~/.docker/config.json, when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<std::path::PathBuf>,
+}
+
+impl RegistryArgs {
+    /// A registry client with these flags and the credentials of the docker config.
+    pub fn registry(&self) -> Result<crate::module::oci::Registry, CliError> {
+        let default = std::env::var_os("DOCKER_CONFIG")
+            .map(|dir| std::path::PathBuf::from(dir).join("config.json"))
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|home| std::path::PathBuf::from(home).join(".docker/config.json"))
+            });
+        let path = self
+            .docker_config
+            .clone()
+            .or(default.filter(|p| p.exists()));
+        let config = match path {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    CliError::new(
+                        exit::MODULE_UNAVAILABLE,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    CliError::new(
+                        exit::MODULE_UNAVAILABLE,
+                        format!("{}: not a docker config (JSON): {e}", path.display()),
+                    )
+                })?)
+            }
+        };
+        Ok(crate::module::oci::Registry::new(
+            &self.insecure_registries,
+            config,
+        ))
+    }
+}
+
 /// Flags of the hidden worker command.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {

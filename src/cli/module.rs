@@ -1,14 +1,15 @@
 //! `pequod module`: commands on module directories and artifacts. `check DIR` renders every
 //! example Transform of a module (`DIR/examples/*.yaml`) and fails on any error or policy
-//! violation, so a module's examples are its test suite.
+//! violation, so a module's examples are its test suite; `publish DIR REF`, `pull REF DIR`
+//! and `inspect REF` move modules through OCI registries (SPEC §5).
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
 use super::render::read_transform;
-use super::{CliError, EvalArgs, exit, write_stdout};
-use crate::module::ModuleBundle;
+use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
+use crate::module::{ModuleBundle, oci};
 use crate::policy;
 use crate::render::RenderContext;
 
@@ -18,6 +19,59 @@ pub enum ModuleCommand {
     /// Typecheck a module and render its examples (`examples/*.yaml`); fail on any error or
     /// policy violation.
     Check(CheckArgs),
+    /// Push a module directory to an OCI registry as a Pequod module artifact; print its
+    /// digest (the same directory always gives the same digest).
+    Publish(PublishArgs),
+    /// Fetch a module artifact into a directory.
+    Pull(PullArgs),
+    /// Show a module artifact's metadata, config and annotations.
+    Inspect(InspectArgs),
+}
+
+/// Flags of `pequod module publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The module directory.
+    pub dir: PathBuf,
+    /// Where to push it: `registry/repository:tag`.
+    pub reference: String,
+    /// Entrypoint file of the module.
+    #[arg(long, default_value = "main.ncl")]
+    pub entrypoint: String,
+    /// `org.opencontainers.image.source`: the repository URL of the module.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// `org.opencontainers.image.revision`: the commit of the module.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Evaluation limits (the module's metadata is evaluated).
+    #[command(flatten)]
+    pub eval: EvalArgs,
+}
+
+/// Flags of `pequod module pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The artifact: `registry/repository:tag` or `registry/repository@sha256:…`.
+    pub reference: String,
+    /// An empty (or new) directory to write the module's files to.
+    pub dir: PathBuf,
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Flags of `pequod module inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The artifact: `registry/repository:tag` or `registry/repository@sha256:…`.
+    pub reference: String,
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Flags of `pequod module check`.
@@ -37,7 +91,123 @@ pub struct CheckArgs {
 pub async fn run(command: ModuleCommand) -> Result<(), CliError> {
     match command {
         ModuleCommand::Check(args) => check(args).await,
+        ModuleCommand::Publish(args) => publish(args).await,
+        ModuleCommand::Pull(args) => pull(args).await,
+        ModuleCommand::Inspect(args) => inspect(args).await,
     }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> CliError {
+    CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {error}"))
+}
+
+/// `org.opencontainers.image.created`: `SOURCE_DATE_EPOCH` when set (reproducible builds),
+/// else the Unix epoch, so that publishing the same directory gives the same digest.
+fn created() -> Result<String, CliError> {
+    let seconds = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) => text.trim().parse::<i64>().map_err(|_| {
+            CliError::new(
+                exit::USAGE,
+                format!("SOURCE_DATE_EPOCH must be seconds, got `{text}`"),
+            )
+        })?,
+        Err(_) => 0,
+    };
+    let at = jiff::Timestamp::from_second(seconds)
+        .map_err(|e| CliError::new(exit::USAGE, format!("SOURCE_DATE_EPOCH out of range: {e}")))?;
+    Ok(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+async fn publish(args: PublishArgs) -> Result<(), CliError> {
+    let bundle = ModuleBundle::from_dir(&args.dir, Some(&args.entrypoint)).map_err(unavailable)?;
+    let metadata = args.eval.renderer()?.describe(&bundle).await?;
+    let config = oci::module_config(
+        &bundle,
+        &metadata.name,
+        &metadata.version,
+        &metadata.description,
+    );
+    let provenance = oci::Provenance {
+        source: args.source,
+        revision: args.revision,
+        created: created()?,
+    };
+    let digest = args
+        .registry
+        .registry()?
+        .publish(&args.reference, &bundle, &config, &provenance)
+        .await
+        .map_err(unavailable)?;
+    write_stdout(&format!("{digest}\n"))
+}
+
+async fn pull(args: PullArgs) -> Result<(), CliError> {
+    let pulled = args
+        .registry
+        .registry()?
+        .pull(&args.reference)
+        .await
+        .map_err(unavailable)?;
+    let bundle =
+        ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint)).map_err(unavailable)?;
+    let internal = |e: std::io::Error| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("cannot write {}: {e}", args.dir.display()),
+        )
+    };
+    if args.dir.exists()
+        && std::fs::read_dir(&args.dir)
+            .map_err(internal)?
+            .next()
+            .is_some()
+    {
+        return Err(CliError::new(
+            exit::USAGE,
+            format!(
+                "{} is not empty: pull into a new or empty directory",
+                args.dir.display()
+            ),
+        ));
+    }
+    for (name, content) in bundle.files() {
+        let path = args.dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(internal)?;
+        }
+        std::fs::write(&path, content).map_err(internal)?;
+    }
+    write_stdout(&format!(
+        "pulled {} {}@{} ({}) into {}: {} files\n",
+        args.reference,
+        pulled.config.name,
+        pulled.config.version,
+        pulled.digest,
+        args.dir.display(),
+        bundle.files().len()
+    ))
+}
+
+async fn inspect(args: InspectArgs) -> Result<(), CliError> {
+    let pulled = args
+        .registry
+        .registry()?
+        .pull(&args.reference)
+        .await
+        .map_err(unavailable)?;
+    let bundle = ModuleBundle::new(pulled.files.clone(), Some(&pulled.config.entrypoint))
+        .map_err(unavailable)?;
+    let shown = serde_json::json!({
+        "reference": args.reference,
+        "digest": pulled.digest,
+        "config": pulled.config,
+        "annotations": pulled.annotations,
+        "files": pulled.files.keys().collect::<Vec<_>>(),
+        "contentDigest": bundle.digest(),
+    });
+    let text = super::yaml::to_string(&shown)
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print: {e}")))?;
+    write_stdout(&text)
 }
 
 async fn check(args: CheckArgs) -> Result<(), CliError> {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::output::{OutputFormat, print_graph};
-use super::{CliError, EvalArgs, exit, write_stdout};
+use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::api::{API_VERSION, Transform};
-use crate::module::resolve_local;
+use crate::module::{ModuleCache, resolve};
 use crate::policy;
 use crate::render::RenderContext;
 
@@ -24,6 +24,9 @@ pub struct RenderArgs {
     /// Use the module in this directory instead of the Transform's moduleRef.
     #[arg(long)]
     pub module_dir: Option<PathBuf>,
+    /// Registries for `moduleRef.type: oci`.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -32,8 +35,17 @@ pub struct RenderArgs {
 /// Runs `pequod render`.
 pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
-    let bundle = resolve_local(&transform.spec.module_ref, args.module_dir.as_deref())
-        .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
+    let registry = args.registry.registry()?;
+    let cache = ModuleCache::new(64 << 20);
+    let bundle = resolve(
+        &transform.spec.module_ref,
+        args.module_dir.as_deref(),
+        &registry,
+        &cache,
+    )
+    .await
+    .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?
+    .bundle;
     let renderer = args.eval.renderer()?;
     let context = RenderContext::of(&transform);
     let graph = renderer

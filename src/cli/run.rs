@@ -45,6 +45,12 @@ pub struct RunArgs {
     /// How long a leader keeps the Lease without renewing it (e.g. 15s).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub leader_election_lease_duration: std::time::Duration,
+    /// How often modules referenced by a tag are resolved again (a new digest re-renders).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub module_resync: std::time::Duration,
+    /// Registries (`host:port`) spoken to over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -66,6 +72,8 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             allow_cross_namespace: args.allow_cross_namespace,
             allow_cluster_scoped: args.allow_cluster_scoped,
         },
+        insecure_registries: args.insecure_registries.clone(),
+        module_resync: args.module_resync,
     };
     let (sender, receiver) = futures::channel::mpsc::unbounded();
     let leader = LeaderConfig {

@@ -23,6 +23,11 @@ use crate::api::{ResourceGraph, Transform};
 use crate::apply::Applier;
 use crate::exec::ExecConfig;
 use crate::metrics::Metrics;
+use crate::module::ModuleCache;
+use crate::module::oci::Registry;
+
+/// Memory for fetched modules: a few hundred typical modules.
+const MODULE_CACHE_BYTES: u64 = 64 << 20;
 use crate::render::Renderer;
 pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use watches::Watches;
@@ -36,6 +41,10 @@ pub struct OperatorConfig {
     pub max_concurrent_applies: usize,
     /// Namespace and scope guards.
     pub exec: ExecConfig,
+    /// Registries (`host:port`) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// How often a module referenced by a tag is resolved again.
+    pub module_resync: Duration,
 }
 
 /// Shared by every reconcile of both controllers.
@@ -58,6 +67,10 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Transient render failures in a row, by `namespace/name`: the retry backoff grows.
     pub transform_failures: DashMap<String, u32>,
+    /// The registry client for modules without a pull secret.
+    pub registry: Registry,
+    /// Fetched OCI modules by digest, shared by every Transform.
+    pub modules: ModuleCache,
 }
 
 /// Why a reconcile failed; the controller retries with backoff.
@@ -89,6 +102,7 @@ impl Context {
             controller: "pequod".to_string(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let registry = Registry::new(&config.insecure_registries, None);
         Context {
             applier: Applier::new(client.clone()),
             recorder: Recorder::new(client.clone(), reporter),
@@ -99,6 +113,8 @@ impl Context {
             metrics,
             config,
             transform_failures: DashMap::new(),
+            registry,
+            modules: ModuleCache::new(MODULE_CACHE_BYTES),
         }
     }
 

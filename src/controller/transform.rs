@@ -13,11 +13,13 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::{Context, Error, measured, retry_action};
+use crate::api::ModuleType;
 use crate::api::{LocalObjectReference, ResolvedModule, ResourceGraph, Transform, TransformStatus};
 use crate::apply::FIELD_MANAGER;
 use crate::exec::{condition, condition_with_status};
 use crate::graph::Violation;
-use crate::module::{ModuleBundle, resolve_local};
+use crate::module::oci::Registry;
+use crate::module::{Resolved, SourceError, resolve};
 use crate::policy;
 use crate::render::{FailureKind, RenderContext, RenderError};
 
@@ -149,14 +151,14 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 Action::await_change()
             }
         }
-        Ok((bundle, graph)) => {
+        Ok((resolved, graph)) => {
             context.transform_failures.remove(&key);
             write_graph(
                 transform,
                 context,
                 &graphs,
                 graph,
-                &bundle,
+                &resolved,
                 &mut status,
                 now,
             )
@@ -170,7 +172,13 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 &previous.conditions,
             )
             .await?;
-            Action::await_change()
+            let module_ref = &transform.spec.module_ref;
+            if module_ref.type_ == ModuleType::Oci && !module_ref.ref_.contains('@') {
+                // A tag may move: look again after --module-resync.
+                Action::requeue(context.config.module_resync)
+            } else {
+                Action::await_change()
+            }
         }
     };
     finish(&transforms, &name, transform, status, action).await
@@ -239,7 +247,7 @@ async fn write_graph(
     context: &Context,
     graphs: &Api<ResourceGraph>,
     mut graph: ResourceGraph,
-    bundle: &ModuleBundle,
+    resolved: &Resolved,
     status: &mut TransformStatus,
     now: jiff::Timestamp,
 ) -> Result<(), Error> {
@@ -274,11 +282,11 @@ async fn write_graph(
             &transform.spec.module_ref.ref_,
             transform.spec.module_ref.type_,
         ),
-        digest: bundle.digest().to_string(),
+        digest: resolved.digest.clone(),
         fetched_at: previous
             .resolved_module
             .as_ref()
-            .filter(|m| m.digest == bundle.digest())
+            .filter(|m| m.digest == resolved.digest)
             .and_then(|m| m.fetched_at.clone())
             .or(Some(Time(now))),
     });
@@ -287,7 +295,7 @@ async fn write_graph(
     status.violations = graph.spec.violations.clone();
     for step in STEPS {
         let message = match step {
-            "ModuleResolved" => format!("{} {}", transform.spec.module_ref.type_, bundle.digest()),
+            "ModuleResolved" => format!("{} {}", transform.spec.module_ref.type_, resolved.digest),
             "Validated" if graph.spec.violations.is_empty() => {
                 "input, graph and policies are valid".to_string()
             }
@@ -341,41 +349,132 @@ fn short_ref(reference: &str, type_: crate::api::ModuleType) -> String {
     }
 }
 
+/// Why a module could not be resolved, as a condition reason; and whether trying again
+/// later may help (a registry that was down, credentials that were fixed).
+fn source_failure(error: &SourceError) -> (&'static str, bool) {
+    use crate::module::oci::OciError;
+    match error {
+        SourceError::DigestMismatch { .. } => ("DigestMismatch", false),
+        SourceError::Unsupported(_) => ("UnsupportedSource", false),
+        SourceError::UnknownEmbedded { .. } => ("ModuleNotFound", false),
+        SourceError::Bundle(_) => ("InvalidModule", false),
+        SourceError::MissingPath(_) => ("PathNotFound", false),
+        SourceError::Oci(OciError::Reference { .. }) => ("InvalidReference", false),
+        SourceError::Oci(OciError::Unauthorized { .. }) => ("Unauthorized", true),
+        SourceError::Oci(OciError::NotFound { .. }) => ("ModuleNotFound", true),
+        SourceError::Oci(OciError::Malformed { .. }) => ("InvalidArtifact", true),
+        SourceError::Oci(OciError::Registry { .. }) | SourceError::Shared(_) => {
+            ("RegistryUnavailable", true)
+        }
+    }
+}
+
+/// The docker config of the Transform's `pullSecretRef` (a `kubernetes.io/dockerconfigjson`
+/// Secret in its namespace).
+async fn pull_secret(
+    transform: &Transform,
+    context: &Context,
+) -> Result<Option<serde_json::Value>, Failure> {
+    let Some(reference) = &transform.spec.module_ref.pull_secret_ref else {
+        return Ok(None);
+    };
+    let failed = |message: String| Failure {
+        condition: "ModuleResolved",
+        reason: "PullSecretUnavailable",
+        message,
+        violations: Vec::new(),
+        before_render: false,
+        transient: true,
+    };
+    let namespace = transform.namespace().unwrap_or_default();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(context.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(|e| {
+            failed(format!(
+                "cannot read Secret {namespace}/{}: {e}",
+                reference.name
+            ))
+        })?
+        .ok_or_else(|| {
+            failed(format!(
+                "pullSecretRef: Secret {namespace}/{} not found",
+                reference.name
+            ))
+        })?;
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .ok_or_else(|| {
+            failed(format!(
+                "Secret {namespace}/{} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)",
+                reference.name
+            ))
+        })?;
+    serde_json::from_slice(&data.0).map(Some).map_err(|e| {
+        failed(format!(
+            "Secret {namespace}/{}: .dockerconfigjson is not JSON: {e}",
+            reference.name
+        ))
+    })
+}
+
 /// Resolves and renders; the ResourceGraph to write, or the step that failed.
 async fn render(
     transform: &Transform,
     context: &Context,
-) -> Result<(ModuleBundle, ResourceGraph), Failure> {
+) -> Result<(Resolved, ResourceGraph), Failure> {
     let module_ref = &transform.spec.module_ref;
     let type_label = module_ref.type_.to_string();
     let started = Instant::now();
-    let resolved = resolve_local(module_ref, None);
+    let docker_config = pull_secret(transform, context).await?;
+    let resolved = match docker_config {
+        Some(config) => {
+            let registry = Registry::new(&context.config.insecure_registries, Some(config));
+            resolve(module_ref, None, &registry, &context.modules).await
+        }
+        None => resolve(module_ref, None, &context.registry, &context.modules).await,
+    };
+    let result = if resolved.is_ok() { "success" } else { "error" };
     context
         .metrics
         .module_fetch_total
-        .with_label_values(&[
-            type_label.as_str(),
-            if resolved.is_ok() { "success" } else { "error" },
-        ])
+        .with_label_values(&[type_label.as_str(), result])
         .inc();
     context
         .metrics
         .module_fetch_duration_seconds
         .with_label_values(&[type_label.as_str()])
         .observe(started.elapsed().as_secs_f64());
-    let bundle = resolved.map_err(|error| Failure {
-        condition: "ModuleResolved",
-        reason: match error {
-            crate::module::SourceError::DigestMismatch { .. } => "DigestMismatch",
-            crate::module::SourceError::Unsupported(_) => "UnsupportedSource",
-            crate::module::SourceError::UnknownEmbedded { .. } => "ModuleNotFound",
-            crate::module::SourceError::Bundle(_) => "InvalidModule",
-        },
-        message: error.to_string(),
-        violations: Vec::new(),
-        before_render: false,
-        transient: false,
+    let resolved = resolved.map_err(|error| {
+        let (reason, transient) = source_failure(&error);
+        Failure {
+            condition: "ModuleResolved",
+            reason,
+            message: error.to_string(),
+            violations: Vec::new(),
+            before_render: false,
+            transient,
+        }
     })?;
+    if module_ref.type_ == ModuleType::Oci {
+        let counter = if resolved.cached {
+            &context.metrics.module_cache_hits_total
+        } else {
+            &context.metrics.module_cache_misses_total
+        };
+        counter.inc();
+        let evicted = context.modules.evictions();
+        let counted = context.metrics.module_cache_evictions_total.get();
+        context
+            .metrics
+            .module_cache_evictions_total
+            .inc_by(evicted.saturating_sub(counted));
+    }
+    let bundle = &resolved.bundle;
     let hits_before = context
         .renderer
         .stats()
@@ -385,7 +484,7 @@ async fn render(
     let rendered = context
         .renderer
         .render(
-            &bundle,
+            bundle,
             &transform.spec.input,
             &RenderContext::of(transform),
         )
@@ -420,7 +519,7 @@ async fn render(
         transform.spec.adopt.as_ref(),
         &RenderContext::of(transform),
     );
-    Ok((bundle, resource_graph))
+    Ok((resolved, resource_graph))
 }
 
 fn render_failure(error: RenderError) -> Failure {

@@ -9,4 +9,4 @@ mod source;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
 pub use embedded::{embedded_module, embedded_module_names, library_files};
-pub use source::{SourceError, resolve_local};
+pub use source::{ModuleCache, Resolved, SourceError, resolve, resolve_local};

@@ -322,12 +322,20 @@ fn artifact(
         message,
     };
     let layer = pack(bundle.files()).map_err(|e| internal(format!("cannot pack: {e}")))?;
-    let config_bytes =
-        serde_json::to_vec(config).map_err(|e| internal(format!("config: {e}")))?;
+    let config_bytes = serde_json::to_vec(config).map_err(|e| internal(format!("config: {e}")))?;
     let mut annotations = BTreeMap::from([
-        ("org.opencontainers.image.title".to_string(), config.name.clone()),
-        ("org.opencontainers.image.version".to_string(), config.version.clone()),
-        ("org.opencontainers.image.created".to_string(), provenance.created.clone()),
+        (
+            "org.opencontainers.image.title".to_string(),
+            config.name.clone(),
+        ),
+        (
+            "org.opencontainers.image.version".to_string(),
+            config.version.clone(),
+        ),
+        (
+            "org.opencontainers.image.created".to_string(),
+            provenance.created.clone(),
+        ),
     ]);
     if !config.description.is_empty() {
         annotations.insert(
@@ -375,7 +383,12 @@ fn artifact(
 }
 
 /// The config of a module from its metadata, with the digest of its input schema.
-pub fn module_config(bundle: &ModuleBundle, name: &str, version: &str, description: &str) -> ModuleConfig {
+pub fn module_config(
+    bundle: &ModuleBundle,
+    name: &str,
+    version: &str,
+    description: &str,
+) -> ModuleConfig {
     ModuleConfig {
         name: name.to_string(),
         version: version.to_string(),
@@ -451,17 +464,21 @@ pub fn unpack(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
 }
 
 fn parse(reference: &str) -> Result<Reference, OciError> {
-    reference.parse::<Reference>().map_err(|e| OciError::Reference {
-        reference: reference.to_string(),
-        message: e.to_string(),
-    })
+    reference
+        .parse::<Reference>()
+        .map_err(|e| OciError::Reference {
+            reference: reference.to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Credentials for `registry` from a docker config: `auth` (base64 `user:password`) or
 /// `username` and `password`; anonymous when none match.
 pub fn credentials(docker_config: Option<&Value>, registry: &str) -> RegistryAuth {
     use base64::Engine;
-    let Some(auths) = docker_config.and_then(|c| c.get("auths")).and_then(Value::as_object)
+    let Some(auths) = docker_config
+        .and_then(|c| c.get("auths"))
+        .and_then(Value::as_object)
     else {
         return RegistryAuth::Anonymous;
     };
@@ -507,20 +524,26 @@ fn classify(reference: &str, error: oci_client::errors::OciDistributionError) ->
             reference: reference.to_string(),
         },
         E::RegistryError { envelope, .. }
-            if envelope
-                .errors
-                .iter()
-                .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown)) =>
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                )
+            }) =>
         {
             OciError::NotFound {
                 reference: reference.to_string(),
             }
         }
         E::RegistryError { envelope, .. }
-            if envelope
-                .errors
-                .iter()
-                .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied)) =>
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::Unauthorized
+                        | oci_client::errors::OciErrorCode::Denied
+                )
+            }) =>
         {
             OciError::Unauthorized { registry, message }
         }
@@ -573,7 +596,13 @@ mod tests {
             credentials(Some(&config), "other.example.com"),
             RegistryAuth::Basic(user, _) if user == "bob"
         ));
-        assert!(matches!(credentials(Some(&config), "ghcr.io"), RegistryAuth::Anonymous));
-        assert!(matches!(credentials(None, "ghcr.io"), RegistryAuth::Anonymous));
+        assert!(matches!(
+            credentials(Some(&config), "ghcr.io"),
+            RegistryAuth::Anonymous
+        ));
+        assert!(matches!(
+            credentials(None, "ghcr.io"),
+            RegistryAuth::Anonymous
+        ));
     }
 }

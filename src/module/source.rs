@@ -1,4 +1,5 @@
-//! Resolving a `moduleRef` to a bundle for the sources that need no network or cluster.
+//! Resolving a `moduleRef` to a bundle: embedded, inline and directory modules locally, OCI
+//! artifacts from their registry through a cache keyed by manifest digest.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,9 +20,18 @@ pub enum SourceError {
     },
     /// The source type needs a fetcher this code path does not have.
     #[error(
-        "module type `{0}` cannot be resolved here (supported: embedded, inline, --module-dir)"
+        "module type `{0}` cannot be resolved here (supported: embedded, inline, oci, --module-dir)"
     )]
     Unsupported(ModuleType),
+    /// The registry refused, did not have, or damaged the artifact.
+    #[error(transparent)]
+    Oci(#[from] super::oci::OciError),
+    /// A concurrent fetch of the same module failed (its error, shared).
+    #[error("{0}")]
+    Shared(String),
+    /// `moduleRef.path` names no directory of the artifact.
+    #[error("moduleRef.path `{0}` is not a directory of the module artifact")]
+    MissingPath(String),
     /// The files do not form a module.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -72,5 +82,148 @@ pub fn resolve_local(
             actual: bundle.digest().to_string(),
         }),
         _ => Ok(bundle),
+    }
+}
+
+/// A resolved module: its files and the digest that pins it (the manifest digest of an OCI
+/// artifact, the content digest of the bundle otherwise).
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The module's files.
+    pub bundle: ModuleBundle,
+    /// The digest a `moduleRef.digest` pin is compared with, shown in `status.resolvedModule`.
+    pub digest: String,
+    /// Whether it came from the module cache.
+    pub cached: bool,
+}
+
+/// Fetched OCI modules by manifest digest (bounded, shared by every Transform), with
+/// concurrent fetches of one digest coalesced into one pull.
+#[derive(Clone)]
+pub struct ModuleCache {
+    bundles: moka::future::Cache<String, std::sync::Arc<ModuleBundle>>,
+    evictions: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ModuleCache {
+    /// A cache of at most about `bytes` of module files.
+    pub fn new(bytes: u64) -> ModuleCache {
+        let evictions = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = evictions.clone();
+        let bundles = moka::future::Cache::builder()
+            .weigher(|_: &String, bundle: &std::sync::Arc<ModuleBundle>| {
+                let size: usize = bundle.files().iter().map(|(k, v)| k.len() + v.len()).sum();
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .max_capacity(bytes)
+            .eviction_listener(move |_, _, cause| {
+                if cause.was_evicted() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .build();
+        ModuleCache { bundles, evictions }
+    }
+
+    /// Modules evicted so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Resolves any `moduleRef`: local sources as [`resolve_local`], OCI artifacts with
+/// `registry` (the reference is resolved to its current digest with the caller's
+/// credentials every time, so access is checked; the files come from `cache` when it has
+/// that digest). `path` selects a sub-directory of the artifact; the `digest` pin is
+/// compared with the manifest digest.
+pub async fn resolve(
+    module_ref: &ModuleRef,
+    module_dir: Option<&Path>,
+    registry: &super::oci::Registry,
+    cache: &ModuleCache,
+) -> Result<Resolved, SourceError> {
+    if module_dir.is_some() || module_ref.type_ != ModuleType::Oci {
+        let bundle = resolve_local(module_ref, module_dir)?;
+        let digest = bundle.digest().to_string();
+        return Ok(Resolved {
+            bundle,
+            digest,
+            cached: false,
+        });
+    }
+    let digest = registry.resolve(&module_ref.ref_).await?;
+    if let Some(expected) = &module_ref.digest
+        && expected != &digest
+    {
+        return Err(SourceError::DigestMismatch {
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    let repository = module_ref
+        .ref_
+        .split_once('@')
+        .map_or_else(|| strip_tag(&module_ref.ref_), |(repo, _)| repo.to_string());
+    let pinned = format!("{repository}@{digest}");
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = fetched.clone();
+    let bundle = cache
+        .bundles
+        .try_get_with(digest.clone(), async move {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            let pulled = registry.pull(&pinned).await?;
+            let bundle = ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint))?;
+            Ok::<_, SourceError>(std::sync::Arc::new(bundle))
+        })
+        .await
+        .map_err(|error| match std::sync::Arc::try_unwrap(error) {
+            Ok(error) => error,
+            Err(shared) => SourceError::Shared(shared.to_string()),
+        })?;
+    let bundle = select(
+        &bundle,
+        module_ref.path.as_deref(),
+        module_ref.entrypoint.as_deref(),
+    )?;
+    Ok(Resolved {
+        bundle,
+        digest,
+        cached: !fetched.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// `registry/repo:tag` → `registry/repo` (a port's colon is not a tag's).
+fn strip_tag(reference: &str) -> String {
+    match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository.to_string(),
+        _ => reference.to_string(),
+    }
+}
+
+/// The module in `path` of a bundle (its files re-rooted there), with `entrypoint`.
+fn select(
+    bundle: &ModuleBundle,
+    path: Option<&str>,
+    entrypoint: Option<&str>,
+) -> Result<ModuleBundle, SourceError> {
+    let path = path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty());
+    match (path, entrypoint) {
+        (None, None) => Ok(bundle.clone()),
+        (None, Some(entry)) => Ok(ModuleBundle::new(bundle.files().clone(), Some(entry))?),
+        (Some(path), entry) => {
+            let prefix = format!("{path}/");
+            let files: BTreeMap<String, String> = bundle
+                .files()
+                .iter()
+                .filter_map(|(name, source)| {
+                    name.strip_prefix(&prefix)
+                        .map(|rest| (rest.to_string(), source.clone()))
+                })
+                .collect();
+            if files.is_empty() {
+                return Err(SourceError::MissingPath(path.to_string()));
+            }
+            Ok(ModuleBundle::new(files, entry)?)
+        }
     }
 }

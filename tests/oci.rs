@@ -1,0 +1,349 @@
+//! Modules through a real OCI registry (the Debian `docker-registry` on loopback):
+//! `pequod module publish | pull | inspect`, `pequod render` of `moduleRef.type: oci` by tag
+//! and by digest, digest pins, credentials, and artifacts pushed by another OCI client
+//! (skopeo).
+
+mod common;
+#[path = "common/registry.rs"]
+mod registry;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use pequod::module::ModuleBundle;
+use pequod::module::oci::{CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE, pack};
+use registry::TestRegistry;
+use serde_json::{Value, json};
+
+/// `pequod ARGS`: (exit code, stdout, stderr).
+fn pequod(args: &[&str]) -> (i32, String, String) {
+    let out = common::pequod(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of a Transform file with its moduleRef replaced.
+fn transform_with(file: &str, module_ref: Value, dir: &Path) -> String {
+    let text = std::fs::read_to_string(common::repo().join(file)).expect("Transform file");
+    let mut transform: Value = serde_yaml::from_str(&text).expect("YAML");
+    transform["spec"]["moduleRef"] = module_ref;
+    let path = dir.join("transform.json");
+    std::fs::write(&path, transform.to_string()).expect("written");
+    path.display().to_string()
+}
+
+#[test]
+fn publish_is_reproducible_and_renders_by_tag_and_by_digest() {
+    let registry = TestRegistry::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let insecure = ["--insecure-registry", registry.host.as_str()];
+    let reference = format!("{}/platforms/postgres:0.2.0", registry.host);
+    let again = format!("{}/platforms/postgres:latest", registry.host);
+    let (code, first, stderr) = pequod(
+        &[
+            &["module", "publish", "platforms/postgres", &reference][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (_, second, _) = pequod(
+        &[
+            &["module", "publish", "platforms/postgres", &again][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert!(first.starts_with("sha256:") && first.len() == 72, "{first}");
+    assert_eq!(first, second, "the same directory, the same digest");
+    let digest = first.trim();
+
+    // By tag and by digest: the same graph as the embedded module.
+    let (_, embedded, _) = pequod(&["render", "-f", "testdata/transforms/postgres-minimal.yaml"]);
+    let by_tag = transform_with(
+        "testdata/transforms/postgres-minimal.yaml",
+        json!({"type": "oci", "ref": reference}),
+        dir.path(),
+    );
+    let (code, rendered, stderr) = pequod(&[&["render", "-f", &by_tag][..], &insecure].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rendered, embedded);
+    let pinned = format!("{}/platforms/postgres@{digest}", registry.host);
+    let by_digest = transform_with(
+        "testdata/transforms/postgres-minimal.yaml",
+        json!({"type": "oci", "ref": pinned, "digest": digest}),
+        dir.path(),
+    );
+    let (code, rendered, stderr) = pequod(&[&["render", "-f", &by_digest][..], &insecure].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rendered, embedded);
+
+    // A pin the content does not have: exit 4, naming both digests.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let tampered = transform_with(
+        "testdata/transforms/postgres-minimal.yaml",
+        json!({"type": "oci", "ref": reference, "digest": wrong}),
+        dir.path(),
+    );
+    let (code, _, stderr) = pequod(&[&["render", "-f", &tampered][..], &insecure].concat());
+    assert_eq!(code, 4);
+    assert_eq!(
+        stderr,
+        format!("error: module: module digest {digest} does not match the pinned digest {wrong}\n")
+    );
+    // An unknown tag: exit 4, clearly.
+    let missing = transform_with(
+        "testdata/transforms/postgres-minimal.yaml",
+        json!({"type": "oci", "ref": format!("{}/platforms/postgres:9.9.9", registry.host)}),
+        dir.path(),
+    );
+    let (code, _, stderr) = pequod(&[&["render", "-f", &missing][..], &insecure].concat());
+    assert_eq!(code, 4);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: module: {}/platforms/postgres:9.9.9 not found in the registry\n",
+            registry.host
+        )
+    );
+
+    // Pull round-trips the files; inspect shows the config.
+    let pulled = dir.path().join("pulled");
+    let (code, out, stderr) = pequod(
+        &[
+            &[
+                "module",
+                "pull",
+                &reference,
+                pulled.to_str().expect("utf-8"),
+            ][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        out,
+        format!(
+            "pulled {reference} postgres@0.2.0 ({digest}) into {}: 14 files\n",
+            pulled.display()
+        )
+    );
+    let original =
+        ModuleBundle::from_dir(&common::repo().join("platforms/postgres"), None).expect("module");
+    let copy = ModuleBundle::from_dir(&pulled, None).expect("pulled module");
+    assert_eq!(copy.digest(), original.digest());
+    let (code, out, _) = pequod(&[&["module", "inspect", &reference][..], &insecure].concat());
+    assert_eq!(code, 0);
+    let inspected: Value = serde_yaml::from_str(&out).expect("YAML");
+    assert_eq!(inspected["digest"], digest);
+    assert_eq!(inspected["config"]["name"], "postgres");
+    assert_eq!(inspected["config"]["entrypoint"], "main.ncl");
+    assert_eq!(
+        inspected["annotations"]["org.opencontainers.image.version"],
+        "0.2.0"
+    );
+}
+
+#[test]
+fn skopeo_sees_a_standard_artifact_with_our_media_types() {
+    let registry = TestRegistry::start();
+    let reference = format!("{}/platforms/webservice:1", registry.host);
+    let (code, digest, stderr) = pequod(&[
+        "module",
+        "publish",
+        "platforms/webservice",
+        &reference,
+        "--insecure-registry",
+        &registry.host,
+        "--source",
+        "https://git.example.com/platforms",
+        "--revision",
+        "0123abc",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo (Debian package skopeo) is installed");
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let manifest: Value = serde_json::from_slice(&raw.stdout).expect("a JSON manifest");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(manifest["artifactType"], CONFIG_MEDIA_TYPE);
+    assert_eq!(manifest["config"]["mediaType"], CONFIG_MEDIA_TYPE);
+    assert_eq!(manifest["layers"][0]["mediaType"], CONTENT_MEDIA_TYPE);
+    let annotations = &manifest["annotations"];
+    assert_eq!(annotations["org.opencontainers.image.title"], "webservice");
+    assert_eq!(
+        annotations["org.opencontainers.image.source"],
+        "https://git.example.com/platforms"
+    );
+    assert_eq!(annotations["org.opencontainers.image.revision"], "0123abc");
+    assert_eq!(
+        annotations["org.opencontainers.image.created"],
+        "1970-01-01T00:00:00Z"
+    );
+    let digest_of_raw = format!("sha256:{}", hex_sha256(&raw.stdout));
+    assert_eq!(
+        digest_of_raw,
+        digest.trim(),
+        "the digest printed is the manifest's"
+    );
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Writes `bytes` as a blob of an OCI layout; returns its descriptor.
+fn blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    let hex = hex_sha256(bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).expect("blob");
+    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+#[test]
+fn a_module_pushed_by_another_oci_client_is_pulled_and_rendered() {
+    let registry = TestRegistry::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("layout");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("layout");
+    let module =
+        ModuleBundle::from_dir(&common::repo().join("platforms/webservice"), None).expect("module");
+    let files: BTreeMap<String, String> = module.files().clone();
+    let config = json!({"name": "webservice", "version": "0.2.0", "entrypoint": "main.ncl"});
+    let config = blob(&layout, CONFIG_MEDIA_TYPE, config.to_string().as_bytes());
+    let layer = blob(&layout, CONTENT_MEDIA_TYPE, &pack(&files).expect("packs"));
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "config": config, "layers": [layer]});
+    let manifest = blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    let mut entry = manifest.clone();
+    entry["annotations"] = json!({"org.opencontainers.image.ref.name": "1"});
+    std::fs::write(
+        layout.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [entry]}).to_string(),
+    )
+    .expect("index");
+    let reference = format!("{}/elsewhere/webservice:1", registry.host);
+    let copied = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let transform = transform_with(
+        "testdata/transforms/webservice.yaml",
+        json!({"type": "oci", "ref": reference}),
+        dir.path(),
+    );
+    let (code, rendered, stderr) = pequod(&[
+        "render",
+        "-f",
+        &transform,
+        "--insecure-registry",
+        &registry.host,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, embedded, _) = pequod(&["render", "-f", "testdata/transforms/webservice.yaml"]);
+    assert_eq!(rendered, embedded);
+}
+
+#[test]
+fn a_registry_with_credentials_needs_them() {
+    let registry = TestRegistry::with_auth();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let reference = format!("{}/private/webservice:1", registry.host);
+    let insecure = ["--insecure-registry", registry.host.as_str()];
+    let nowhere = dir.path().join("no-credentials.json");
+    std::fs::write(&nowhere, "{}").expect("empty docker config");
+    let nowhere = nowhere.display().to_string();
+    let (code, _, stderr) = pequod(
+        &[
+            &[
+                "module",
+                "publish",
+                "platforms/webservice",
+                &reference,
+                "--docker-config",
+                &nowhere,
+            ][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 4);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: module: registry {} refused access (401/403)",
+            registry.host
+        )),
+        "{stderr}"
+    );
+    let credentials = dir.path().join("config.json");
+    registry.docker_config(&credentials);
+    let credentials = credentials.display().to_string();
+    let (code, _, stderr) = pequod(
+        &[
+            &[
+                "module",
+                "publish",
+                "platforms/webservice",
+                &reference,
+                "--docker-config",
+                &credentials,
+            ][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let transform = transform_with(
+        "testdata/transforms/webservice.yaml",
+        json!({"type": "oci", "ref": reference}),
+        dir.path(),
+    );
+    let (code, _, stderr) = pequod(
+        &[
+            &["render", "-f", &transform, "--docker-config", &credentials][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = pequod(
+        &[
+            &["render", "-f", &transform, "--docker-config", &nowhere][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 4);
+    assert!(stderr.contains("refused access (401/403)"), "{stderr}");
+}
