@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+#[path = "common/registry.rs"]
+mod registry;
+
 use pequod_e2e::store::EventType;
 use pequod_e2e::{Config, TestApiServer};
 use serde_json::Value;
@@ -38,6 +41,11 @@ impl Cluster {
 
     /// A cluster whose simulated workloads become ready after `readiness_delay`.
     async fn start_with(readiness_delay: Duration) -> Cluster {
+        Cluster::start_with_flags(readiness_delay, &[]).await
+    }
+
+    /// A cluster whose operator runs with extra flags.
+    async fn start_with_flags(readiness_delay: Duration, flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let crds = dir.path().join("pequod-crds.yaml");
         let printed = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
@@ -53,7 +61,7 @@ impl Cluster {
         .await
         .expect("test API server starts");
         let metrics = format!("127.0.0.1:{}", free_port());
-        let operator = spawn_operator(&server, &metrics, &[]);
+        let operator = spawn_operator(&server, &metrics, flags);
         let cluster = Cluster {
             server,
             operator,
@@ -1570,5 +1578,127 @@ async fn objects_pequod_did_not_create_or_now_only_observes_are_never_deleted() 
         let (found, _, _) = cluster.kubectl(&["get", kind, name], None).await;
         assert!(found, "{kind} {name} is not Pequod's to delete");
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_condition() {
+    let registry = tokio::task::spawn_blocking(registry::TestRegistry::start)
+        .await
+        .expect("registry starts");
+    let reference = format!("{}/platforms/webservice:1", registry.host);
+    let published = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
+        .args([
+            "module",
+            "publish",
+            "platforms/webservice",
+            &reference,
+            "--insecure-registry",
+            &registry.host,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("pequod runs");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let digest = String::from_utf8_lossy(&published.stdout)
+        .trim()
+        .to_string();
+    let cluster = Cluster::start_with_flags(
+        Duration::from_millis(300),
+        &["--insecure-registry", &registry.host],
+    )
+    .await;
+    let transforms: Vec<String> = (0..50)
+        .map(|i| {
+            serde_json::json!({
+                "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+                "metadata": {"name": format!("api-{i}"), "namespace": "default"},
+                "spec": {"moduleRef": {"type": "oci", "ref": reference},
+                         "input": {"name": format!("api-{i}"), "image": "ghcr.io/acme/api:1.0.0", "replicas": 1}}
+            })
+            .to_string()
+        })
+        .collect();
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&transforms.join("\n")))
+        .await;
+    eventually(120, "all 50 Transforms Ready", || async {
+        let list = cluster.json(&["get", "transforms"]).await?;
+        let ready = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|t| condition(t, "Ready").is_some_and(|c| c["status"] == "True"))
+            .count();
+        (ready == 50).then_some(())
+    })
+    .await;
+    let one = cluster
+        .json(&["get", "transform", "api-7"])
+        .await
+        .expect("api-7");
+    assert_eq!(
+        one["status"]["resolvedModule"]["digest"],
+        Value::from(digest.clone())
+    );
+    assert_eq!(one["status"]["resolvedModule"]["type"], "oci");
+    let text = http_get(&cluster.metrics, "/metrics")
+        .await
+        .expect("/metrics");
+    assert_eq!(
+        metric(&text, "pequod_module_cache_misses_total"),
+        1.0,
+        "one pull: {text}"
+    );
+    assert!(
+        metric(&text, "pequod_module_cache_hits_total") >= 49.0,
+        "{text}"
+    );
+    let layer_pulls = registry
+        .log()
+        .lines()
+        .filter(|line| {
+            line.contains("\"GET /v2/platforms/webservice/blobs/") && line.contains(" 200 ")
+        })
+        .count();
+    assert_eq!(
+        layer_pulls,
+        2,
+        "the config and the content layer, fetched once: {}",
+        registry.log()
+    );
+    promtool_accepts(&text).await;
+
+    // A pin the registry's content does not match: ModuleResolved=False, no graph.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let pinned = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+        "metadata": {"name": "pinned", "namespace": "default"},
+        "spec": {"moduleRef": {"type": "oci", "ref": reference, "digest": wrong},
+                 "input": {"name": "pinned", "image": "ghcr.io/acme/api:1.0.0"}}
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&pinned.to_string()))
+        .await;
+    let transform = cluster
+        .transform_when("default", "pinned", "ModuleResolved=False", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    let resolved = condition(&transform, "ModuleResolved").expect("ModuleResolved");
+    assert_eq!(resolved["reason"], "DigestMismatch");
+    assert_eq!(
+        resolved["message"],
+        Value::from(format!(
+            "module digest {digest} does not match the pinned digest {wrong}"
+        ))
+    );
+    let (found, _, _) = cluster
+        .kubectl(&["get", "resourcegraph", "pinned"], None)
+        .await;
+    assert!(!found, "nothing rendered");
     cluster.stop().await;
 }

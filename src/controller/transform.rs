@@ -483,11 +483,7 @@ async fn render(
     let started = Instant::now();
     let rendered = context
         .renderer
-        .render(
-            bundle,
-            &transform.spec.input,
-            &RenderContext::of(transform),
-        )
+        .render(bundle, &transform.spec.input, &RenderContext::of(transform))
         .await;
     context
         .metrics
