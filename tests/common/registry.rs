@@ -1,7 +1,7 @@
 //! A real OCI registry for the tests: the Debian `docker-registry` (distribution) on a
+//! loopback port, with its storage in a temporary directory, optionally behind htpasswd.
 
 #![allow(dead_code)] // each suite uses part of this module
-//! loopback port, with its storage in a temporary directory, optionally behind htpasswd.
 
 use std::net::TcpListener;
 use std::path::Path;
