@@ -7,7 +7,8 @@ use clap::Args;
 use super::output::{OutputFormat, print_graph};
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::api::{API_VERSION, Transform};
-use crate::module::{ModuleCache, resolve};
+use crate::module::git::GitAuth;
+use crate::module::{ModuleCache, Sources, resolve};
 use crate::policy;
 use crate::render::RenderContext;
 
@@ -27,6 +28,9 @@ pub struct RenderArgs {
     /// Registries for `moduleRef.type: oci`.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Where Git mirrors are kept, for `moduleRef.type: git` (default: ~/.cache/pequod).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -37,11 +41,20 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
     let registry = args.registry.registry()?;
     let cache = ModuleCache::new(64 << 20);
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::module::git::default_cache_dir);
+    let sources = Sources {
+        registry: &registry,
+        cache: &cache,
+        cache_dir: &cache_dir,
+        git_auth: GitAuth::Anonymous,
+    };
     let bundle = resolve(
         &transform.spec.module_ref,
         args.module_dir.as_deref(),
-        &registry,
-        &cache,
+        &sources,
     )
     .await
     .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?

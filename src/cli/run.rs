@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Registries (`host:port`) spoken to over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+    /// Where Git mirrors are kept (default: ~/.cache/pequod).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -74,6 +77,10 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         },
         insecure_registries: args.insecure_registries.clone(),
         module_resync: args.module_resync,
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::module::git::default_cache_dir),
     };
     let (sender, receiver) = futures::channel::mpsc::unbounded();
     let leader = LeaderConfig {

@@ -43,8 +43,10 @@ pub struct OperatorConfig {
     pub exec: ExecConfig,
     /// Registries (`host:port`) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// How often a module referenced by a tag is resolved again.
+    /// How often a module referenced by a tag (or a Git branch) is resolved again.
     pub module_resync: Duration,
+    /// Where Git mirrors are kept.
+    pub cache_dir: std::path::PathBuf,
 }
 
 /// Shared by every reconcile of both controllers.

@@ -18,8 +18,9 @@ use crate::api::{LocalObjectReference, ResolvedModule, ResourceGraph, Transform,
 use crate::apply::FIELD_MANAGER;
 use crate::exec::{condition, condition_with_status};
 use crate::graph::Violation;
+use crate::module::git::{GitAuth, GitError};
 use crate::module::oci::Registry;
-use crate::module::{Resolved, SourceError, resolve};
+use crate::module::{Resolved, SourceError, Sources, resolve};
 use crate::policy;
 use crate::render::{FailureKind, RenderContext, RenderError};
 
@@ -173,8 +174,13 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             )
             .await?;
             let module_ref = &transform.spec.module_ref;
-            if module_ref.type_ == ModuleType::Oci && !module_ref.ref_.contains('@') {
-                // A tag may move: look again after --module-resync.
+            let mutable = match module_ref.type_ {
+                ModuleType::Oci => !module_ref.ref_.contains('@'),
+                ModuleType::Git => true,
+                _ => false,
+            };
+            if mutable {
+                // A tag or a branch may move: look again after --module-resync.
                 Action::requeue(context.config.module_resync)
             } else {
                 Action::await_change()
@@ -366,18 +372,29 @@ fn source_failure(error: &SourceError) -> (&'static str, bool) {
         SourceError::Oci(OciError::Registry { .. }) | SourceError::Shared(_) => {
             ("RegistryUnavailable", true)
         }
+        SourceError::Git(GitError::Fetch { .. } | GitError::Cache { .. }) => ("FetchFailed", true),
+        SourceError::Git(GitError::UnknownRevision { .. }) => ("RevisionNotFound", true),
+        SourceError::Git(GitError::MissingPath { .. }) => ("PathNotFound", true),
+        SourceError::Git(GitError::Content { .. }) => ("InvalidModule", true),
     }
 }
 
-/// The docker config of the Transform's `pullSecretRef` (a `kubernetes.io/dockerconfigjson`
-/// Secret in its namespace).
-async fn pull_secret(
-    transform: &Transform,
-    context: &Context,
-) -> Result<Option<serde_json::Value>, Failure> {
+/// Credentials from the Transform's `pullSecretRef`, a Secret in its namespace.
+enum Credentials {
+    /// None given.
+    None,
+    /// A docker config (`kubernetes.io/dockerconfigjson`), for OCI.
+    DockerConfig(serde_json::Value),
+    /// Basic auth, a token or an SSH key, for Git.
+    Git(GitAuth),
+}
+
+async fn pull_secret(transform: &Transform, context: &Context) -> Result<Credentials, Failure> {
     let Some(reference) = &transform.spec.module_ref.pull_secret_ref else {
-        return Ok(None);
+        return Ok(Credentials::None);
     };
+    let namespace = transform.namespace().unwrap_or_default();
+    let shown = format!("Secret {namespace}/{}", reference.name);
     let failed = |message: String| Failure {
         condition: "ModuleResolved",
         reason: "PullSecretUnavailable",
@@ -386,40 +403,50 @@ async fn pull_secret(
         before_render: false,
         transient: true,
     };
-    let namespace = transform.namespace().unwrap_or_default();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(context.client.clone(), &namespace);
     let secret = secrets
         .get_opt(&reference.name)
         .await
-        .map_err(|e| {
-            failed(format!(
-                "cannot read Secret {namespace}/{}: {e}",
-                reference.name
-            ))
-        })?
-        .ok_or_else(|| {
-            failed(format!(
-                "pullSecretRef: Secret {namespace}/{} not found",
-                reference.name
-            ))
-        })?;
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(".dockerconfigjson"))
-        .ok_or_else(|| {
-            failed(format!(
-                "Secret {namespace}/{} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)",
-                reference.name
-            ))
-        })?;
-    serde_json::from_slice(&data.0).map(Some).map_err(|e| {
+        .map_err(|e| failed(format!("cannot read {shown}: {e}")))?
+        .ok_or_else(|| failed(format!("pullSecretRef: {shown} not found")))?;
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+    };
+    if transform.spec.module_ref.type_ == ModuleType::Git {
+        let auth = match (
+            text("username"),
+            text("password"),
+            text("token"),
+            text("ssh-privatekey"),
+        ) {
+            (_, _, _, Some(key)) => GitAuth::SshKey {
+                username: text("username").unwrap_or_else(|| "git".to_string()),
+                private_key: key,
+            },
+            (Some(username), Some(password), _, _) => GitAuth::Basic { username, password },
+            (username, _, Some(token), _) => GitAuth::Basic {
+                username: username.unwrap_or_else(|| "git".to_string()),
+                password: token,
+            },
+            _ => {
+                return Err(failed(format!(
+                    "{shown} has none of username+password, token, ssh-privatekey"
+                )));
+            }
+        };
+        return Ok(Credentials::Git(auth));
+    }
+    let config = text(".dockerconfigjson").ok_or_else(|| {
         failed(format!(
-            "Secret {namespace}/{}: .dockerconfigjson is not JSON: {e}",
-            reference.name
+            "{shown} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
         ))
-    })
+    })?;
+    serde_json::from_str(&config)
+        .map(Credentials::DockerConfig)
+        .map_err(|e| failed(format!("{shown}: .dockerconfigjson is not JSON: {e}")))
 }
 
 /// Resolves and renders; the ResourceGraph to write, or the step that failed.
@@ -430,14 +457,23 @@ async fn render(
     let module_ref = &transform.spec.module_ref;
     let type_label = module_ref.type_.to_string();
     let started = Instant::now();
-    let docker_config = pull_secret(transform, context).await?;
-    let resolved = match docker_config {
-        Some(config) => {
-            let registry = Registry::new(&context.config.insecure_registries, Some(config));
-            resolve(module_ref, None, &registry, &context.modules).await
+    let credentials = pull_secret(transform, context).await?;
+    let with_secret;
+    let (registry, git_auth) = match credentials {
+        Credentials::DockerConfig(config) => {
+            with_secret = Registry::new(&context.config.insecure_registries, Some(config));
+            (&with_secret, GitAuth::Anonymous)
         }
-        None => resolve(module_ref, None, &context.registry, &context.modules).await,
+        Credentials::Git(auth) => (&context.registry, auth),
+        Credentials::None => (&context.registry, GitAuth::Anonymous),
     };
+    let sources = Sources {
+        registry,
+        cache: &context.modules,
+        cache_dir: &context.config.cache_dir,
+        git_auth,
+    };
+    let resolved = resolve(module_ref, None, &sources).await;
     let result = if resolved.is_ok() { "success" } else { "error" };
     context
         .metrics

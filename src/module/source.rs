@@ -20,12 +20,15 @@ pub enum SourceError {
     },
     /// The source type needs a fetcher this code path does not have.
     #[error(
-        "module type `{0}` cannot be resolved here (supported: embedded, inline, oci, --module-dir)"
+        "module type `{0}` cannot be resolved here (supported: embedded, inline, oci, git, --module-dir)"
     )]
     Unsupported(ModuleType),
     /// The registry refused, did not have, or damaged the artifact.
     #[error(transparent)]
     Oci(#[from] super::oci::OciError),
+    /// The Git repository could not be fetched or read.
+    #[error(transparent)]
+    Git(#[from] super::git::GitError),
     /// A concurrent fetch of the same module failed (its error, shared).
     #[error("{0}")]
     Shared(String),
@@ -131,17 +134,34 @@ impl ModuleCache {
     }
 }
 
-/// Resolves any `moduleRef`: local sources as [`resolve_local`], OCI artifacts with
-/// `registry` (the reference is resolved to its current digest with the caller's
-/// credentials every time, so access is checked; the files come from `cache` when it has
-/// that digest). `path` selects a sub-directory of the artifact; the `digest` pin is
-/// compared with the manifest digest.
+/// What resolving remote modules needs: a registry client, the module cache, a directory
+/// for Git mirrors, and Git credentials.
+pub struct Sources<'a> {
+    /// The OCI registry client (with the caller's credentials).
+    pub registry: &'a super::oci::Registry,
+    /// Fetched modules by digest.
+    pub cache: &'a ModuleCache,
+    /// Where Git mirrors live.
+    pub cache_dir: &'a Path,
+    /// Credentials for Git.
+    pub git_auth: super::git::GitAuth,
+}
+
+/// Resolves any `moduleRef`: local sources as [`resolve_local`]; OCI artifacts with the
+/// registry (the reference is resolved to its current digest with the caller's
+/// credentials every time, so access is checked; the files come from the cache when it has
+/// that digest); Git repositories through their mirror (fetched every time, incrementally;
+/// the digest is the commit, plus the path). `path` selects a sub-directory; the `digest`
+/// pin is compared with the resolved digest.
 pub async fn resolve(
     module_ref: &ModuleRef,
     module_dir: Option<&Path>,
-    registry: &super::oci::Registry,
-    cache: &ModuleCache,
+    sources: &Sources<'_>,
 ) -> Result<Resolved, SourceError> {
+    if module_dir.is_none() && module_ref.type_ == ModuleType::Git {
+        return resolve_git(module_ref, sources).await;
+    }
+    let (registry, cache) = (sources.registry, sources.cache);
     if module_dir.is_some() || module_ref.type_ != ModuleType::Oci {
         let bundle = resolve_local(module_ref, module_dir)?;
         let digest = bundle.digest().to_string();
@@ -189,6 +209,52 @@ pub async fn resolve(
         bundle,
         digest,
         cached: !fetched.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+async fn resolve_git(
+    module_ref: &ModuleRef,
+    sources: &Sources<'_>,
+) -> Result<Resolved, SourceError> {
+    let reference = super::git::GitRef::parse(&module_ref.ref_, module_ref.path.as_deref());
+    let (auth, dir) = (sources.git_auth.clone(), sources.cache_dir.to_path_buf());
+    let wanted = reference.clone();
+    let checkout = tokio::task::spawn_blocking(move || super::git::fetch(&wanted, &auth, &dir))
+        .await
+        .map_err(|e| SourceError::Shared(format!("git fetch task failed: {e}")))??;
+    let digest = match &reference.path {
+        Some(path) => format!("{}:{path}", checkout.commit),
+        None => checkout.commit.clone(),
+    };
+    if let Some(expected) = &module_ref.digest
+        && expected != &digest
+    {
+        return Err(SourceError::DigestMismatch {
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    let cached = sources.cache.bundles.contains_key(&digest);
+    let files = checkout.files;
+    let entrypoint = module_ref.entrypoint.clone();
+    let bundle = sources
+        .cache
+        .bundles
+        .try_get_with(digest.clone(), async move {
+            Ok::<_, SourceError>(std::sync::Arc::new(ModuleBundle::new(
+                files,
+                entrypoint.as_deref(),
+            )?))
+        })
+        .await
+        .map_err(|error| match std::sync::Arc::try_unwrap(error) {
+            Ok(error) => error,
+            Err(shared) => SourceError::Shared(shared.to_string()),
+        })?;
+    Ok(Resolved {
+        bundle: (*bundle).clone(),
+        digest,
+        cached,
     })
 }
 
