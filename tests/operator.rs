@@ -1702,3 +1702,103 @@ async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_cond
     assert!(!found, "nothing rendered");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_commit_on_a_branch_re_renders_after_resync() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let repo = dir.path().join("platforms");
+    std::fs::create_dir_all(&repo).expect("repository");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=Pequod Tests",
+                "-c",
+                "user.email=tests@pequod.invalid",
+            ])
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("git is installed");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    let module = repo.join("webservice");
+    std::fs::create_dir_all(&module).expect("module directory");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("platforms/webservice");
+    for entry in std::fs::read_dir(&shipped).expect("shipped module") {
+        let entry = entry.expect("entry");
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), module.join(entry.file_name())).expect("copied");
+        }
+    }
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "webservice"]);
+    let cache = dir.path().join("cache");
+    let cluster = Cluster::start_with_flags(
+        Duration::from_millis(300),
+        &[
+            "--module-resync",
+            "1s",
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let transform = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+        "metadata": {"name": "from-git", "namespace": "default"},
+        "spec": {"moduleRef": {"type": "git", "ref": format!("{}?ref=main&path=webservice", repo.display())},
+                 "input": {"name": "from-git", "image": "ghcr.io/acme/api:1.0.0", "replicas": 1}}
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&transform.to_string()))
+        .await;
+    let graph = cluster
+        .graph_when("default", "from-git", "rendered from the branch", |g| {
+            g["spec"]["metadata"]["version"] == "0.2.0"
+        })
+        .await;
+    let first_digest = graph["spec"]["metadata"]["moduleDigest"].clone();
+    let main = module.join("main.ncl");
+    let source = std::fs::read_to_string(&main).expect("main.ncl");
+    std::fs::write(
+        &main,
+        source.replacen("version = \"0.2.0\"", "version = \"0.3.0\"", 1),
+    )
+    .expect("edited");
+    git(&["commit", "-q", "-am", "0.3.0"]);
+    let graph = cluster
+        .graph_when(
+            "default",
+            "from-git",
+            "re-rendered from the new commit",
+            |g| g["spec"]["metadata"]["version"] == "0.3.0",
+        )
+        .await;
+    assert_ne!(graph["spec"]["metadata"]["moduleDigest"], first_digest);
+    let transform = cluster
+        .json(&["get", "transform", "from-git"])
+        .await
+        .expect("Transform");
+    assert_eq!(transform["status"]["resolvedModule"]["type"], "git");
+    let commit = transform["status"]["resolvedModule"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        commit.ends_with(":webservice") && commit.len() == 40 + ":webservice".len(),
+        "{commit}"
+    );
+    cluster.stop().await;
+}
