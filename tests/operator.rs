@@ -1802,3 +1802,73 @@ async fn a_new_commit_on_a_branch_re_renders_after_resync() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_in_a_config_map_re_renders_when_the_config_map_changes() {
+    let cluster = Cluster::start().await;
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/modules/shapes/main.ncl"),
+    )
+    .expect("shapes module");
+    let transform = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+        "metadata": {"name": "from-cm", "namespace": "default"},
+        "spec": {"moduleRef": {"type": "configmap", "ref": "shapes-module"},
+                 "input": {"nodes": [{"id": "cfg"}]}}
+    });
+    // The ConfigMap does not exist yet: a condition, then its creation wakes the Transform.
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&transform.to_string()))
+        .await;
+    let waiting = cluster
+        .transform_when("default", "from-cm", "ModuleResolved=False", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    let resolved = condition(&waiting, "ModuleResolved").expect("ModuleResolved");
+    assert_eq!(resolved["reason"], "ModuleNotFound");
+    assert_eq!(
+        resolved["message"],
+        "ConfigMap default/shapes-module not found"
+    );
+    let config_map = |source: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "shapes-module"}, "data": {"main.ncl": source}})
+        .to_string()
+    };
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&config_map(&source)))
+        .await;
+    cluster
+        .graph_when("default", "from-cm", "rendered from the ConfigMap", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    let first = cluster
+        .json(&["get", "transform", "from-cm"])
+        .await
+        .expect("Transform");
+    assert_eq!(first["status"]["resolvedModule"]["type"], "configmap");
+    let first_digest = first["status"]["resolvedModule"]["digest"].clone();
+
+    // An edit of the module re-renders.
+    let edited = source.replace(
+        "data = { value = content }",
+        "data = { value = content, edited = \"yes\" }",
+    );
+    assert_ne!(edited, source);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&config_map(&edited)))
+        .await;
+    eventually(60, "the edit applied", || async {
+        let object = cluster.json(&["get", "configmap", "cfg"]).await?;
+        (object["data"]["edited"] == "yes").then_some(())
+    })
+    .await;
+    let second = cluster
+        .json(&["get", "transform", "from-cm"])
+        .await
+        .expect("Transform");
+    assert_ne!(second["status"]["resolvedModule"]["digest"], first_digest);
+    cluster.stop().await;
+}

@@ -19,12 +19,14 @@ use kube::runtime::{Controller, controller::Action, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
-use crate::api::{ResourceGraph, Transform};
+use crate::api::{ModuleType, ResourceGraph, Transform};
 use crate::apply::Applier;
 use crate::exec::ExecConfig;
 use crate::metrics::Metrics;
 use crate::module::ModuleCache;
 use crate::module::oci::Registry;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::reflector::ObjectRef;
 
 /// Memory for fetched modules: a few hundred typical modules.
 const MODULE_CACHE_BYTES: u64 = 64 << 20;
@@ -173,8 +175,27 @@ pub async fn run(
     let namespace = context.config.namespace.as_deref();
     let transforms: Api<Transform> = api(&context.client, namespace);
     let resource_graphs: Api<ResourceGraph> = api(&context.client, namespace);
-    let transform_controller = Controller::new(transforms, watcher::Config::default())
+    let controller = Controller::new(transforms, watcher::Config::default());
+    // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
+    // Transforms are looked up in the controller's own cache.
+    let store = controller.store();
+    let config_maps: Api<ConfigMap> = api(&context.client, namespace);
+    let transform_controller = controller
         .owns(resource_graphs.clone(), watcher::Config::default())
+        .watches(config_maps, watcher::Config::default(), move |config_map| {
+            let namespace = config_map.namespace();
+            let name = config_map.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|t| {
+                    t.spec.module_ref.type_ == ModuleType::Configmap
+                        && t.spec.module_ref.ref_ == name
+                        && t.namespace() == namespace
+                })
+                .map(|t| ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.clone())
         .run(
             transform::reconcile,

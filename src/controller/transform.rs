@@ -20,7 +20,7 @@ use crate::exec::{condition, condition_with_status};
 use crate::graph::Violation;
 use crate::module::git::{GitAuth, GitError};
 use crate::module::oci::Registry;
-use crate::module::{Resolved, SourceError, Sources, resolve};
+use crate::module::{Resolved, SourceError, Sources, from_config_map, resolve};
 use crate::policy;
 use crate::render::{FailureKind, RenderContext, RenderError};
 
@@ -376,6 +376,8 @@ fn source_failure(error: &SourceError) -> (&'static str, bool) {
         SourceError::Git(GitError::UnknownRevision { .. }) => ("RevisionNotFound", true),
         SourceError::Git(GitError::MissingPath { .. }) => ("PathNotFound", true),
         SourceError::Git(GitError::Content { .. }) => ("InvalidModule", true),
+        // Its creation wakes the Transform (the ConfigMap watch).
+        SourceError::ConfigMapNotFound { .. } => ("ModuleNotFound", false),
     }
 }
 
@@ -449,6 +451,26 @@ async fn pull_secret(transform: &Transform, context: &Context) -> Result<Credent
         .map_err(|e| failed(format!("{shown}: .dockerconfigjson is not JSON: {e}")))
 }
 
+/// The module in the ConfigMap `moduleRef.ref` of the Transform's namespace.
+async fn config_map_module(
+    transform: &Transform,
+    context: &Context,
+) -> Result<Resolved, SourceError> {
+    let namespace = transform.namespace().unwrap_or_default();
+    let name = &transform.spec.module_ref.ref_;
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(context.client.clone(), &namespace);
+    let found = config_maps
+        .get_opt(name)
+        .await
+        .map_err(|e| SourceError::Shared(format!("cannot read ConfigMap {namespace}/{name}: {e}")))?
+        .ok_or_else(|| SourceError::ConfigMapNotFound {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })?;
+    from_config_map(&found.data.unwrap_or_default(), &transform.spec.module_ref)
+}
+
 /// Resolves and renders; the ResourceGraph to write, or the step that failed.
 async fn render(
     transform: &Transform,
@@ -473,7 +495,11 @@ async fn render(
         cache_dir: &context.config.cache_dir,
         git_auth,
     };
-    let resolved = resolve(module_ref, None, &sources).await;
+    let resolved = if module_ref.type_ == ModuleType::Configmap {
+        config_map_module(transform, context).await
+    } else {
+        resolve(module_ref, None, &sources).await
+    };
     let result = if resolved.is_ok() { "success" } else { "error" };
     context
         .metrics

@@ -10,4 +10,6 @@ mod source;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
 pub use embedded::{embedded_module, embedded_module_names, library_files};
-pub use source::{ModuleCache, Resolved, SourceError, Sources, resolve, resolve_local};
+pub use source::{
+    ModuleCache, Resolved, SourceError, Sources, from_config_map, resolve, resolve_local,
+};

@@ -2,6 +2,8 @@
 //! artifacts from their registry through a cache keyed by manifest digest.
 
 use std::collections::BTreeMap;
+
+use sha2::Digest as _;
 use std::path::Path;
 
 use super::{BundleError, ModuleBundle, embedded_module, embedded_module_names};
@@ -26,6 +28,14 @@ pub enum SourceError {
     /// The registry refused, did not have, or damaged the artifact.
     #[error(transparent)]
     Oci(#[from] super::oci::OciError),
+    /// The ConfigMap a `configmap` moduleRef names does not exist.
+    #[error("ConfigMap {namespace}/{name} not found")]
+    ConfigMapNotFound {
+        /// Its namespace (the Transform's).
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
     /// The Git repository could not be fetched or read.
     #[error(transparent)]
     Git(#[from] super::git::GitError),
@@ -292,4 +302,34 @@ fn select(
             Ok(ModuleBundle::new(files, entry)?)
         }
     }
+}
+
+/// The module held by a ConfigMap: its `data` keys are the file names. The digest is a
+/// sha256 over the sorted keys and values (not the uid: an edit changes it).
+pub fn from_config_map(
+    data: &BTreeMap<String, String>,
+    module_ref: &ModuleRef,
+) -> Result<Resolved, SourceError> {
+    let mut hasher = sha2::Sha256::new();
+    for (key, value) in data {
+        for part in [key, value] {
+            sha2::Digest::update(&mut hasher, (part.len() as u64).to_be_bytes());
+            sha2::Digest::update(&mut hasher, part.as_bytes());
+        }
+    }
+    let digest = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher)));
+    if let Some(expected) = &module_ref.digest
+        && expected != &digest
+    {
+        return Err(SourceError::DigestMismatch {
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    let bundle = ModuleBundle::new(data.clone(), module_ref.entrypoint.as_deref())?;
+    Ok(Resolved {
+        bundle,
+        digest,
+        cached: false,
+    })
 }
