@@ -28,6 +28,13 @@ pub struct BenchArgs {
     /// A `nickel` CLI binary to time as the baseline (skipped when absent).
     #[arg(long, env = "PEQUOD_BENCH_NICKEL")]
     pub nickel: Option<PathBuf>,
+    /// The webservice module published at this OCI reference: time resolve + fetch +
+    /// render, cold (empty module cache) and cached.
+    #[arg(long, value_name = "REF")]
+    pub oci: Option<String>,
+    /// Registry access for `--oci`.
+    #[command(flatten)]
+    pub registry: super::RegistryArgs,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -112,9 +119,74 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if let Some(nickel) = &args.nickel {
         nickel_baseline(nickel, bundle, samples.min(50))?;
     }
+    if let Some(reference) = &args.oci {
+        oci(&renderer, reference, &args.registry, samples.min(100)).await?;
+    }
     if args.memory_renders > 0 {
         memory(&renderer, bundle, args.memory_renders).await?;
     }
+    Ok(())
+}
+
+/// Resolve + fetch + render of a module in an OCI registry: cold (a new module cache and a
+/// new input every time: the digest lookup, the pull and an evaluation) and cached (the
+/// digest lookup and a render-cache hit), as the operator does per reconcile.
+async fn oci(
+    renderer: &Renderer,
+    reference: &str,
+    registry: &super::RegistryArgs,
+    samples: usize,
+) -> Result<(), CliError> {
+    use crate::api::{ModuleRef, ModuleType};
+    use crate::module::{ModuleCache, Sources, git::GitAuth, resolve};
+    let registry = registry.registry()?;
+    let module_ref = ModuleRef {
+        type_: ModuleType::Oci,
+        ref_: reference.to_string(),
+        path: None,
+        entrypoint: None,
+        pull_secret_ref: None,
+        digest: None,
+    };
+    let dir = std::env::temp_dir();
+    let fail = |e: crate::module::SourceError| {
+        CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}"))
+    };
+    let mut cold = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let cache = ModuleCache::new(64 << 20);
+        let sources = Sources {
+            registry: &registry,
+            cache: &cache,
+            cache_dir: &dir,
+            git_auth: GitAuth::Anonymous,
+        };
+        let t = Instant::now();
+        let resolved = resolve(&module_ref, None, &sources).await.map_err(fail)?;
+        render(renderer, &resolved.bundle, &input(4_000_000 + i)).await?;
+        cold.push(t.elapsed());
+    }
+    report("oci resolve+fetch+render, cold", &mut cold);
+    let cache = ModuleCache::new(64 << 20);
+    let sources = Sources {
+        registry: &registry,
+        cache: &cache,
+        cache_dir: &dir,
+        git_auth: GitAuth::Anonymous,
+    };
+    let warmed = resolve(&module_ref, None, &sources).await.map_err(fail)?;
+    render(renderer, &warmed.bundle, &input(0)).await?;
+    let mut cached = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let resolved = resolve(&module_ref, None, &sources).await.map_err(fail)?;
+        render(renderer, &resolved.bundle, &input(0)).await?;
+        cached.push(t.elapsed());
+    }
+    report(
+        "oci resolve+render, cached (digest lookup + render-cache hit)",
+        &mut cached,
+    );
     Ok(())
 }
 
