@@ -1872,3 +1872,101 @@ async fn a_module_in_a_config_map_re_renders_when_the_config_map_changes() {
     assert_ne!(second["status"]["resolvedModule"]["digest"], first_digest);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_read_with_the_transforms_pull_secret() {
+    use base64::Engine;
+    let registry = tokio::task::spawn_blocking(registry::TestRegistry::with_auth)
+        .await
+        .expect("registry starts");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let credentials = dir.path().join("config.json");
+    registry.docker_config(&credentials);
+    let reference = format!("{}/private/webservice:1", registry.host);
+    let published = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
+        .args(["module", "publish", "platforms/webservice", &reference])
+        .args(["--insecure-registry", &registry.host, "--docker-config"])
+        .arg(&credentials)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("pequod runs");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let cluster = Cluster::start_with_flags(
+        Duration::from_millis(300),
+        &["--insecure-registry", &registry.host],
+    )
+    .await;
+    let transform = |name: &str, secret: Option<&str>| {
+        let mut module_ref = serde_json::json!({"type": "oci", "ref": reference});
+        if let Some(secret) = secret {
+            module_ref["pullSecretRef"] = serde_json::json!({"name": secret});
+        }
+        serde_json::json!({
+            "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"moduleRef": module_ref,
+                     "input": {"name": name, "image": "ghcr.io/acme/api:1.0.0", "replicas": 1}}
+        })
+        .to_string()
+    };
+    // Without credentials: refused, said so.
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&transform("anonymous", None)))
+        .await;
+    let refused = cluster
+        .transform_when("default", "anonymous", "ModuleResolved=False", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    let resolved = condition(&refused, "ModuleResolved").expect("ModuleResolved");
+    assert_eq!(resolved["reason"], "Unauthorized");
+    // A Secret that is missing, then a dockerconfigjson Secret.
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&transform("private", Some("regcred"))),
+        )
+        .await;
+    let missing = cluster
+        .transform_when("default", "private", "PullSecretUnavailable", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["reason"] == "PullSecretUnavailable")
+        })
+        .await;
+    assert_eq!(
+        condition(&missing, "ModuleResolved").expect("ModuleResolved")["message"],
+        "pullSecretRef: Secret default/regcred not found"
+    );
+    let config = std::fs::read(&credentials).expect("docker config");
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "regcred"},
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&secret.to_string()))
+        .await;
+    let ready = cluster
+        .transform_when("default", "private", "Ready with the pull secret", |t| {
+            condition(t, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
+    assert_eq!(ready["status"]["resolvedModule"]["type"], "oci");
+    // The module is cached now, but the anonymous Transform still may not have it.
+    let still = cluster
+        .json(&["get", "transform", "anonymous"])
+        .await
+        .expect("Transform");
+    assert_eq!(
+        condition(&still, "ModuleResolved").expect("ModuleResolved")["status"],
+        "False"
+    );
+    let (found, _, _) = cluster
+        .kubectl(&["get", "resourcegraph", "anonymous"], None)
+        .await;
+    assert!(!found);
+    cluster.stop().await;
+}
