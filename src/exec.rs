@@ -851,6 +851,9 @@ pub fn retry_delay(failures: u32) -> Duration {
         .unwrap_or(Duration::from_secs(300))
 }
 
+/// Longest condition message Kubernetes accepts.
+const MAX_CONDITION_MESSAGE: usize = 32768;
+
 /// A metav1.Condition, keeping the previous transition time when the status is unchanged.
 pub fn condition(
     type_: &str,
@@ -876,6 +879,16 @@ pub fn condition_with_status(
     previous: &[Condition],
 ) -> Condition {
     let status = status.to_string();
+    // metav1.Condition allows 32768 bytes of message.
+    let mut message = message.to_string();
+    if message.len() > MAX_CONDITION_MESSAGE {
+        let mut end = MAX_CONDITION_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -884,7 +897,7 @@ pub fn condition_with_status(
         type_: type_.to_string(),
         status,
         reason: reason.to_string(),
-        message: message.to_string(),
+        message,
         observed_generation: generation,
         last_transition_time,
     }

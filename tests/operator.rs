@@ -1752,6 +1752,7 @@ async fn a_new_commit_on_a_branch_re_renders_after_resync() {
             "1s",
             "--cache-dir",
             cache.to_str().expect("utf-8"),
+            "--allow-local-git",
         ],
     )
     .await;

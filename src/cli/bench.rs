@@ -160,6 +160,7 @@ async fn oci(
             cache: &cache,
             cache_dir: &dir,
             git_auth: GitAuth::Anonymous,
+            allow_local_git: false,
         };
         let t = Instant::now();
         let resolved = resolve(&module_ref, None, &sources).await.map_err(fail)?;
@@ -173,6 +174,7 @@ async fn oci(
         cache: &cache,
         cache_dir: &dir,
         git_auth: GitAuth::Anonymous,
+        allow_local_git: false,
     };
     let warmed = resolve(&module_ref, None, &sources).await.map_err(fail)?;
     render(renderer, &warmed.bundle, &input(0)).await?;

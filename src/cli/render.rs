@@ -50,6 +50,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         cache: &cache,
         cache_dir: &cache_dir,
         git_auth: GitAuth::Anonymous,
+        allow_local_git: true,
     };
     let bundle = resolve(
         &transform.spec.module_ref,

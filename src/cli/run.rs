@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Where Git mirrors are kept (default: ~/.cache/pequod).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Let Git module URLs be local paths or file:// (they read the operator's own disk,
+    /// other tenants' mirrors included: for tests and single-tenant setups).
+    #[arg(long)]
+    pub allow_local_git: bool,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -81,6 +85,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             .cache_dir
             .clone()
             .unwrap_or_else(crate::module::git::default_cache_dir),
+        allow_local_git: args.allow_local_git,
     };
     let (sender, receiver) = futures::channel::mpsc::unbounded();
     let leader = LeaderConfig {

@@ -49,6 +49,8 @@ pub struct OperatorConfig {
     pub module_resync: Duration,
     /// Where Git mirrors are kept.
     pub cache_dir: std::path::PathBuf,
+    /// Git URLs may be local paths (they read the operator's own disk: for tests).
+    pub allow_local_git: bool,
 }
 
 /// Shared by every reconcile of both controllers.

@@ -143,10 +143,17 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                     &previous.conditions,
                 ),
             );
+            let remote = matches!(
+                transform.spec.module_ref.type_,
+                ModuleType::Oci | ModuleType::Git
+            );
             if failure.transient {
                 let mut failures = context.transform_failures.entry(key).or_insert(0);
                 *failures = failures.saturating_add(1);
                 Action::requeue(crate::exec::retry_delay(*failures))
+            } else if remote && failure.condition == "ModuleResolved" {
+                // A tag or a branch may be fixed upstream: look again at the next resync.
+                Action::requeue(context.config.module_resync)
             } else {
                 // The same input fails the same way: only a change is worth a new try.
                 Action::await_change()
@@ -376,6 +383,7 @@ fn source_failure(error: &SourceError) -> (&'static str, bool) {
         SourceError::Git(GitError::UnknownRevision { .. }) => ("RevisionNotFound", true),
         SourceError::Git(GitError::MissingPath { .. }) => ("PathNotFound", true),
         SourceError::Git(GitError::Content { .. }) => ("InvalidModule", true),
+        SourceError::LocalGitRefused(_) => ("InvalidReference", false),
         // Its creation wakes the Transform (the ConfigMap watch).
         SourceError::ConfigMapNotFound { .. } => ("ModuleNotFound", false),
     }
@@ -494,6 +502,7 @@ async fn render(
         cache: &context.modules,
         cache_dir: &context.config.cache_dir,
         git_auth,
+        allow_local_git: context.config.allow_local_git,
     };
     let resolved = if module_ref.type_ == ModuleType::Configmap {
         config_map_module(transform, context).await

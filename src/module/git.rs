@@ -24,8 +24,8 @@ pub struct GitRef {
     pub path: Option<String>,
 }
 
-/// Credentials for a repository (from a Secret in the cluster).
-#[derive(Clone, Debug, Default)]
+/// Credentials for a repository (from a Secret in the cluster). Its `Debug` shows no secret.
+#[derive(Clone, Default)]
 pub enum GitAuth {
     /// None.
     #[default]
@@ -95,7 +95,34 @@ pub enum GitError {
     },
 }
 
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitAuth::Anonymous => f.write_str("Anonymous"),
+            GitAuth::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            GitAuth::SshKey { username, .. } => write!(f, "SshKey({username}, ***)"),
+        }
+    }
+}
+
+/// Most a fetch may download: more is refused (a module repository is small).
+const MAX_FETCH_BYTES: usize = 256 << 20;
+
 impl GitRef {
+    /// Whether the URL is a path on this machine (or `file://`), not a server's.
+    pub fn is_local(&self) -> bool {
+        let url = self.url.as_str();
+        let remote_scheme = ["https://", "http://", "ssh://", "git://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        // scp-like `git@host:org/repo.git`
+        let scp_like = !url.starts_with('/')
+            && url
+                .split_once(':')
+                .is_some_and(|(host, _)| host.contains('@'));
+        !remote_scheme && !scp_like
+    }
+
     /// Parses `URL[?ref=R][&path=P]`; `path` (from `moduleRef.path`) wins over the query's.
     pub fn parse(reference: &str, path: Option<&str>) -> GitRef {
         let (url, query) = reference.split_once('?').unwrap_or((reference, ""));
@@ -152,7 +179,24 @@ fn mirror(cache: &Path, url: &str) -> Result<Repository, GitError> {
 
 fn callbacks(auth: &GitAuth) -> RemoteCallbacks<'_> {
     let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(move |_url, username, allowed| match auth {
+    // libgit2 asks again after refused credentials: once is enough.
+    let mut asked = false;
+    callbacks.credentials(move |_url, username, allowed| {
+        if std::mem::replace(&mut asked, true) {
+            return Err(git2::Error::from_str("the credentials were refused"));
+        }
+        credential(auth, username, allowed)
+    });
+    callbacks.transfer_progress(|progress| progress.received_bytes() <= MAX_FETCH_BYTES);
+    callbacks
+}
+
+fn credential(
+    auth: &GitAuth,
+    username: Option<&str>,
+    allowed: git2::CredentialType,
+) -> Result<git2::Cred, git2::Error> {
+    match auth {
         GitAuth::Anonymous => Err(git2::Error::from_str("the repository wants credentials")),
         GitAuth::Basic { username, password } if allowed.is_user_pass_plaintext() => {
             git2::Cred::userpass_plaintext(username, password)
@@ -166,13 +210,25 @@ fn callbacks(auth: &GitAuth) -> RemoteCallbacks<'_> {
         _ => Err(git2::Error::from_str(
             "no credentials of the kind the server wants",
         )),
+    }
+}
+
+/// Bounds the time libgit2 waits for a server (process-wide settings, set once).
+fn set_timeouts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: plain integer options of libgit2, set once before any fetch.
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(10_000);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(30_000);
+        }
     });
-    callbacks
 }
 
 /// Fetches `reference` into its mirror in `cache` (incrementally) and reads the module at
 /// its revision.
 pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkout, GitError> {
+    set_timeouts();
     let url = &reference.url;
     let repository = mirror(cache, url)?;
     let fetch_failed = |e: git2::Error| GitError::Fetch {
@@ -183,6 +239,8 @@ pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkou
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks(auth));
     options.download_tags(git2::AutotagOption::All);
+    // A branch deleted upstream is gone from the mirror too.
+    options.prune(git2::FetchPrune::On);
     remote
         .fetch(
             &[
@@ -272,6 +330,17 @@ fn read_tree(
             return TreeWalkResult::Ok;
         }
         let name = format!("{dir}{}", entry.name().unwrap_or_default());
+        // The size from the object header, before the blob is inflated.
+        let size = repository
+            .odb()
+            .and_then(|odb| odb.read_header(entry.id()))
+            .map_or(usize::MAX, |(size, _)| size);
+        if total.saturating_add(size) > MAX_BUNDLE_BYTES {
+            problem = Some(format!(
+                "the module is over the {MAX_BUNDLE_BYTES} byte limit"
+            ));
+            return TreeWalkResult::Abort;
+        }
         let Ok(blob) = repository.find_blob(entry.id()) else {
             problem = Some(format!("{name}: cannot be read"));
             return TreeWalkResult::Abort;
@@ -325,5 +394,29 @@ mod tests {
         let plain = GitRef::parse("/srv/platforms", Some("/web/"));
         assert_eq!(plain.revision, None);
         assert_eq!(plain.path.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn local_urls_are_told_apart_from_servers() {
+        for local in ["/srv/platforms", "file:///srv/platforms", "../platforms"] {
+            assert!(GitRef::parse(local, None).is_local(), "{local}");
+        }
+        for remote in [
+            "https://github.com/acme/p.git",
+            "ssh://git@github.com/acme/p.git",
+            "git@github.com:acme/p.git",
+            "git://127.0.0.1:9418/p.git",
+        ] {
+            assert!(!GitRef::parse(remote, None).is_local(), "{remote}");
+        }
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let auth = GitAuth::Basic {
+            username: "bot".into(),
+            password: "hunter2".into(),
+        };
+        assert_eq!(format!("{auth:?}"), "Basic(bot, ***)");
     }
 }

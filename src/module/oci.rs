@@ -117,6 +117,9 @@ impl Registry {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
+            // A registry that stops answering fails the fetch instead of hanging it.
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(30)),
             ..ClientConfig::default()
         };
         Registry {
@@ -163,17 +166,24 @@ impl Registry {
         Ok(sha256(&artifact.manifest))
     }
 
-    /// The digest `reference` names now (a tag's current manifest, or the digest itself).
+    /// The digest `reference` names now (a tag's current manifest, or the digest itself),
+    /// asked of the registry with this client's credentials even for a digest reference, so
+    /// that access is checked before a cached copy is used.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
         let parsed = parse(reference)?;
-        if let Some(digest) = parsed.digest() {
-            return Ok(digest.to_string());
-        }
         let auth = self.auth(&parsed);
-        self.client
+        let found = self
+            .client
             .fetch_manifest_digest(&parsed, &auth)
             .await
-            .map_err(|e| classify(reference, e))
+            .map_err(|e| classify(reference, e))?;
+        match parsed.digest() {
+            Some(pinned) if pinned != found => Err(OciError::Malformed {
+                reference: reference.to_string(),
+                message: format!("the registry says its digest is {found}"),
+            }),
+            _ => Ok(found),
+        }
     }
 
     /// Pulls and checks the module at `reference`: the manifest digest, the config and the
@@ -250,11 +260,32 @@ impl Registry {
             size: descriptor.size,
             ..OciDescriptor::default()
         };
-        let mut bytes = Vec::new();
-        self.client
-            .pull_blob(parsed, &oci, &mut bytes)
+        use futures::StreamExt;
+        let malformed = |message: String| OciError::Malformed {
+            reference: reference.to_string(),
+            message,
+        };
+        let mut stream = self
+            .client
+            .pull_blob_stream(parsed, &oci)
             .await
             .map_err(|e| classify(reference, e))?;
+        // Never more than the descriptor declares (itself bounded by the caller).
+        let declared = usize::try_from(descriptor.size).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(declared.min(MAX_BUNDLE_BYTES));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| OciError::Registry {
+                reference: reference.to_string(),
+                message: e.to_string(),
+            })?;
+            if bytes.len() + chunk.len() > declared {
+                return Err(malformed(format!(
+                    "blob {} is larger than its declared {declared} bytes",
+                    descriptor.digest
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if sha256(&bytes) != descriptor.digest {
             return Err(OciError::Malformed {
                 reference: reference.to_string(),
@@ -482,12 +513,17 @@ pub fn credentials(docker_config: Option<&Value>, registry: &str) -> RegistryAut
     else {
         return RegistryAuth::Anonymous;
     };
+    // Docker Hub goes by several names.
+    let docker_hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    let same = |host: &str| {
+        host == registry || (docker_hub.contains(&host) && docker_hub.contains(&registry))
+    };
     let entry = auths.iter().find(|(host, _)| {
         let host = host
             .trim_start_matches("https://")
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        host == registry || host.split('/').next() == Some(registry)
+        same(host) || host.split('/').next().is_some_and(same)
     });
     let Some((_, entry)) = entry else {
         return RegistryAuth::Anonymous;
@@ -547,6 +583,12 @@ fn classify(reference: &str, error: oci_client::errors::OciDistributionError) ->
         {
             OciError::Unauthorized { registry, message }
         }
+        E::DigestError(_) | E::ManifestParsingError(_) | E::VersionedParsingError(_) => {
+            OciError::Malformed {
+                reference: reference.to_string(),
+                message,
+            }
+        }
         _ => OciError::Registry {
             reference: reference.to_string(),
             message,
@@ -572,6 +614,21 @@ mod tests {
         assert_eq!(first, second, "the same files, the same bytes");
         assert_eq!(unpack(&first).expect("unpacks"), files());
     }
+
+    /// The bytes of a tarball are part of every published digest: a change of them (a new
+    /// deflate backend, say) must be a deliberate, visible change.
+    #[test]
+    fn tarball_bytes_are_pinned() {
+        let packed = pack(&files()).expect("packs");
+        assert_eq!(
+            sha256(&packed),
+            PINNED_TARBALL_DIGEST,
+            "the module tarball format changed: every published digest changes with it"
+        );
+    }
+
+    const PINNED_TARBALL_DIGEST: &str =
+        "sha256:b2e7b99c7ea621825f9919bdcafb590098727a70b7b15da978918055444830d0";
 
     #[test]
     fn damaged_content_is_refused() {

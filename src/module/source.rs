@@ -28,6 +28,11 @@ pub enum SourceError {
     /// The registry refused, did not have, or damaged the artifact.
     #[error(transparent)]
     Oci(#[from] super::oci::OciError),
+    /// A Git URL on the operator's own disk, refused in the cluster.
+    #[error(
+        "git URL {0} is a local path: only https://, ssh:// and git:// URLs are allowed (the operator runs without --allow-local-git)"
+    )]
+    LocalGitRefused(String),
     /// The ConfigMap a `configmap` moduleRef names does not exist.
     #[error("ConfigMap {namespace}/{name} not found")]
     ConfigMapNotFound {
@@ -155,6 +160,9 @@ pub struct Sources<'a> {
     pub cache_dir: &'a Path,
     /// Credentials for Git.
     pub git_auth: super::git::GitAuth,
+    /// Whether Git URLs may be local paths or `file://` (the CLI; in the operator only with
+    /// `--allow-local-git`, since they would read the operator's own disk).
+    pub allow_local_git: bool,
 }
 
 /// Resolves any `moduleRef`: local sources as [`resolve_local`]; OCI artifacts with the
@@ -197,9 +205,11 @@ pub async fn resolve(
     let pinned = format!("{repository}@{digest}");
     let fetched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = fetched.clone();
+    // Keyed by repository and digest: a copy is served only to a caller that the registry
+    // just let see that digest in that repository.
     let bundle = cache
         .bundles
-        .try_get_with(digest.clone(), async move {
+        .try_get_with(pinned.clone(), async move {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
             let pulled = registry.pull(&pinned).await?;
             let bundle = ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint))?;
@@ -227,6 +237,9 @@ async fn resolve_git(
     sources: &Sources<'_>,
 ) -> Result<Resolved, SourceError> {
     let reference = super::git::GitRef::parse(&module_ref.ref_, module_ref.path.as_deref());
+    if !sources.allow_local_git && reference.is_local() {
+        return Err(SourceError::LocalGitRefused(reference.url));
+    }
     let (auth, dir) = (sources.git_auth.clone(), sources.cache_dir.to_path_buf());
     let wanted = reference.clone();
     let checkout = tokio::task::spawn_blocking(move || super::git::fetch(&wanted, &auth, &dir))
@@ -244,27 +257,12 @@ async fn resolve_git(
             actual: digest,
         });
     }
-    let cached = sources.cache.bundles.contains_key(&digest);
-    let files = checkout.files;
-    let entrypoint = module_ref.entrypoint.clone();
-    let bundle = sources
-        .cache
-        .bundles
-        .try_get_with(digest.clone(), async move {
-            Ok::<_, SourceError>(std::sync::Arc::new(ModuleBundle::new(
-                files,
-                entrypoint.as_deref(),
-            )?))
-        })
-        .await
-        .map_err(|error| match std::sync::Arc::try_unwrap(error) {
-            Ok(error) => error,
-            Err(shared) => SourceError::Shared(shared.to_string()),
-        })?;
+    // The mirror is the cache: the files were just read from it.
+    let bundle = ModuleBundle::new(checkout.files, module_ref.entrypoint.as_deref())?;
     Ok(Resolved {
-        bundle: (*bundle).clone(),
+        bundle,
         digest,
-        cached,
+        cached: false,
     })
 }
 
