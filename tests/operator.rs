@@ -98,13 +98,8 @@ impl Cluster {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        eventually(60, what, || async {
-            let transform = self
-                .json(&["-n", namespace, "get", "transform", name])
-                .await?;
-            check(&transform).then_some(transform)
-        })
-        .await
+        self.object_when("transform", namespace, name, what, check)
+            .await
     }
 
     /// The named ResourceGraph, once `check` accepts it.
@@ -115,11 +110,22 @@ impl Cluster {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.object_when("resourcegraph", namespace, name, what, check)
+            .await
+    }
+
+    /// The named object of `kind`, once `check` accepts it (within a minute).
+    async fn object_when(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         eventually(60, what, || async {
-            let graph = self
-                .json(&["-n", namespace, "get", "resourcegraph", name])
-                .await?;
-            check(&graph).then_some(graph)
+            let object = self.json(&["-n", namespace, "get", kind, name]).await?;
+            check(&object).then_some(object)
         })
         .await
     }

@@ -128,6 +128,21 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Sources with no credentials but the registry's own.
+fn anonymous<'a>(
+    registry: &'a crate::module::oci::Registry,
+    cache: &'a crate::module::ModuleCache,
+    dir: &'a std::path::Path,
+) -> crate::module::Sources<'a> {
+    crate::module::Sources {
+        registry,
+        cache,
+        cache_dir: dir,
+        git_auth: crate::module::git::GitAuth::Anonymous,
+        allow_local_git: false,
+    }
+}
+
 /// Resolve + fetch + render of a module in an OCI registry: cold (a new module cache and a
 /// new input every time: the digest lookup, the pull and an evaluation) and cached (the
 /// digest lookup and a render-cache hit), as the operator does per reconcile.
@@ -138,7 +153,7 @@ async fn oci(
     samples: usize,
 ) -> Result<(), CliError> {
     use crate::api::{ModuleRef, ModuleType};
-    use crate::module::{ModuleCache, Sources, git::GitAuth, resolve};
+    use crate::module::{ModuleCache, resolve};
     let registry = registry.registry()?;
     let module_ref = ModuleRef {
         type_: ModuleType::Oci,
@@ -155,13 +170,7 @@ async fn oci(
     let mut cold = Vec::with_capacity(samples);
     for i in 0..samples {
         let cache = ModuleCache::new(64 << 20);
-        let sources = Sources {
-            registry: &registry,
-            cache: &cache,
-            cache_dir: &dir,
-            git_auth: GitAuth::Anonymous,
-            allow_local_git: false,
-        };
+        let sources = anonymous(&registry, &cache, &dir);
         let t = Instant::now();
         let resolved = resolve(&module_ref, None, &sources).await.map_err(fail)?;
         render(renderer, &resolved.bundle, &input(4_000_000 + i)).await?;
@@ -169,13 +178,7 @@ async fn oci(
     }
     report("oci resolve+fetch+render, cold", &mut cold);
     let cache = ModuleCache::new(64 << 20);
-    let sources = Sources {
-        registry: &registry,
-        cache: &cache,
-        cache_dir: &dir,
-        git_auth: GitAuth::Anonymous,
-        allow_local_git: false,
-    };
+    let sources = anonymous(&registry, &cache, &dir);
     let warmed = resolve(&module_ref, None, &sources).await.map_err(fail)?;
     render(renderer, &warmed.bundle, &input(0)).await?;
     let mut cached = Vec::with_capacity(samples);

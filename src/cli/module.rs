@@ -141,13 +141,17 @@ async fn publish(args: PublishArgs) -> Result<(), CliError> {
     write_stdout(&format!("{digest}\n"))
 }
 
-async fn pull(args: PullArgs) -> Result<(), CliError> {
-    let pulled = args
-        .registry
+/// Pulls `reference` with the command's registry flags.
+async fn fetch(registry: &RegistryArgs, reference: &str) -> Result<oci::Pulled, CliError> {
+    registry
         .registry()?
-        .pull(&args.reference)
+        .pull(reference)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)
+}
+
+async fn pull(args: PullArgs) -> Result<(), CliError> {
+    let pulled = fetch(&args.registry, &args.reference).await?;
     let bundle =
         ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint)).map_err(unavailable)?;
     let internal = |e: std::io::Error| {
@@ -189,12 +193,7 @@ async fn pull(args: PullArgs) -> Result<(), CliError> {
 }
 
 async fn inspect(args: InspectArgs) -> Result<(), CliError> {
-    let pulled = args
-        .registry
-        .registry()?
-        .pull(&args.reference)
-        .await
-        .map_err(unavailable)?;
+    let pulled = fetch(&args.registry, &args.reference).await?;
     let bundle = ModuleBundle::new(pulled.files.clone(), Some(&pulled.config.entrypoint))
         .map_err(unavailable)?;
     let shown = serde_json::json!({
