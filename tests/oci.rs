@@ -347,3 +347,52 @@ fn a_registry_with_credentials_needs_them() {
     assert_eq!(code, 4);
     assert!(stderr.contains("refused access (401/403)"), "{stderr}");
 }
+
+#[test]
+fn a_second_render_takes_the_module_from_the_disk_cache() {
+    let registry = TestRegistry::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cache = dir.path().join("cache").display().to_string();
+    let reference = format!("{}/platforms/webservice:1", registry.host);
+    let insecure = ["--insecure-registry", registry.host.as_str()];
+    let (code, _, stderr) = pequod(
+        &[
+            &["module", "publish", "platforms/webservice", &reference][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let transform = transform_with(
+        "testdata/transforms/webservice.yaml",
+        json!({"type": "oci", "ref": reference}),
+        dir.path(),
+    );
+    let blob_pulls = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/platforms/webservice/blobs/") && l.contains(" 200 "))
+            .count()
+    };
+    let before = blob_pulls();
+    for _ in 0..2 {
+        let (code, _, stderr) = pequod(
+            &[
+                &["render", "-f", &transform, "--cache-dir", &cache][..],
+                &insecure,
+            ]
+            .concat(),
+        );
+        assert_eq!(code, 0, "{stderr}");
+    }
+    assert_eq!(
+        blob_pulls() - before,
+        2,
+        "config and layer pulled once, by the first render"
+    );
+    let stored = std::fs::read_dir(Path::new(&cache).join("oci"))
+        .expect("disk cache")
+        .count();
+    assert_eq!(stored, 1);
+}

@@ -22,6 +22,8 @@ fn shared_crds() -> PathBuf {
 struct Cluster {
     server: TestApiServer,
     operator: tokio::process::Child,
+    /// The operator's flags (kept for restarts).
+    flags: Vec<String>,
     metrics: String,
     _dir: tempfile::TempDir,
     kubectl_cache: tempfile::TempDir,
@@ -61,10 +63,17 @@ impl Cluster {
         .await
         .expect("test API server starts");
         let metrics = format!("127.0.0.1:{}", free_port());
-        let operator = spawn_operator(&server, &metrics, flags);
+        // Module caches on disk live with the test, not in $HOME.
+        let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        if !flags.iter().any(|f| f == "--cache-dir") {
+            flags.push("--cache-dir".into());
+            flags.push(dir.path().join("cache").display().to_string());
+        }
+        let operator = spawn_operator(&server, &metrics, &flags);
         let cluster = Cluster {
             server,
             operator,
+            flags,
             metrics,
             _dir: dir,
             kubectl_cache: tempfile::tempdir().expect("temporary directory"),
@@ -86,7 +95,7 @@ impl Cluster {
     async fn restart_operator(&mut self) {
         let _ = self.operator.kill().await;
         let _ = self.operator.wait().await;
-        self.operator = spawn_operator(&self.server, &self.metrics, &[]);
+        self.operator = spawn_operator(&self.server, &self.metrics, &self.flags);
         self.wait_ready().await;
     }
 
@@ -234,7 +243,11 @@ impl Cluster {
     }
 }
 
-fn spawn_operator(server: &TestApiServer, metrics: &str, extra: &[&str]) -> tokio::process::Child {
+fn spawn_operator(
+    server: &TestApiServer,
+    metrics: &str,
+    extra: &[impl AsRef<std::ffi::OsStr>],
+) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
         .args(["run", "--metrics-addr", metrics, "--health-addr", metrics])
         .args(extra)

@@ -7,6 +7,7 @@ use clap::Args;
 use super::output::{OutputFormat, print_graph};
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::api::{API_VERSION, Transform};
+use crate::module::disk::DiskCache;
 use crate::module::git::GitAuth;
 use crate::module::{ModuleCache, Sources, resolve};
 use crate::policy;
@@ -28,7 +29,7 @@ pub struct RenderArgs {
     /// Registries for `moduleRef.type: oci`.
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Where Git mirrors are kept, for `moduleRef.type: git` (default: ~/.cache/pequod).
+    /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Evaluation limits.
@@ -40,11 +41,15 @@ pub struct RenderArgs {
 pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
     let registry = args.registry.registry()?;
-    let cache = ModuleCache::new(64 << 20);
     let cache_dir = args
         .cache_dir
         .clone()
         .unwrap_or_else(crate::module::git::default_cache_dir);
+    let cache = ModuleCache::new(64 << 20).with_disk(DiskCache::new(
+        &cache_dir,
+        512 << 20,
+        std::time::Duration::from_secs(7 * 24 * 3600),
+    ));
     let sources = Sources {
         registry: &registry,
         cache: &cache,

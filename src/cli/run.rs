@@ -51,9 +51,15 @@ pub struct RunArgs {
     /// Registries (`host:port`) spoken to over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
-    /// Where Git mirrors are kept (default: ~/.cache/pequod).
+    /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Most disk the cache of OCI modules may take, in MiB (least recently used out first).
+    #[arg(long, default_value_t = 512)]
+    pub cache_max_mib: u64,
+    /// OCI modules unused this long leave the disk cache (e.g. 168h).
+    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration)]
+    pub cache_ttl: std::time::Duration,
     /// Let Git module URLs be local paths or file:// (they read the operator's own disk,
     /// other tenants' mirrors included: for tests and single-tenant setups).
     #[arg(long)]
@@ -86,6 +92,8 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             .clone()
             .unwrap_or_else(crate::module::git::default_cache_dir),
         allow_local_git: args.allow_local_git,
+        cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
+        cache_ttl: args.cache_ttl,
     };
     let (sender, receiver) = futures::channel::mpsc::unbounded();
     let leader = LeaderConfig {

@@ -24,6 +24,7 @@ use crate::apply::Applier;
 use crate::exec::ExecConfig;
 use crate::metrics::Metrics;
 use crate::module::ModuleCache;
+use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::reflector::ObjectRef;
@@ -51,6 +52,10 @@ pub struct OperatorConfig {
     pub cache_dir: std::path::PathBuf,
     /// Git URLs may be local paths (they read the operator's own disk: for tests).
     pub allow_local_git: bool,
+    /// Disk budget of the OCI module cache in `cache_dir`.
+    pub cache_max_bytes: u64,
+    /// How long an unused OCI module stays in the disk cache.
+    pub cache_ttl: Duration,
 }
 
 /// Shared by every reconcile of both controllers.
@@ -109,6 +114,11 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let registry = Registry::new(&config.insecure_registries, None);
+        let modules = ModuleCache::new(MODULE_CACHE_BYTES).with_disk(DiskCache::new(
+            &config.cache_dir,
+            config.cache_max_bytes,
+            config.cache_ttl,
+        ));
         Context {
             applier: Applier::new(client.clone()),
             recorder: Recorder::new(client.clone(), reporter),
@@ -120,7 +130,7 @@ impl Context {
             config,
             transform_failures: DashMap::new(),
             registry,
-            modules: ModuleCache::new(MODULE_CACHE_BYTES),
+            modules,
         }
     }
 

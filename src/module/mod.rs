@@ -3,6 +3,7 @@
 //! Remote sources (OCI, Git, ConfigMap) resolve to the same [`ModuleBundle`].
 
 mod bundle;
+pub mod disk;
 mod embedded;
 pub mod git;
 pub mod oci;

@@ -121,6 +121,7 @@ pub struct Resolved {
 pub struct ModuleCache {
     bundles: moka::future::Cache<String, std::sync::Arc<ModuleBundle>>,
     evictions: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    disk: Option<super::disk::DiskCache>,
 }
 
 impl ModuleCache {
@@ -140,7 +141,19 @@ impl ModuleCache {
                 }
             })
             .build();
-        ModuleCache { bundles, evictions }
+        ModuleCache {
+            bundles,
+            evictions,
+            disk: None,
+        }
+    }
+
+    /// The same, backed by a disk cache that outlives the process.
+    pub fn with_disk(self, disk: super::disk::DiskCache) -> ModuleCache {
+        ModuleCache {
+            disk: Some(disk),
+            ..self
+        }
     }
 
     /// Modules evicted so far.
@@ -207,12 +220,24 @@ pub async fn resolve(
     let flag = fetched.clone();
     // Keyed by repository and digest: a copy is served only to a caller that the registry
     // just let see that digest in that repository.
+    let disk = cache.disk.clone();
     let bundle = cache
         .bundles
         .try_get_with(pinned.clone(), async move {
+            if let Some(disk) = disk.clone() {
+                let key = pinned.clone();
+                if let Ok(Some(bundle)) = tokio::task::spawn_blocking(move || disk.load(&key)).await
+                {
+                    return Ok(std::sync::Arc::new(bundle));
+                }
+            }
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
             let pulled = registry.pull(&pinned).await?;
             let bundle = ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint))?;
+            if let Some(disk) = disk {
+                let stored = bundle.clone();
+                let _ = tokio::task::spawn_blocking(move || disk.store(&pinned, &stored)).await;
+            }
             Ok::<_, SourceError>(std::sync::Arc::new(bundle))
         })
         .await
