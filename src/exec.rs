@@ -362,11 +362,7 @@ fn carried(
         last_transition_time: None,
         object: None,
     });
-    if prior.map(|p| p.phase) != Some(phase) || status.last_transition_time.is_none() {
-        status.last_transition_time = Some(Time(now));
-    }
-    status.phase = phase;
-    status.message = Some(message);
+    settle(&mut status, prior, phase, message, now);
     status
 }
 

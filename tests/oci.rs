@@ -368,13 +368,7 @@ fn a_second_render_takes_the_module_from_the_disk_cache() {
         json!({"type": "oci", "ref": reference}),
         dir.path(),
     );
-    let blob_pulls = || {
-        registry
-            .log()
-            .lines()
-            .filter(|l| l.contains("\"GET /v2/platforms/webservice/blobs/") && l.contains(" 200 "))
-            .count()
-    };
+    let blob_pulls = || registry.blob_pulls("platforms/webservice");
     let before = blob_pulls();
     for _ in 0..2 {
         let (code, _, stderr) = pequod(

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 #[path = "common/registry.rs"]
 mod registry;
+#[path = "common/git.rs"]
+mod repo;
 
 use pequod_e2e::store::EventType;
 use pequod_e2e::{Config, TestApiServer};
@@ -1676,13 +1678,7 @@ async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_cond
         metric(&text, "pequod_module_cache_hits_total") >= 49.0,
         "{text}"
     );
-    let layer_pulls = registry
-        .log()
-        .lines()
-        .filter(|line| {
-            line.contains("\"GET /v2/platforms/webservice/blobs/") && line.contains(" 200 ")
-        })
-        .count();
+    let layer_pulls = registry.blob_pulls("platforms/webservice");
     assert_eq!(
         layer_pulls,
         2,
@@ -1725,42 +1721,17 @@ async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_cond
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_commit_on_a_branch_re_renders_after_resync() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let repo = dir.path().join("platforms");
-    std::fs::create_dir_all(&repo).expect("repository");
+    let repository = dir.path().join("platforms");
+    std::fs::create_dir_all(&repository).expect("repository");
     let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args([
-                "-c",
-                "user.name=Pequod Tests",
-                "-c",
-                "user.email=tests@pequod.invalid",
-            ])
-            .args([
-                "-c",
-                "init.defaultBranch=main",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .current_dir(&repo)
-            .output()
-            .expect("git is installed");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        repo::git(&repository, args);
     };
     git(&["init", "-q"]);
-    let module = repo.join("webservice");
-    std::fs::create_dir_all(&module).expect("module directory");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("platforms/webservice");
-    for entry in std::fs::read_dir(&shipped).expect("shipped module") {
-        let entry = entry.expect("entry");
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), module.join(entry.file_name())).expect("copied");
-        }
-    }
+    let module = repository.join("webservice");
+    repo::copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("platforms/webservice"),
+        &module,
+    );
     git(&["add", "."]);
     git(&["commit", "-q", "-m", "webservice"]);
     let cache = dir.path().join("cache");
@@ -1778,7 +1749,7 @@ async fn a_new_commit_on_a_branch_re_renders_after_resync() {
     let transform = serde_json::json!({
         "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
         "metadata": {"name": "from-git", "namespace": "default"},
-        "spec": {"moduleRef": {"type": "git", "ref": format!("{}?ref=main&path=webservice", repo.display())},
+        "spec": {"moduleRef": {"type": "git", "ref": format!("{}?ref=main&path=webservice", repository.display())},
                  "input": {"name": "from-git", "image": "ghcr.io/acme/api:1.0.0", "replicas": 1}}
     });
     cluster

@@ -83,6 +83,15 @@ impl TestRegistry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
+    /// How many blobs of `repository` the registry served (its access log's 200 GETs).
+    pub fn blob_pulls(&self, repository: &str) -> usize {
+        let request = format!("\"GET /v2/{repository}/blobs/");
+        self.log()
+            .lines()
+            .filter(|line| line.contains(&request) && line.contains(" 200 "))
+            .count()
+    }
+
     /// A docker config file with the credentials of [`USER`] for this registry.
     pub fn docker_config(&self, path: &Path) {
         use base64::Engine;
