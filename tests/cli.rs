@@ -495,3 +495,103 @@ fn module_check_renders_every_example_and_fails_on_any_finding() {
         )
     );
 }
+
+#[test]
+fn module_inspect_lists_the_input_fields_with_docs_and_defaults() {
+    let table = common::pequod_ok(&[
+        "module",
+        "inspect",
+        "testdata/modules/inspect",
+        "-o",
+        "markdown",
+    ]);
+    assert_eq!(
+        table,
+        "| input | contract | default | meaning |\n\
+         |---|---|---|---|\n\
+         | `name` | `String` | **required** | Name of everything. |\n\
+         | `replicas` | `Number` | `2` | How many. |\n\
+         | `port` | `Port` | `8080` | Port to listen on: any TCP port. |\n\
+         | `tier` | `[\\| 'small, 'large \\|]` | `if replicas > 3 then 'large else 'small` | Size. |\n\
+         | `owner` | `String` | — |  |\n\
+         | `kind` | `String` | fixed: `\"Service\"` | Always Service. |\n\
+         | `storage` | `{ … }` | `{}` | Data volume. |\n\
+         | `storage.size` | `String` | `\"1Gi\"` | Volume size. |\n\
+         | `storage.class` | `String` | — | StorageClass. |\n\
+         | `limits` | `Limits` | `{}` | Limits of each pod. |\n\
+         | `limits.cpu` | `String` | — | CPU limit. |\n\
+         | `limits.memory` | `String` | `\"256Mi\"` | Memory limit. |\n\
+         | `quotas` | `Array Limits` | `[]` | Limits per namespace. |\n\
+         | `quotas[].cpu` | `String` | — | CPU limit. |\n\
+         | `quotas[].memory` | `String` | `\"256Mi\"` | Memory limit. |\n\
+         | `users` | `Array { … }` | `[]` | Accounts. |\n\
+         | `users[].login` | `String` | **required** | Login name. |\n\
+         | `users[].admin` | `Bool` | `false` | Administrator. |\n"
+    );
+    let yaml = common::pequod_ok(&["module", "inspect", "testdata/modules/inspect"]);
+    let shown: serde_json::Value = serde_yaml::from_str(&yaml).expect("YAML");
+    assert_eq!(
+        shown["module"],
+        serde_json::json!({"name": "inspect", "version": "1.2.3", "description": "An Input contract to list."})
+    );
+    assert_eq!(shown["files"], serde_json::json!(["main.ncl"]));
+    assert_eq!(
+        shown["input"][2],
+        serde_json::json!({
+            "path": "port",
+            "contracts": ["Port"],
+            "presence": "default",
+            "default": "8080",
+            "doc": "Port to listen on:\nany TCP port.",
+        })
+    );
+    assert_eq!(
+        shown["input"][4],
+        serde_json::json!({"path": "owner", "contracts": ["String"], "presence": "optional"})
+    );
+    let json = common::pequod_ok(&[
+        "module",
+        "inspect",
+        "testdata/modules/inspect",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).expect("JSON"),
+        shown
+    );
+}
+
+#[test]
+fn module_inspect_of_a_module_without_an_input_record_fails_clearly() {
+    let cases = [
+        (
+            "testdata/modules/no-input",
+            1,
+            "error: cannot inspect the module: evaluation error: missing field `Input`; Did you mean `Inputs`?",
+        ),
+        (
+            "testdata/modules/input-not-record",
+            1,
+            "error: cannot inspect the module: evaluation error: the module's `Input` is not a record contract: it must be `{ field | Contract | doc \"…\", … }`",
+        ),
+        (
+            "./testdata/modules/absent",
+            4,
+            "error: module: ./testdata/modules/absent is not a module directory",
+        ),
+        (
+            "testdata/modules/syntax-error",
+            1,
+            "error: cannot inspect the module: syntax error: unexpected token (main.ncl:17:5)",
+        ),
+    ];
+    for (module, expected_code, expected) in cases {
+        let (code, first, _) = failing(&["module", "inspect", module]);
+        assert_eq!(
+            (code, first.as_str()),
+            (expected_code, expected),
+            "{module}"
+        );
+    }
+}

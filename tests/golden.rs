@@ -1,5 +1,6 @@
 //! Golden renders: every Transform under `testdata/transforms/` rendered with the real
-//! binary, compared byte for byte with `golden/`. `UPDATE_GOLDEN=1 cargo test --test golden`
+//! binary, and the `pequod module inspect` of both platforms, compared byte for byte with
+//! `golden/`. `UPDATE_GOLDEN=1 cargo test --test golden`
 //! rewrites the files; review the diff. Every rendered object is also validated against the
 //! strict JSON Schema of its kind from `../shared/data`.
 
@@ -69,6 +70,19 @@ fn renders_match_golden_files() {
             format,
         ]);
         problems.extend(check_golden(&format!("webservice.{suffix}"), &out));
+    }
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[test]
+fn module_inspections_match_golden_files() {
+    let mut problems = Vec::new();
+    for module in ["postgres", "webservice"] {
+        let dir = format!("platforms/{module}");
+        let yaml = common::pequod_ok(&["module", "inspect", &dir]);
+        problems.extend(check_golden(&format!("{module}.inspect.yaml"), &yaml));
+        let table = common::pequod_ok(&["module", "inspect", &dir, "-o", "markdown"]);
+        problems.extend(check_golden(&format!("{module}.inspect.md"), &table));
     }
     assert_eq!(problems, Vec::<String>::new());
 }
@@ -149,4 +163,32 @@ fn webservice_deployment_waits_for_its_service_account() {
             ("pdb".into(), "PodDisruptionBudget".into(), Value::Null),
         ]
     );
+}
+
+#[test]
+fn platform_docs_describe_every_input_field() {
+    for module in ["postgres", "webservice"] {
+        let inspected = common::pequod_ok(&[
+            "module",
+            "inspect",
+            &format!("platforms/{module}"),
+            "-o",
+            "json",
+        ]);
+        let inspected: Value = serde_json::from_str(&inspected).expect("JSON");
+        let doc_path = format!("docs/platforms/{module}.md");
+        let doc = std::fs::read_to_string(common::repo().join(&doc_path)).expect("doc");
+        let missing: Vec<&str> = inspected["input"]
+            .as_array()
+            .expect("input fields")
+            .iter()
+            .filter_map(|field| field["path"].as_str())
+            .filter(|path| !doc.contains(&format!("\n| `{path}` |")))
+            .collect();
+        assert_eq!(
+            missing,
+            Vec::<&str>::new(),
+            "input fields without a row in {doc_path}"
+        );
+    }
 }

@@ -147,6 +147,26 @@ fn publish_is_reproducible_and_renders_by_tag_and_by_digest() {
         inspected["annotations"]["org.opencontainers.image.version"],
         "0.2.0"
     );
+    // ... and what the local directory shows: the module and its Input fields.
+    let local: Value = serde_yaml::from_str(&common::pequod_ok(&[
+        "module",
+        "inspect",
+        "platforms/postgres",
+    ]))
+    .expect("YAML");
+    for key in ["module", "contentDigest", "files", "input"] {
+        assert_eq!(inspected[key], local[key], "{key}");
+    }
+    assert_eq!(inspected["contentDigest"], original.digest());
+    assert_eq!(
+        inspected["input"][0],
+        serde_json::json!({
+            "path": "name",
+            "contracts": ["k8s.Dns1035LabelMax 50"],
+            "presence": "required",
+            "doc": "Name of the database cluster: the CloudNativePG Cluster and everything\nderived from it (Services <name>-rw / <name>-ro, Secret <name>-app,\nConfigMap <name>-connection, ObjectStore <name>-backup, Pooler\n<name>-pooler-<type>). A DNS-1035 label of at most 50 characters.",
+        })
+    );
 }
 
 #[test]

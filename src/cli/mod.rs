@@ -190,6 +190,20 @@ pub mod exit {
 }
 
 impl CliError {
+    /// A failed evaluation of a module, `what` saying which: the module's fault, unless no
+    /// worker could be started or talked to (Pequod's failure).
+    pub fn evaluation(what: &str, error: RenderError) -> CliError {
+        let code = match error {
+            RenderError::Worker(_) => exit::INTERNAL,
+            _ => exit::RENDER_FAILED,
+        };
+        CliError {
+            code,
+            message: format!("{what}: {error}"),
+            detail: error.detail().map(str::to_string),
+        }
+    }
+
     /// An error with an exit code and a one-line message.
     pub fn new(code: u8, message: impl Into<String>) -> CliError {
         CliError {
@@ -212,16 +226,7 @@ impl CliError {
 
 impl From<RenderError> for CliError {
     fn from(error: RenderError) -> CliError {
-        // A worker that cannot be started or talked to is Pequod's failure, not the module's.
-        let code = match error {
-            RenderError::Worker(_) => exit::INTERNAL,
-            _ => exit::RENDER_FAILED,
-        };
-        CliError {
-            code,
-            message: format!("render failed: {error}"),
-            detail: error.detail().map(str::to_string),
-        }
+        CliError::evaluation("render failed", error)
     }
 }
 

@@ -11,7 +11,7 @@ use super::render::read_transform;
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::module::{ModuleBundle, oci};
 use crate::policy;
-use crate::render::RenderContext;
+use crate::render::{InputField, ModuleMetadata, Presence, RenderContext};
 
 /// Subcommands of `pequod module`.
 #[derive(Debug, Subcommand)]
@@ -24,7 +24,8 @@ pub enum ModuleCommand {
     Publish(PublishArgs),
     /// Fetch a module artifact into a directory.
     Pull(PullArgs),
-    /// Show a module artifact's metadata, config and annotations.
+    /// Show a module's metadata and the fields of its Input contract (docs, defaults); for an
+    /// artifact also its digest, config and annotations.
     Inspect(InspectArgs),
 }
 
@@ -67,11 +68,32 @@ pub struct PullArgs {
 /// Flags of `pequod module inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The artifact: `registry/repository:tag` or `registry/repository@sha256:…`.
+    /// A module directory (a path that exists), or an artifact:
+    /// `registry/repository:tag` or `registry/repository@sha256:…`.
     pub reference: String,
+    /// Entrypoint file of a module directory.
+    #[arg(long, default_value = "main.ncl")]
+    pub entrypoint: String,
+    /// Output format: YAML, JSON, or the Input fields as a Markdown table.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = InspectFormat::Yaml)]
+    pub output: InspectFormat,
     /// Registry access.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Evaluation limits (the module's metadata and Input contract are evaluated).
+    #[command(flatten)]
+    pub eval: EvalArgs,
+}
+
+/// Output formats of `pequod module inspect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InspectFormat {
+    /// Everything, as YAML.
+    Yaml,
+    /// Everything, as JSON.
+    Json,
+    /// The Input fields as a Markdown table, for a module's documentation.
+    Markdown,
 }
 
 /// Flags of `pequod module check`.
@@ -120,7 +142,13 @@ fn created() -> Result<String, CliError> {
 
 async fn publish(args: PublishArgs) -> Result<(), CliError> {
     let bundle = ModuleBundle::from_dir(&args.dir, Some(&args.entrypoint)).map_err(unavailable)?;
-    let metadata = args.eval.renderer()?.describe(&bundle).await?;
+    let metadata = args
+        .eval
+        .renderer()?
+        .describe(&bundle)
+        .await
+        .map_err(|e| CliError::evaluation("cannot describe the module", e))?
+        .metadata;
     let config = oci::module_config(
         &bundle,
         &metadata.name,
@@ -192,21 +220,106 @@ async fn pull(args: PullArgs) -> Result<(), CliError> {
     ))
 }
 
+/// What `pequod module inspect` prints.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Inspection<'a> {
+    /// The artifact, when the module came from a registry.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    artifact: Option<Artifact<'a>>,
+    module: &'a ModuleMetadata,
+    content_digest: &'a str,
+    files: Vec<&'a String>,
+    input: &'a [InputField],
+}
+
+/// The registry side of an inspected module.
+#[derive(Debug, serde::Serialize)]
+struct Artifact<'a> {
+    reference: &'a str,
+    digest: &'a str,
+    config: &'a oci::ModuleConfig,
+    annotations: &'a std::collections::BTreeMap<String, String>,
+}
+
 async fn inspect(args: InspectArgs) -> Result<(), CliError> {
-    let pulled = fetch(&args.registry, &args.reference).await?;
-    let bundle = ModuleBundle::new(pulled.files.clone(), Some(&pulled.config.entrypoint))
-        .map_err(unavailable)?;
-    let shown = serde_json::json!({
-        "reference": args.reference,
-        "digest": pulled.digest,
-        "config": pulled.config,
-        "annotations": pulled.annotations,
-        "files": pulled.files.keys().collect::<Vec<_>>(),
-        "contentDigest": bundle.digest(),
-    });
-    let text = super::yaml::to_string(&shown)
-        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print: {e}")))?;
+    let local = Path::new(&args.reference);
+    let looks_like_path = [".", "/"].iter().any(|p| args.reference.starts_with(p));
+    if looks_like_path && !local.is_dir() {
+        return Err(unavailable(format!(
+            "{} is not a module directory",
+            local.display()
+        )));
+    }
+    let (bundle, pulled) = if local.is_dir() {
+        let bundle = ModuleBundle::from_dir(local, Some(&args.entrypoint)).map_err(unavailable)?;
+        (bundle, None)
+    } else {
+        let pulled = fetch(&args.registry, &args.reference).await?;
+        let bundle = ModuleBundle::new(pulled.files.clone(), Some(&pulled.config.entrypoint))
+            .map_err(unavailable)?;
+        (bundle, Some(pulled))
+    };
+    let description = args
+        .eval
+        .renderer()?
+        .describe(&bundle)
+        .await
+        .map_err(|e| CliError::evaluation("cannot inspect the module", e))?;
+    if args.output == InspectFormat::Markdown {
+        return write_stdout(&input_table(&description.input_fields));
+    }
+    let shown = Inspection {
+        artifact: pulled.as_ref().map(|pulled| Artifact {
+            reference: &args.reference,
+            digest: &pulled.digest,
+            config: &pulled.config,
+            annotations: &pulled.annotations,
+        }),
+        module: &description.metadata,
+        content_digest: bundle.digest(),
+        files: bundle.files().keys().collect(),
+        input: &description.input_fields,
+    };
+    let printing =
+        |e: &dyn std::fmt::Display| CliError::new(exit::INTERNAL, format!("cannot print: {e}"));
+    let text = match args.output {
+        InspectFormat::Json => serde_json::to_string_pretty(&shown)
+            .map(|text| text + "\n")
+            .map_err(|e| printing(&e))?,
+        _ => super::yaml::to_string(&shown).map_err(|e| printing(&e))?,
+    };
     write_stdout(&text)
+}
+
+/// The Input fields as a Markdown table: path, contracts, default, documentation.
+fn input_table(fields: &[InputField]) -> String {
+    let cell = |text: &str| {
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|")
+    };
+    let code = |text: &str| format!("`{}`", cell(text).replace('`', "'"));
+    let mut table = String::from("| input | contract | default | meaning |\n|---|---|---|---|\n");
+    for field in fields {
+        let default = match (field.presence, &field.default) {
+            (Presence::Required, _) => "**required**".to_string(),
+            (Presence::Optional, _) => "—".to_string(),
+            (Presence::Fixed, Some(value)) => format!("fixed: {}", code(value)),
+            (_, Some(value)) => code(value),
+            (_, None) => "—".to_string(),
+        };
+        let contracts: Vec<String> = field.contracts.iter().map(|c| code(c)).collect();
+        table.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            code(&field.path),
+            contracts.join(", "),
+            default,
+            cell(field.doc.as_deref().unwrap_or("")),
+        ));
+    }
+    table
 }
 
 async fn check(args: CheckArgs) -> Result<(), CliError> {

@@ -14,7 +14,7 @@ pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
 pub use pool::{MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
-pub use protocol::RenderContext;
+pub use protocol::{InputField, Presence, RenderContext};
 pub use schema::SchemaViolation;
 
 use std::borrow::Cow;
@@ -93,6 +93,16 @@ pub struct ModuleMetadata {
     /// One-line description.
     #[serde(default)]
     pub description: String,
+}
+
+/// What a module offers, evaluated without an input: what `pequod module inspect` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleDescription {
+    /// The module's `metadata`.
+    pub metadata: ModuleMetadata,
+    /// The fields of its `Input` contract, depth first in source order.
+    pub input_fields: Vec<InputField>,
 }
 
 /// A rendered, checked graph.
@@ -233,9 +243,10 @@ impl Renderer {
             .map_err(|e| RenderError::Worker(format!("graph check failed: {e}")))?
     }
 
-    /// The module's `metadata` (name, version, description), evaluated without an input:
-    /// what `pequod module publish` records. Not cached.
-    pub async fn describe(&self, bundle: &ModuleBundle) -> Result<ModuleMetadata, RenderError> {
+    /// The module's `metadata` (name, version, description) and the fields of its `Input`
+    /// contract, evaluated without an input: what `pequod module publish` records and
+    /// `pequod module inspect` shows. Not cached.
+    pub async fn describe(&self, bundle: &ModuleBundle) -> Result<ModuleDescription, RenderError> {
         let context = RenderContext {
             name: "describe".to_string(),
             namespace: "default".to_string(),
@@ -248,11 +259,17 @@ impl Renderer {
             context: Cow::Owned(context),
             describe: true,
         };
-        let output = self.pool.evaluate(&request).await?;
-        serde_json::from_value(output["metadata"].clone()).map_err(|e| {
+        let mut output = self.pool.evaluate(&request).await?;
+        let metadata = serde_json::from_value(output["metadata"].take()).map_err(|e| {
             RenderError::InvalidOutput(format!(
                 "metadata must be {{ name, version, description? }} strings: {e}"
             ))
+        })?;
+        let input_fields = serde_json::from_value(output["inputFields"].take())
+            .map_err(|e| RenderError::Worker(format!("bad input field list: {e}")))?;
+        Ok(ModuleDescription {
+            metadata,
+            input_fields,
         })
     }
 

@@ -48,16 +48,50 @@ pub struct EvalRequest<'a> {
     pub input: Cow<'a, Value>,
     /// The Transform's identity.
     pub context: Cow<'a, RenderContext>,
-    /// Evaluate only the module's `metadata` (input and context unused): for publishing
-    /// and inspecting a module.
+    /// Evaluate only the module's `metadata` and list its `Input` fields (input unused):
+    /// for publishing and inspecting a module.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub describe: bool,
+}
+
+/// One field of a module's `Input` contract, as the module's author wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputField {
+    /// Dotted path from the input's root; `[]` marks the elements of an array
+    /// (`roles[].name`).
+    pub path: String,
+    /// The field's type and contract annotations, as written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contracts: Vec<String>,
+    /// Whether a Transform must give it.
+    pub presence: Presence,
+    /// The default (or fixed value) as written: an expression, not its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// The field's `| doc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<String>,
+}
+
+/// Whether an input field must be given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// No value and not optional: the Transform must set it.
+    Required,
+    /// May be left out.
+    Optional,
+    /// Has a default (`| default = …`) the Transform may override.
+    Default,
+    /// Has a value the Transform cannot change (only to the same value).
+    Fixed,
 }
 
 /// The worker's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalResponse {
-    /// `{ metadata, input, rendered }`, or what went wrong.
+    /// `{ metadata, input, rendered, violations }` (a describe request: `{ metadata,
+    /// inputFields }`), or what went wrong.
     pub result: Result<Value, EvalFailure>,
     /// The worker's address-space size after the evaluation, for recycling decisions.
     pub vm_bytes: u64,

@@ -9,7 +9,7 @@ use nickel_lang_core::error::report::{ColorOpt, report_as_str};
 use nickel_lang_core::error::{Error as NickelError, IntoDiagnostics};
 use nickel_lang_core::files::{FileId, Files};
 
-use super::{ENTRY_FILE, EVAL_ROOT, INPUT_FILE, LIB_ROOT, MODULE_ROOT};
+use super::{CONTRACT_FILE, ENTRY_FILE, EVAL_ROOT, INPUT_FILE, LIB_ROOT, MODULE_ROOT};
 use crate::render::error::{EvalFailure, FailureKind};
 use crate::render::input_json::SpannedJson;
 
@@ -71,7 +71,9 @@ fn input_file_name() -> PathBuf {
 }
 
 fn is_generated(files: &Files, file: FileId) -> bool {
-    files.name(file) == Path::new(EVAL_ROOT).join(ENTRY_FILE).as_os_str()
+    [ENTRY_FILE, CONTRACT_FILE]
+        .iter()
+        .any(|generated| files.name(file) == Path::new(EVAL_ROOT).join(generated).as_os_str())
 }
 
 /// The label a user should look at: the primary one unless it points into the generated

@@ -11,6 +11,7 @@
 
 mod diagnostics;
 mod imports;
+mod inspect;
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroUsize;
@@ -21,6 +22,7 @@ use nickel_lang_core::ast::InputFormat;
 use nickel_lang_core::cache::{CacheHub, SourcePath};
 use nickel_lang_core::error::{Error as NickelError, NullReporter};
 use nickel_lang_core::eval::cache::CacheImpl;
+use nickel_lang_core::eval::value::NickelValue;
 use nickel_lang_core::eval::{VirtualMachine, VmContext};
 use nickel_lang_core::files::FileId;
 use nickel_lang_core::position::PosTable;
@@ -41,6 +43,7 @@ const EVAL_ROOT: &str = "/nickel-vfs/eval";
 const INPUT_FILE: &str = "spec.input.json";
 const CONTEXT_FILE: &str = "context.json";
 const ENTRY_FILE: &str = "entry.ncl";
+const CONTRACT_FILE: &str = "input-contract.ncl";
 
 /// The directory under which modules import the library: `import "pequod/graph.ncl"`.
 pub const LIBRARY_PREFIX: &str = "pequod";
@@ -130,6 +133,13 @@ pub fn describe_source(main: &str, context: &str) -> String {
 {{ metadata = module.metadata }}
 "#
     )
+}
+
+/// The second entry of a describe request: the module's `Input` contract, whose fields
+/// [`inspect`] lists.
+fn input_contract_source(main: &str, context: &str) -> String {
+    let [main, context] = [main, context].map(nickel_string);
+    format!("((import {main}) & {{ context = import {context} }}).Input\n")
 }
 
 /// A Nickel string literal for `text`.
@@ -226,16 +236,15 @@ fn evaluate_prepared(
         .map_err(|e| EvalFailure::new(FailureKind::Request, format!("context: {e}")))?;
     let input_path = Path::new(EVAL_ROOT).join(INPUT_FILE);
     let context_path = Path::new(EVAL_ROOT).join(CONTEXT_FILE);
+    let main = prepared.entrypoint.display().to_string();
+    let context_import = context_path.display().to_string();
     let entry = if describe {
-        describe_source(
-            &prepared.entrypoint.display().to_string(),
-            &context_path.display().to_string(),
-        )
+        describe_source(&main, &context_import)
     } else {
         entry_source(
             &library_path("graph.ncl").display().to_string(),
-            &prepared.entrypoint.display().to_string(),
-            &context_path.display().to_string(),
+            &main,
+            &context_import,
             &input_path.display().to_string(),
         )
     };
@@ -251,13 +260,25 @@ fn evaluate_prepared(
     known_files.insert(add_file(&mut cache, &context_path, context_json));
     let entry_id = add_file(&mut cache, &Path::new(EVAL_ROOT).join(ENTRY_FILE), entry);
     known_files.insert(entry_id);
-    if let Err(error) = cache.prepare_eval_only(&mut pos_table, entry_id) {
-        imports::ensure_only_known(&cache, &known_files)?;
-        return Err(failure(
-            cache.sources.files().clone(),
-            error,
-            Some(&input_json),
-        ));
+    let contract_id = describe.then(|| {
+        let source = input_contract_source(&main, &context_import);
+        let id = add_file(
+            &mut cache,
+            &Path::new(EVAL_ROOT).join(CONTRACT_FILE),
+            source,
+        );
+        known_files.insert(id);
+        id
+    });
+    for id in std::iter::once(entry_id).chain(contract_id) {
+        if let Err(error) = cache.prepare_eval_only(&mut pos_table, id) {
+            imports::ensure_only_known(&cache, &known_files)?;
+            return Err(failure(
+                cache.sources.files().clone(),
+                error,
+                Some(&input_json),
+            ));
+        }
     }
     imports::ensure_only_known(&cache, &known_files)?;
 
@@ -268,20 +289,7 @@ fn evaluate_prepared(
         NullReporter {},
     );
     let files = vm_context.import_resolver.sources.files().clone();
-    if let Err(error) = vm_context
-        .import_resolver
-        .closurize(&mut vm_context.cache, entry_id)
-    {
-        return Err(EvalFailure::new(
-            FailureKind::Request,
-            format!("the generated entry could not be prepared: {error:?}"),
-        ));
-    }
-    let term = vm_context
-        .import_resolver
-        .terms
-        .get_owned(entry_id)
-        .ok_or_else(|| EvalFailure::new(FailureKind::Request, "the generated entry has no term"))?;
+    let term = loaded_term(&mut vm_context, entry_id)?;
     let evaluated = VirtualMachine::new(&mut vm_context).eval_full_for_export(term);
     let value = match evaluated {
         Ok(value) => value,
@@ -291,7 +299,45 @@ fn evaluate_prepared(
         let error = NickelError::export_error(vm_context.pos_table.clone(), error);
         return Err(failure(files, error, Some(&input_json)));
     }
-    serde_json::to_value(&value).map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))
+    let mut output = serde_json::to_value(&value)
+        .map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))?;
+    if let Some(contract_id) = contract_id {
+        let contract = loaded_term(&mut vm_context, contract_id)?;
+        // Evaluated here first so that a missing or broken `Input` is reported with its location.
+        let contract = VirtualMachine::new(&mut vm_context)
+            .eval_closure(contract.into())
+            .map_err(|error| failure(files.clone(), error.into(), None))?;
+        let fields = inspect::input_fields(&mut vm_context, contract).ok_or_else(|| {
+            EvalFailure::new(
+                FailureKind::Evaluation,
+                "the module's `Input` is not a record contract: it must be `{ field | Contract | doc \"…\", … }`",
+            )
+        })?;
+        output["inputFields"] = serde_json::to_value(fields)
+            .map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))?;
+    }
+    Ok(output)
+}
+
+/// The term of a generated file, with its imports resolved.
+fn loaded_term(
+    vm_context: &mut VmContext<CacheHub, CacheImpl>,
+    id: FileId,
+) -> Result<NickelValue, EvalFailure> {
+    if let Err(error) = vm_context
+        .import_resolver
+        .closurize(&mut vm_context.cache, id)
+    {
+        return Err(EvalFailure::new(
+            FailureKind::Request,
+            format!("the generated entry could not be prepared: {error:?}"),
+        ));
+    }
+    vm_context
+        .import_resolver
+        .terms
+        .get_owned(id)
+        .ok_or_else(|| EvalFailure::new(FailureKind::Request, "the generated entry has no term"))
 }
 
 #[cfg(test)]
