@@ -55,6 +55,13 @@ impl Drop for Daemon {
     }
 }
 
+/// The bare mirror Pequod keeps of `url` under `cache`.
+fn mirror_of(cache: &Path, url: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let name = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+    cache.join("git").join(&name[..32])
+}
+
 fn render(
     transform_file: &str,
     module_ref: Value,
@@ -87,6 +94,9 @@ fn modules_come_from_tags_branches_commits_and_paths() {
     let repo = base.join("platforms.git");
     std::fs::create_dir_all(&repo).expect("repository directory");
     git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("README"), "platforms\n").expect("written");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "history before the module"]);
     copy(
         &common::repo().join("platforms/postgres"),
         &repo.join("postgres"),
@@ -153,6 +163,37 @@ fn modules_come_from_tags_branches_commits_and_paths() {
         &cache,
     );
     assert!(out.contains("version: 0.2.0"), "{out}");
+    // The mirror of the served repository is shallow: the wanted commits, not the history.
+    let mirror = mirror_of(&cache, &url);
+    assert!(mirror.join("shallow").is_file(), "a shallow mirror");
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    std::fs::write(
+        &main,
+        source.replacen("version = \"0.2.0\"", "version = \"0.4.0\"", 1),
+    )
+    .expect("edited");
+    git(&repo, &["commit", "-q", "-am", "0.4.0"]);
+    // A commit that no branch or tag points at: git daemon will not send it by itself, so
+    // the mirror fetches every branch and tag with their history.
+    let (code, out, stderr) = render(
+        transform,
+        json!({"type": "git", "ref": format!("{url}?ref={second}&path=postgres")}),
+        dir.path(),
+        &cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("version: 0.3.0"), "{out}");
+    assert!(!mirror.join("shallow").exists(), "a complete mirror");
+    assert_eq!(git(&mirror, &["rev-list", "--count", "main"]), "4");
+    // An abbreviated SHA resolves in the complete mirror.
+    let (code, out, stderr) = render(
+        transform,
+        json!({"type": "git", "ref": format!("{url}?ref={}&path=postgres", &second[..10])}),
+        dir.path(),
+        &cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("version: 0.3.0"), "{out}");
 
     // Bad refs and paths are clear errors, exit 4.
     let (code, _, stderr) = render(

@@ -54,7 +54,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         registry: &registry,
         cache: &cache,
         cache_dir: &cache_dir,
-        git_auth: GitAuth::Anonymous,
+        git_auth: GitAuth::Ambient,
         allow_local_git: true,
     };
     let bundle = resolve(

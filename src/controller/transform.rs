@@ -426,27 +426,8 @@ async fn pull_secret(transform: &Transform, context: &Context) -> Result<Credent
             .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
     };
     if transform.spec.module_ref.type_ == ModuleType::Git {
-        let auth = match (
-            text("username"),
-            text("password"),
-            text("token"),
-            text("ssh-privatekey"),
-        ) {
-            (_, _, _, Some(key)) => GitAuth::SshKey {
-                username: text("username").unwrap_or_else(|| "git".to_string()),
-                private_key: key,
-            },
-            (Some(username), Some(password), _, _) => GitAuth::Basic { username, password },
-            (username, _, Some(token), _) => GitAuth::Basic {
-                username: username.unwrap_or_else(|| "git".to_string()),
-                password: token,
-            },
-            _ => {
-                return Err(failed(format!(
-                    "{shown} has none of username+password, token, ssh-privatekey"
-                )));
-            }
-        };
+        let auth =
+            GitAuth::from_secret_data(text).map_err(|lack| failed(format!("{shown} {lack}")))?;
         return Ok(Credentials::Git(auth));
     }
     let config = text(".dockerconfigjson").ok_or_else(|| {

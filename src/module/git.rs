@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use git2::{FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 use sha2::{Digest, Sha256};
 
@@ -24,12 +26,15 @@ pub struct GitRef {
     pub path: Option<String>,
 }
 
-/// Credentials for a repository (from a Secret in the cluster). Its `Debug` shows no secret.
+/// Credentials for a repository. Its `Debug` shows no secret.
 #[derive(Clone, Default)]
 pub enum GitAuth {
     /// None.
     #[default]
     Anonymous,
+    /// What `git` itself would use, for the CLI: an SSH agent (`SSH_AUTH_SOCK`) or the keys
+    /// in `~/.ssh`, the git credential helpers for HTTP; host keys from `~/.ssh/known_hosts`.
+    Ambient,
     /// HTTP basic: user and password, or any user and a token.
     Basic {
         /// The user.
@@ -37,13 +42,40 @@ pub enum GitAuth {
         /// The password or token.
         password: String,
     },
-    /// An SSH private key (PEM), for `ssh://` and `git@host:` URLs.
+    /// An SSH private key (PEM or OpenSSH), for `ssh://` and `git@host:` URLs.
     SshKey {
         /// The user (usually `git`).
         username: String,
         /// The private key.
         private_key: String,
+        /// `known_hosts` lines the server's host key must match; without them libgit2 looks
+        /// in `~/.ssh/known_hosts`.
+        known_hosts: Option<String>,
     },
+}
+
+impl GitAuth {
+    /// Credentials from a Secret's `data`: `ssh-privatekey` (with `known_hosts`, and
+    /// `username` defaulting to `git`), `username` + `password`, or `token` (any user).
+    /// `Err` says what the Secret lacks.
+    pub fn from_secret_data(text: impl Fn(&str) -> Option<String>) -> Result<GitAuth, String> {
+        let username = text("username");
+        if let Some(private_key) = text("ssh-privatekey") {
+            return Ok(GitAuth::SshKey {
+                username: username.unwrap_or_else(|| "git".to_string()),
+                private_key,
+                known_hosts: text("known_hosts"),
+            });
+        }
+        match (username, text("password"), text("token")) {
+            (Some(username), Some(password), _) => Ok(GitAuth::Basic { username, password }),
+            (username, _, Some(token)) => Ok(GitAuth::Basic {
+                username: username.unwrap_or_else(|| "git".to_string()),
+                password: token,
+            }),
+            _ => Err("has none of ssh-privatekey, username+password, token".to_string()),
+        }
+    }
 }
 
 /// Why a module could not come from Git.
@@ -99,8 +131,16 @@ impl std::fmt::Debug for GitAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GitAuth::Anonymous => f.write_str("Anonymous"),
+            GitAuth::Ambient => f.write_str("Ambient"),
             GitAuth::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
-            GitAuth::SshKey { username, .. } => write!(f, "SshKey({username}, ***)"),
+            GitAuth::SshKey {
+                username,
+                known_hosts,
+                ..
+            } => {
+                let hosts = known_hosts.as_ref().map_or(0, |text| text.lines().count());
+                write!(f, "SshKey({username}, ***, {hosts} known_hosts lines)")
+            }
         }
     }
 }
@@ -177,39 +217,166 @@ fn mirror(cache: &Path, url: &str) -> Result<Repository, GitError> {
     }
 }
 
-fn callbacks(auth: &GitAuth) -> RemoteCallbacks<'_> {
+fn callbacks<'a>(auth: &'a GitAuth, url: &'a str) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
-    // libgit2 asks again after refused credentials: once is enough.
-    let mut asked = false;
-    callbacks.credentials(move |_url, username, allowed| {
-        if std::mem::replace(&mut asked, true) {
-            return Err(git2::Error::from_str("the credentials were refused"));
-        }
-        credential(auth, username, allowed)
+    // libgit2 asks again after refused credentials; each kind is offered once.
+    let mut offered = Vec::new();
+    callbacks.credentials(move |url, username, allowed| {
+        credential(auth, url, username, allowed, &mut offered)
     });
+    if let GitAuth::SshKey {
+        known_hosts: Some(known_hosts),
+        ..
+    } = auth
+    {
+        callbacks.certificate_check(move |cert, host| check_host_key(known_hosts, url, cert, host));
+    }
     callbacks.transfer_progress(|progress| progress.received_bytes() <= MAX_FETCH_BYTES);
     callbacks
 }
 
+/// The credential to offer next, each at most once; an error when none is left.
 fn credential(
     auth: &GitAuth,
+    url: &str,
     username: Option<&str>,
     allowed: git2::CredentialType,
+    offered: &mut Vec<&'static str>,
 ) -> Result<git2::Cred, git2::Error> {
+    let mut offer_once = |kind: &'static str| {
+        if offered.contains(&kind) {
+            false
+        } else {
+            offered.push(kind);
+            true
+        }
+    };
+    let refused = |offered: &[&str]| {
+        if offered.is_empty() {
+            "no credentials of the kind the server wants"
+        } else {
+            "the credentials were refused"
+        }
+    };
     match auth {
         GitAuth::Anonymous => Err(git2::Error::from_str("the repository wants credentials")),
-        GitAuth::Basic { username, password } if allowed.is_user_pass_plaintext() => {
+        GitAuth::Basic { username, password }
+            if allowed.is_user_pass_plaintext() && offer_once("basic") =>
+        {
             git2::Cred::userpass_plaintext(username, password)
         }
         GitAuth::SshKey {
             username: user,
             private_key,
-        } if allowed.is_ssh_key() => {
+            ..
+        } if allowed.is_ssh_key() && offer_once("key") => {
             git2::Cred::ssh_key_from_memory(username.unwrap_or(user), None, private_key, None)
         }
-        _ => Err(git2::Error::from_str(
-            "no credentials of the kind the server wants",
-        )),
+        GitAuth::Ambient => ambient_credential(url, username, allowed, &mut offer_once)
+            .unwrap_or_else(|| Err(git2::Error::from_str(refused(offered)))),
+        _ => Err(git2::Error::from_str(refused(offered))),
+    }
+}
+
+/// What `git` would offer: for SSH the agent, then the default keys of `~/.ssh`; for HTTP the
+/// configured credential helpers. `None` when nothing is left to offer.
+fn ambient_credential(
+    url: &str,
+    username: Option<&str>,
+    allowed: git2::CredentialType,
+    offer_once: &mut impl FnMut(&'static str) -> bool,
+) -> Option<Result<git2::Cred, git2::Error>> {
+    if allowed.is_username() && offer_once("username") {
+        return Some(git2::Cred::username(username.unwrap_or("git")));
+    }
+    if allowed.is_ssh_key() {
+        let user = username.unwrap_or("git");
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() && offer_once("agent") {
+            return Some(git2::Cred::ssh_key_from_agent(user));
+        }
+        let ssh_dir = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".ssh"))?;
+        for (kind, file) in [
+            ("id_ed25519", "id_ed25519"),
+            ("id_ecdsa", "id_ecdsa"),
+            ("id_rsa", "id_rsa"),
+        ] {
+            let key = ssh_dir.join(file);
+            if key.is_file() && offer_once(kind) {
+                return Some(git2::Cred::ssh_key(user, None, &key, None));
+            }
+        }
+    }
+    if allowed.is_user_pass_plaintext() && offer_once("helper") {
+        let config = git2::Config::open_default().ok()?;
+        return Some(git2::Cred::credential_helper(&config, url, username));
+    }
+    None
+}
+
+/// Accepts an SSH host key only when `known_hosts` lists it for the URL's host (and port);
+/// TLS certificates are left to libgit2's own verification.
+fn check_host_key(
+    known_hosts: &str,
+    url: &str,
+    cert: &git2::cert::Cert<'_>,
+    host: &str,
+) -> Result<git2::CertificateCheckStatus, git2::Error> {
+    let Some(hostkey) = cert.as_hostkey() else {
+        return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+    };
+    let Some(key) = hostkey.hostkey() else {
+        return Err(git2::Error::from_str("the server sent no raw host key"));
+    };
+    let names = host_names(url, host);
+    let mut hashed_only = true;
+    for line in known_hosts.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(blob)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if !hosts.starts_with('|') {
+            hashed_only = false;
+        }
+        let listed = hosts.split(',').any(|name| names.iter().any(|n| n == name));
+        if listed
+            && BASE64
+                .decode(blob)
+                .is_ok_and(|listed_key| listed_key == key)
+        {
+            return Ok(git2::CertificateCheckStatus::CertificateOk);
+        }
+    }
+    let hint = if hashed_only && !known_hosts.trim().is_empty() {
+        " (hashed entries are not read: use `ssh-keyscan` without -H)"
+    } else {
+        ""
+    };
+    Err(git2::Error::from_str(&format!(
+        "the host key of {} is not in the Secret's known_hosts{hint}",
+        names[0]
+    )))
+}
+
+/// How `known_hosts` names the server of `url`: `host`, or `[host]:port` off port 22.
+fn host_names(url: &str, host: &str) -> Vec<String> {
+    let port = url
+        .strip_prefix("ssh://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| {
+            authority
+                .rsplit_once('@')
+                .map_or(Some(authority), |(_, h)| Some(h))
+        })
+        .and_then(|authority| authority.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|port| *port != 22);
+    match port {
+        Some(port) => vec![format!("[{host}]:{port}")],
+        None => vec![host.to_string(), format!("[{host}]:22")],
     }
 }
 
@@ -225,38 +392,135 @@ fn set_timeouts() {
     });
 }
 
-/// Fetches `reference` into its mirror in `cache` (incrementally) and reads the module at
-/// its revision.
+/// Fetches `reference` into its mirror in `cache` and reads the module at its revision.
+///
+/// Only the wanted ref is fetched: the remote's HEAD, `refs/heads/R` and `refs/tags/R`, or a
+/// full commit SHA (which servers may refuse); into a new or shallow mirror with depth 1, so a
+/// module in a repository with a long history costs one commit's objects, and a new commit
+/// costs only what changed. An abbreviated SHA, or a SHA the server will not send by itself,
+/// takes a fetch of every branch and tag with their history (the mirror is complete from
+/// then on).
 pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkout, GitError> {
     set_timeouts();
     let url = &reference.url;
     let repository = mirror(cache, url)?;
+    let wanted: Vec<String> = match &reference.revision {
+        None => vec!["+HEAD:refs/remotes/origin/HEAD".to_string()],
+        Some(revision) if is_full_sha(revision) => {
+            pointing_at(&repository, reference, auth, revision)?
+        }
+        Some(revision) => vec![
+            format!("+refs/heads/{revision}:refs/heads/{revision}"),
+            format!("+refs/tags/{revision}:refs/tags/{revision}"),
+        ],
+    };
+    let targeted = fetch_refspecs(&repository, reference, auth, &wanted);
+    match (targeted, resolve(&repository, reference)) {
+        (Ok(()), Ok(commit)) => return checkout(&repository, &commit, reference),
+        // The server refused or lacks the ref: a complete fetch tells which.
+        (Ok(()) | Err(GitError::Fetch { .. }), Err(_) | Ok(_)) if reference.revision.is_some() => {
+            tracing::debug!(%url, ?wanted, "the wanted ref did not come alone; fetching every branch and tag");
+        }
+        (Err(error), _) | (Ok(()), Err(error)) => return Err(error),
+    }
+    let everything = [
+        "+refs/heads/*:refs/heads/*".to_string(),
+        "+refs/tags/*:refs/tags/*".to_string(),
+    ];
+    fetch_refspecs(&repository, reference, auth, &everything)?;
+    let commit = resolve(&repository, reference)?;
+    checkout(&repository, &commit, reference)
+}
+
+/// The refspecs that fetch commit `sha`: the remote's refs that point at it (servers send
+/// those), else the SHA itself (which servers allowing it in a `want` send).
+fn pointing_at(
+    repository: &Repository,
+    reference: &GitRef,
+    auth: &GitAuth,
+    sha: &str,
+) -> Result<Vec<String>, GitError> {
+    let url = &reference.url;
     let fetch_failed = |e: git2::Error| GitError::Fetch {
         url: url.clone(),
         message: e.message().to_string(),
     };
     let mut remote = repository.remote_anonymous(url).map_err(fetch_failed)?;
+    let connection = remote
+        .connect_auth(git2::Direction::Fetch, Some(callbacks(auth, url)), None)
+        .map_err(fetch_failed)?;
+    let mut refs: Vec<String> = connection
+        .list()
+        .map_err(fetch_failed)?
+        .iter()
+        .filter(|head| head.oid().to_string() == sha)
+        .filter_map(|head| {
+            // An annotated tag is advertised twice: as the tag object, and peeled
+            // (`refs/tags/v1^{}`) as the commit.
+            let name = head.name().trim_end_matches("^{}");
+            (name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+                .then(|| format!("+{name}:{name}"))
+        })
+        .collect();
+    refs.sort();
+    refs.dedup();
+    if refs.is_empty() {
+        Ok(vec![format!("+{sha}:refs/commits/{sha}")])
+    } else {
+        Ok(refs)
+    }
+}
+
+/// Whether `revision` is a whole commit SHA (SHA-1 or SHA-256).
+fn is_full_sha(revision: &str) -> bool {
+    matches!(revision.len(), 40 | 64) && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// One fetch of `refspecs` into the mirror: shallow (depth 1) unless the mirror already has
+/// full history, unshallowing it when every branch and tag is asked for.
+fn fetch_refspecs(
+    repository: &Repository,
+    reference: &GitRef,
+    auth: &GitAuth,
+    refspecs: &[String],
+) -> Result<(), GitError> {
+    let url = &reference.url;
+    let fetch_failed = |e: git2::Error| GitError::Fetch {
+        url: url.clone(),
+        message: e.message().to_string(),
+    };
+    let complete = refspecs.iter().any(|spec| spec.contains('*'));
+    let fresh = repository
+        .references()
+        .map(|mut refs| refs.next().is_none())
+        .unwrap_or(true);
     let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks(auth));
-    options.download_tags(git2::AutotagOption::All);
+    options.remote_callbacks(callbacks(auth, url));
+    // Only the refs asked for: all tags would each bring their commit.
+    options.download_tags(git2::AutotagOption::None);
     // A branch deleted upstream is gone from the mirror too.
     options.prune(git2::FetchPrune::On);
+    if complete && repository.is_shallow() {
+        options.depth(i32::MAX); // libgit2's GIT_FETCH_DEPTH_UNSHALLOW
+    } else if !complete && (fresh || repository.is_shallow()) {
+        options.depth(1);
+    }
+    let mut remote = repository.remote_anonymous(url).map_err(fetch_failed)?;
     remote
-        .fetch(
-            &[
-                "+refs/heads/*:refs/heads/*",
-                "+refs/tags/*:refs/tags/*",
-                "+HEAD:refs/remotes/origin/HEAD",
-            ],
-            Some(&mut options),
-            None,
-        )
-        .map_err(fetch_failed)?;
-    let commit = resolve(&repository, reference)?;
-    let files = read_tree(&repository, &commit, reference)?;
+        .fetch(refspecs, Some(&mut options), None)
+        .inspect_err(|error| tracing::debug!(%url, ?refspecs, %error, "git fetch failed"))
+        .map_err(fetch_failed)
+}
+
+/// The module's files at `commit`.
+fn checkout(
+    repository: &Repository,
+    commit: &git2::Commit,
+    reference: &GitRef,
+) -> Result<Checkout, GitError> {
     Ok(Checkout {
         commit: commit.id().to_string(),
-        files,
+        files: read_tree(repository, commit, reference)?,
     })
 }
 
@@ -276,6 +540,7 @@ fn resolve<'r>(
         Some(revision) => vec![
             format!("refs/tags/{revision}"),
             format!("refs/heads/{revision}"),
+            format!("refs/commits/{revision}"),
             revision.clone(),
         ],
     };
