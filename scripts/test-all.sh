@@ -16,12 +16,18 @@ fi
 
 # Real tools the tests drive, from Debian's packages: promtool (prometheus) checks the
 # operator's /metrics; docker-registry, skopeo and htpasswd (apache2-utils) are the OCI
-# registry, another OCI client and the registry's credentials.
+# registry, another OCI client and the servers' credentials; sshd (openssh-server) and
+# lighttpd with git http-backend serve Git over SSH and HTTP(S); openssl makes their keys.
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+[ -x /usr/sbin/lighttpd ] || missing+=(lighttpd)
+[ -e /usr/lib/lighttpd/mod_openssl.so ] || missing+=(lighttpd-mod-openssl)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive

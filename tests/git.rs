@@ -7,11 +7,13 @@ mod common;
 mod repo;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use repo::{copy, git};
+use pequod::module::ModuleBundle;
+use pequod::module::git::{self as module_git, GitAuth, GitRef};
+use repo::{HttpServer, SshServer, copy, git};
 use serde_json::{Value, json};
 
 /// `git daemon` serving every repository under `base` on a loopback port.
@@ -62,35 +64,9 @@ fn mirror_of(cache: &Path, url: &str) -> std::path::PathBuf {
     cache.join("git").join(&name[..32])
 }
 
-fn render(
-    transform_file: &str,
-    module_ref: Value,
-    dir: &Path,
-    cache: &Path,
-) -> (i32, String, String) {
-    let text = std::fs::read_to_string(common::repo().join(transform_file)).expect("Transform");
-    let mut transform: Value = serde_yaml::from_str(&text).expect("YAML");
-    transform["spec"]["moduleRef"] = module_ref;
-    let path = dir.join("transform.json");
-    std::fs::write(&path, transform.to_string()).expect("written");
-    let out = common::pequod(&[
-        "render",
-        "-f",
-        path.to_str().expect("utf-8"),
-        "--cache-dir",
-        cache.to_str().expect("utf-8"),
-    ]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn modules_come_from_tags_branches_commits_and_paths() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let base = dir.path().join("served");
+/// `base/platforms.git`: a commit without the module, then the postgres module under
+/// `postgres/`, tagged `v1`. Returns the repository and that commit.
+fn platforms_repository(base: &Path) -> (PathBuf, String) {
     let repo = base.join("platforms.git");
     std::fs::create_dir_all(&repo).expect("repository directory");
     git(&repo, &["init", "-q"]);
@@ -104,15 +80,69 @@ fn modules_come_from_tags_branches_commits_and_paths() {
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "postgres"]);
     git(&repo, &["tag", "v1"]);
-    let first = git(&repo, &["rev-parse", "HEAD"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, commit)
+}
+
+const TRANSFORM: &str = "testdata/transforms/postgres-minimal.yaml";
+
+/// `pequod render` of [`TRANSFORM`] with `module_ref`, with these environment variables.
+fn render_with_env(
+    module_ref: Value,
+    dir: &Path,
+    cache: &Path,
+    env: &[(&str, &Path)],
+) -> (i32, String, String) {
+    let text = std::fs::read_to_string(common::repo().join(TRANSFORM)).expect("Transform");
+    let mut transform: Value = serde_yaml::from_str(&text).expect("YAML");
+    transform["spec"]["moduleRef"] = module_ref;
+    let path = dir.join("transform.json");
+    std::fs::write(&path, transform.to_string()).expect("written");
+    let mut command = Command::new(common::pequod_bin());
+    command
+        .current_dir(common::repo())
+        .args(["render", "-f"])
+        .arg(&path)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env_remove("SSH_AUTH_SOCK")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("pequod runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn render(
+    transform_file: &str,
+    module_ref: Value,
+    dir: &Path,
+    cache: &Path,
+) -> (i32, String, String) {
+    assert_eq!(transform_file, TRANSFORM);
+    render_with_env(module_ref, dir, cache, &[])
+}
+
+/// What the embedded postgres module renders for [`TRANSFORM`].
+fn embedded_render() -> String {
+    common::pequod_ok(&["render", "-f", TRANSFORM])
+}
+
+#[test]
+fn modules_come_from_tags_branches_commits_and_paths() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base = dir.path().join("served");
+    let (repo, first) = platforms_repository(&base);
     let daemon = Daemon::start(&base);
     let cache = dir.path().join("cache");
     let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
-    let transform = "testdata/transforms/postgres-minimal.yaml";
-    let (_, embedded, _) = {
-        let out = common::pequod(&["render", "-f", transform]);
-        (0, String::from_utf8_lossy(&out.stdout).into_owned(), ())
-    };
+    let transform = TRANSFORM;
+    let embedded = embedded_render();
 
     for reference in [
         format!("{url}?ref=v1&path=postgres"),
@@ -244,6 +274,158 @@ fn modules_come_from_tags_branches_commits_and_paths() {
         stderr,
         format!(
             "error: module: module digest {first}:postgres does not match the pinned digest {wrong}\n"
+        )
+    );
+}
+
+/// The files of the postgres module, as a fetch must give them.
+fn postgres_files() -> std::collections::BTreeMap<String, String> {
+    ModuleBundle::from_dir(&common::repo().join("platforms/postgres"), None)
+        .expect("module")
+        .files()
+        .clone()
+}
+
+#[test]
+fn ssh_repositories_take_a_key_and_check_the_host_key() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base = dir.path().join("served");
+    let (repo, commit) = platforms_repository(&base);
+    let sshd = SshServer::start(&dir.path().join("sshd"));
+    let url = sshd.url(&repo);
+    let reference = GitRef::parse(&format!("{url}?ref=v1&path=postgres"), None);
+    let cache = dir.path().join("cache");
+    let key = |private_key: &str, known_hosts: &str| GitAuth::SshKey {
+        username: sshd.user.clone(),
+        private_key: private_key.to_string(),
+        known_hosts: Some(known_hosts.to_string()),
+    };
+
+    // The operator's way: the key and known_hosts of a Secret.
+    let checkout = module_git::fetch(
+        &reference,
+        &key(&sshd.client_key, &sshd.known_hosts),
+        &cache,
+    )
+    .expect("fetched over SSH");
+    assert_eq!(checkout.commit, commit);
+    assert_eq!(checkout.files, postgres_files());
+
+    // A server whose host key is not the one listed, a key the server does not know, none.
+    let stranger = dir.path().join("stranger");
+    repo::key_pair(&stranger);
+    let stranger_public = std::fs::read_to_string(stranger.with_extension("pub")).expect("key");
+    let stranger_private = std::fs::read_to_string(&stranger).expect("key");
+    let wrong_host = format!("[127.0.0.1]:{} {}", sshd.port, stranger_public);
+    let failures = [
+        (
+            key(&sshd.client_key, &wrong_host),
+            format!(
+                "the host key of [127.0.0.1]:{} is not in the Secret's known_hosts",
+                sshd.port
+            ),
+        ),
+        (
+            key(&stranger_private, &sshd.known_hosts),
+            "the credentials were refused".to_string(),
+        ),
+        (
+            GitAuth::Anonymous,
+            format!("invalid or unknown remote ssh hostkey{UNKNOWN_HOST}"),
+        ),
+    ];
+    for (auth, message) in failures {
+        let error = module_git::fetch(&reference, &auth, &cache).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            format!("git fetch of {url} failed: {message}"),
+            "{auth:?}"
+        );
+    }
+
+    // The CLI's way: what `git` would use, here the key and known_hosts in ~/.ssh.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).expect("~/.ssh");
+    let identity = home.join(".ssh/id_ed25519");
+    std::fs::write(&identity, &sshd.client_key).expect("key");
+    std::fs::write(home.join(".ssh/known_hosts"), &sshd.known_hosts).expect("known_hosts");
+    let module_ref = json!({"type": "git", "ref": format!("{url}?ref=v1&path=postgres")});
+    let cli_cache = dir.path().join("cli-cache");
+    let (code, out, stderr) = render_with_env(
+        module_ref.clone(),
+        dir.path(),
+        &cli_cache,
+        &[("HOME", &home)],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, embedded_render());
+    std::fs::remove_file(home.join(".ssh/known_hosts")).expect("removed");
+    let (code, _, stderr) = render_with_env(module_ref, dir.path(), &cli_cache, &[("HOME", &home)]);
+    assert_eq!(code, 4);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: module: git fetch of {url} failed: invalid or unknown remote ssh hostkey{UNKNOWN_HOST}\n"
+        )
+    );
+}
+
+/// The hint after libgit2's message when an SSH server is not in known_hosts.
+const UNKNOWN_HOST: &str = " (the server is not in known_hosts: give the Secret a known_hosts key, from `ssh-keyscan`; the CLI reads ~/.ssh/known_hosts)";
+
+#[test]
+fn http_repositories_take_basic_credentials() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base = dir.path().join("served");
+    let (_, commit) = platforms_repository(&base);
+    let server = HttpServer::start(&dir.path().join("http"), &base, "bot", "s3cret");
+    let cache = dir.path().join("cache");
+
+    // The operator's way, over plain HTTP: username and password (or a token) from a Secret.
+    let url = format!("http://127.0.0.1:{}/git/platforms.git", server.http_port);
+    let reference = GitRef::parse(&format!("{url}?ref=main&path=postgres"), None);
+    let basic = |password: &str| GitAuth::Basic {
+        username: "bot".to_string(),
+        password: password.to_string(),
+    };
+    let checkout = module_git::fetch(&reference, &basic("s3cret"), &cache).expect("fetched");
+    assert_eq!(checkout.commit, commit);
+    assert_eq!(checkout.files, postgres_files());
+    for (auth, message) in [
+        (basic("wrong"), "the credentials were refused"),
+        (GitAuth::Anonymous, "the repository wants credentials"),
+    ] {
+        let error = module_git::fetch(&reference, &auth, &cache).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            format!("git fetch of {url} failed: {message}"),
+            "{auth:?}"
+        );
+    }
+
+    // The CLI's way, over HTTPS: git's credential store, and a certificate the machine trusts
+    // (here through SSL_CERT_FILE).
+    let url = format!("https://127.0.0.1:{}/git/platforms.git", server.https_port);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::write(home.join(".gitconfig"), "[credential]\n\thelper = store\n").expect("config");
+    std::fs::write(
+        home.join(".git-credentials"),
+        format!("https://bot:s3cret@127.0.0.1:{}\n", server.https_port),
+    )
+    .expect("credentials");
+    let module_ref = json!({"type": "git", "ref": format!("{url}?ref=v1&path=postgres")});
+    let cli_cache = dir.path().join("cli-cache");
+    let trusted: &[(&str, &Path)] = &[("HOME", &home), ("SSL_CERT_FILE", &server.certificate)];
+    let (code, out, stderr) = render_with_env(module_ref.clone(), dir.path(), &cli_cache, trusted);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out, embedded_render());
+    let (code, _, stderr) = render_with_env(module_ref, dir.path(), &cli_cache, &[("HOME", &home)]);
+    assert_eq!(code, 4);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: module: git fetch of {url} failed: the SSL certificate is invalid (not trusted here: add its CA to the system's certificates, or name a bundle in SSL_CERT_FILE)\n"
         )
     );
 }

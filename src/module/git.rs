@@ -5,6 +5,7 @@
 //!
 //! Everything here blocks (libgit2): callers run it on a blocking thread.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -217,7 +218,14 @@ fn mirror(cache: &Path, url: &str) -> Result<Repository, GitError> {
     }
 }
 
-fn callbacks<'a>(auth: &'a GitAuth, url: &'a str) -> RemoteCallbacks<'a> {
+/// The callbacks of one connection: credentials from `auth`, host keys checked against its
+/// `known_hosts` (a refusal's reason is kept in `refusal`: libgit2 reports its own generic
+/// message), and the download bound.
+fn callbacks<'a>(
+    auth: &'a GitAuth,
+    url: &'a str,
+    refusal: &'a RefCell<Option<String>>,
+) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     // libgit2 asks again after refused credentials; each kind is offered once.
     let mut offered = Vec::new();
@@ -229,7 +237,11 @@ fn callbacks<'a>(auth: &'a GitAuth, url: &'a str) -> RemoteCallbacks<'a> {
         ..
     } = auth
     {
-        callbacks.certificate_check(move |cert, host| check_host_key(known_hosts, url, cert, host));
+        callbacks.certificate_check(move |cert, host| {
+            check_host_key(known_hosts, url, cert, host).inspect_err(|error| {
+                refusal.replace(Some(error.message().to_string()));
+            })
+        });
     }
     callbacks.transfer_progress(|progress| progress.received_bytes() <= MAX_FETCH_BYTES);
     callbacks
@@ -441,13 +453,15 @@ fn pointing_at(
     sha: &str,
 ) -> Result<Vec<String>, GitError> {
     let url = &reference.url;
-    let fetch_failed = |e: git2::Error| GitError::Fetch {
-        url: url.clone(),
-        message: e.message().to_string(),
-    };
+    let refusal = RefCell::new(None);
+    let fetch_failed = |e: git2::Error| fetch_error(url, &e, &refusal);
     let mut remote = repository.remote_anonymous(url).map_err(fetch_failed)?;
     let connection = remote
-        .connect_auth(git2::Direction::Fetch, Some(callbacks(auth, url)), None)
+        .connect_auth(
+            git2::Direction::Fetch,
+            Some(callbacks(auth, url, &refusal)),
+            None,
+        )
         .map_err(fetch_failed)?;
     let mut refs: Vec<String> = connection
         .list()
@@ -471,6 +485,28 @@ fn pointing_at(
     }
 }
 
+/// A failed fetch of `url`: the host key refusal when there was one, else libgit2's message
+/// (with a hint for untrusted TLS certificates).
+fn fetch_error(url: &str, error: &git2::Error, refusal: &RefCell<Option<String>>) -> GitError {
+    let message = refusal.borrow().clone().unwrap_or_else(|| {
+        let mut message = error.message().to_string();
+        match (error.code(), error.class()) {
+            (git2::ErrorCode::Certificate, git2::ErrorClass::Ssl) => message.push_str(
+                " (not trusted here: add its CA to the system's certificates, or name a bundle in SSL_CERT_FILE)",
+            ),
+            (git2::ErrorCode::Certificate, git2::ErrorClass::Ssh) => message.push_str(
+                " (the server is not in known_hosts: give the Secret a known_hosts key, from `ssh-keyscan`; the CLI reads ~/.ssh/known_hosts)",
+            ),
+            _ => {}
+        }
+        message
+    });
+    GitError::Fetch {
+        url: url.to_string(),
+        message,
+    }
+}
+
 /// Whether `revision` is a whole commit SHA (SHA-1 or SHA-256).
 fn is_full_sha(revision: &str) -> bool {
     matches!(revision.len(), 40 | 64) && revision.bytes().all(|b| b.is_ascii_hexdigit())
@@ -485,17 +521,15 @@ fn fetch_refspecs(
     refspecs: &[String],
 ) -> Result<(), GitError> {
     let url = &reference.url;
-    let fetch_failed = |e: git2::Error| GitError::Fetch {
-        url: url.clone(),
-        message: e.message().to_string(),
-    };
+    let refusal = RefCell::new(None);
+    let fetch_failed = |e: git2::Error| fetch_error(url, &e, &refusal);
     let complete = refspecs.iter().any(|spec| spec.contains('*'));
     let fresh = repository
         .references()
         .map(|mut refs| refs.next().is_none())
         .unwrap_or(true);
     let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks(auth, url));
+    options.remote_callbacks(callbacks(auth, url, &refusal));
     // Only the refs asked for: all tags would each bring their commit.
     options.download_tags(git2::AutotagOption::None);
     // A branch deleted upstream is gone from the mirror too.
@@ -673,6 +707,60 @@ mod tests {
             "git://127.0.0.1:9418/p.git",
         ] {
             assert!(!GitRef::parse(remote, None).is_local(), "{remote}");
+        }
+    }
+
+    #[test]
+    fn secrets_give_keys_passwords_or_tokens() {
+        let secret = |pairs: &[(&str, &str)]| {
+            let data: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            GitAuth::from_secret_data(|key| data.get(key).cloned())
+        };
+        let shown = |auth: Result<GitAuth, String>| auth.map(|a| format!("{a:?}"));
+        assert_eq!(
+            shown(secret(&[
+                ("ssh-privatekey", "KEY"),
+                ("known_hosts", "h1 k\nh2 k\n")
+            ])),
+            Ok("SshKey(git, ***, 2 known_hosts lines)".to_string())
+        );
+        assert_eq!(
+            shown(secret(&[
+                ("username", "bot"),
+                ("password", "pw"),
+                ("token", "t")
+            ])),
+            Ok("Basic(bot, ***)".to_string())
+        );
+        assert_eq!(
+            shown(secret(&[("token", "t")])),
+            Ok("Basic(git, ***)".to_string())
+        );
+        assert_eq!(
+            shown(secret(&[("username", "bot")])),
+            Err("has none of ssh-privatekey, username+password, token".to_string())
+        );
+    }
+
+    #[test]
+    fn known_hosts_names_servers_off_port_22_with_their_port() {
+        assert_eq!(
+            host_names("ssh://git@example.com:2222/org/repo.git", "example.com"),
+            vec!["[example.com]:2222"]
+        );
+        for url in [
+            "ssh://git@example.com/org/repo.git",
+            "ssh://example.com:22/org/repo.git",
+            "git@example.com:org/repo.git",
+        ] {
+            assert_eq!(
+                host_names(url, "example.com"),
+                vec!["example.com", "[example.com]:22"],
+                "{url}"
+            );
         }
     }
 
