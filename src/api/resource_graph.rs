@@ -88,7 +88,8 @@ pub struct GraphMetadata {
     pub module: String,
     /// Module version, from the module's metadata.
     pub version: String,
-    /// Content digest of the module bundle.
+    /// Digest of the module as `moduleRef.digest` pins it: the OCI manifest digest, the Git
+    /// commit (`:path`), the content digest of any other module.
     pub module_digest: String,
     /// Digest of the rendered nodes and outputs: equal hashes mean equal graphs.
     pub render_hash: String,
@@ -264,10 +265,12 @@ impl ResourceGraph {
         }
     }
 
-    /// The ResourceGraph for a render of `transform`, with the policy warnings that did not
-    /// block it. In a cluster the Transform has a uid, and the graph is owned by it.
+    /// The ResourceGraph for a render of `transform` from the module resolved to
+    /// `module_digest`, with the policy warnings that did not block it. In a cluster the
+    /// Transform has a uid, and the graph is owned by it.
     pub fn rendered(
         transform: &Transform,
+        module_digest: &str,
         graph: &RenderedGraph,
         warnings: &[Violation],
     ) -> ResourceGraph {
@@ -289,7 +292,7 @@ impl ResourceGraph {
                 metadata: GraphMetadata {
                     module: graph.module.name.clone(),
                     version: graph.module.version.clone(),
-                    module_digest: graph.module_digest.clone(),
+                    module_digest: module_digest.to_string(),
                     render_hash: graph.render_hash.clone(),
                     rendered_at: None,
                 },

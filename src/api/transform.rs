@@ -193,7 +193,8 @@ pub struct ResolvedModule {
     /// The reference as written in the Transform.
     #[serde(rename = "ref")]
     pub ref_: String,
-    /// Content digest of the module bundle.
+    /// Digest of the module as `moduleRef.digest` pins it: the OCI manifest digest, the Git
+    /// commit (`:path`), the content digest of any other module.
     pub digest: String,
     /// When the module was fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -34,20 +34,29 @@ pub enum PrintError {
     Json(#[from] serde_json::Error),
 }
 
-/// Prints `graph`, rendered from `transform` with policy `warnings`, in `format`.
+/// Prints `graph`, rendered from `transform` with the module resolved to `module_digest` and
+/// with policy `warnings`, in `format`.
 pub fn print_graph(
     transform: &Transform,
+    module_digest: &str,
     graph: &RenderedGraph,
     warnings: &[Violation],
     format: OutputFormat,
 ) -> Result<String, PrintError> {
     Ok(match format {
-        OutputFormat::Yaml => {
-            yaml::to_string(&ResourceGraph::rendered(transform, graph, warnings))?
-        }
+        OutputFormat::Yaml => yaml::to_string(&ResourceGraph::rendered(
+            transform,
+            module_digest,
+            graph,
+            warnings,
+        ))?,
         OutputFormat::Json => {
-            let mut text =
-                serde_json::to_string_pretty(&ResourceGraph::rendered(transform, graph, warnings))?;
+            let mut text = serde_json::to_string_pretty(&ResourceGraph::rendered(
+                transform,
+                module_digest,
+                graph,
+                warnings,
+            ))?;
             text.push('\n');
             text
         }

@@ -57,23 +57,22 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         git_auth: GitAuth::Ambient,
         allow_local_git: true,
     };
-    let bundle = resolve(
+    let resolved = resolve(
         &transform.spec.module_ref,
         args.module_dir.as_deref(),
         &sources,
     )
     .await
-    .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?
-    .bundle;
+    .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
     let renderer = args.eval.renderer()?;
     let context = RenderContext::of(&transform);
     let graph = renderer
-        .render(&bundle, &transform.spec.input, &context)
+        .render(&resolved.bundle, &transform.spec.input, &context)
         .await?;
     let warnings = policy::enforce(&graph.findings, &transform.spec.policies)
         .into_result()
         .map_err(|e| CliError::new(exit::RENDER_FAILED, format!("render failed: {e}")))?;
-    let text = print_graph(&transform, &graph, &warnings, args.output)
+    let text = print_graph(&transform, &resolved.digest, &graph, &warnings, args.output)
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
     write_stdout(&text)
 }

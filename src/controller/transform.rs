@@ -376,9 +376,9 @@ fn source_failure(error: &SourceError) -> (&'static str, bool) {
         SourceError::Oci(OciError::Unauthorized { .. }) => ("Unauthorized", true),
         SourceError::Oci(OciError::NotFound { .. }) => ("ModuleNotFound", true),
         SourceError::Oci(OciError::Malformed { .. }) => ("InvalidArtifact", true),
-        SourceError::Oci(OciError::Registry { .. }) | SourceError::Shared(_) => {
-            ("RegistryUnavailable", true)
-        }
+        SourceError::Oci(OciError::Registry { .. }) => ("RegistryUnavailable", true),
+        SourceError::Shared(error) => source_failure(error),
+        SourceError::Unavailable(_) => ("SourceUnavailable", true),
         SourceError::Git(GitError::Fetch { .. } | GitError::Cache { .. }) => ("FetchFailed", true),
         SourceError::Git(GitError::UnknownRevision { .. }) => ("RevisionNotFound", true),
         SourceError::Git(GitError::MissingPath { .. }) => ("PathNotFound", true),
@@ -452,7 +452,9 @@ async fn config_map_module(
     let found = config_maps
         .get_opt(name)
         .await
-        .map_err(|e| SourceError::Shared(format!("cannot read ConfigMap {namespace}/{name}: {e}")))?
+        .map_err(|e| {
+            SourceError::Unavailable(format!("cannot read ConfigMap {namespace}/{name}: {e}"))
+        })?
         .ok_or_else(|| SourceError::ConfigMapNotFound {
             namespace: namespace.clone(),
             name: name.clone(),
@@ -561,7 +563,8 @@ async fn render(
             before_render: false,
             transient: false,
         })?;
-    let mut resource_graph = ResourceGraph::rendered(transform, &graph, &warnings);
+    let mut resource_graph =
+        ResourceGraph::rendered(transform, &resolved.digest, &graph, &warnings);
     super::adopt::adopt(
         &mut resource_graph.spec.nodes,
         transform.spec.adopt.as_ref(),
@@ -685,4 +688,26 @@ async fn finish(
             .await?;
     }
     Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::module::oci::OciError;
+
+    #[test]
+    fn a_shared_fetch_failure_keeps_its_reason() {
+        let refused = || {
+            SourceError::Oci(OciError::Unauthorized {
+                registry: "registry.example.com".to_string(),
+                message: "denied".to_string(),
+            })
+        };
+        let shared = SourceError::Shared(std::sync::Arc::new(refused()));
+        assert_eq!(source_failure(&shared), source_failure(&refused()));
+        assert_eq!(source_failure(&shared), ("Unauthorized", true));
+        assert_eq!(shared.to_string(), refused().to_string());
+        let unreadable = SourceError::Unavailable("cannot read ConfigMap a/b: timeout".into());
+        assert_eq!(source_failure(&unreadable), ("SourceUnavailable", true));
+    }
 }

@@ -44,9 +44,13 @@ pub enum SourceError {
     /// The Git repository could not be fetched or read.
     #[error(transparent)]
     Git(#[from] super::git::GitError),
-    /// A concurrent fetch of the same module failed (its error, shared).
+    /// A concurrent fetch of the same module failed: its error, shared by every caller.
     #[error("{0}")]
-    Shared(String),
+    Shared(std::sync::Arc<SourceError>),
+    /// The source could not be read for a reason of Pequod's own (an API call to read a
+    /// ConfigMap failed, a fetch task died): worth trying again.
+    #[error("{0}")]
+    Unavailable(String),
     /// `moduleRef.path` names no directory of the artifact.
     #[error("moduleRef.path `{0}` is not a directory of the module artifact")]
     MissingPath(String),
@@ -243,7 +247,7 @@ pub async fn resolve(
         .await
         .map_err(|error| match std::sync::Arc::try_unwrap(error) {
             Ok(error) => error,
-            Err(shared) => SourceError::Shared(shared.to_string()),
+            Err(shared) => SourceError::Shared(shared),
         })?;
     let bundle = select(
         &bundle,
@@ -269,7 +273,7 @@ async fn resolve_git(
     let wanted = reference.clone();
     let checkout = tokio::task::spawn_blocking(move || super::git::fetch(&wanted, &auth, &dir))
         .await
-        .map_err(|e| SourceError::Shared(format!("git fetch task failed: {e}")))??;
+        .map_err(|e| SourceError::Unavailable(format!("git fetch task failed: {e}")))??;
     let digest = match &reference.path {
         Some(path) => format!("{}:{path}", checkout.commit),
         None => checkout.commit.clone(),

@@ -111,3 +111,28 @@ pub fn schema_errors(object: &Value) -> Vec<String> {
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect()
 }
+
+/// A rendered ResourceGraph (YAML) with its `spec.metadata.moduleDigest` replaced: what the
+/// same module renders when it was resolved from a registry or a repository, whose digest is
+/// the manifest's or the commit's.
+pub fn with_module_digest(yaml: &str, digest: &str) -> String {
+    let mut replaced = 0;
+    let lines: Vec<String> = yaml
+        .lines()
+        .map(|line| match line.split_once("moduleDigest: ") {
+            Some((indent, _)) => {
+                replaced += 1;
+                format!("{indent}moduleDigest: {}", quoted_if_needed(digest))
+            }
+            None => line.to_string(),
+        })
+        .collect();
+    assert_eq!(replaced, 1, "one moduleDigest in {yaml}");
+    lines.join("\n") + "\n"
+}
+
+/// `text` as YAML prints a string scalar: quoted when it would read as something else.
+fn quoted_if_needed(text: &str) -> String {
+    let printed = serde_yaml::to_string(text).expect("YAML");
+    printed.trim_end().to_string()
+}
