@@ -129,7 +129,11 @@ impl Registry {
     }
 
     fn auth(&self, reference: &Reference) -> RegistryAuth {
-        credentials(self.docker_config.as_ref(), reference.resolve_registry())
+        credentials(
+            self.docker_config.as_ref(),
+            reference.resolve_registry(),
+            reference.repository(),
+        )
     }
 
     /// Pushes `bundle` as `reference`; returns the manifest digest.
@@ -503,9 +507,17 @@ fn parse(reference: &str) -> Result<Reference, OciError> {
         })
 }
 
-/// Credentials for `registry` from a docker config: `auth` (base64 `user:password`) or
-/// `username` and `password`; anonymous when none match.
-pub fn credentials(docker_config: Option<&Value>, registry: &str) -> RegistryAuth {
+/// Credentials for `registry/repository` from a docker config: `auth` (base64
+/// `user:password`) or `username` and `password`; anonymous when none match. Keys match as
+/// the kubelet matches them: the host (`*` standing for one label, Docker Hub's names alike)
+/// and, for a key with a path (`registry.example.com/team-a`), a repository under that path;
+/// the most specific key wins. Keys with a scheme (`https://host/v1/`, Docker's legacy form)
+/// name a whole registry.
+pub fn credentials(
+    docker_config: Option<&Value>,
+    registry: &str,
+    repository: &str,
+) -> RegistryAuth {
     use base64::Engine;
     let Some(auths) = docker_config
         .and_then(|c| c.get("auths"))
@@ -513,18 +525,26 @@ pub fn credentials(docker_config: Option<&Value>, registry: &str) -> RegistryAut
     else {
         return RegistryAuth::Anonymous;
     };
-    // Docker Hub goes by several names.
-    let docker_hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-    let same = |host: &str| {
-        host == registry || (docker_hub.contains(&host) && docker_hub.contains(&registry))
-    };
-    let entry = auths.iter().find(|(host, _)| {
-        let host = host
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        same(host) || host.split('/').next().is_some_and(same)
-    });
+    let repository: Vec<&str> = repository.split('/').filter(|s| !s.is_empty()).collect();
+    let entry = auths
+        .iter()
+        .filter_map(|(key, entry)| {
+            let with_scheme = key.starts_with("https://") || key.starts_with("http://");
+            let key = key
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let (host, path) = key.split_once('/').unwrap_or((key, ""));
+            let path: Vec<&str> = if with_scheme {
+                Vec::new()
+            } else {
+                path.split('/').filter(|s| !s.is_empty()).collect()
+            };
+            let under =
+                path.len() <= repository.len() && path.iter().zip(&repository).all(|(a, b)| a == b);
+            (same_registry(host, registry) && under).then_some((path.len(), entry))
+        })
+        .max_by_key(|(specificity, _)| *specificity);
     let Some((_, entry)) = entry else {
         return RegistryAuth::Anonymous;
     };
@@ -540,6 +560,25 @@ pub fn credentials(docker_config: Option<&Value>, registry: &str) -> RegistryAut
         (Some(user), Some(password)) => RegistryAuth::Basic(user, password),
         _ => RegistryAuth::Anonymous,
     }
+}
+
+/// Whether a docker config key's host names `registry`: equal (with its port), one of
+/// Docker Hub's names for the other, or equal but for labels the key writes as `*`.
+fn same_registry(key_host: &str, registry: &str) -> bool {
+    let docker_hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    if key_host == registry || (docker_hub.contains(&key_host) && docker_hub.contains(&registry)) {
+        return true;
+    }
+    let (key_name, key_port) = key_host.split_once(':').unwrap_or((key_host, ""));
+    let (name, port) = registry.split_once(':').unwrap_or((registry, ""));
+    let (key_labels, labels): (Vec<&str>, Vec<&str>) =
+        (key_name.split('.').collect(), name.split('.').collect());
+    key_port == port
+        && key_labels.len() == labels.len()
+        && key_labels
+            .iter()
+            .zip(&labels)
+            .all(|(pattern, label)| *pattern == "*" || pattern == label)
 }
 
 fn classify(reference: &str, error: oci_client::errors::OciDistributionError) -> OciError {
@@ -643,22 +682,42 @@ mod tests {
     fn credentials_come_from_the_docker_config() {
         let config = serde_json::json!({"auths": {
             "registry.example.com": {"auth": "YWxpY2U6czNjcmV0"},
-            "https://other.example.com/v1/": {"username": "bob", "password": "pw"}
+            "registry.example.com/team-a": {"username": "team-a", "password": "pw"},
+            "registry.example.com/team-a/private": {"username": "private", "password": "pw"},
+            "https://other.example.com/v1/": {"username": "bob", "password": "pw"},
+            "*.mirror.example.com:5000": {"username": "mirror", "password": "pw"},
+            "https://index.docker.io/v1/": {"username": "hub", "password": "pw"}
         }});
+        let user = |registry: &str, repository: &str| match credentials(
+            Some(&config),
+            registry,
+            repository,
+        ) {
+            RegistryAuth::Basic(user, password) => format!("{user}:{password}"),
+            _ => "anonymous".to_string(),
+        };
+        assert_eq!(
+            user("registry.example.com", "platforms/postgres"),
+            "alice:s3cret"
+        );
+        assert_eq!(user("registry.example.com", "team-a/postgres"), "team-a:pw");
+        assert_eq!(
+            user("registry.example.com", "team-a/private/db"),
+            "private:pw"
+        );
+        assert_eq!(
+            user("registry.example.com", "team-ab/postgres"),
+            "alice:s3cret"
+        );
+        assert_eq!(user("other.example.com", "v1/x"), "bob:pw");
+        assert_eq!(user("other.example.com", "platforms/x"), "bob:pw");
+        assert_eq!(user("eu.mirror.example.com:5000", "p"), "mirror:pw");
+        assert_eq!(user("eu.mirror.example.com", "p"), "anonymous");
+        assert_eq!(user("a.eu.mirror.example.com:5000", "p"), "anonymous");
+        assert_eq!(user("registry-1.docker.io", "library/x"), "hub:pw");
+        assert_eq!(user("ghcr.io", "acme/x"), "anonymous");
         assert!(matches!(
-            credentials(Some(&config), "registry.example.com"),
-            RegistryAuth::Basic(user, password) if user == "alice" && password == "s3cret"
-        ));
-        assert!(matches!(
-            credentials(Some(&config), "other.example.com"),
-            RegistryAuth::Basic(user, _) if user == "bob"
-        ));
-        assert!(matches!(
-            credentials(Some(&config), "ghcr.io"),
-            RegistryAuth::Anonymous
-        ));
-        assert!(matches!(
-            credentials(None, "ghcr.io"),
+            credentials(None, "ghcr.io", "acme/x"),
             RegistryAuth::Anonymous
         ));
     }
