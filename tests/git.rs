@@ -182,7 +182,7 @@ fn modules_come_from_tags_branches_commits_and_paths() {
     git(&repo, &["commit", "-q", "-am", "0.3.0"]);
     let (code, out, stderr) = render(
         transform,
-        json!({"type": "git", "ref": format!("{url}?ref=main&path=postgres")}),
+        json!({"type": "git", "ref": format!("{url}?ref=refs/heads/main&path=postgres")}),
         dir.path(),
         &cache,
     );
@@ -195,6 +195,21 @@ fn modules_come_from_tags_branches_commits_and_paths() {
         &cache,
     );
     assert!(out.contains("version: 0.2.0"), "{out}");
+    // Full ref names and the remote's HEAD follow the branch too.
+    for reference in [
+        format!("{url}?ref=main&path=postgres"),
+        format!("{url}?ref=heads/main&path=postgres"),
+        format!("{url}?path=postgres"),
+    ] {
+        let (code, out, stderr) = render(
+            transform,
+            json!({"type": "git", "ref": reference}),
+            dir.path(),
+            &cache,
+        );
+        assert_eq!(code, 0, "{reference}: {stderr}");
+        assert!(out.contains("version: 0.3.0"), "{reference}: {out}");
+    }
     // The mirror of the served repository is shallow: the wanted commits, not the history.
     let mirror = mirror_of(&cache, &url);
     assert!(mirror.join("shallow").is_file(), "a shallow mirror");
@@ -312,6 +327,19 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
     .expect("fetched over SSH");
     assert_eq!(checkout.commit, commit);
     assert_eq!(checkout.files, postgres_files());
+    // A URL without a user: the Secret's username is the one to log in as.
+    let userless = format!(
+        "ssh://127.0.0.1:{}{}?ref=v1&path=postgres",
+        sshd.port,
+        repo.display()
+    );
+    let checkout = module_git::fetch(
+        &GitRef::parse(&userless, None),
+        &key(&sshd.client_key, &sshd.known_hosts),
+        &cache,
+    )
+    .expect("fetched over SSH without a user in the URL");
+    assert_eq!(checkout.commit, commit);
 
     // A server whose host key is not the one listed, a key the server does not know, none.
     let stranger = dir.path().join("stranger");
@@ -322,6 +350,16 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
     let failures = [
         (
             key(&sshd.client_key, &wrong_host),
+            format!(
+                "the host key of [127.0.0.1]:{} is not the one the Secret's known_hosts lists for it (a changed key, or someone in between)",
+                sshd.port
+            ),
+        ),
+        (
+            key(
+                &sshd.client_key,
+                &format!("other.example.com {stranger_public}"),
+            ),
             format!(
                 "the host key of [127.0.0.1]:{} is not in the Secret's known_hosts",
                 sshd.port

@@ -149,18 +149,76 @@ impl std::fmt::Debug for GitAuth {
 /// Most a fetch may download: more is refused (a module repository is small).
 const MAX_FETCH_BYTES: usize = 256 << 20;
 
+/// The URL schemes of servers (libgit2's, SSH's aliases included).
+const REMOTE_SCHEMES: [&str; 6] = [
+    "https://",
+    "http://",
+    "ssh://",
+    "git+ssh://",
+    "ssh+git://",
+    "git://",
+];
+
+/// What a `?ref=` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Revision {
+    /// The remote's HEAD (no `ref`, or `HEAD`).
+    Head,
+    /// A branch or tag: the full ref names to look for, in order (`v1` is
+    /// `refs/tags/v1`, then `refs/heads/v1`; `heads/main` and `refs/heads/main` are one).
+    /// `prefix` holds the name when it could also be an abbreviated commit SHA.
+    Named {
+        refs: Vec<String>,
+        prefix: Option<String>,
+    },
+    /// A whole commit SHA, lowercase.
+    Commit(String),
+}
+
+impl Revision {
+    fn of(revision: Option<&str>) -> Revision {
+        let Some(revision) = revision.filter(|r| *r != "HEAD") else {
+            return Revision::Head;
+        };
+        let hex = revision.bytes().all(|b| b.is_ascii_hexdigit());
+        if hex && matches!(revision.len(), 40 | 64) {
+            return Revision::Commit(revision.to_ascii_lowercase());
+        }
+        let refs = if revision.starts_with("refs/") {
+            vec![revision.to_string()]
+        } else if revision.starts_with("heads/") || revision.starts_with("tags/") {
+            vec![format!("refs/{revision}")]
+        } else {
+            vec![
+                format!("refs/tags/{revision}"),
+                format!("refs/heads/{revision}"),
+            ]
+        };
+        Revision::Named {
+            refs,
+            prefix: (hex && revision.len() >= 4).then(|| revision.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// Per-mirror locks: concurrent resolutions of one URL (two Transforms) take turns, since
+/// libgit2 would otherwise race on the mirror's refs and shallow file.
+static MIRROR_LOCKS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 impl GitRef {
-    /// Whether the URL is a path on this machine (or `file://`), not a server's.
+    /// Whether the URL is a path on this machine (or `file://`), not a server's. As git
+    /// tells them apart: a URL scheme, or scp-like `[user@]host:path` (a `:` before any `/`).
     pub fn is_local(&self) -> bool {
         let url = self.url.as_str();
-        let remote_scheme = ["https://", "http://", "ssh://", "git://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme));
-        // scp-like `git@host:org/repo.git`
-        let scp_like = !url.starts_with('/')
-            && url
-                .split_once(':')
-                .is_some_and(|(host, _)| host.contains('@'));
+        if url.starts_with("file://") {
+            return true;
+        }
+        let remote_scheme = REMOTE_SCHEMES.iter().any(|scheme| url.starts_with(scheme));
+        let scp_like = url
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'));
         !remote_scheme && !scp_like
     }
 
@@ -198,22 +256,23 @@ pub struct Checkout {
     pub files: BTreeMap<String, String>,
 }
 
-/// The bare mirror of `url` in `cache`.
-fn mirror(cache: &Path, url: &str) -> Result<Repository, GitError> {
+/// Where the bare mirror of `url` lives in `cache`.
+fn mirror_path(cache: &Path, url: &str) -> PathBuf {
     let name = hex::encode(Sha256::digest(url.as_bytes()));
-    let path = cache.join("git").join(&name[..32]);
-    let failed = |e: git2::Error| GitError::Cache {
+    cache.join("git").join(&name[..32])
+}
+
+/// The bare mirror at `path`, created when missing.
+fn mirror(path: &Path) -> Result<Repository, GitError> {
+    let failed = |message: String| GitError::Cache {
         path: path.display().to_string(),
-        message: e.message().to_string(),
+        message,
     };
-    match Repository::open_bare(&path) {
+    match Repository::open_bare(path) {
         Ok(repository) => Ok(repository),
         Err(_) => {
-            std::fs::create_dir_all(&path).map_err(|e| GitError::Cache {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            Repository::init_bare(&path).map_err(failed)
+            std::fs::create_dir_all(path).map_err(|e| failed(e.to_string()))?;
+            Repository::init_bare(path).map_err(|e| failed(e.message().to_string()))
         }
     }
 }
@@ -243,7 +302,16 @@ fn callbacks<'a>(
             })
         });
     }
-    callbacks.transfer_progress(|progress| progress.received_bytes() <= MAX_FETCH_BYTES);
+    callbacks.transfer_progress(move |progress| {
+        let within = progress.received_bytes() <= MAX_FETCH_BYTES;
+        if !within {
+            refusal.replace(Some(format!(
+                "the fetch is over {} MiB: too large for a module repository",
+                MAX_FETCH_BYTES >> 20
+            )));
+        }
+        within
+    });
     callbacks
 }
 
@@ -277,6 +345,12 @@ fn credential(
         {
             git2::Cred::userpass_plaintext(username, password)
         }
+        // A URL without a user: libgit2 asks for one first.
+        GitAuth::SshKey { username: user, .. }
+            if allowed.is_username() && offer_once("username") =>
+        {
+            git2::Cred::username(user)
+        }
         GitAuth::SshKey {
             username: user,
             private_key,
@@ -307,13 +381,9 @@ fn ambient_credential(
             return Some(git2::Cred::ssh_key_from_agent(user));
         }
         let ssh_dir = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".ssh"))?;
-        for (kind, file) in [
-            ("id_ed25519", "id_ed25519"),
-            ("id_ecdsa", "id_ecdsa"),
-            ("id_rsa", "id_rsa"),
-        ] {
+        for file in ["id_ed25519", "id_ecdsa", "id_rsa"] {
             let key = ssh_dir.join(file);
-            if key.is_file() && offer_once(kind) {
+            if key.is_file() && offer_once(file) {
                 return Some(git2::Cred::ssh_key(user, None, &key, None));
             }
         }
@@ -340,7 +410,7 @@ fn check_host_key(
         return Err(git2::Error::from_str("the server sent no raw host key"));
     };
     let names = host_names(url, host);
-    let mut hashed_only = true;
+    let (mut entries, mut hashed, mut listed_with_other_key) = (0, 0, false);
     for line in known_hosts.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -350,33 +420,42 @@ fn check_host_key(
         else {
             continue;
         };
-        if !hosts.starts_with('|') {
-            hashed_only = false;
+        entries += 1;
+        if hosts.starts_with('|') {
+            hashed += 1;
         }
-        let listed = hosts.split(',').any(|name| names.iter().any(|n| n == name));
-        if listed
-            && BASE64
-                .decode(blob)
-                .is_ok_and(|listed_key| listed_key == key)
-        {
+        if !hosts.split(',').any(|name| names.iter().any(|n| n == name)) {
+            continue;
+        }
+        if BASE64.decode(blob).is_ok_and(|listed| listed == key) {
             return Ok(git2::CertificateCheckStatus::CertificateOk);
         }
+        listed_with_other_key = true;
     }
-    let hint = if hashed_only && !known_hosts.trim().is_empty() {
-        " (hashed entries are not read: use `ssh-keyscan` without -H)"
+    let message = if listed_with_other_key {
+        format!(
+            "the host key of {} is not the one the Secret's known_hosts lists for it (a changed key, or someone in between)",
+            names[0]
+        )
+    } else if entries > 0 && hashed == entries {
+        format!(
+            "the host key of {} is not in the Secret's known_hosts (hashed entries are not read: use `ssh-keyscan` without -H)",
+            names[0]
+        )
     } else {
-        ""
+        format!(
+            "the host key of {} is not in the Secret's known_hosts",
+            names[0]
+        )
     };
-    Err(git2::Error::from_str(&format!(
-        "the host key of {} is not in the Secret's known_hosts{hint}",
-        names[0]
-    )))
+    Err(git2::Error::from_str(&message))
 }
 
 /// How `known_hosts` names the server of `url`: `host`, or `[host]:port` off port 22.
 fn host_names(url: &str, host: &str) -> Vec<String> {
-    let port = url
-        .strip_prefix("ssh://")
+    let port = ["ssh://", "git+ssh://", "ssh+git://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
         .and_then(|rest| rest.split('/').next())
         .and_then(|authority| {
             authority
@@ -406,87 +485,184 @@ fn set_timeouts() {
 
 /// Fetches `reference` into its mirror in `cache` and reads the module at its revision.
 ///
-/// Only the wanted ref is fetched: the remote's HEAD, `refs/heads/R` and `refs/tags/R`, or a
-/// full commit SHA (which servers may refuse); into a new or shallow mirror with depth 1, so a
-/// module in a repository with a long history costs one commit's objects, and a new commit
-/// costs only what changed. An abbreviated SHA, or a SHA the server will not send by itself,
-/// takes a fetch of every branch and tag with their history (the mirror is complete from
-/// then on).
+/// Only the wanted ref is fetched — the remote's HEAD, the branch or tag, or for a commit SHA
+/// the refs pointing at it (else the SHA itself, which servers allowing it in a `want` send) —
+/// into a new or shallow mirror with depth 1: a module in a repository with a long history
+/// costs one commit's objects, and a new commit costs what changed. An abbreviated SHA, or a
+/// SHA the server will not send alone, takes a fetch of every branch and tag with their
+/// history (the mirror is complete from then on). Every resolution asks the server, with
+/// the caller's credentials, even for a commit the mirror already has.
 pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkout, GitError> {
     set_timeouts();
-    let url = &reference.url;
-    let repository = mirror(cache, url)?;
-    let wanted: Vec<String> = match &reference.revision {
-        None => vec!["+HEAD:refs/remotes/origin/HEAD".to_string()],
-        Some(revision) if is_full_sha(revision) => {
-            pointing_at(&repository, reference, auth, revision)?
-        }
-        Some(revision) => vec![
-            format!("+refs/heads/{revision}:refs/heads/{revision}"),
-            format!("+refs/tags/{revision}:refs/tags/{revision}"),
-        ],
+    let path = mirror_path(cache, &reference.url);
+    let lock = MIRROR_LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(path.clone())
+        .or_default()
+        .clone();
+    let _turn = lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let repository = mirror(&path)?;
+    let session = Session {
+        repository: &repository,
+        reference,
+        auth,
     };
-    let targeted = fetch_refspecs(&repository, reference, auth, &wanted);
-    match (targeted, resolve(&repository, reference)) {
-        (Ok(()), Ok(commit)) => return checkout(&repository, &commit, reference),
-        // The server refused or lacks the ref: a complete fetch tells which.
-        (Ok(()) | Err(GitError::Fetch { .. }), Err(_) | Ok(_)) if reference.revision.is_some() => {
-            tracing::debug!(%url, ?wanted, "the wanted ref did not come alone; fetching every branch and tag");
+    let revision = Revision::of(reference.revision.as_deref());
+    let commit = match &revision {
+        Revision::Head => {
+            session.fetch(&["+HEAD:refs/remotes/origin/HEAD".to_string()])?;
+            session.commit_at(&["refs/remotes/origin/HEAD".to_string()])
         }
-        (Err(error), _) | (Ok(()), Err(error)) => return Err(error),
-    }
-    let everything = [
-        "+refs/heads/*:refs/heads/*".to_string(),
-        "+refs/tags/*:refs/tags/*".to_string(),
-    ];
-    fetch_refspecs(&repository, reference, auth, &everything)?;
-    let commit = resolve(&repository, reference)?;
-    checkout(&repository, &commit, reference)
+        Revision::Named { refs, prefix } => {
+            let specs: Vec<String> = refs.iter().map(|name| format!("+{name}:{name}")).collect();
+            session.fetch(&specs)?;
+            match (session.commit_at(refs), prefix) {
+                (Some(commit), _) => Some(commit),
+                (None, Some(prefix)) => {
+                    session.fetch_everything()?;
+                    session.commit_by_prefix(prefix)
+                }
+                (None, None) => None,
+            }
+        }
+        Revision::Commit(sha) => {
+            let refs = session.refs_pointing_at(sha)?;
+            if refs.is_empty() {
+                let want = format!("+{sha}:refs/commits/{sha}");
+                if let Err(error) = session.fetch(&[want]) {
+                    tracing::debug!(%error, "the server did not send the commit alone");
+                    session.fetch_everything()?;
+                }
+            } else {
+                let specs: Vec<String> =
+                    refs.iter().map(|name| format!("+{name}:{name}")).collect();
+                session.fetch(&specs)?;
+            }
+            session.commit_by_prefix(sha)
+        }
+    };
+    let commit = commit.ok_or_else(|| GitError::UnknownRevision {
+        url: reference.url.clone(),
+        revision: reference
+            .revision
+            .clone()
+            .unwrap_or_else(|| "HEAD".to_string()),
+    })?;
+    Ok(Checkout {
+        commit: commit.id().to_string(),
+        files: read_tree(&repository, &commit, reference)?,
+    })
 }
 
-/// The refspecs that fetch commit `sha`: the remote's refs that point at it (servers send
-/// those), else the SHA itself (which servers allowing it in a `want` send).
-fn pointing_at(
-    repository: &Repository,
-    reference: &GitRef,
-    auth: &GitAuth,
-    sha: &str,
-) -> Result<Vec<String>, GitError> {
-    let url = &reference.url;
-    let refusal = RefCell::new(None);
-    let fetch_failed = |e: git2::Error| fetch_error(url, &e, &refusal);
-    let mut remote = repository.remote_anonymous(url).map_err(fetch_failed)?;
-    let connection = remote
-        .connect_auth(
-            git2::Direction::Fetch,
-            Some(callbacks(auth, url, &refusal)),
-            None,
-        )
-        .map_err(fetch_failed)?;
-    let mut refs: Vec<String> = connection
-        .list()
-        .map_err(fetch_failed)?
-        .iter()
-        .filter(|head| head.oid().to_string() == sha)
-        .filter_map(|head| {
-            // An annotated tag is advertised twice: as the tag object, and peeled
-            // (`refs/tags/v1^{}`) as the commit.
-            let name = head.name().trim_end_matches("^{}");
-            (name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
-                .then(|| format!("+{name}:{name}"))
-        })
-        .collect();
-    refs.sort();
-    refs.dedup();
-    if refs.is_empty() {
-        Ok(vec![format!("+{sha}:refs/commits/{sha}")])
-    } else {
+/// One resolution of a reference through its mirror.
+struct Session<'a> {
+    repository: &'a Repository,
+    reference: &'a GitRef,
+    auth: &'a GitAuth,
+}
+
+impl<'a> Session<'a> {
+    /// Runs `connect` on the remote with this session's callbacks, turning libgit2's errors
+    /// into [`GitError::Fetch`] with the callbacks' own reasons.
+    fn with_remote<T>(
+        &self,
+        connect: impl FnOnce(&mut git2::Remote<'a>, RemoteCallbacks<'_>) -> Result<T, git2::Error>,
+    ) -> Result<T, GitError> {
+        let url = &self.reference.url;
+        let refusal = RefCell::new(None);
+        let mut remote = self
+            .repository
+            .remote_anonymous(url)
+            .map_err(|e| fetch_error(url, &e, &refusal))?;
+        connect(&mut remote, callbacks(self.auth, url, &refusal))
+            .inspect_err(|error| tracing::debug!(%url, %error, "git fetch failed"))
+            .map_err(|e| fetch_error(url, &e, &refusal))
+    }
+
+    /// The remote's branches and tags that point at commit `sha` (an annotated tag through
+    /// its peeled entry).
+    fn refs_pointing_at(&self, sha: &str) -> Result<Vec<String>, GitError> {
+        let mut refs = self.with_remote(|remote, callbacks| {
+            let connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks), None)?;
+            let names = connection
+                .list()?
+                .iter()
+                .filter(|head| head.oid().to_string() == sha)
+                .map(|head| head.name().trim_end_matches("^{}").to_string())
+                .filter(|name| name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+                .collect::<Vec<_>>();
+            Ok(names)
+        })?;
+        refs.sort();
+        refs.dedup();
         Ok(refs)
     }
+
+    /// One fetch of `refspecs`: shallow (depth 1) from a server into a new or shallow
+    /// mirror, ordinary (incremental) into a complete one.
+    fn fetch(&self, refspecs: &[String]) -> Result<(), GitError> {
+        let fresh = self
+            .repository
+            .references()
+            .map(|mut refs| refs.next().is_none())
+            .unwrap_or(true);
+        // libgit2's local transport cannot fetch shallowly (nor needs to: it reads a disk).
+        let shallow = !self.reference.is_local() && (fresh || self.repository.is_shallow());
+        self.fetch_with_depth(refspecs, shallow.then_some(1))
+    }
+
+    /// Every branch and tag with their history: the mirror is complete afterwards.
+    fn fetch_everything(&self) -> Result<(), GitError> {
+        let everything = [
+            "+refs/heads/*:refs/heads/*".to_string(),
+            "+refs/tags/*:refs/tags/*".to_string(),
+        ];
+        // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
+        let depth = self.repository.is_shallow().then_some(i32::MAX);
+        self.fetch_with_depth(&everything, depth)
+    }
+
+    fn fetch_with_depth(&self, refspecs: &[String], depth: Option<i32>) -> Result<(), GitError> {
+        self.with_remote(|remote, callbacks| {
+            let mut options = FetchOptions::new();
+            options.remote_callbacks(callbacks);
+            // Only the refs asked for: all tags would each bring their commit.
+            options.download_tags(git2::AutotagOption::None);
+            // A branch deleted upstream is gone from the mirror too.
+            options.prune(git2::FetchPrune::On);
+            if let Some(depth) = depth {
+                options.depth(depth);
+            }
+            remote.fetch(refspecs, Some(&mut options), None)
+        })
+    }
+
+    /// The commit the first of `refs` that exists points at.
+    fn commit_at(&self, refs: &[String]) -> Option<git2::Commit<'a>> {
+        refs.iter().find_map(|name| {
+            self.repository
+                .find_reference(name)
+                .and_then(|reference| reference.peel_to_commit())
+                .ok()
+        })
+    }
+
+    /// The commit whose SHA starts with `prefix`, when the mirror has exactly one.
+    fn commit_by_prefix(&self, prefix: &str) -> Option<git2::Commit<'a>> {
+        self.repository
+            .revparse_single(prefix)
+            .and_then(|object| object.peel_to_commit())
+            .ok()
+            .filter(|commit| commit.id().to_string().starts_with(prefix))
+    }
 }
 
-/// A failed fetch of `url`: the host key refusal when there was one, else libgit2's message
-/// (with a hint for untrusted TLS certificates).
+/// A failed fetch of `url`: the callbacks' reason when they refused (libgit2 reports its own
+/// generic message), else libgit2's message, with a hint for unknown hosts and untrusted
+/// certificates.
 fn fetch_error(url: &str, error: &git2::Error, refusal: &RefCell<Option<String>>) -> GitError {
     let message = refusal.borrow().clone().unwrap_or_else(|| {
         let mut message = error.message().to_string();
@@ -505,87 +681,6 @@ fn fetch_error(url: &str, error: &git2::Error, refusal: &RefCell<Option<String>>
         url: url.to_string(),
         message,
     }
-}
-
-/// Whether `revision` is a whole commit SHA (SHA-1 or SHA-256).
-fn is_full_sha(revision: &str) -> bool {
-    matches!(revision.len(), 40 | 64) && revision.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// One fetch of `refspecs` into the mirror: shallow (depth 1) unless the mirror already has
-/// full history, unshallowing it when every branch and tag is asked for.
-fn fetch_refspecs(
-    repository: &Repository,
-    reference: &GitRef,
-    auth: &GitAuth,
-    refspecs: &[String],
-) -> Result<(), GitError> {
-    let url = &reference.url;
-    let refusal = RefCell::new(None);
-    let fetch_failed = |e: git2::Error| fetch_error(url, &e, &refusal);
-    let complete = refspecs.iter().any(|spec| spec.contains('*'));
-    let fresh = repository
-        .references()
-        .map(|mut refs| refs.next().is_none())
-        .unwrap_or(true);
-    let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks(auth, url, &refusal));
-    // Only the refs asked for: all tags would each bring their commit.
-    options.download_tags(git2::AutotagOption::None);
-    // A branch deleted upstream is gone from the mirror too.
-    options.prune(git2::FetchPrune::On);
-    if complete && repository.is_shallow() {
-        options.depth(i32::MAX); // libgit2's GIT_FETCH_DEPTH_UNSHALLOW
-    } else if !complete && (fresh || repository.is_shallow()) {
-        options.depth(1);
-    }
-    let mut remote = repository.remote_anonymous(url).map_err(fetch_failed)?;
-    remote
-        .fetch(refspecs, Some(&mut options), None)
-        .inspect_err(|error| tracing::debug!(%url, ?refspecs, %error, "git fetch failed"))
-        .map_err(fetch_failed)
-}
-
-/// The module's files at `commit`.
-fn checkout(
-    repository: &Repository,
-    commit: &git2::Commit,
-    reference: &GitRef,
-) -> Result<Checkout, GitError> {
-    Ok(Checkout {
-        commit: commit.id().to_string(),
-        files: read_tree(repository, commit, reference)?,
-    })
-}
-
-fn resolve<'r>(
-    repository: &'r Repository,
-    reference: &GitRef,
-) -> Result<git2::Commit<'r>, GitError> {
-    let unknown = || GitError::UnknownRevision {
-        url: reference.url.clone(),
-        revision: reference
-            .revision
-            .clone()
-            .unwrap_or_else(|| "HEAD".to_string()),
-    };
-    let candidates: Vec<String> = match &reference.revision {
-        None => vec!["refs/remotes/origin/HEAD".to_string()],
-        Some(revision) => vec![
-            format!("refs/tags/{revision}"),
-            format!("refs/heads/{revision}"),
-            format!("refs/commits/{revision}"),
-            revision.clone(),
-        ],
-    };
-    for candidate in candidates {
-        if let Ok(object) = repository.revparse_single(&candidate)
-            && let Ok(commit) = object.peel_to_commit()
-        {
-            return Ok(commit);
-        }
-    }
-    Err(unknown())
 }
 
 fn read_tree(
@@ -697,13 +792,22 @@ mod tests {
 
     #[test]
     fn local_urls_are_told_apart_from_servers() {
-        for local in ["/srv/platforms", "file:///srv/platforms", "../platforms"] {
+        for local in [
+            "/srv/platforms",
+            "file:///srv/platforms",
+            "../platforms",
+            "./odd:name",
+            "/srv/odd:name",
+        ] {
             assert!(GitRef::parse(local, None).is_local(), "{local}");
         }
         for remote in [
             "https://github.com/acme/p.git",
             "ssh://git@github.com/acme/p.git",
+            "git+ssh://git@github.com/acme/p.git",
+            "ssh+git://github.com/acme/p.git",
             "git@github.com:acme/p.git",
+            "github.com:acme/p.git",
             "git://127.0.0.1:9418/p.git",
         ] {
             assert!(!GitRef::parse(remote, None).is_local(), "{remote}");
@@ -747,10 +851,12 @@ mod tests {
 
     #[test]
     fn known_hosts_names_servers_off_port_22_with_their_port() {
-        assert_eq!(
-            host_names("ssh://git@example.com:2222/org/repo.git", "example.com"),
-            vec!["[example.com]:2222"]
-        );
+        for url in [
+            "ssh://git@example.com:2222/org/repo.git",
+            "git+ssh://example.com:2222/org/repo.git",
+        ] {
+            assert_eq!(host_names(url, "example.com"), vec!["[example.com]:2222"]);
+        }
         for url in [
             "ssh://git@example.com/org/repo.git",
             "ssh://example.com:22/org/repo.git",
@@ -761,6 +867,38 @@ mod tests {
                 vec!["example.com", "[example.com]:22"],
                 "{url}"
             );
+        }
+    }
+
+    #[test]
+    fn revisions_name_the_head_refs_or_commits() {
+        let named = |refs: &[&str], prefix: Option<&str>| Revision::Named {
+            refs: refs.iter().map(|r| r.to_string()).collect(),
+            prefix: prefix.map(str::to_string),
+        };
+        let sha = "0123456789ABCDEF0123456789abcdef01234567";
+        let cases = [
+            (None, Revision::Head),
+            (Some("HEAD"), Revision::Head),
+            (Some("v1"), named(&["refs/tags/v1", "refs/heads/v1"], None)),
+            (Some("heads/main"), named(&["refs/heads/main"], None)),
+            (Some("refs/heads/main"), named(&["refs/heads/main"], None)),
+            (Some("tags/v1"), named(&["refs/tags/v1"], None)),
+            (
+                Some("deadBEEF"),
+                named(
+                    &["refs/tags/deadBEEF", "refs/heads/deadBEEF"],
+                    Some("deadbeef"),
+                ),
+            ),
+            (
+                Some("abc"),
+                named(&["refs/tags/abc", "refs/heads/abc"], None),
+            ),
+            (Some(sha), Revision::Commit(sha.to_ascii_lowercase())),
+        ];
+        for (revision, expected) in cases {
+            assert_eq!(Revision::of(revision), expected, "{revision:?}");
         }
     }
 
