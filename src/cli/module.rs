@@ -230,7 +230,9 @@ struct Inspection<'a> {
     module: &'a ModuleMetadata,
     content_digest: &'a str,
     files: Vec<&'a String>,
-    input: &'a [InputField],
+    /// Absent when the module's `Input` is not a record contract.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a [InputField]>,
 }
 
 /// The registry side of an inspected module.
@@ -267,7 +269,13 @@ async fn inspect(args: InspectArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::evaluation("cannot inspect the module", e))?;
     if args.output == InspectFormat::Markdown {
-        return write_stdout(&input_table(&description.input_fields));
+        let fields = description.input_fields.as_deref().ok_or_else(|| {
+            CliError::new(
+                exit::RENDER_FAILED,
+                "the module's `Input` is not a record contract: it has no fields to list",
+            )
+        })?;
+        return write_stdout(&input_table(fields));
     }
     let shown = Inspection {
         artifact: pulled.as_ref().map(|pulled| Artifact {
@@ -279,7 +287,7 @@ async fn inspect(args: InspectArgs) -> Result<(), CliError> {
         module: &description.metadata,
         content_digest: bundle.digest(),
         files: bundle.files().keys().collect(),
-        input: &description.input_fields,
+        input: description.input_fields.as_deref(),
     };
     let printing =
         |e: &dyn std::fmt::Display| CliError::new(exit::INTERNAL, format!("cannot print: {e}"));

@@ -508,11 +508,11 @@ fn parse(reference: &str) -> Result<Reference, OciError> {
 }
 
 /// Credentials for `registry/repository` from a docker config: `auth` (base64
-/// `user:password`) or `username` and `password`; anonymous when none match. Keys match as
-/// the kubelet matches them: the host (`*` standing for one label, Docker Hub's names alike)
-/// and, for a key with a path (`registry.example.com/team-a`), a repository under that path;
-/// the most specific key wins. Keys with a scheme (`https://host/v1/`, Docker's legacy form)
-/// name a whole registry.
+/// `user:password`) or `username` and `password`; anonymous when none match. Keys match much
+/// as the kubelet matches them: the host (`*` standing for one label, Docker Hub's names
+/// alike) and, for a key with a path (`registry.example.com/team-a`), a repository under that
+/// path, segment by segment; the most specific key wins. Docker's legacy endpoint keys
+/// (`https://host/v1/`) name a whole registry.
 pub fn credentials(
     docker_config: Option<&Value>,
     registry: &str,
@@ -529,17 +529,18 @@ pub fn credentials(
     let entry = auths
         .iter()
         .filter_map(|(key, entry)| {
-            let with_scheme = key.starts_with("https://") || key.starts_with("http://");
             let key = key
                 .trim_start_matches("https://")
                 .trim_start_matches("http://")
                 .trim_end_matches('/');
             let (host, path) = key.split_once('/').unwrap_or((key, ""));
-            let path: Vec<&str> = if with_scheme {
-                Vec::new()
+            // Docker's legacy endpoint keys (`https://index.docker.io/v1/`) name a registry.
+            let path = if matches!(path, "v1" | "v2") {
+                ""
             } else {
-                path.split('/').filter(|s| !s.is_empty()).collect()
+                path
             };
+            let path: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
             let under =
                 path.len() <= repository.len() && path.iter().zip(&repository).all(|(a, b)| a == b);
             (same_registry(host, registry) && under).then_some((path.len(), entry))
@@ -685,6 +686,7 @@ mod tests {
             "registry.example.com/team-a": {"username": "team-a", "password": "pw"},
             "registry.example.com/team-a/private": {"username": "private", "password": "pw"},
             "https://other.example.com/v1/": {"username": "bob", "password": "pw"},
+            "https://other.example.com/team-b": {"username": "team-b", "password": "pw"},
             "*.mirror.example.com:5000": {"username": "mirror", "password": "pw"},
             "https://index.docker.io/v1/": {"username": "hub", "password": "pw"}
         }});
@@ -711,6 +713,7 @@ mod tests {
         );
         assert_eq!(user("other.example.com", "v1/x"), "bob:pw");
         assert_eq!(user("other.example.com", "platforms/x"), "bob:pw");
+        assert_eq!(user("other.example.com", "team-b/x"), "team-b:pw");
         assert_eq!(user("eu.mirror.example.com:5000", "p"), "mirror:pw");
         assert_eq!(user("eu.mirror.example.com", "p"), "anonymous");
         assert_eq!(user("a.eu.mirror.example.com:5000", "p"), "anonymous");

@@ -101,8 +101,9 @@ pub struct ModuleMetadata {
 pub struct ModuleDescription {
     /// The module's `metadata`.
     pub metadata: ModuleMetadata,
-    /// The fields of its `Input` contract, depth first in source order.
-    pub input_fields: Vec<InputField>,
+    /// The fields of its `Input` contract, depth first in source order; `None` when the
+    /// contract is not a record (a custom contract: valid, but without fields to list).
+    pub input_fields: Option<Vec<InputField>>,
 }
 
 /// A rendered, checked graph.

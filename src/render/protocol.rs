@@ -91,7 +91,8 @@ pub enum Presence {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalResponse {
     /// `{ metadata, input, rendered, violations }` (a describe request: `{ metadata,
-    /// inputFields }`), or what went wrong.
+    /// inputFields? }`, the fields absent when `Input` is not a record),
+    /// or what went wrong.
     pub result: Result<Value, EvalFailure>,
     /// The worker's address-space size after the evaluation, for recycling decisions.
     pub vm_bytes: u64,

@@ -17,23 +17,23 @@ use nickel_lang_core::eval::{Closure, Environment, VirtualMachine, VmContext};
 use nickel_lang_core::files::FileId;
 use nickel_lang_core::position::{PosIdx, TermPos};
 use nickel_lang_core::term::record::Field;
-use nickel_lang_core::term::{LabeledType, MergePriority};
+use nickel_lang_core::term::{LabeledType, MergePriority, Term};
 use nickel_lang_core::typ::TypeF;
 
 use crate::render::protocol::{InputField, Presence};
 
-/// How deep sub-fields are listed: a recursive contract (`Tree = { left | Tree | optional }`)
-/// stops here.
-const MAX_DEPTH: usize = 8;
+/// Where an annotation was written: a field is not expanded again under itself, so a
+/// recursive contract (`Tree = { left | Tree | optional }`) is listed once.
+type Written = Option<(FileId, u32)>;
 
 /// The interpreter state of one inspection.
 type Context = VmContext<CacheHub, CacheImpl>;
 
 /// The fields of the record `contract` evaluates to, depth first in source order. `None` when it
-/// is not a record.
+/// is not a record (a custom contract, a dictionary: valid, but without fields to list).
 pub(super) fn input_fields(context: &mut Context, contract: Closure) -> Option<Vec<InputField>> {
     let mut fields = Vec::new();
-    if walk(context, contract, "", 0, &mut fields) {
+    if walk(context, contract, "", &[], &mut fields) {
         Some(fields)
     } else {
         None
@@ -46,7 +46,7 @@ fn walk(
     context: &mut Context,
     closure: Closure,
     prefix: &str,
-    depth: usize,
+    ancestors: &[Written],
     out: &mut Vec<InputField>,
 ) -> bool {
     let Ok(evaluated) = VirtualMachine::new(context).eval_closure(closure) else {
@@ -58,7 +58,7 @@ fn walk(
         _ => return false,
     };
     let mut fields: Vec<_> = record.fields.into_iter().collect();
-    // `None` (no position) sorts first; generated fields have none.
+    // Fields without a position (generated ones) sort first: `None` is the least.
     fields.sort_by_key(|(name, _)| source_offset(name.pos));
     for (name, field) in fields {
         let path = if prefix.is_empty() {
@@ -68,8 +68,14 @@ fn walk(
         };
         let index = out.len();
         out.push(describe(context, &path, &field));
-        if depth < MAX_DEPTH {
-            sub_fields(context, &field, &evaluated.env, &path, depth + 1, out);
+        let written: Vec<Written> = annotations(&field)
+            .iter()
+            .map(|annotation| source_offset(context.pos_table.get(annotation.label.span)))
+            .filter(Option::is_some)
+            .collect();
+        if !written.iter().any(|at| ancestors.contains(at)) {
+            let lineage = [ancestors, &written].concat();
+            sub_fields(context, &field, &evaluated.env, &path, &lineage, out);
             if out.len() > index + 1 {
                 // The record contract's fields are listed: its text would repeat them.
                 for contract in &mut out[index].contracts {
@@ -89,14 +95,14 @@ fn walk(
 /// written and its documentation.
 fn describe(context: &Context, path: &str, field: &Field) -> InputField {
     let metadata = field.metadata.0.as_deref();
-    let annotations = metadata
-        .map(|m| m.annotation.typ.iter().chain(&m.annotation.contracts))
-        .into_iter()
-        .flatten()
+    let contracts = annotations(field)
+        .iter()
         .map(|annotation| annotation_text(context, annotation))
         .collect();
     let optional = metadata.is_some_and(|m| m.opt);
-    let is_default = metadata.is_some_and(|m| m.priority == MergePriority::Bottom);
+    // `| default` and negative priorities give way to the Transform's value; a neutral,
+    // positive or forced one does not.
+    let is_default = metadata.is_some_and(|m| m.priority < MergePriority::Neutral);
     let (presence, default) = match &field.value {
         None if optional => (Presence::Optional, None),
         None => (Presence::Required, None),
@@ -111,7 +117,7 @@ fn describe(context: &Context, path: &str, field: &Field) -> InputField {
     };
     InputField {
         path: path.to_string(),
-        contracts: annotations,
+        contracts,
         presence,
         default,
         doc: field.metadata.doc().map(str::to_string),
@@ -119,61 +125,110 @@ fn describe(context: &Context, path: &str, field: &Field) -> InputField {
 }
 
 /// Lists what lies under a field: the fields of its record contracts, evaluated alone so that
-/// no default is forced, then those of its value that no contract listed, then the fields of
-/// the element contracts of its `Array { … }` annotations (as `path[]`).
+/// no default is forced, then those of a record literal value that no contract listed, then
+/// the fields of the element contracts of its `Array { … }` annotations (as `path[]`).
+/// Contract applications (`k8s.Enum "x" […]`) are not evaluated: they are not records, and
+/// could force the defaults they are given.
 fn sub_fields(
     context: &mut Context,
     field: &Field,
     env: &Environment,
     path: &str,
-    depth: usize,
+    ancestors: &[Written],
     out: &mut Vec<InputField>,
 ) {
+    // The scopes the annotations were written in, taken before anything is evaluated (an
+    // evaluated thunk holds its result's environment instead).
+    let scopes: Vec<Environment> = field
+        .pending_contracts
+        .iter()
+        .map(|contract| {
+            contract
+                .contract
+                .as_thunk()
+                .map_or_else(|| env.clone(), |thunk| thunk.borrow().env.clone())
+        })
+        .collect();
     let start = out.len();
-    let contracts = field.pending_contracts.iter().map(|c| c.contract.clone());
-    for value in contracts.chain(field.value.clone()) {
+    let contracts = field
+        .pending_contracts
+        .iter()
+        .map(|contract| contract.contract.clone())
+        .filter(|contract| !is_application(contract));
+    let record_value = field.value.clone().filter(is_record_literal);
+    for value in contracts.chain(record_value) {
         let mut found = Vec::new();
         let closure = Closure {
             value,
             env: env.clone(),
         };
-        if walk(context, closure, path, depth, &mut found) {
+        if walk(context, closure, path, ancestors, &mut found) {
             found.retain(|new| !out[start..].iter().any(|old| old.path == new.path));
             out.extend(found);
         }
     }
-    // The element contract of an `Array C` annotation is a term of the field's scope, which
-    // the field's closurized contracts (or its value) carry.
-    let scope = field
-        .pending_contracts
-        .iter()
-        .map(|contract| &contract.contract)
-        .chain(&field.value)
-        .find_map(|value| value.as_thunk().map(|thunk| thunk.borrow().env.clone()))
-        .unwrap_or_else(|| env.clone());
-    let annotations: Vec<LabeledType> = field
-        .metadata
-        .0
-        .iter()
-        .flat_map(|m| m.annotation.typ.iter().chain(&m.annotation.contracts))
-        .cloned()
-        .collect();
-    for annotation in annotations {
+    for (index, annotation) in annotations(field).iter().enumerate() {
         let TypeF::Array(element) = &annotation.typ.typ else {
             continue;
         };
         let TypeF::Contract(element) = &element.typ else {
             continue;
         };
+        let scope = scopes.get(index).or(scopes.first()).unwrap_or(env);
         let closure = Closure {
             value: element.clone(),
             env: scope.clone(),
         };
         let mut found = Vec::new();
-        if walk(context, closure, &format!("{path}[]"), depth, &mut found) {
+        if walk(
+            context,
+            closure,
+            &format!("{path}[]"),
+            ancestors,
+            &mut found,
+        ) {
             out.extend(found);
         }
     }
+}
+
+/// A field's type and contract annotations, in the order written.
+fn annotations(field: &Field) -> Vec<LabeledType> {
+    field
+        .metadata
+        .0
+        .iter()
+        .flat_map(|m| m.annotation.typ.iter().chain(&m.annotation.contracts))
+        .cloned()
+        .collect()
+}
+
+/// The term a value holds before evaluation (through a thunk not evaluated yet).
+fn unevaluated(value: &NickelValue) -> NickelValue {
+    match value.as_thunk() {
+        Some(thunk) if thunk.state() == ThunkState::Suspended => thunk.borrow().value.clone(),
+        _ => value.clone(),
+    }
+}
+
+/// Whether a value is written as a record (`{}`, `{ size = "1Gi" }`), or evaluated to one.
+fn is_record_literal(value: &NickelValue) -> bool {
+    let term = match value.as_thunk() {
+        Some(thunk) => thunk.borrow().value.clone(),
+        None => value.clone(),
+    };
+    matches!(
+        term.content_ref(),
+        ValueContentRef::Record(_) | ValueContentRef::Term(Term::RecRecord(_))
+    )
+}
+
+/// Whether a value is a function application not evaluated yet.
+fn is_application(value: &NickelValue) -> bool {
+    matches!(
+        unevaluated(value).content_ref(),
+        ValueContentRef::Term(Term::App(_))
+    )
 }
 
 /// A value as the author wrote it: the source text of its term, else (Nickel keeps no
@@ -213,7 +268,7 @@ fn source_text(context: &Context, position: PosIdx) -> Option<String> {
     ))
 }
 
-/// Where a name was written, for listing fields in source order (unpositioned ones last).
+/// Where a name was written, for listing fields in source order.
 fn source_offset(position: TermPos) -> Option<(FileId, u32)> {
     position.into_opt().map(|span| (span.src_id, span.start.0))
 }

@@ -307,14 +307,10 @@ fn evaluate_prepared(
         let contract = VirtualMachine::new(&mut vm_context)
             .eval_closure(contract.into())
             .map_err(|error| failure(files.clone(), error.into(), None))?;
-        let fields = inspect::input_fields(&mut vm_context, contract).ok_or_else(|| {
-            EvalFailure::new(
-                FailureKind::Evaluation,
-                "the module's `Input` is not a record contract: it must be `{ field | Contract | doc \"…\", … }`",
-            )
-        })?;
-        output["inputFields"] = serde_json::to_value(fields)
-            .map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))?;
+        if let Some(fields) = inspect::input_fields(&mut vm_context, contract) {
+            output["inputFields"] = serde_json::to_value(fields)
+                .map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))?;
+        }
     }
     Ok(output)
 }
