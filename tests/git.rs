@@ -220,8 +220,30 @@ fn modules_come_from_tags_branches_commits_and_paths() {
     )
     .expect("edited");
     git(&repo, &["commit", "-q", "-am", "0.4.0"]);
-    // A commit that no branch or tag points at: git daemon will not send it by itself, so
-    // the mirror fetches every branch and tag with their history.
+    // A commit that no branch or tag points at, from a server that sends such commits when
+    // asked by SHA: one shallow fetch of it.
+    git(
+        &repo,
+        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+    );
+    let wanting_cache = dir.path().join("sha-want-cache");
+    let (code, out, stderr) = render(
+        transform,
+        json!({"type": "git", "ref": format!("{url}?ref={second}&path=postgres")}),
+        dir.path(),
+        &wanting_cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("version: 0.3.0"), "{out}");
+    let wanting_mirror = mirror_of(&wanting_cache, &url);
+    assert!(wanting_mirror.join("shallow").is_file(), "a shallow mirror");
+    assert_eq!(git(&wanting_mirror, &["rev-list", "--count", &second]), "1");
+    git(
+        &repo,
+        &["config", "--unset", "uploadpack.allowReachableSHA1InWant"],
+    );
+    // The same from a server that will not (git daemon's default): the mirror fetches every
+    // branch and tag with their history.
     let (code, out, stderr) = render(
         transform,
         json!({"type": "git", "ref": format!("{url}?ref={second}&path=postgres")}),
@@ -278,6 +300,18 @@ fn modules_come_from_tags_branches_commits_and_paths() {
             daemon.port
         )),
         "{stderr}"
+    );
+    // A branch deleted upstream is gone from the mirror too.
+    git(&repo, &["branch", "feature"]);
+    let feature = json!({"type": "git", "ref": format!("{url}?ref=feature&path=postgres")});
+    let (code, _, stderr) = render(transform, feature.clone(), dir.path(), &cache);
+    assert_eq!(code, 0, "{stderr}");
+    git(&repo, &["branch", "-D", "feature"]);
+    let (code, _, stderr) = render(transform, feature, dir.path(), &cache);
+    assert_eq!(code, 4);
+    assert_eq!(
+        stderr,
+        format!("error: module: {url}: no branch, tag or commit `feature`\n")
     );
     let wrong = format!("{}:postgres", "0".repeat(40));
     let (code, _, stderr) = render(
