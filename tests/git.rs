@@ -3,13 +3,14 @@
 //! `path=`, a new commit picked up through the mirror, and clear errors for bad refs.
 
 mod common;
+#[path = "common/net.rs"]
+mod net;
 #[path = "common/git.rs"]
 mod repo;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pequod::module::ModuleBundle;
 use pequod::module::git::{self as module_git, GitAuth, GitRef};
@@ -24,10 +25,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(base: &Path) -> Daemon {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = net::free_port();
         let child = Command::new("git")
             .arg("daemon")
             .arg("--export-all")
@@ -41,11 +39,7 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("git daemon starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        net::wait_for_port(port, Duration::from_secs(20), "git daemon", String::new);
         Daemon { port, child }
     }
 }

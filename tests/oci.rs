@@ -4,6 +4,8 @@
 //! (skopeo).
 
 mod common;
+#[path = "common/net.rs"]
+mod net;
 #[path = "common/registry.rs"]
 mod registry;
 

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+#[path = "common/net.rs"]
+mod net;
 #[path = "common/registry.rs"]
 mod registry;
 #[path = "common/git.rs"]
@@ -29,13 +31,6 @@ struct Cluster {
     metrics: String,
     _dir: tempfile::TempDir,
     kubectl_cache: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl Cluster {
@@ -64,7 +59,7 @@ impl Cluster {
         })
         .await
         .expect("test API server starts");
-        let metrics = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", net::free_port());
         // Module caches on disk live with the test, not in $HOME.
         let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         if !flags.iter().any(|f| f == "--cache-dir") {
@@ -1110,8 +1105,8 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     let _ = cluster.operator.kill().await;
     let flags = ["--leader-elect", "--leader-election-lease-duration", "3s"];
     let addrs = [
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", net::free_port()),
+        format!("127.0.0.1:{}", net::free_port()),
     ];
     let mut operators: Vec<tokio::process::Child> = addrs
         .iter()

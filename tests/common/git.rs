@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::net::{free_port, wait_for_port};
+
 /// Runs `git ARGS` in `dir`, insisting on success; returns its trimmed stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -47,25 +49,12 @@ pub fn copy(from: &Path, to: &Path) {
     }
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
+/// How long a Git server may take to listen.
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Waits until something listens on `port`.
-fn wait_for_port(port: u16, what: &str, log: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not start: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+/// A server's log, for a failure message.
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Runs a setup command, insisting on success.
@@ -132,7 +121,7 @@ impl SshServer {
             .stderr(std::fs::File::create(&log).expect("sshd log"))
             .spawn()
             .expect("sshd starts (Debian package openssh-server)");
-        wait_for_port(port, "sshd", &log);
+        wait_for_port(port, START_LIMIT, "sshd", || read_log(&log));
         let host_key = std::fs::read_to_string(dir.join("host_key.pub")).expect("host key");
         let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
         SshServer {
@@ -247,8 +236,10 @@ auth.require = ("/git" => ("method" => "basic", "realm" => "git", "require" => "
             .stderr(std::fs::File::create(dir.join("lighttpd.stderr")).expect("log"))
             .spawn()
             .expect("lighttpd starts (Debian packages lighttpd, lighttpd-mod-openssl)");
-        wait_for_port(https_port, "lighttpd", &dir.join("lighttpd.stderr"));
-        wait_for_port(http_port, "lighttpd", &dir.join("lighttpd.stderr"));
+        let log = dir.join("lighttpd.stderr");
+        for port in [https_port, http_port] {
+            wait_for_port(port, START_LIMIT, "lighttpd", || read_log(&log));
+        }
         HttpServer {
             https_port,
             http_port,

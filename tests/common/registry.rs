@@ -3,10 +3,11 @@
 
 #![allow(dead_code)] // each suite uses part of this module
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::net::{free_port, wait_for_port};
 
 /// A running registry; stopped when dropped.
 pub struct TestRegistry {
@@ -34,10 +35,7 @@ impl TestRegistry {
 
     fn launch(auth: bool) -> TestRegistry {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: {host}\n",
@@ -66,15 +64,9 @@ impl TestRegistry {
             .spawn()
             .expect("docker-registry (Debian package docker-registry) is installed");
         let registry = TestRegistry { host, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&registry.host).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not start: {}",
-                registry.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, Duration::from_secs(30), "the registry", || {
+            registry.log()
+        });
         registry
     }
 
