@@ -43,20 +43,11 @@ pub fn print_graph(
     warnings: &[Violation],
     format: OutputFormat,
 ) -> Result<String, PrintError> {
+    let resource_graph = || ResourceGraph::rendered(transform, module_digest, graph, warnings);
     Ok(match format {
-        OutputFormat::Yaml => yaml::to_string(&ResourceGraph::rendered(
-            transform,
-            module_digest,
-            graph,
-            warnings,
-        ))?,
+        OutputFormat::Yaml => yaml::to_string(&resource_graph())?,
         OutputFormat::Json => {
-            let mut text = serde_json::to_string_pretty(&ResourceGraph::rendered(
-                transform,
-                module_digest,
-                graph,
-                warnings,
-            ))?;
+            let mut text = serde_json::to_string_pretty(&resource_graph())?;
             text.push('\n');
             text
         }

@@ -517,8 +517,7 @@ pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkou
             session.commit_at(&["refs/remotes/origin/HEAD".to_string()])
         }
         Revision::Named { refs, prefix } => {
-            let specs: Vec<String> = refs.iter().map(|name| format!("+{name}:{name}")).collect();
-            session.fetch(&specs)?;
+            session.fetch_refs(refs)?;
             match (session.commit_at(refs), prefix) {
                 (Some(commit), _) => Some(commit),
                 (None, Some(prefix)) => {
@@ -531,15 +530,13 @@ pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkou
         Revision::Commit(sha) => {
             let refs = session.refs_pointing_at(sha)?;
             if refs.is_empty() {
-                let want = format!("+{sha}:refs/commits/{sha}");
-                if let Err(error) = session.fetch(&[want]) {
+                // libgit2 writes no ref for an object id: the commit is found by its SHA.
+                if let Err(error) = session.fetch(std::slice::from_ref(sha)) {
                     tracing::debug!(%error, "the server did not send the commit alone");
                     session.fetch_everything()?;
                 }
             } else {
-                let specs: Vec<String> =
-                    refs.iter().map(|name| format!("+{name}:{name}")).collect();
-                session.fetch(&specs)?;
+                session.fetch_refs(&refs)?;
             }
             session.commit_by_prefix(sha)
         }
@@ -612,6 +609,12 @@ impl<'a> Session<'a> {
         // libgit2's local transport cannot fetch shallowly (nor needs to: it reads a disk).
         let shallow = !self.reference.is_local() && (fresh || self.repository.is_shallow());
         self.fetch_with_depth(refspecs, shallow.then_some(1))
+    }
+
+    /// Fetches the remote's `refs` (full names) into the same names in the mirror.
+    fn fetch_refs(&self, refs: &[String]) -> Result<(), GitError> {
+        let specs: Vec<String> = refs.iter().map(|name| format!("+{name}:{name}")).collect();
+        self.fetch(&specs)
     }
 
     /// Every branch and tag with their history: the mirror is complete afterwards.

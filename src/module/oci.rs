@@ -541,9 +541,8 @@ pub fn credentials(
                 path
             };
             let path: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-            let under =
-                path.len() <= repository.len() && path.iter().zip(&repository).all(|(a, b)| a == b);
-            (same_registry(host, registry) && under).then_some((path.len(), entry))
+            (same_registry(host, registry) && repository.starts_with(&path))
+                .then_some((path.len(), entry))
         })
         .max_by_key(|(specificity, _)| *specificity);
     let Some((_, entry)) = entry else {

@@ -24,7 +24,7 @@ use crate::render::protocol::{InputField, Presence};
 
 /// Where an annotation was written: a field is not expanded again under itself, so a
 /// recursive contract (`Tree = { left | Tree | optional }`) is listed once.
-type Written = Option<(FileId, u32)>;
+type Written = (FileId, u32);
 
 /// The interpreter state of one inspection.
 type Context = VmContext<CacheHub, CacheImpl>;
@@ -70,8 +70,7 @@ fn walk(
         out.push(describe(context, &path, &field));
         let written: Vec<Written> = annotations(&field)
             .iter()
-            .map(|annotation| source_offset(context.pos_table.get(annotation.label.span)))
-            .filter(Option::is_some)
+            .filter_map(|annotation| source_offset(context.pos_table.get(annotation.label.span)))
             .collect();
         if !written.iter().any(|at| ancestors.contains(at)) {
             let lineage = [ancestors, &written].concat();
@@ -203,12 +202,12 @@ fn annotations(field: &Field) -> Vec<LabeledType> {
         .collect()
 }
 
-/// The term a value holds before evaluation (through a thunk not evaluated yet).
-fn unevaluated(value: &NickelValue) -> NickelValue {
-    match value.as_thunk() {
-        Some(thunk) if thunk.state() == ThunkState::Suspended => thunk.borrow().value.clone(),
-        _ => value.clone(),
-    }
+/// The term a thunk holds while it is not evaluated yet; `None` for other values.
+fn suspended(value: &NickelValue) -> Option<NickelValue> {
+    value
+        .as_thunk()
+        .filter(|thunk| thunk.state() == ThunkState::Suspended)
+        .map(|thunk| thunk.borrow().value.clone())
 }
 
 /// Whether a value is written as a record (`{}`, `{ size = "1Gi" }`), or evaluated to one.
@@ -225,10 +224,8 @@ fn is_record_literal(value: &NickelValue) -> bool {
 
 /// Whether a value is a function application not evaluated yet.
 fn is_application(value: &NickelValue) -> bool {
-    matches!(
-        unevaluated(value).content_ref(),
-        ValueContentRef::Term(Term::App(_))
-    )
+    let term = suspended(value).unwrap_or_else(|| value.clone());
+    matches!(term.content_ref(), ValueContentRef::Term(Term::App(_)))
 }
 
 /// A value as the author wrote it: the source text of its term, else (Nickel keeps no
@@ -238,11 +235,7 @@ fn written(context: &Context, value: &NickelValue) -> String {
     if let Some(text) = source_text(context, value.pos_idx()) {
         return text;
     }
-    let unevaluated = value
-        .as_thunk()
-        .filter(|thunk| thunk.state() == ThunkState::Suspended)
-        .map(|thunk| thunk.borrow().value.clone());
-    match unevaluated {
+    match suspended(value) {
         Some(term) => {
             source_text(context, term.pos_idx()).unwrap_or_else(|| one_line(&term.to_string()))
         }
@@ -269,6 +262,6 @@ fn source_text(context: &Context, position: PosIdx) -> Option<String> {
 }
 
 /// Where a name was written, for listing fields in source order.
-fn source_offset(position: TermPos) -> Option<(FileId, u32)> {
+fn source_offset(position: TermPos) -> Option<Written> {
     position.into_opt().map(|span| (span.src_id, span.start.0))
 }
