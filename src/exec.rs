@@ -352,16 +352,7 @@ fn carried(
     message: String,
     now: jiff::Timestamp,
 ) -> NodeStatus {
-    let mut status = prior.cloned().unwrap_or(NodeStatus {
-        phase,
-        message: None,
-        attempts: 0,
-        applied_hash: None,
-        waiting_since: None,
-        failures: 0,
-        last_transition_time: None,
-        object: None,
-    });
+    let mut status = prior.cloned().unwrap_or_else(|| NodeStatus::new(phase));
     settle(&mut status, prior, phase, message, now);
     status
 }

@@ -322,25 +322,16 @@ mod tests {
     use super::*;
     use crate::api::NodeStatus;
 
-    fn node(phase: NodePhase) -> NodeStatus {
-        NodeStatus {
-            phase,
-            message: None,
-            attempts: 0,
-            applied_hash: None,
-            waiting_since: None,
-            failures: 0,
-            last_transition_time: None,
-            object: None,
-        }
-    }
-
     #[test]
     fn graph_gauges_sum_over_graphs() {
         let metrics = Metrics::new();
         let mut status = ResourceGraphStatus::default();
-        status.nodes.insert("a".into(), node(NodePhase::Ready));
-        status.nodes.insert("b".into(), node(NodePhase::Pending));
+        status
+            .nodes
+            .insert("a".into(), NodeStatus::new(NodePhase::Ready));
+        status
+            .nodes
+            .insert("b".into(), NodeStatus::new(NodePhase::Pending));
         metrics.record_graph("ns/one", Some(&status));
         metrics.record_graph("ns/two", Some(&status));
         assert_eq!(metrics.graph_nodes.with_label_values(&["Ready"]).get(), 2);

@@ -189,6 +189,22 @@ pub struct NodeStatus {
     pub object: Option<ObjectRef>,
 }
 
+impl NodeStatus {
+    /// The status of a node nothing has been done for yet, in `phase`.
+    pub fn new(phase: NodePhase) -> NodeStatus {
+        NodeStatus {
+            phase,
+            message: None,
+            attempts: 0,
+            applied_hash: None,
+            waiting_since: None,
+            failures: 0,
+            last_transition_time: None,
+            object: None,
+        }
+    }
+}
+
 /// A reference to a live object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
