@@ -13,6 +13,7 @@ mod registry;
 mod repo;
 
 use pequod_e2e::store::EventType;
+use pequod_e2e::testing::{Kubectl, eventually};
 use pequod_e2e::{Config, TestApiServer};
 use serde_json::Value;
 
@@ -30,7 +31,7 @@ struct Cluster {
     flags: Vec<String>,
     metrics: String,
     _dir: tempfile::TempDir,
-    kubectl_cache: tempfile::TempDir,
+    kubectl: Kubectl,
 }
 
 impl Cluster {
@@ -67,13 +68,14 @@ impl Cluster {
             flags.push(dir.path().join("cache").display().to_string());
         }
         let operator = spawn_operator(&server, &metrics, &flags);
+        let kubectl = Kubectl::new(&server);
         let cluster = Cluster {
             server,
             operator,
             flags,
             metrics,
             _dir: dir,
-            kubectl_cache: tempfile::tempdir().expect("temporary directory"),
+            kubectl,
         };
         cluster.wait_ready().await;
         cluster
@@ -136,44 +138,14 @@ impl Cluster {
         .await
     }
 
-    /// Runs kubectl; returns (success, stdout, stderr).
-    async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.server.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.kubectl_cache.path())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kubectl is installed");
-        if let Some(mut input) = child.stdin.take()
-            && let Some(text) = stdin
-        {
-            input
-                .write_all(text.as_bytes())
-                .await
-                .expect("kubectl stdin");
-        }
-        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("kubectl finishes within a minute")
-            .expect("kubectl ran");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+    /// Runs kubectl and insists that it succeeds; returns stdout.
+    async fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.kubectl.ok(args, stdin).await
     }
 
-    async fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let (success, stdout, stderr) = self.kubectl(args, stdin).await;
-        assert!(success, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
-        stdout
+    /// Whether kubectl finds the object `args` name (`get KIND NAME`).
+    async fn exists(&self, args: &[&str]) -> bool {
+        self.kubectl.run(args, None).await.success
     }
 
     /// Runs a `pequod` command against this cluster; returns stdout.
@@ -210,11 +182,11 @@ impl Cluster {
     async fn json(&self, args: &[&str]) -> Option<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
-        let (success, stdout, _) = self.kubectl(&all, None).await;
-        if !success {
+        let run = self.kubectl.run(&all, None).await;
+        if !run.success {
             return None;
         }
-        serde_json::from_str(&stdout).ok()
+        serde_json::from_str(&run.stdout).ok()
     }
 
     async fn stop(mut self) {
@@ -362,25 +334,6 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 2").then(|| body.to_string())
-}
-
-/// Polls `check` every 100 ms until it returns Some, for at most `seconds`.
-async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -697,7 +650,7 @@ async fn timeout_fails_a_node_blocks_its_dependents_and_spares_other_branches() 
     assert_eq!(node(&graph, "other")["phase"], "Ready");
     assert_eq!(node(&graph, "base")["phase"], "Ready");
     assert_eq!(graph["status"]["phase"], "Failed");
-    let (found, _, _) = cluster.kubectl(&["get", "configmap", "after"], None).await;
+    let found = cluster.exists(&["get", "configmap", "after"]).await;
     assert!(!found, "a blocked node is never applied");
     let transform = cluster
         .transform_when("default", "branches", "Transform Ready=False", |t| {
@@ -761,11 +714,11 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
         .collect();
     assert_eq!(inventory, ["a"]);
     eventually(30, "b pruned", || async {
-        let (found, _, _) = cluster.kubectl(&["get", "configmap", "b"], None).await;
+        let found = cluster.exists(&["get", "configmap", "b"]).await;
         (!found).then_some(())
     })
     .await;
-    let (kept, _, _) = cluster.kubectl(&["get", "configmap", "keep"], None).await;
+    let kept = cluster.exists(&["get", "configmap", "keep"]).await;
     assert!(kept, "deletionPolicy Orphan leaves the object");
 
     // A broken input: Validated=False, the graph and the objects stay as they were.
@@ -825,7 +778,7 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
         after["spec"], before["spec"],
         "a failed render leaves the graph alone"
     );
-    let (found, _, _) = cluster.kubectl(&["get", "configmap", "a"], None).await;
+    let found = cluster.exists(&["get", "configmap", "a"]).await;
     assert!(found, "nothing pruned after a failed render");
     cluster.stop().await;
 }
@@ -938,9 +891,7 @@ async fn deleting_a_transform_deletes_dependents_first_and_keeps_orphans() {
         .ok(&["delete", "transform", "chain", "--timeout=60s"], None)
         .await;
     eventually(60, "the ResourceGraph gone", || async {
-        let (found, _, _) = cluster
-            .kubectl(&["get", "resourcegraph", "chain"], None)
-            .await;
+        let found = cluster.exists(&["get", "resourcegraph", "chain"]).await;
         (!found).then_some(())
     })
     .await;
@@ -951,7 +902,7 @@ async fn deleting_a_transform_deletes_dependents_first_and_keeps_orphans() {
     };
     let (leaf, middle, root) = (deleted("leaf"), deleted("middle"), deleted("root"));
     assert!(leaf < middle && middle < root, "dependents first");
-    let (kept, _, _) = cluster.kubectl(&["get", "configmap", "keep"], None).await;
+    let kept = cluster.exists(&["get", "configmap", "keep"]).await;
     assert!(kept, "the orphan stays");
     cluster.stop().await;
 }
@@ -1080,8 +1031,8 @@ spec:
             || waiting.starts_with("waiting for Cluster shop/orders-db to exist"),
         "{waiting}"
     );
-    let (found, _, _) = cluster
-        .kubectl(&["-n", "shop", "get", "deployment", "orders-api"], None)
+    let found = cluster
+        .exists(&["-n", "shop", "get", "deployment", "orders-api"])
         .await;
     assert!(!found, "the Deployment waits");
     cluster
@@ -1254,13 +1205,11 @@ async fn a_kind_that_is_not_installed_fails_its_node_until_its_crd_appears() {
         .ok(&["delete", "transform", "widgets", "--timeout=60s"], None)
         .await;
     eventually(60, "the graph gone", || async {
-        let (found, _, _) = cluster
-            .kubectl(&["get", "resourcegraph", "widgets"], None)
-            .await;
+        let found = cluster.exists(&["get", "resourcegraph", "widgets"]).await;
         (!found).then_some(())
     })
     .await;
-    let (found, _, _) = cluster.kubectl(&["get", "configmap", "after"], None).await;
+    let found = cluster.exists(&["get", "configmap", "after"]).await;
     assert!(!found, "the rest of the graph was deleted");
     cluster.stop().await;
 }
@@ -1290,7 +1239,7 @@ async fn objects_outside_the_namespace_or_cluster_scoped_are_refused() {
         "Namespace team-b is cluster-scoped: refused (the operator runs without --allow-cluster-scoped)"
     );
     assert_eq!(node(&graph, "fine")["phase"], "Ready");
-    let (found, _, _) = cluster.kubectl(&["get", "namespace", "team-b"], None).await;
+    let found = cluster.exists(&["get", "namespace", "team-b"]).await;
     assert!(!found);
     cluster.stop().await;
 }
@@ -1506,10 +1455,11 @@ async fn existing_objects_are_adopted_or_mirrored() {
         )
         .await;
     eventually(60, "both graphs gone", || async {
-        let (found, stdout, _) = cluster
-            .kubectl(&["get", "resourcegraphs", "-o", "name"], None)
+        let run = cluster
+            .kubectl
+            .run(&["get", "resourcegraphs", "-o", "name"], None)
             .await;
-        (found && stdout.is_empty()).then_some(())
+        (run.success && run.stdout.is_empty()).then_some(())
     })
     .await;
     for (name, expected) in [
@@ -1518,7 +1468,7 @@ async fn existing_objects_are_adopted_or_mirrored() {
         ("watched", true),
         ("own", false),
     ] {
-        let (found, _, _) = cluster.kubectl(&["get", "configmap", name], None).await;
+        let found = cluster.exists(&["get", "configmap", name]).await;
         assert_eq!(found, expected, "{name}");
     }
     cluster.stop().await;
@@ -1584,14 +1534,12 @@ async fn objects_pequod_did_not_create_or_now_only_observes_are_never_deleted() 
         .ok(&["delete", "transform", "owners", "--timeout=60s"], None)
         .await;
     eventually(60, "the graph gone", || async {
-        let (found, _, _) = cluster
-            .kubectl(&["get", "resourcegraph", "owners"], None)
-            .await;
+        let found = cluster.exists(&["get", "resourcegraph", "owners"]).await;
         (!found).then_some(())
     })
     .await;
     for (kind, name) in [("secret", "db-password"), ("configmap", "shared")] {
-        let (found, _, _) = cluster.kubectl(&["get", kind, name], None).await;
+        let found = cluster.exists(&["get", kind, name]).await;
         assert!(found, "{kind} {name} is not Pequod's to delete");
     }
     cluster.stop().await;
@@ -1706,9 +1654,7 @@ async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_cond
             "module digest {digest} does not match the pinned digest {wrong}"
         ))
     );
-    let (found, _, _) = cluster
-        .kubectl(&["get", "resourcegraph", "pinned"], None)
-        .await;
+    let found = cluster.exists(&["get", "resourcegraph", "pinned"]).await;
     assert!(!found, "nothing rendered");
     cluster.stop().await;
 }
@@ -1950,9 +1896,7 @@ async fn a_private_registry_is_read_with_the_transforms_pull_secret() {
         condition(&still, "ModuleResolved").expect("ModuleResolved")["status"],
         "False"
     );
-    let (found, _, _) = cluster
-        .kubectl(&["get", "resourcegraph", "anonymous"], None)
-        .await;
+    let found = cluster.exists(&["get", "resourcegraph", "anonymous"]).await;
     assert!(!found);
     cluster.stop().await;
 }

@@ -19,6 +19,7 @@ pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod testing;
 pub mod watch;
 
 use crate::faults::Faults;

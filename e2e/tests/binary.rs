@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{Kubectl, eventually, shared_crds};
+use common::shared_crds;
+use pequod_e2e::testing::{Kubectl, eventually};
 use std::process::Stdio;
 use std::time::Duration;
 

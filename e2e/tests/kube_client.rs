@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, eventually, server};
+use common::{client, server};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
@@ -12,6 +12,7 @@ use kube::api::{
 };
 use kube::runtime::{WatchStreamExt, watcher};
 use pequod_e2e::faults::{Fault, FaultAction};
+use pequod_e2e::testing::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 

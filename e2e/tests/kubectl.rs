@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{Kubectl, eventually, server, server_with, shared_crds};
+use common::{server, server_with, shared_crds};
 use pequod_e2e::Config;
+use pequod_e2e::testing::{Kubectl, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
