@@ -1,5 +1,7 @@
-//! The operator's Prometheus metrics (SPEC §8), all prefixed `pequod_`, and the HTTP
-//! endpoints that serve them with the health probes.
+//! The operator's Prometheus metrics (listed in docs/operator.md), all prefixed `pequod_`,
+//! and the HTTP endpoints that serve them with the health probes. Counters of events that
+//! a component sees (render cache, module cache, worker pool) are owned by that component
+//! and registered here, never derived from differences of totals.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,16 +30,6 @@ pub struct Metrics {
     pub module_fetch_total: IntCounterVec,
     /// Module resolution latency by source type.
     pub module_fetch_duration_seconds: HistogramVec,
-    /// Module bundles served from the module cache (remote sources).
-    pub module_cache_hits_total: IntCounter,
-    /// Module bundles that had to be fetched (remote sources).
-    pub module_cache_misses_total: IntCounter,
-    /// Module bundles evicted from the module cache (remote sources).
-    pub module_cache_evictions_total: IntCounter,
-    /// Latency of renders (Nickel evaluation, or a cache hit).
-    pub render_duration_seconds: Histogram,
-    /// Renders answered from the render cache.
-    pub render_cache_hits_total: IntCounter,
     /// Object writes by result.
     pub apply_total: IntCounterVec,
     /// Object write latency.
@@ -50,8 +42,11 @@ pub struct Metrics {
     pub graph_execution_duration_seconds: Histogram,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: IntGauge,
-    per_graph: DashMap<String, (HashMap<&'static str, i64>, i64)>,
+    per_graph: DashMap<String, GraphRecord>,
 }
+
+/// What was recorded for one graph: nodes by phase, and inventory size.
+type GraphRecord = (HashMap<&'static str, i64>, i64);
 
 /// The node phases as metric labels.
 const PHASES: [(NodePhase, &str); 8] = [
@@ -73,25 +68,35 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::with_opts(Opts::new(name, help).namespace("pequod"))
-        .expect("static metric definition");
-    register(registry, metric)
+/// A counter `pequod_<name>`, not registered anywhere yet. Components that see an event
+/// (the render cache, the module cache, the worker pool) own its counter and increment it
+/// where it happens; the operator registers their counters with [`Metrics::register`].
+pub fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::with_opts(Opts::new(name, help).namespace("pequod"))
+        .expect("static metric definition")
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help).namespace("pequod"), labels)
-        .expect("static metric definition");
-    register(registry, metric)
-}
-
-fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let metric = Histogram::with_opts(
+/// A histogram `pequod_<name>` with `buckets`, not registered anywhere yet (see [`counter`]).
+pub fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(
         HistogramOpts::new(name, help)
             .namespace("pequod")
             .buckets(buckets),
     )
-    .expect("static metric definition");
+    .expect("static metric definition")
+}
+
+/// Buckets for latencies from a millisecond to about 16 s.
+pub fn fast_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.001, 2.0, 15).expect("static buckets")
+}
+
+/// Metrics a component owns, for [`Metrics::register`].
+pub type Collectors = Vec<Box<dyn prometheus::core::Collector>>;
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help).namespace("pequod"), labels)
+        .expect("static metric definition");
     register(registry, metric)
 }
 
@@ -128,7 +133,7 @@ impl Metrics {
     /// All metrics, registered in a registry of their own.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let fast = prometheus::exponential_buckets(0.001, 2.0, 15).expect("static buckets");
+        let fast = fast_buckets();
         let slow = prometheus::exponential_buckets(0.1, 2.0, 14).expect("static buckets");
         let graph_nodes = IntGaugeVec::new(
             Opts::new("graph_nodes", "Nodes of all ResourceGraphs by phase").namespace("pequod"),
@@ -166,38 +171,10 @@ impl Metrics {
                 &["type"],
                 fast.clone(),
             ),
-            module_cache_hits_total: counter(
-                &r,
-                "module_cache_hits_total",
-                "Module bundles served from the module cache",
-            ),
-            module_cache_misses_total: counter(
-                &r,
-                "module_cache_misses_total",
-                "Module bundles fetched because the module cache did not have them",
-            ),
-            module_cache_evictions_total: counter(
-                &r,
-                "module_cache_evictions_total",
-                "Module bundles evicted from the module cache",
-            ),
-            render_duration_seconds: histogram(
-                &r,
-                "render_duration_seconds",
-                "Render latency (Nickel evaluation or render-cache hit)",
-                fast.clone(),
-            ),
-            render_cache_hits_total: counter(
-                &r,
-                "render_cache_hits_total",
-                "Renders answered from the render cache",
-            ),
             apply_total: counter_vec(&r, "apply_total", "Object writes by result", &["result"]),
-            apply_duration_seconds: histogram(
+            apply_duration_seconds: register(
                 &r,
-                "apply_duration_seconds",
-                "Object write latency",
-                fast,
+                histogram("apply_duration_seconds", "Object write latency", fast),
             ),
             resources_managed: gauge(
                 &r,
@@ -205,11 +182,13 @@ impl Metrics {
                 "Objects in the inventories of all ResourceGraphs",
             ),
             graph_nodes,
-            graph_execution_duration_seconds: histogram(
+            graph_execution_duration_seconds: register(
                 &r,
-                "graph_execution_duration_seconds",
-                "Time from render to every node Ready",
-                slow,
+                histogram(
+                    "graph_execution_duration_seconds",
+                    "Time from render to every node Ready",
+                    slow,
+                ),
             ),
             leader: gauge(&r, "leader", "1 while this replica is the leader"),
             registry: r,
@@ -217,33 +196,49 @@ impl Metrics {
         }
     }
 
-    /// Records a graph's node phases and inventory size (`None`: the graph is gone).
+    /// Registers metrics a component owns (the render cache, the module cache, the worker
+    /// pool), so that they are exported with these.
+    pub fn register(&self, collectors: Collectors) {
+        for collector in collectors {
+            if let Err(error) = self.registry.register(collector) {
+                tracing::error!(%error, "metric registration failed");
+            }
+        }
+    }
+
+    /// Records a graph's node phases and inventory size (`None`: the graph is gone). The
+    /// gauges move by the difference from what was recorded for the graph before, so a
+    /// record costs the same however many graphs there are.
     pub fn record_graph(&self, key: &str, status: Option<&ResourceGraphStatus>) {
-        match status {
-            Some(status) => {
-                let mut counts: HashMap<&'static str, i64> = HashMap::new();
-                for node in status.nodes.values() {
-                    if let Some((_, label)) = PHASES.iter().find(|(p, _)| *p == node.phase) {
-                        *counts.entry(label).or_default() += 1;
-                    }
+        let recorded = status.map(|status| {
+            let mut counts: HashMap<&'static str, i64> = HashMap::new();
+            for node in status.nodes.values() {
+                if let Some((_, label)) = PHASES.iter().find(|(p, _)| *p == node.phase) {
+                    *counts.entry(label).or_default() += 1;
                 }
-                let managed = i64::try_from(status.inventory.len()).unwrap_or(i64::MAX);
-                self.per_graph.insert(key.to_string(), (counts, managed));
             }
-            None => {
-                self.per_graph.remove(key);
-            }
-        }
+            let managed = i64::try_from(status.inventory.len()).unwrap_or(i64::MAX);
+            (counts, managed)
+        });
+        let before = match &recorded {
+            Some(recorded) => self.per_graph.insert(key.to_string(), recorded.clone()),
+            None => self.per_graph.remove(key).map(|(_, before)| before),
+        };
+        let count = |record: &Option<GraphRecord>, label: &str| {
+            record
+                .as_ref()
+                .and_then(|(counts, _)| counts.get(label).copied())
+                .unwrap_or(0)
+        };
         for (_, label) in PHASES {
-            let total: i64 = self
-                .per_graph
-                .iter()
-                .map(|entry| entry.value().0.get(label).copied().unwrap_or(0))
-                .sum();
-            self.graph_nodes.with_label_values(&[label]).set(total);
+            let delta = count(&recorded, label) - count(&before, label);
+            if delta != 0 {
+                self.graph_nodes.with_label_values(&[label]).add(delta);
+            }
         }
-        let managed: i64 = self.per_graph.iter().map(|entry| entry.value().1).sum();
-        self.resources_managed.set(managed);
+        let managed = |record: &Option<GraphRecord>| record.as_ref().map_or(0, |(_, m)| *m);
+        self.resources_managed
+            .add(managed(&recorded) - managed(&before));
     }
 
     /// The metrics in the Prometheus text format.

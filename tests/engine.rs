@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pequod::module::ModuleBundle;
@@ -129,11 +128,8 @@ async fn deterministic_failures_are_cached_and_concurrent_renders_coalesce() {
     let first = render_err(&renderer, &demo(), bad.clone()).await;
     let second = render_err(&renderer, &demo(), bad).await;
     assert_eq!(first.to_string(), second.to_string());
-    assert_eq!(
-        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
-        1
-    );
-    assert_eq!(renderer.stats().cache_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(renderer.pool().stats().evaluations.get(), 1);
+    assert_eq!(renderer.stats().cache_hits.get(), 1);
 
     let (input, module, ctx) = (json!({"name": "together"}), demo(), context());
     let (a, b, c) = tokio::join!(
@@ -147,10 +143,7 @@ async fn deterministic_failures_are_cached_and_concurrent_renders_coalesce() {
             "together-a"
         );
     }
-    assert_eq!(
-        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
-        2
-    );
+    assert_eq!(renderer.pool().stats().evaluations.get(), 2);
 }
 
 /// A caller that gives up mid-evaluation must not leave its reply for the next request.
@@ -186,8 +179,8 @@ async fn workers_are_recycled_when_their_address_space_grows() {
             .expect("renders");
     }
     let stats = renderer.pool().stats();
-    assert_eq!(stats.recycled.load(Ordering::Relaxed), 3);
-    assert_eq!(stats.spawned.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.recycled.get(), 3);
+    assert_eq!(stats.spawned.get(), 3);
 }
 
 #[tokio::test]
@@ -198,17 +191,14 @@ async fn repeat_render_is_a_cache_hit_that_never_reaches_a_worker() {
         .render(&demo(), &input, &context())
         .await
         .expect("renders");
-    let evaluations = renderer.pool().stats().evaluations.load(Ordering::Relaxed);
+    let evaluations = renderer.pool().stats().evaluations.get();
     let second = renderer
         .render(&demo(), &input, &context())
         .await
         .expect("renders");
     assert!(std::sync::Arc::ptr_eq(&first, &second));
-    assert_eq!(renderer.stats().cache_hits.load(Ordering::Relaxed), 1);
-    assert_eq!(
-        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
-        evaluations
-    );
+    assert_eq!(renderer.stats().cache_hits.get(), 1);
+    assert_eq!(renderer.pool().stats().evaluations.get(), evaluations);
     // A different input or context is a different render.
     renderer
         .render(&demo(), &json!({"name": "other"}), &context())
@@ -223,7 +213,37 @@ async fn repeat_render_is_a_cache_hit_that_never_reaches_a_worker() {
         .await
         .expect("renders");
     assert_eq!(moved.outputs["where"], "demo.team-b");
-    assert_eq!(renderer.stats().cache_misses.load(Ordering::Relaxed), 3);
+    assert_eq!(renderer.stats().cache_misses.get(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_cache_counters_are_exact_under_concurrent_renders() {
+    let renderer = renderer();
+    let metrics = pequod::metrics::Metrics::new();
+    metrics.register(renderer.collectors());
+    // Twenty renders of two inputs at once: one evaluation each, every other render a hit
+    // (those that waited for an identical render under way included).
+    let renders = (0..20).map(|i| {
+        let renderer = &renderer;
+        async move {
+            let input = json!({"name": if i % 2 == 0 { "even" } else { "odd" }});
+            renderer.render(&demo(), &input, &context()).await
+        }
+    });
+    for rendered in futures::future::join_all(renders).await {
+        rendered.expect("renders");
+    }
+    let text = metrics.encode();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} exported: {text}"))
+            .to_string()
+    };
+    assert_eq!(value("pequod_render_cache_hits_total"), "18");
+    assert_eq!(value("pequod_render_cache_misses_total"), "2");
+    assert_eq!(value("pequod_worker_evaluations_total"), "2");
+    assert_eq!(value("pequod_render_duration_seconds_count"), "20");
 }
 
 #[tokio::test]
@@ -391,7 +411,7 @@ async fn runaway_module_times_out_and_the_pool_recovers() {
     )]);
     let error = render_err(&renderer, &runaway, json!({})).await;
     assert_eq!(error.to_string(), "evaluation exceeded 2s and was stopped");
-    assert_eq!(renderer.pool().stats().failed.load(Ordering::Relaxed), 1);
+    assert_eq!(renderer.pool().stats().failed.get(), 1);
     renderer
         .render(&demo(), &json!({"name": "after"}), &context())
         .await
@@ -417,7 +437,9 @@ async fn memory_hog_hits_the_memory_limit() {
 
 #[tokio::test]
 async fn deep_nesting_overflows_a_worker_not_the_operator() {
-    let renderer = renderer();
+    // The nesting takes seconds of CPU to overflow: a generous deadline keeps a busy
+    // machine from turning it into a timeout.
+    let renderer = renderer_with(|c| c.timeout = Duration::from_secs(120));
     let deep = ModuleBundle::from_dir(&common::repo().join("testdata/modules/deep"), None)
         .expect("test module");
     let error = render_err(&renderer, &deep, json!({})).await;
@@ -451,15 +473,16 @@ async fn non_mapping_input_and_long_names_are_refused_without_evaluation() {
             "n".repeat(64)
         )
     );
-    assert_eq!(
-        renderer.pool().stats().evaluations.load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(renderer.pool().stats().evaluations.get(), 0);
 }
 
 #[tokio::test]
 async fn workers_are_recycled_and_operator_memory_stays_flat() {
-    let renderer = renderer_with(|c| c.max_evaluations = 50);
+    let renderer = renderer_with(|c| {
+        c.max_evaluations = 50;
+        // Only recycling may replace a worker here, never a deadline on a busy machine.
+        c.timeout = Duration::from_secs(120);
+    });
     let before = pequod::render::worker::resident_bytes();
     for i in 0..300 {
         renderer
@@ -469,8 +492,8 @@ async fn workers_are_recycled_and_operator_memory_stays_flat() {
     }
     let after = pequod::render::worker::resident_bytes();
     let stats = renderer.pool().stats();
-    assert_eq!(stats.recycled.load(Ordering::Relaxed), 6);
-    assert_eq!(stats.spawned.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.recycled.get(), 6);
+    assert_eq!(stats.spawned.get(), 6);
     assert!(
         after < before + (20 << 20),
         "operator RSS grew from {before} to {after} bytes"

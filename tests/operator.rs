@@ -12,7 +12,7 @@ mod registry;
 #[path = "common/git.rs"]
 mod repo;
 
-use pequod_e2e::store::EventType;
+use pequod_e2e::store::{Event, EventType};
 use pequod_e2e::testing::{Kubectl, eventually};
 use pequod_e2e::{Config, TestApiServer};
 use serde_json::Value;
@@ -249,12 +249,10 @@ fn shapes(name: &str, nodes: Value) -> String {
     .to_string()
 }
 
-/// One change seen by [`Timeline`]: when, what happened, resource, name.
-type Change = (std::time::Instant, EventType, String, String);
-
-/// Every change the test API server makes, with the moment it was seen.
+/// Every change the test API server makes from a moment on, in the order it made them:
+/// evidence of what happened before what, without clocks.
 #[derive(Clone, Default)]
-struct Timeline(std::sync::Arc<std::sync::Mutex<Vec<Change>>>);
+struct Timeline(std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<Event>>>>);
 
 impl Timeline {
     /// Records every change of `server` from now on.
@@ -264,30 +262,30 @@ impl Timeline {
         let sink = timeline.clone();
         tokio::spawn(async move {
             while let Ok(change) = changes.recv().await {
-                let name = change.object["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
                 if let Ok(mut log) = sink.0.lock() {
-                    log.push((
-                        std::time::Instant::now(),
-                        change.kind,
-                        change.gr.resource.clone(),
-                        name,
-                    ));
+                    log.push(change);
                 }
             }
         });
         timeline
     }
 
-    /// When `resource` `name` first had a change of type `kind`.
-    fn first(&self, kind: EventType, resource: &str, name: &str) -> Option<std::time::Instant> {
-        let log = self.0.lock().ok()?;
-        log.iter()
-            .find(|(_, k, r, n)| *k == kind && r == resource && n == name)
-            .map(|(at, ..)| *at)
+    /// The changes so far, in order.
+    fn changes(&self) -> Vec<std::sync::Arc<Event>> {
+        self.0.lock().map(|log| log.clone()).unwrap_or_default()
     }
+
+    /// Where in the order `resource` `name` first had a change of type `kind`.
+    fn first(&self, kind: EventType, resource: &str, name: &str) -> Option<usize> {
+        self.changes()
+            .iter()
+            .position(|c| c.kind == kind && is_change_of(c, resource, name))
+    }
+}
+
+/// Whether `change` is of `resource` `name`.
+fn is_change_of(change: &Event, resource: &str, name: &str) -> bool {
+    change.gr.resource == resource && change.object["metadata"]["name"] == name
 }
 
 fn node<'a>(graph: &'a Value, id: &str) -> &'a Value {
@@ -570,53 +568,80 @@ async fn webservice_transform_becomes_ready_in_dependency_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn diamond_branches_apply_concurrently() {
-    use pequod_e2e::faults::{Fault, FaultAction};
+async fn pequod_render_prints_the_graph_the_operator_writes() {
     let cluster = Cluster::start().await;
-    let timeline = Timeline::record(&cluster.server);
-    // Each branch takes a second to write: concurrently ≈ 1 s, one after the other ≈ 2 s.
-    for branch in ["b", "c"] {
-        cluster.server.faults().add(
-            Fault::new(FaultAction::Latency(Duration::from_secs(1)))
-                .on("configmaps")
-                .method("PATCH")
-                .named(branch)
-                .times(1),
-        );
-    }
-    let nodes = serde_json::json!([
-        {"id": "a"},
-        {"id": "b", "dependsOn": ["a"]},
-        {"id": "c", "dependsOn": ["a"]},
-        {"id": "d", "dependsOn": ["b", "c"]},
-    ]);
+    // Adoption, a lowered policy (a warning recorded) and outputs: every part of the plan.
     cluster
-        .ok(&["apply", "-f", "-"], Some(&shapes("diamond", nodes)))
+        .ok(
+            &["apply", "-f", "-"],
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: legacy-settings}\ndata: {a: b}\n"),
+        )
         .await;
-    let graph = cluster
-        .graph_when("default", "diamond", "the diamond Ready", |g| {
-            g["status"]["phase"] == "Ready"
+    let transform = "apiVersion: platform.pequod.io/v1alpha1
+kind: Transform
+metadata: {name: same-plan, namespace: default}
+spec:
+  moduleRef: {type: embedded, ref: webservice}
+  input: {name: same-plan, image: ghcr.io/acme/api:1.0.0, probes: {type: none}}
+  policies: [{name: probes-set, enforcement: Warn}]
+  adopt:
+    strategy: TakeOwnership
+    resources: [{apiVersion: v1, kind: ConfigMap, name: legacy-settings}]
+";
+    cluster.ok(&["apply", "-f", "-"], Some(transform)).await;
+    let written = cluster
+        .graph_when("default", "same-plan", "the graph written", |g| {
+            g["spec"]["nodes"].is_array()
         })
         .await;
-    assert_eq!(graph["status"]["summary"]["readyText"], "4/4");
-    let created = |name| {
-        timeline
-            .first(EventType::Added, "configmaps", name)
-            .unwrap_or_else(|| panic!("ConfigMap {name} created"))
-    };
-    let (a, b, c, d) = (created("a"), created("b"), created("c"), created("d"));
-    assert!(a < b && a < c, "a first");
-    let apart = if b > c { b - c } else { c - b };
-    assert!(
-        apart < Duration::from_millis(800),
-        "b and c ran concurrently: {apart:?} apart"
+    // The Transform as the cluster stores it (with its uid), rendered offline.
+    let stored = cluster
+        .ok(&["get", "transform", "same-plan", "-o", "yaml"], None)
+        .await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("transform.yaml");
+    std::fs::write(&file, stored).expect("written");
+    let printed = cluster
+        .pequod(&["render", "-f", &file.display().to_string(), "-o", "json"])
+        .await;
+    let printed: Value = serde_json::from_str(&printed).expect("JSON");
+    let mut spec = written["spec"].clone();
+    // The operator stamps when it rendered; that is the one difference.
+    assert!(spec["metadata"]["renderedAt"].is_string());
+    spec["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("renderedAt");
+    assert_eq!(printed["spec"], spec);
+    assert_eq!(
+        printed["spec"]["violations"][0]["policy"], "probes-set",
+        "the lowered policy is a warning"
     );
-    assert!(d > b && d > c, "d after both branches");
-    assert!(
-        d - a < Duration::from_millis(2000),
-        "critical path, not the sum: {:?}",
-        d - a
-    );
+    assert!(printed["spec"]["outputs"]["serviceHost"].is_string());
+    let adopted = printed["spec"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["adopted"] == "TakeOwnership")
+        .expect("the adopted node");
+    assert_eq!(adopted["id"], "adopted-configmap-legacy-settings");
+    assert_eq!(printed["metadata"], {
+        let mut metadata = written["metadata"].clone();
+        for transient in [
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "resourceVersion",
+            "uid",
+            "finalizers",
+        ] {
+            metadata
+                .as_object_mut()
+                .expect("metadata")
+                .remove(transient);
+        }
+        metadata
+    });
     cluster.stop().await;
 }
 
@@ -769,7 +794,8 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The Transform's status is written last in a reconcile: the one that reported the
+    // failure would have written the graph before it.
     let after = cluster
         .json(&["get", "resourcegraph", "updates"])
         .await
@@ -1277,6 +1303,7 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
         (graph["spec"]["suspend"] == true).then_some(())
     })
     .await;
+    let timeline = Timeline::record(&cluster.server);
     cluster
         .ok(
             &[
@@ -1291,14 +1318,6 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
             None,
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let value = cluster
-        .ok(
-            &["get", "configmap", "cfg", "-o", "jsonpath={.data.value}"],
-            None,
-        )
-        .await;
-    assert_eq!(value, "by-hand", "a suspended Transform is left alone");
     suspended["spec"]["suspend"] = Value::Bool(false);
     cluster
         .ok(&["apply", "-f", "-"], Some(&suspended.to_string()))
@@ -1313,6 +1332,32 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
         (value == "v2").then_some(())
     })
     .await;
+    // The hand edit stayed until the Transform was resumed: the next change of the
+    // ConfigMap after it is the operator's write of v2, after the resume.
+    let changes = timeline.changes();
+    let by_hand = changes
+        .iter()
+        .position(|c| {
+            is_change_of(c, "configmaps", "cfg") && c.object["data"]["value"] == "by-hand"
+        })
+        .expect("the hand edit");
+    let resumed = changes
+        .iter()
+        .position(|c| {
+            is_change_of(c, "transforms", "paused") && c.object["spec"]["suspend"] == false
+        })
+        .expect("the resume");
+    let next = by_hand
+        + 1
+        + changes[by_hand + 1..]
+            .iter()
+            .position(|c| is_change_of(c, "configmaps", "cfg"))
+            .expect("a later change of the ConfigMap");
+    assert!(
+        resumed > by_hand && next > resumed,
+        "a suspended Transform is left alone"
+    );
+    assert_eq!(changes[next].object["data"]["value"], "v2");
     let transform = cluster
         .transform_when("default", "paused", "resumed", |t| {
             condition(t, "Suspended").is_none()

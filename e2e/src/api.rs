@@ -169,10 +169,14 @@ async fn handle(
             let verdict =
                 app.faults
                     .check(method.as_str(), Some(&path.resource), path.name.as_deref());
+            let held = match &verdict.rendezvous {
+                Some(rendezvous) => rendezvous.wait().await.err(),
+                None => None,
+            };
             if !verdict.delay.is_zero() {
                 tokio::time::sleep(verdict.delay).await;
             }
-            match verdict.error {
+            match held.or(verdict.error) {
                 Some(error) => Err(error),
                 None => {
                     let request = Request {

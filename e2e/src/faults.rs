@@ -1,7 +1,7 @@
 //! Failures a test injects into the API: errors, throttling and latency on chosen requests.
 
 use crate::status::ApiError;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What an injected fault does to a matching request.
@@ -16,6 +16,49 @@ pub enum FaultAction {
     },
     /// Serve the request normally after this delay.
     Latency(Duration),
+    /// Hold the request until the rendezvous is complete (see [`Rendezvous`]).
+    Rendezvous(Rendezvous),
+}
+
+/// Requests that must all be under way at once before any is served: evidence that a
+/// client sends them concurrently, without measuring time. A client that waits for one
+/// answer before it sends the next request never completes the rendezvous: after
+/// [`Rendezvous::GIVE_UP`] the held requests fail with `500` and a message that says so.
+#[derive(Debug, Clone)]
+pub struct Rendezvous {
+    parties: usize,
+    barrier: Arc<tokio::sync::Barrier>,
+}
+
+impl Rendezvous {
+    /// How long a held request waits for the others.
+    pub const GIVE_UP: Duration = Duration::from_secs(30);
+
+    /// A rendezvous of `parties` requests; add it to one fault per request to hold (the
+    /// faults share it).
+    pub fn new(parties: usize) -> Self {
+        Rendezvous {
+            parties,
+            barrier: Arc::new(tokio::sync::Barrier::new(parties)),
+        }
+    }
+
+    /// Waits for the other parties; an error when they do not come.
+    pub async fn wait(&self) -> Result<(), ApiError> {
+        match tokio::time::timeout(Self::GIVE_UP, self.barrier.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ApiError::internal(format!(
+                "injected fault: the other {} requests of the rendezvous never came",
+                self.parties - 1
+            ))),
+        }
+    }
+}
+
+impl PartialEq for Rendezvous {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.barrier, &other.barrier)
+    }
 }
 
 /// One injected fault: which requests it hits and how often.
@@ -90,6 +133,8 @@ pub struct Verdict {
     pub delay: Duration,
     /// Then fail with this instead of serving.
     pub error: Option<ApiError>,
+    /// Hold the request until this rendezvous completes (before the delay).
+    pub rendezvous: Option<Rendezvous>,
 }
 
 impl Faults {
@@ -122,6 +167,9 @@ impl Faults {
             }
             match &rule.action {
                 FaultAction::Latency(delay) => verdict.delay += *delay,
+                FaultAction::Rendezvous(rendezvous) if verdict.rendezvous.is_none() => {
+                    verdict.rendezvous = Some(rendezvous.clone());
+                }
                 FaultAction::InternalError if verdict.error.is_none() => {
                     verdict.error = Some(ApiError::internal("injected fault: internal error"));
                 }
@@ -178,5 +226,24 @@ mod tests {
             Duration::from_millis(5)
         );
         assert_eq!(faults.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_rendezvous_holds_requests_until_all_are_under_way() {
+        let faults = Faults::default();
+        let rendezvous = Rendezvous::new(2);
+        for name in ["b", "c"] {
+            let fault = Fault::new(FaultAction::Rendezvous(rendezvous.clone()));
+            faults.add(fault.on("configmaps").named(name).times(1));
+        }
+        let held = |name| {
+            faults
+                .check("PATCH", Some("configmaps"), Some(name))
+                .rendezvous
+        };
+        let (b, c) = (held("b").expect("b held"), held("c").expect("c held"));
+        assert!(held("b").is_none(), "one request each");
+        let (first, second) = tokio::join!(b.wait(), c.wait());
+        assert!(first.is_ok() && second.is_ok());
     }
 }

@@ -2,16 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::node::{DeletionPolicy, Node, ObjectKey, Violation};
 use super::schema::optional_free_form_object;
-use super::{API_VERSION, Transform};
-use crate::graph::{DeletionPolicy, Node, Violation};
-use crate::render::{RenderedGraph, labels};
 
 /// The rendered graph: its source, provenance, nodes and outputs.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -251,74 +249,28 @@ pub struct GraphSummary {
     pub ready_text: String,
 }
 
-impl ResourceGraph {
-    /// The metadata of the ResourceGraph of `transform`: its name and namespace, Pequod's
-    /// labels and, in a cluster, a controller reference to the Transform.
-    pub fn rendered_metadata(transform: &Transform) -> ObjectMeta {
-        let name = transform.metadata.name.clone().unwrap_or_default();
-        let owner = transform.metadata.uid.as_ref().map(|uid| {
-            vec![OwnerReference {
-                api_version: API_VERSION.to_string(),
-                kind: "Transform".to_string(),
-                name: name.clone(),
-                uid: uid.clone(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]
-        });
-        ObjectMeta {
-            name: Some(name.clone()),
-            namespace: transform.metadata.namespace.clone(),
-            labels: Some(
-                [
-                    (labels::MANAGED_BY.to_string(), "pequod".to_string()),
-                    (labels::TRANSFORM.to_string(), name),
-                ]
-                .into(),
-            ),
-            owner_references: owner,
-            ..ObjectMeta::default()
+impl ObjectRef {
+    /// The object's identity (the version does not change it).
+    pub fn key(&self) -> ObjectKey {
+        let group = self
+            .api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group);
+        ObjectKey {
+            group: group.to_string(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone().unwrap_or_default(),
+            name: self.name.clone(),
         }
     }
+}
 
-    /// The ResourceGraph for a render of `transform` from the module resolved to
-    /// `module_digest`, with the policy warnings that did not block it. In a cluster the
-    /// Transform has a uid, and the graph is owned by it.
-    pub fn rendered(
-        transform: &Transform,
-        module_digest: &str,
-        graph: &RenderedGraph,
-        warnings: &[Violation],
-    ) -> ResourceGraph {
-        let name = transform.metadata.name.clone().unwrap_or_default();
-        let outputs = match &graph.outputs {
-            Value::Object(map) if map.is_empty() => None,
-            Value::Null => None,
-            other => Some(other.clone()),
-        };
-        ResourceGraph {
-            metadata: Self::rendered_metadata(transform),
-            spec: ResourceGraphSpec {
-                source_ref: SourceRef {
-                    api_version: API_VERSION.to_string(),
-                    kind: "Transform".to_string(),
-                    name,
-                    uid: transform.metadata.uid.clone(),
-                },
-                metadata: GraphMetadata {
-                    module: graph.module.name.clone(),
-                    version: graph.module.version.clone(),
-                    module_digest: module_digest.to_string(),
-                    render_hash: graph.render_hash.clone(),
-                    rendered_at: None,
-                },
-                nodes: graph.nodes.clone(),
-                outputs,
-                violations: warnings.to_vec(),
-                prune: transform.spec.prune,
-                suspend: false,
-            },
-            status: None,
+impl std::fmt::Display for ObjectRef {
+    /// `Kind namespace/name`, or `Kind name` for a cluster-scoped object.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{} {namespace}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
         }
     }
 }

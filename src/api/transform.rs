@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::node::Violation;
 use super::schema::{free_form_object, optional_free_form_object};
-use crate::graph::Violation;
 
 /// Desired state of a Transform: which module to instantiate with which input.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

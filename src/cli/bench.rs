@@ -292,8 +292,8 @@ async fn memory(
         before >> 20,
         after >> 20,
         (after as f64 - before as f64) / (1u64 << 20) as f64,
-        stats.spawned.load(std::sync::atomic::Ordering::Relaxed),
-        stats.recycled.load(std::sync::atomic::Ordering::Relaxed),
+        stats.spawned.get(),
+        stats.recycled.get(),
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `pequod module`: commands on module directories and artifacts. `check DIR` renders every
 //! example Transform of a module (`DIR/examples/*.yaml`) and fails on any error or policy
 //! violation, so a module's examples are its test suite; `publish DIR REF`, `pull REF DIR`
-//! and `inspect REF` move modules through OCI registries (SPEC §5).
+//! and `inspect REF` move modules through OCI registries (docs/distribution.md).
 
 use std::path::{Path, PathBuf};
 
@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 
 use super::render::read_transform;
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
-use crate::module::{ModuleBundle, oci};
-use crate::policy;
-use crate::render::{InputField, ModuleMetadata, Presence, RenderContext};
+use crate::module::{ModuleBundle, Resolved, oci};
+use crate::plan::plan;
+use crate::render::{InputField, ModuleMetadata, Presence, Renderer};
 
 /// Subcommands of `pequod module`.
 #[derive(Debug, Subcommand)]
@@ -333,6 +333,10 @@ fn input_table(fields: &[InputField]) -> String {
 async fn check(args: CheckArgs) -> Result<(), CliError> {
     let bundle = ModuleBundle::from_dir(&args.dir, Some(&args.entrypoint))
         .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
+    let module = Resolved {
+        digest: bundle.digest().to_string(),
+        bundle,
+    };
     let examples = examples(&args.dir)?;
     let renderer = args.eval.renderer()?;
     let mut report = String::new();
@@ -343,7 +347,7 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
             .unwrap_or(example)
             .display()
             .to_string();
-        match check_example(&renderer, &bundle, example).await {
+        match check_example(&renderer, &module, example).await {
             Ok(1) => report.push_str(&format!("ok    {shown}: 1 node\n")),
             Ok(nodes) => report.push_str(&format!("ok    {shown}: {nodes} nodes\n")),
             Err(problem) => {
@@ -398,21 +402,18 @@ fn examples(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     Ok(found)
 }
 
-/// Renders one example; the number of objects, or what went wrong in one line.
+/// Plans one example, as the operator would; the number of nodes, or what went wrong in one
+/// line.
 async fn check_example(
-    renderer: &crate::render::Renderer,
-    bundle: &ModuleBundle,
+    renderer: &Renderer,
+    module: &Resolved,
     example: &Path,
 ) -> Result<usize, String> {
     let transform = read_transform(example).map_err(|e| e.to_string())?;
-    let context = RenderContext::of(&transform);
-    let graph = renderer
-        .render(bundle, &transform.spec.input, &context)
+    let planned = plan(&transform, module, renderer)
         .await
         .map_err(|e| e.to_string())?;
-    let warnings = policy::enforce(&graph.findings, &transform.spec.policies)
-        .into_result()
-        .map_err(|e| e.to_string())?;
+    let warnings = &planned.graph.spec.violations;
     if let Some(first) = warnings.first() {
         return Err(format!(
             "policy warning: {}: {} ({} in all)",
@@ -421,5 +422,5 @@ async fn check_example(
             warnings.len()
         ));
     }
-    Ok(graph.nodes.len())
+    Ok(planned.graph.spec.nodes.len())
 }

@@ -4,9 +4,7 @@
 use std::fmt::Write as _;
 
 use super::yaml;
-use crate::api::{ResourceGraph, Transform};
-use crate::graph::{ApplyMode, Violation};
-use crate::render::RenderedGraph;
+use crate::api::{ApplyMode, Node, ResourceGraph};
 
 /// Output formats of `pequod render`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,33 +32,26 @@ pub enum PrintError {
     Json(#[from] serde_json::Error),
 }
 
-/// Prints `graph`, rendered from `transform` with the module resolved to `module_digest` and
-/// with policy `warnings`, in `format`.
-pub fn print_graph(
-    transform: &Transform,
-    module_digest: &str,
-    graph: &RenderedGraph,
-    warnings: &[Violation],
-    format: OutputFormat,
-) -> Result<String, PrintError> {
-    let resource_graph = || ResourceGraph::rendered(transform, module_digest, graph, warnings);
+/// Prints a planned `graph` in `format`.
+pub fn print_graph(graph: &ResourceGraph, format: OutputFormat) -> Result<String, PrintError> {
+    let nodes = &graph.spec.nodes;
     Ok(match format {
-        OutputFormat::Yaml => yaml::to_string(&resource_graph())?,
+        OutputFormat::Yaml => yaml::to_string(graph)?,
         OutputFormat::Json => {
-            let mut text = serde_json::to_string_pretty(&resource_graph())?;
+            let mut text = serde_json::to_string_pretty(graph)?;
             text.push('\n');
             text
         }
-        OutputFormat::Manifests => manifests(graph)?,
-        OutputFormat::Dot => dot(transform, graph),
-        OutputFormat::Mermaid => mermaid(graph),
+        OutputFormat::Manifests => manifests(nodes)?,
+        OutputFormat::Dot => dot(graph.metadata.name.as_deref().unwrap_or("graph"), nodes),
+        OutputFormat::Mermaid => mermaid(nodes),
     })
 }
 
 /// The objects Pequod would write (observed nodes excluded), one YAML document each.
-fn manifests(graph: &RenderedGraph) -> Result<String, serde_yaml::Error> {
+fn manifests(nodes: &[Node]) -> Result<String, serde_yaml::Error> {
     let mut out = String::new();
-    for node in &graph.nodes {
+    for node in nodes {
         if node.apply_policy.mode == ApplyMode::Observe {
             continue;
         }
@@ -71,15 +62,14 @@ fn manifests(graph: &RenderedGraph) -> Result<String, serde_yaml::Error> {
     Ok(out)
 }
 
-fn dot(transform: &Transform, graph: &RenderedGraph) -> String {
+fn dot(name: &str, nodes: &[Node]) -> String {
     let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let quote = |s: &str| format!("\"{}\"", escape(s));
-    let name = transform.metadata.name.as_deref().unwrap_or("graph");
     let mut out = format!(
         "digraph {} {{\n  rankdir=LR;\n  node [shape=box];\n",
         quote(name)
     );
-    for node in &graph.nodes {
+    for node in nodes {
         let style = if node.apply_policy.mode == ApplyMode::Observe {
             ", style=dashed"
         } else {
@@ -93,7 +83,7 @@ fn dot(transform: &Transform, graph: &RenderedGraph) -> String {
             escape(&node.describe())
         );
     }
-    for node in &graph.nodes {
+    for node in nodes {
         for dep in &node.depends_on {
             let _ = writeln!(out, "  {} -> {};", quote(dep), quote(&node.id));
         }
@@ -102,14 +92,14 @@ fn dot(transform: &Transform, graph: &RenderedGraph) -> String {
     out
 }
 
-fn mermaid(graph: &RenderedGraph) -> String {
-    let index = |id: &str| graph.nodes.iter().position(|n| n.id == id).unwrap_or(0);
+fn mermaid(nodes: &[Node]) -> String {
+    let index = |id: &str| nodes.iter().position(|n| n.id == id).unwrap_or(0);
     let mut out = String::from("flowchart LR\n");
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         let label = format!("{}<br/>{}", node.id, node.describe()).replace('"', "#quot;");
         let _ = writeln!(out, "  n{i}[\"{label}\"]");
     }
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         for dep in &node.depends_on {
             let _ = writeln!(out, "  n{} --> n{i}", index(dep));
         }

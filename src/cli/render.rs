@@ -10,8 +10,7 @@ use crate::api::{API_VERSION, Transform};
 use crate::module::disk::DiskCache;
 use crate::module::git::GitAuth;
 use crate::module::{ModuleCache, Sources, resolve};
-use crate::policy;
-use crate::render::RenderContext;
+use crate::plan::{PlanError, plan};
 
 /// Flags of `pequod render`.
 #[derive(Debug, Args)]
@@ -65,14 +64,15 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     .await
     .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
     let renderer = args.eval.renderer()?;
-    let context = RenderContext::of(&transform);
-    let graph = renderer
-        .render(&resolved.bundle, &transform.spec.input, &context)
-        .await?;
-    let warnings = policy::enforce(&graph.findings, &transform.spec.policies)
-        .into_result()
-        .map_err(|e| CliError::new(exit::RENDER_FAILED, format!("render failed: {e}")))?;
-    let text = print_graph(&transform, &resolved.digest, &graph, &warnings, args.output)
+    let planned = plan(&transform, &resolved, &renderer)
+        .await
+        .map_err(|error| match error {
+            PlanError::Render(error) => CliError::from(error),
+            PlanError::Policy(errors) => {
+                CliError::new(exit::RENDER_FAILED, format!("render failed: {errors}"))
+            }
+        })?;
+    let text = print_graph(&planned.graph, args.output)
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
     write_stdout(&text)
 }

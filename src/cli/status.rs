@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::Api;
 
 use super::{CliError, exit, write_stdout};
+use crate::api::condition::{self, types};
 use crate::api::{NodeStatus, ResourceGraph, Transform};
 
 /// Flags of `pequod status` and `pequod tree`.
@@ -89,12 +90,9 @@ pub fn age(since: Option<&Time>, now: jiff::Timestamp) -> String {
 }
 
 fn ready_condition(conditions: &[Condition]) -> String {
-    conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map_or("Ready=Unknown".to_string(), |c| {
-            format!("Ready={} {}", c.status, c.reason)
-        })
+    condition::find(conditions, types::READY).map_or("Ready=Unknown".to_string(), |c| {
+        format!("Ready={} {}", c.status, c.reason)
+    })
 }
 
 fn headline(transform: &Transform, graph: Option<&ResourceGraph>) -> String {

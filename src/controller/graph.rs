@@ -1,7 +1,6 @@
 //! The ResourceGraph controller: one execution pass per reconcile, status written back,
 //! and, when the graph is deleted, its objects deleted in reverse dependency order.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,15 +10,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use super::watches::object_key;
 use super::{Context, Error, measured, retry_action};
-use crate::api::{GraphPhase, InventoryEntry, ResourceGraph, ResourceGraphStatus};
-use crate::apply::FIELD_MANAGER;
-use crate::exec::{self, Deletion, NodeEvent, describe};
-use crate::graph::Dag;
-
-/// Finalizer that keeps a ResourceGraph until its objects are deleted.
-pub const FINALIZER: &str = "platform.pequod.io/cleanup";
+use crate::api::{
+    API_VERSION, FIELD_MANAGER, FINALIZER, GraphPhase, InventoryEntry, ResourceGraph,
+    ResourceGraphStatus, event_reasons,
+};
+use crate::exec::inventory::{Deletion, delete_entry, deletion_waves};
+use crate::exec::{self, NodeEvent};
 
 /// Without any event, a graph is looked at again this often (drift the watches missed).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -91,20 +88,7 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
     let namespace = graph.namespace().unwrap_or_default();
     for entry in &pass.status.inventory {
         if entry.object.namespace.as_deref() != Some(namespace.as_str()) {
-            let group = entry
-                .object
-                .api_version
-                .rsplit_once('/')
-                .map_or("", |(group, _)| group);
-            context.watches.remember_owner(
-                object_key(
-                    group,
-                    &entry.object.kind,
-                    entry.object.namespace.as_deref(),
-                    &entry.object.name,
-                ),
-                graph,
-            );
+            context.watches.remember_owner(entry.object.key(), graph);
         }
     }
     for target in &pass.watch {
@@ -144,7 +128,7 @@ async fn write_status(
     status: &ResourceGraphStatus,
 ) -> Result<(), Error> {
     let patch = json!({
-        "apiVersion": crate::api::API_VERSION,
+        "apiVersion": API_VERSION,
         "kind": "ResourceGraph",
         "metadata": {"resourceVersion": graph.resource_version()},
         "status": status,
@@ -161,29 +145,37 @@ async fn write_status(
 async fn publish(graph: &ResourceGraph, context: &Context, events: &[NodeEvent]) {
     for event in events {
         let (type_, reason, note) = match event {
-            NodeEvent::Applied { node, why } => (
+            NodeEvent::Applied {
+                node,
+                write,
+                edits_overridden,
+            } => (
                 EventType::Normal,
-                "NodeApplied",
-                format!("node {node}: {why}"),
+                event_reasons::NODE_APPLIED,
+                if *edits_overridden {
+                    format!("node {node}: {write}, edits by hand overridden")
+                } else {
+                    format!("node {node}: {write}")
+                },
             ),
             NodeEvent::Ready { node } => (
                 EventType::Normal,
-                "NodeReady",
+                event_reasons::NODE_READY,
                 format!("node {node} is Ready"),
             ),
             NodeEvent::Failed { node, message } => (
                 EventType::Warning,
-                "NodeFailed",
+                event_reasons::NODE_FAILED,
                 format!("node {node}: {message}"),
             ),
             NodeEvent::Adopted { node, strategy } => (
                 EventType::Normal,
-                "Adopted",
+                event_reasons::ADOPTED,
                 format!("node {node}: existing object adopted ({strategy:?})"),
             ),
             NodeEvent::Pruned { object } => (
                 EventType::Normal,
-                "Pruned",
+                event_reasons::PRUNED,
                 format!("{object} left the graph and was deleted"),
             ),
         };
@@ -211,11 +203,11 @@ async fn cleanup(
     for wave in waves {
         let mut pending = Vec::new();
         for entry in wave {
-            match exec::delete_entry(&context.applier, &context.applies, &entry).await {
+            match delete_entry(&context.applier, &context.applies, &entry).await {
                 Ok(Deletion::Gone | Deletion::Orphaned) => {}
                 Ok(Deletion::Deleted) => pending.push(entry),
                 Err(error) => {
-                    tracing::warn!(object = %describe(&entry.object), %error, "delete failed");
+                    tracing::warn!(object = %entry.object, %error, "delete failed");
                     pending.push(entry);
                 }
             }
@@ -226,18 +218,8 @@ async fn cleanup(
         }
     }
     if !remaining.is_empty() {
-        let mut status = graph.status.clone().unwrap_or_default();
-        let waiting: Vec<String> = remaining.iter().map(|e| describe(&e.object)).collect();
-        status.phase = Some(GraphPhase::Deleting);
-        status.conditions = vec![exec::condition(
-            "Ready",
-            false,
-            "Deleting",
-            &format!("waiting for {} to be deleted", waiting.join(", ")),
-            graph.metadata.generation,
-            jiff::Timestamp::now(),
-            &status.conditions,
-        )];
+        let waiting: Vec<String> = remaining.iter().map(|e| e.object.to_string()).collect();
+        let status = exec::status::deleting(graph, &waiting, jiff::Timestamp::now());
         if graph.status.as_ref() != Some(&status) {
             write_status(api, graph, &status).await?;
         }
@@ -258,29 +240,4 @@ async fn cleanup(
     .await?;
     context.metrics.record_graph(&graph_key(graph), None);
     Ok(Action::await_change())
-}
-
-/// The inventory grouped for deletion: objects whose nodes nothing else depends on first
-/// (objects of nodes no longer in the graph before everything), the roots last.
-fn deletion_waves(graph: &ResourceGraph, inventory: &[InventoryEntry]) -> Vec<Vec<InventoryEntry>> {
-    let Ok(dag) = Dag::build(&graph.spec.nodes) else {
-        return inventory.iter().rev().map(|e| vec![e.clone()]).collect();
-    };
-    // Height of a node: 0 for leaves, 1 + the highest dependent otherwise.
-    let mut height: HashMap<&str, usize> = HashMap::new();
-    for id in dag.topological_order().iter().rev() {
-        let h = dag
-            .dependents(id)
-            .filter_map(|d| height.get(d.as_str()))
-            .map(|h| h + 1)
-            .max()
-            .unwrap_or(0);
-        height.insert(id.as_str(), h);
-    }
-    let mut waves: BTreeMap<usize, Vec<InventoryEntry>> = BTreeMap::new();
-    for entry in inventory {
-        let wave = height.get(entry.node_id.as_str()).map_or(0, |h| h + 1);
-        waves.entry(wave).or_default().push(entry.clone());
-    }
-    waves.into_values().collect()
 }

@@ -2,7 +2,6 @@
 //! ResourceGraph) and the ResourceGraph controller (execute the graph), sharing a
 //! [`Context`] with the client, the renderer, the applier, events and metrics.
 
-mod adopt;
 mod graph;
 mod leader;
 mod transform;
@@ -19,21 +18,22 @@ use kube::runtime::{Controller, controller::Action, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::reflector::ObjectRef;
+
 use crate::api::{ModuleType, ResourceGraph, Transform};
-use crate::apply::Applier;
-use crate::exec::ExecConfig;
+use crate::backoff::retry_delay;
+use crate::exec::{Applier, ExecConfig, panic_message};
 use crate::metrics::Metrics;
 use crate::module::ModuleCache;
 use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::ObjectRef;
-
-/// Memory for fetched modules: a few hundred typical modules.
-const MODULE_CACHE_BYTES: u64 = 64 << 20;
 use crate::render::Renderer;
 pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use watches::Watches;
+
+/// Memory for fetched modules: a few hundred typical modules.
+const MODULE_CACHE_BYTES: u64 = 64 << 20;
 
 /// What the operator was started with.
 #[derive(Clone, Debug)]
@@ -119,6 +119,9 @@ impl Context {
             config.cache_max_bytes,
             config.cache_ttl,
         ));
+        // The components count their own events; the operator exports their counters.
+        metrics.register(modules.stats().collectors());
+        metrics.register(renderer.collectors());
         Context {
             applier: Applier::new(client.clone()),
             recorder: Recorder::new(client.clone(), reporter),
@@ -241,7 +244,7 @@ async fn measured(
     let started = std::time::Instant::now();
     let result = match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
         Ok(result) => result,
-        Err(panic) => Err(Error::Panic(crate::exec::panic_message(panic.as_ref()))),
+        Err(panic) => Err(Error::Panic(panic_message(panic.as_ref()))),
     };
     let outcome = if result.is_ok() { "success" } else { "error" };
     context
@@ -259,5 +262,5 @@ async fn measured(
 
 /// The requeue of a failed reconcile: soon, then less often.
 fn retry_action(attempt: u32) -> Action {
-    Action::requeue(crate::exec::retry_delay(attempt.max(1)).min(Duration::from_secs(60)))
+    Action::requeue(retry_delay(attempt.max(1)).min(Duration::from_secs(60)))
 }

@@ -1,11 +1,12 @@
-//! The Transform controller: resolve the module, render it with the input, validate, and
-//! server-side apply the ResourceGraph; the Transform's status says how each step went and
-//! mirrors the graph's readiness. A failed step never touches the existing ResourceGraph.
+//! The Transform controller: resolve the module, plan the ResourceGraph (render, validate,
+//! policies, adoption), and server-side apply it; the Transform's status says how each step
+//! went and mirrors the graph's readiness. A failed step never touches the existing
+//! ResourceGraph.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -13,16 +14,16 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 
 use super::{Context, Error, measured, retry_action};
-use crate::api::ModuleType;
-use crate::api::{LocalObjectReference, ResolvedModule, ResourceGraph, Transform, TransformStatus};
-use crate::apply::FIELD_MANAGER;
-use crate::exec::{condition, condition_with_status};
-use crate::graph::Violation;
-use crate::module::git::{GitAuth, GitError};
+use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
+use crate::api::{
+    API_VERSION, FIELD_MANAGER, LocalObjectReference, ModuleType, ResolvedModule, ResourceGraph,
+    Transform, TransformStatus, Violation, event_reasons,
+};
+use crate::backoff::retry_delay;
+use crate::module::git::GitAuth;
 use crate::module::oci::Registry;
 use crate::module::{Resolved, SourceError, Sources, from_config_map, resolve};
-use crate::policy;
-use crate::render::{FailureKind, RenderContext, RenderError};
+use crate::plan::{self, Plan, PlanError};
 
 const CONTROLLER: &str = "transform";
 
@@ -42,6 +43,9 @@ pub fn error_policy(transform: Arc<Transform>, error: &Error, _context: Arc<Cont
     retry_action(2)
 }
 
+/// The steps of a reconcile, in order, each with its condition.
+const STEPS: [&str; 3] = [types::MODULE_RESOLVED, types::RENDERED, types::VALIDATED];
+
 /// A step that failed: the condition to set False and why.
 struct Failure {
     condition: &'static str,
@@ -50,8 +54,36 @@ struct Failure {
     violations: Vec<Violation>,
     /// The input was refused before anything rendered.
     before_render: bool,
-    /// A failure of the sandbox (deadline, memory, worker) that may not recur.
+    /// A failure that may not recur: the sandbox (deadline, memory, worker), or a source
+    /// that was unreachable.
     transient: bool,
+}
+
+impl From<SourceError> for Failure {
+    fn from(error: SourceError) -> Failure {
+        Failure {
+            condition: types::MODULE_RESOLVED,
+            reason: error.reason(),
+            message: error.to_string(),
+            violations: Vec::new(),
+            before_render: false,
+            transient: error.is_retryable(),
+        }
+    }
+}
+
+impl From<PlanError> for Failure {
+    fn from(error: PlanError) -> Failure {
+        let (condition, reason) = error.condition();
+        Failure {
+            condition,
+            reason,
+            before_render: error.before_render(),
+            transient: error.is_transient(),
+            violations: error.violations().to_vec(),
+            message: error.to_string(),
+        }
+    }
 }
 
 async fn reconcile_transform(transform: &Transform, context: &Context) -> Result<Action, Error> {
@@ -65,22 +97,22 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     let transforms: Api<Transform> = Api::namespaced(context.client.clone(), &namespace);
     let graphs: Api<ResourceGraph> = Api::namespaced(context.client.clone(), &namespace);
     let previous = transform.status.clone().unwrap_or_default();
-    let now = jiff::Timestamp::now();
-    let generation = transform.metadata.generation;
+    let conditions = ConditionWriter::new(
+        transform.metadata.generation,
+        jiff::Timestamp::now(),
+        &previous.conditions,
+    );
     let mut status = previous.clone();
-    status.observed_generation = generation;
+    status.observed_generation = transform.metadata.generation;
 
     if transform.spec.suspend {
-        set(
-            &mut status,
-            condition(
-                "Suspended",
-                true,
-                "Suspended",
+        condition::set(
+            &mut status.conditions,
+            conditions.condition(
+                types::SUSPENDED,
+                Status::True,
+                reasons::SUSPENDED,
                 "spec.suspend is true: the Transform is not reconciled",
-                generation,
-                now,
-                &previous.conditions,
             ),
         );
         // The graph stops too: no apply, no prune, no drift correction.
@@ -105,22 +137,28 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         )
         .await;
     }
-    status.conditions.retain(|c| c.type_ != "Suspended");
+    status.conditions.retain(|c| c.type_ != types::SUSPENDED);
     let key = format!("{namespace}/{name}");
 
-    let action = match render(transform, context).await {
+    let planned = match resolve_module(transform, context).await {
+        Ok(module) => plan_graph(transform, &module, context)
+            .await
+            .map(|plan| (module, plan)),
+        Err(failure) => Err(failure),
+    };
+    let action = match planned {
         Err(failure) => {
-            record_failure(&mut status, &failure, generation, now, &previous.conditions);
-            let reason = if failure.condition == "Validated" {
-                "ValidationFailed"
-            } else {
-                "RenderFailed"
-            };
+            record_failure(&mut status, &failure, &conditions);
             if previous
                 .conditions
                 .iter()
                 .all(|c| c.type_ != failure.condition || c.message != failure.message)
             {
+                let reason = if failure.condition == types::VALIDATED {
+                    event_reasons::VALIDATION_FAILED
+                } else {
+                    event_reasons::RENDER_FAILED
+                };
                 context
                     .event(
                         transform,
@@ -130,19 +168,6 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                     )
                     .await;
             }
-            // The Transform's generation is not ready, whatever the old graph says.
-            set(
-                &mut status,
-                condition(
-                    "Ready",
-                    false,
-                    failure.reason,
-                    &format!("{} failed: {}", failure.condition, failure.message),
-                    generation,
-                    now,
-                    &previous.conditions,
-                ),
-            );
             let remote = matches!(
                 transform.spec.module_ref.type_,
                 ModuleType::Oci | ModuleType::Git
@@ -150,8 +175,8 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             if failure.transient {
                 let mut failures = context.transform_failures.entry(key).or_insert(0);
                 *failures = failures.saturating_add(1);
-                Action::requeue(crate::exec::retry_delay(*failures))
-            } else if remote && failure.condition == "ModuleResolved" {
+                Action::requeue(retry_delay(*failures))
+            } else if remote && failure.condition == types::MODULE_RESOLVED {
                 // A tag or a branch may be fixed upstream: look again at the next resync.
                 Action::requeue(context.config.module_resync)
             } else {
@@ -159,27 +184,19 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 Action::await_change()
             }
         }
-        Ok((resolved, graph)) => {
+        Ok((module, plan)) => {
             context.transform_failures.remove(&key);
             write_graph(
                 transform,
                 context,
                 &graphs,
-                graph,
-                &resolved,
+                plan,
+                &module,
                 &mut status,
-                now,
+                &conditions,
             )
             .await?;
-            mirror_ready(
-                &mut status,
-                &graphs,
-                &name,
-                generation,
-                now,
-                &previous.conditions,
-            )
-            .await?;
+            mirror_ready(&mut status, &graphs, &name, &conditions).await?;
             let module_ref = &transform.spec.module_ref;
             let mutable = match module_ref.type_ {
                 ModuleType::Oci => !module_ref.ref_.contains('@'),
@@ -197,78 +214,61 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     finish(&transforms, &name, transform, status, action).await
 }
 
-/// The steps of a reconcile, in order, each with its condition.
-const STEPS: [&str; 3] = ["ModuleResolved", "Rendered", "Validated"];
-
 /// Sets the failed step's condition False, the steps before it True and those after it
-/// Unknown (not reached). An invalid input is found before anything renders.
-fn record_failure(
-    status: &mut TransformStatus,
-    failure: &Failure,
-    generation: Option<i64>,
-    now: jiff::Timestamp,
-    previous: &[Condition],
-) {
+/// Unknown (not reached), and Ready False: the Transform's generation is not ready, whatever
+/// the old graph says. An invalid input is found before anything renders.
+fn record_failure(status: &mut TransformStatus, failure: &Failure, conditions: &ConditionWriter) {
     let failed_at = STEPS
         .iter()
         .position(|s| *s == failure.condition)
         .unwrap_or(0);
     for (i, step) in STEPS.iter().enumerate() {
-        let not_reached = i > failed_at || (failure.before_render && *step == "Rendered");
+        let not_reached = i > failed_at || (failure.before_render && *step == types::RENDERED);
         let entry = if i == failed_at {
-            condition(
-                step,
-                false,
-                failure.reason,
-                &failure.message,
-                generation,
-                now,
-                previous,
-            )
+            conditions.condition(step, Status::False, failure.reason, &failure.message)
         } else if not_reached {
-            condition_with_status(
+            conditions.condition(
                 step,
-                "Unknown",
-                "NotReached",
+                Status::Unknown,
+                reasons::NOT_REACHED,
                 &format!("{} failed", failure.condition),
-                generation,
-                now,
-                previous,
             )
         } else {
-            condition(
-                step,
-                true,
-                "Succeeded",
-                "succeeded",
-                generation,
-                now,
-                previous,
-            )
+            conditions.condition(step, Status::True, reasons::SUCCEEDED, "succeeded")
         };
-        set(status, entry);
+        condition::set(&mut status.conditions, entry);
     }
     if !failure.violations.is_empty() {
         status.violations = failure.violations.clone();
     }
+    condition::set(
+        &mut status.conditions,
+        conditions.condition(
+            types::READY,
+            Status::False,
+            failure.reason,
+            &format!("{} failed: {}", failure.condition, failure.message),
+        ),
+    );
 }
 
-/// Server-side applies the rendered ResourceGraph when its spec changed, and records the
+/// Server-side applies the planned ResourceGraph when its spec changed, and records the
 /// successful steps in `status`.
 async fn write_graph(
     transform: &Transform,
     context: &Context,
     graphs: &Api<ResourceGraph>,
-    mut graph: ResourceGraph,
-    resolved: &Resolved,
+    plan: Plan,
+    module: &Resolved,
     status: &mut TransformStatus,
-    now: jiff::Timestamp,
+    conditions: &ConditionWriter<'_>,
 ) -> Result<(), Error> {
     let name = transform.name_any();
-    let generation = transform.metadata.generation;
     let previous = transform.status.clone().unwrap_or_default();
+    let mut graph = plan.graph;
     let rendered_hash = graph.spec.metadata.render_hash.clone();
     let existing = graphs.get_opt(&name).await?;
+    let now = jiff::Timestamp::now();
     graph.spec.metadata.rendered_at = Some(Time(now));
     if let Some(existing) = &existing
         && existing.spec.metadata.render_hash == rendered_hash
@@ -286,7 +286,7 @@ async fn write_graph(
             graph.spec.nodes.len(),
         );
         context
-            .event(transform, EventType::Normal, "Rendered", note)
+            .event(transform, EventType::Normal, event_reasons::RENDERED, note)
             .await;
     }
     status.resolved_module = Some(ResolvedModule {
@@ -295,11 +295,11 @@ async fn write_graph(
             &transform.spec.module_ref.ref_,
             transform.spec.module_ref.type_,
         ),
-        digest: resolved.digest.clone(),
+        digest: module.digest.clone(),
         fetched_at: previous
             .resolved_module
             .as_ref()
-            .filter(|m| m.digest == resolved.digest)
+            .filter(|m| m.digest == module.digest)
             .and_then(|m| m.fetched_at.clone())
             .or(Some(Time(now))),
     });
@@ -308,24 +308,18 @@ async fn write_graph(
     status.violations = graph.spec.violations.clone();
     for step in STEPS {
         let message = match step {
-            "ModuleResolved" => format!("{} {}", transform.spec.module_ref.type_, resolved.digest),
-            "Validated" if graph.spec.violations.is_empty() => {
+            types::MODULE_RESOLVED => {
+                format!("{} {}", transform.spec.module_ref.type_, module.digest)
+            }
+            types::VALIDATED if graph.spec.violations.is_empty() => {
                 "input, graph and policies are valid".to_string()
             }
-            "Validated" => format!("{} policy warnings", graph.spec.violations.len()),
+            types::VALIDATED => format!("{} policy warnings", graph.spec.violations.len()),
             _ => format!("{} nodes, {rendered_hash}", graph.spec.nodes.len()),
         };
-        set(
-            status,
-            condition(
-                step,
-                true,
-                "Succeeded",
-                &message,
-                generation,
-                now,
-                &previous.conditions,
-            ),
+        condition::set(
+            &mut status.conditions,
+            conditions.condition(step, Status::True, reasons::SUCCEEDED, &message),
         );
     }
     Ok(())
@@ -339,9 +333,9 @@ async fn apply_graph(
     transform: &Transform,
 ) -> Result<(), Error> {
     let mut graph = graph.clone();
-    graph.metadata = ResourceGraph::rendered_metadata(transform);
+    graph.metadata = plan::graph_metadata(transform);
     let mut object = serde_json::to_value(&graph)?;
-    object["apiVersion"] = json!(crate::api::API_VERSION);
+    object["apiVersion"] = json!(API_VERSION);
     object["kind"] = json!("ResourceGraph");
     graphs
         .patch(
@@ -354,38 +348,11 @@ async fn apply_graph(
 }
 
 /// An inline module's `ref` is its whole source: the status keeps a digest-sized stand-in.
-fn short_ref(reference: &str, type_: crate::api::ModuleType) -> String {
-    if type_ == crate::api::ModuleType::Inline {
+fn short_ref(reference: &str, type_: ModuleType) -> String {
+    if type_ == ModuleType::Inline {
         "(inline)".to_string()
     } else {
         reference.to_string()
-    }
-}
-
-/// Why a module could not be resolved, as a condition reason; and whether trying again
-/// later may help (a registry that was down, credentials that were fixed).
-fn source_failure(error: &SourceError) -> (&'static str, bool) {
-    use crate::module::oci::OciError;
-    match error {
-        SourceError::DigestMismatch { .. } => ("DigestMismatch", false),
-        SourceError::Unsupported(_) => ("UnsupportedSource", false),
-        SourceError::UnknownEmbedded { .. } => ("ModuleNotFound", false),
-        SourceError::Bundle(_) => ("InvalidModule", false),
-        SourceError::MissingPath(_) => ("PathNotFound", false),
-        SourceError::Oci(OciError::Reference { .. }) => ("InvalidReference", false),
-        SourceError::Oci(OciError::Unauthorized { .. }) => ("Unauthorized", true),
-        SourceError::Oci(OciError::NotFound { .. }) => ("ModuleNotFound", true),
-        SourceError::Oci(OciError::Malformed { .. }) => ("InvalidArtifact", true),
-        SourceError::Oci(OciError::Registry { .. }) => ("RegistryUnavailable", true),
-        SourceError::Shared(error) => source_failure(error),
-        SourceError::Unavailable(_) => ("SourceUnavailable", true),
-        SourceError::Git(GitError::Fetch { .. } | GitError::Cache { .. }) => ("FetchFailed", true),
-        SourceError::Git(GitError::UnknownRevision { .. }) => ("RevisionNotFound", true),
-        SourceError::Git(GitError::MissingPath { .. }) => ("PathNotFound", true),
-        SourceError::Git(GitError::Content { .. }) => ("InvalidModule", true),
-        SourceError::LocalGitRefused(_) => ("InvalidReference", false),
-        // Its creation wakes the Transform (the ConfigMap watch).
-        SourceError::ConfigMapNotFound { .. } => ("ModuleNotFound", false),
     }
 }
 
@@ -406,8 +373,8 @@ async fn pull_secret(transform: &Transform, context: &Context) -> Result<Credent
     let namespace = transform.namespace().unwrap_or_default();
     let shown = format!("Secret {namespace}/{}", reference.name);
     let failed = |message: String| Failure {
-        condition: "ModuleResolved",
-        reason: "PullSecretUnavailable",
+        condition: types::MODULE_RESOLVED,
+        reason: reasons::PULL_SECRET_UNAVAILABLE,
         message,
         violations: Vec::new(),
         before_render: false,
@@ -462,11 +429,8 @@ async fn config_map_module(
     from_config_map(&found.data.unwrap_or_default(), &transform.spec.module_ref)
 }
 
-/// Resolves and renders; the ResourceGraph to write, or the step that failed.
-async fn render(
-    transform: &Transform,
-    context: &Context,
-) -> Result<(Resolved, ResourceGraph), Failure> {
+/// Resolves the Transform's module with its credentials, counting the fetch.
+async fn resolve_module(transform: &Transform, context: &Context) -> Result<Resolved, Failure> {
     let module_ref = &transform.spec.module_ref;
     let type_label = module_ref.type_.to_string();
     let started = Instant::now();
@@ -503,113 +467,16 @@ async fn render(
         .module_fetch_duration_seconds
         .with_label_values(&[type_label.as_str()])
         .observe(started.elapsed().as_secs_f64());
-    let resolved = resolved.map_err(|error| {
-        let (reason, transient) = source_failure(&error);
-        Failure {
-            condition: "ModuleResolved",
-            reason,
-            message: error.to_string(),
-            violations: Vec::new(),
-            before_render: false,
-            transient,
-        }
-    })?;
-    if module_ref.type_ == ModuleType::Oci {
-        let counter = if resolved.cached {
-            &context.metrics.module_cache_hits_total
-        } else {
-            &context.metrics.module_cache_misses_total
-        };
-        counter.inc();
-        let evicted = context.modules.evictions();
-        let counted = context.metrics.module_cache_evictions_total.get();
-        context
-            .metrics
-            .module_cache_evictions_total
-            .inc_by(evicted.saturating_sub(counted));
-    }
-    let bundle = &resolved.bundle;
-    let hits_before = context
-        .renderer
-        .stats()
-        .cache_hits
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let started = Instant::now();
-    let rendered = context
-        .renderer
-        .render(bundle, &transform.spec.input, &RenderContext::of(transform))
-        .await;
-    context
-        .metrics
-        .render_duration_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let hits_after = context
-        .renderer
-        .stats()
-        .cache_hits
-        .load(std::sync::atomic::Ordering::Relaxed);
-    context
-        .metrics
-        .render_cache_hits_total
-        .inc_by(hits_after.saturating_sub(hits_before));
-    let graph = rendered.map_err(render_failure)?;
-    let warnings = policy::enforce(&graph.findings, &transform.spec.policies)
-        .into_result()
-        .map_err(|errors| Failure {
-            condition: "Validated",
-            reason: "PolicyViolation",
-            message: errors.to_string(),
-            violations: errors.0.clone(),
-            before_render: false,
-            transient: false,
-        })?;
-    let mut resource_graph =
-        ResourceGraph::rendered(transform, &resolved.digest, &graph, &warnings);
-    super::adopt::adopt(
-        &mut resource_graph.spec.nodes,
-        transform.spec.adopt.as_ref(),
-        &RenderContext::of(transform),
-    );
-    Ok((resolved, resource_graph))
+    Ok(resolved?)
 }
 
-fn render_failure(error: RenderError) -> Failure {
-    let (condition, reason) = match &error {
-        RenderError::InputNotAnObject(_) => ("Validated", "InvalidInput"),
-        RenderError::Evaluation(failure)
-            if failure.kind == FailureKind::Contract && failure.path.is_some() =>
-        {
-            ("Validated", "InvalidInput")
-        }
-        RenderError::Integrity(_) => ("Validated", "InvalidGraph"),
-        RenderError::Schema(_) => ("Validated", "SchemaViolation"),
-        RenderError::NameTooLong(_) => ("Validated", "NameTooLong"),
-        RenderError::Timeout(_) | RenderError::MemoryLimit(_) | RenderError::StackOverflow => {
-            ("Rendered", "EvaluationLimit")
-        }
-        RenderError::WorkerCrashed { .. } | RenderError::Worker(_) => ("Rendered", "WorkerFailed"),
-        _ => ("Rendered", "RenderFailed"),
-    };
-    Failure {
-        condition,
-        reason,
-        before_render: matches!(reason, "InvalidInput" | "NameTooLong"),
-        transient: matches!(reason, "EvaluationLimit" | "WorkerFailed"),
-        message: error.to_string(),
-        violations: Vec::new(),
-    }
-}
-
-/// Replaces (or adds) the condition of the same type.
-fn set(status: &mut TransformStatus, condition: Condition) {
-    match status
-        .conditions
-        .iter_mut()
-        .find(|c| c.type_ == condition.type_)
-    {
-        Some(existing) => *existing = condition,
-        None => status.conditions.push(condition),
-    }
+/// Plans the graph of the Transform from its resolved module.
+async fn plan_graph(
+    transform: &Transform,
+    module: &Resolved,
+    context: &Context,
+) -> Result<Plan, Failure> {
+    Ok(plan::plan(transform, module, &context.renderer).await?)
 }
 
 /// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation.
@@ -617,9 +484,7 @@ async fn mirror_ready(
     status: &mut TransformStatus,
     graphs: &Api<ResourceGraph>,
     name: &str,
-    generation: Option<i64>,
-    now: jiff::Timestamp,
-    previous: &[Condition],
+    conditions: &ConditionWriter<'_>,
 ) -> Result<(), Error> {
     let graph = graphs.get_opt(name).await?;
     let ready = graph.as_ref().and_then(|g| {
@@ -627,42 +492,29 @@ async fn mirror_ready(
         if status.observed_generation != g.metadata.generation {
             return None;
         }
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .cloned()
+        condition::find(&status.conditions, types::READY).cloned()
     });
     let mirrored = match (graph, ready) {
-        (None, _) => condition(
-            "Ready",
-            false,
-            "NoResourceGraph",
+        (None, _) => conditions.condition(
+            types::READY,
+            Status::False,
+            reasons::NO_RESOURCE_GRAPH,
             "no ResourceGraph has been written yet",
-            generation,
-            now,
-            previous,
         ),
-        (Some(_), None) => condition(
-            "Ready",
-            false,
-            "Progressing",
+        (Some(_), None) => conditions.condition(
+            types::READY,
+            Status::False,
+            reasons::PROGRESSING,
             "waiting for the ResourceGraph to be executed",
-            generation,
-            now,
-            previous,
         ),
-        (Some(_), Some(ready)) => condition(
-            "Ready",
-            ready.status == "True",
+        (Some(_), Some(ready)) => conditions.condition(
+            types::READY,
+            Status::from_bool(ready.status == "True"),
             &ready.reason,
             &ready.message,
-            generation,
-            now,
-            previous,
         ),
     };
-    set(status, mirrored);
+    condition::set(&mut status.conditions, mirrored);
     Ok(())
 }
 
@@ -675,7 +527,7 @@ async fn finish(
 ) -> Result<Action, Error> {
     if transform.status.as_ref() != Some(&status) {
         let patch = json!({
-            "apiVersion": crate::api::API_VERSION,
+            "apiVersion": API_VERSION,
             "kind": "Transform",
             "status": status,
         });
@@ -688,26 +540,4 @@ async fn finish(
             .await?;
     }
     Ok(action)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::module::oci::OciError;
-
-    #[test]
-    fn a_shared_fetch_failure_keeps_its_reason() {
-        let refused = || {
-            SourceError::Oci(OciError::Unauthorized {
-                registry: "registry.example.com".to_string(),
-                message: "denied".to_string(),
-            })
-        };
-        let shared = SourceError::Shared(std::sync::Arc::new(refused()));
-        assert_eq!(source_failure(&shared), source_failure(&refused()));
-        assert_eq!(source_failure(&shared), ("Unauthorized", true));
-        assert_eq!(shared.to_string(), refused().to_string());
-        let unreadable = SourceError::Unavailable("cannot read ConfigMap a/b: timeout".into());
-        assert_eq!(source_failure(&unreadable), ("SourceUnavailable", true));
-    }
 }

@@ -17,9 +17,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
-use crate::api::ResourceGraph;
+use crate::api::{ObjectKey, ResourceGraph, labels};
 use crate::exec::WatchTarget;
-use crate::render::labels;
 
 type GraphRef = ObjectRef<ResourceGraph>;
 
@@ -31,8 +30,8 @@ pub struct Watches {
     sender: UnboundedSender<GraphRef>,
     labelled: Arc<DashMap<String, ()>>,
     observed: Arc<DashMap<String, Arc<Mutex<HashSet<GraphRef>>>>>,
-    /// Graphs of objects outside their graph's namespace, by object key.
-    owners: Arc<DashMap<String, GraphRef>>,
+    /// Graphs of objects outside their graph's namespace, by object.
+    owners: Arc<DashMap<ObjectKey, GraphRef>>,
 }
 
 fn resource_key(target: &WatchTarget) -> String {
@@ -142,17 +141,12 @@ impl Watches {
     }
 
     /// Remembers which graph applied an object that lives outside the graph's namespace.
-    pub fn remember_owner(&self, object_key: String, graph: &ResourceGraph) {
-        self.owners.insert(object_key, GraphRef::from_obj(graph));
+    pub fn remember_owner(&self, object: ObjectKey, graph: &ResourceGraph) {
+        self.owners.insert(object, GraphRef::from_obj(graph));
     }
 }
 
-/// The key under which [`Watches::remember_owner`] files an object.
-pub fn object_key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> String {
-    format!("{group}/{kind}/{}/{name}", namespace.unwrap_or(""))
-}
-
-fn owner_of(object: &DynamicObject, owners: &DashMap<String, GraphRef>) -> Option<GraphRef> {
+fn owner_of(object: &DynamicObject, owners: &DashMap<ObjectKey, GraphRef>) -> Option<GraphRef> {
     let graph = object.labels().get(labels::RESOURCE_GRAPH)?;
     let (group, kind) = match &object.types {
         Some(types) => (
@@ -165,12 +159,12 @@ fn owner_of(object: &DynamicObject, owners: &DashMap<String, GraphRef>) -> Optio
         ),
         None => (String::new(), String::new()),
     };
-    let key = object_key(
-        &group,
-        &kind,
-        object.meta().namespace.as_deref(),
-        &object.name_any(),
-    );
+    let key = ObjectKey {
+        group,
+        kind,
+        namespace: object.meta().namespace.clone().unwrap_or_default(),
+        name: object.name_any(),
+    };
     if let Some(owner) = owners.get(&key) {
         return Some(owner.clone());
     }

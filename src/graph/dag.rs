@@ -7,7 +7,8 @@ use std::fmt;
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use super::{Node, ObjectKey, json_type_name};
+use super::json_type_name;
+use crate::api::{Node, ObjectKey};
 
 /// One reason a graph cannot be executed. Every variant names the node ids involved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

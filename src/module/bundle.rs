@@ -123,7 +123,7 @@ fn check_name(name: &str) -> Result<(), BundleError> {
     if !clean {
         return Err(BundleError::InvalidPath(name.to_string()));
     }
-    if segments[..segments.len() - 1].contains(&crate::render::nickel::LIBRARY_PREFIX) {
+    if segments[..segments.len() - 1].contains(&super::LIBRARY_PREFIX) {
         return Err(BundleError::ShadowsLibrary(name.to_string()));
     }
     Ok(())

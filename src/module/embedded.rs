@@ -48,6 +48,9 @@ pub fn embedded_module_names() -> Vec<&'static str> {
     EMBEDDED.keys().map(String::as_str).collect()
 }
 
+/// The directory under which modules import the library: `import "pequod/graph.ncl"`.
+pub const LIBRARY_PREFIX: &str = "pequod";
+
 /// The Nickel library modules import as `"pequod/<file>"`: file name → source.
 pub fn library_files() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();

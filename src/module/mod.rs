@@ -10,7 +10,7 @@ pub mod oci;
 mod source;
 
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
-pub use embedded::{embedded_module, embedded_module_names, library_files};
+pub use embedded::{LIBRARY_PREFIX, embedded_module, embedded_module_names, library_files};
 pub use source::{
     ModuleCache, Resolved, SourceError, Sources, from_config_map, resolve, resolve_local,
 };

@@ -1,4 +1,4 @@
-//! Modules as OCI artifacts (SPEC §5): an image manifest whose config
+//! Modules as OCI artifacts (docs/distribution.md): an image manifest whose config
 //! (`application/vnd.pequod.module.config.v1+json`) names the module and whose one layer
 //! (`application/vnd.pequod.module.content.v1.tar+gzip`) is a reproducible tarball of its
 //! files, so the same directory always has the same digest.

@@ -2,12 +2,17 @@
 //! artifacts from their registry through a cache keyed by manifest digest.
 
 use std::collections::BTreeMap;
-
-use sha2::Digest as _;
 use std::path::Path;
 
+use prometheus::IntCounter;
+use sha2::Digest as _;
+
+use super::git::GitError;
+use super::oci::OciError;
 use super::{BundleError, ModuleBundle, embedded_module, embedded_module_names};
+use crate::api::condition::reasons;
 use crate::api::{ModuleRef, ModuleType};
+use crate::metrics::{self, Collectors};
 
 /// Why a module reference could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,55 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// The reason of the `ModuleResolved=False` condition this error sets.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::DigestMismatch { .. } => reasons::DIGEST_MISMATCH,
+            SourceError::Unsupported(_) => reasons::UNSUPPORTED_SOURCE,
+            SourceError::UnknownEmbedded { .. }
+            | SourceError::ConfigMapNotFound { .. }
+            | SourceError::Oci(OciError::NotFound { .. }) => reasons::MODULE_NOT_FOUND,
+            SourceError::Bundle(_) | SourceError::Git(GitError::Content { .. }) => {
+                reasons::INVALID_MODULE
+            }
+            SourceError::MissingPath(_) | SourceError::Git(GitError::MissingPath { .. }) => {
+                reasons::PATH_NOT_FOUND
+            }
+            SourceError::Oci(OciError::Reference { .. }) | SourceError::LocalGitRefused(_) => {
+                reasons::INVALID_REFERENCE
+            }
+            SourceError::Oci(OciError::Unauthorized { .. }) => reasons::UNAUTHORIZED,
+            SourceError::Oci(OciError::Malformed { .. }) => reasons::INVALID_ARTIFACT,
+            SourceError::Oci(OciError::Registry { .. }) => reasons::REGISTRY_UNAVAILABLE,
+            SourceError::Shared(error) => error.reason(),
+            SourceError::Unavailable(_) => reasons::SOURCE_UNAVAILABLE,
+            SourceError::Git(GitError::Fetch { .. } | GitError::Cache { .. }) => {
+                reasons::FETCH_FAILED
+            }
+            SourceError::Git(GitError::UnknownRevision { .. }) => reasons::REVISION_NOT_FOUND,
+        }
+    }
+
+    /// Whether trying again later may help without a change of the Transform: a registry
+    /// or Git server that was down, credentials that were fixed, content fixed upstream. A
+    /// missing ConfigMap is not: its creation wakes the Transform.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Shared(error) => error.is_retryable(),
+            SourceError::DigestMismatch { .. }
+            | SourceError::Unsupported(_)
+            | SourceError::UnknownEmbedded { .. }
+            | SourceError::Bundle(_)
+            | SourceError::MissingPath(_)
+            | SourceError::Oci(OciError::Reference { .. })
+            | SourceError::LocalGitRefused(_)
+            | SourceError::ConfigMapNotFound { .. } => false,
+            SourceError::Oci(_) | SourceError::Git(_) | SourceError::Unavailable(_) => true,
+        }
+    }
+}
+
 /// Resolves embedded and inline references, or loads `module_dir` when given (which then
 /// replaces the reference), honouring `entrypoint` and the `digest` pin.
 pub fn resolve_local(
@@ -115,8 +169,6 @@ pub struct Resolved {
     pub bundle: ModuleBundle,
     /// The digest a `moduleRef.digest` pin is compared with, shown in `status.resolvedModule`.
     pub digest: String,
-    /// Whether it came from the module cache.
-    pub cached: bool,
 }
 
 /// Fetched OCI modules by manifest digest (bounded, shared by every Transform), with
@@ -124,15 +176,56 @@ pub struct Resolved {
 #[derive(Clone)]
 pub struct ModuleCache {
     bundles: moka::future::Cache<String, std::sync::Arc<ModuleBundle>>,
-    evictions: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stats: ModuleCacheStats,
     disk: Option<super::disk::DiskCache>,
+}
+
+/// The module cache's metrics, counted where the events happen.
+#[derive(Clone, Debug)]
+pub struct ModuleCacheStats {
+    /// Modules served from the cache (memory or disk), without a pull.
+    pub hits: IntCounter,
+    /// Modules pulled from their registry.
+    pub misses: IntCounter,
+    /// Modules evicted from memory to stay within the budget.
+    pub evictions: IntCounter,
+}
+
+impl Default for ModuleCacheStats {
+    fn default() -> Self {
+        ModuleCacheStats {
+            hits: metrics::counter(
+                "module_cache_hits_total",
+                "Module bundles served from the module cache",
+            ),
+            misses: metrics::counter(
+                "module_cache_misses_total",
+                "Module bundles fetched because the module cache did not have them",
+            ),
+            evictions: metrics::counter(
+                "module_cache_evictions_total",
+                "Module bundles evicted from the module cache",
+            ),
+        }
+    }
+}
+
+impl ModuleCacheStats {
+    /// The counters, for the operator's registry.
+    pub fn collectors(&self) -> Collectors {
+        vec![
+            Box::new(self.hits.clone()),
+            Box::new(self.misses.clone()),
+            Box::new(self.evictions.clone()),
+        ]
+    }
 }
 
 impl ModuleCache {
     /// A cache of at most about `bytes` of module files.
     pub fn new(bytes: u64) -> ModuleCache {
-        let evictions = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = evictions.clone();
+        let stats = ModuleCacheStats::default();
+        let counter = stats.evictions.clone();
         let bundles = moka::future::Cache::builder()
             .weigher(|_: &String, bundle: &std::sync::Arc<ModuleBundle>| {
                 let size: usize = bundle.files().iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -141,13 +234,13 @@ impl ModuleCache {
             .max_capacity(bytes)
             .eviction_listener(move |_, _, cause| {
                 if cause.was_evicted() {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counter.inc();
                 }
             })
             .build();
         ModuleCache {
             bundles,
-            evictions,
+            stats,
             disk: None,
         }
     }
@@ -160,9 +253,9 @@ impl ModuleCache {
         }
     }
 
-    /// Modules evicted so far.
-    pub fn evictions(&self) -> u64 {
-        self.evictions.load(std::sync::atomic::Ordering::Relaxed)
+    /// The cache's metrics.
+    pub fn stats(&self) -> &ModuleCacheStats {
+        &self.stats
     }
 }
 
@@ -200,11 +293,7 @@ pub async fn resolve(
     if module_dir.is_some() || module_ref.type_ != ModuleType::Oci {
         let bundle = resolve_local(module_ref, module_dir)?;
         let digest = bundle.digest().to_string();
-        return Ok(Resolved {
-            bundle,
-            digest,
-            cached: false,
-        });
+        return Ok(Resolved { bundle, digest });
     }
     let digest = registry.resolve(&module_ref.ref_).await?;
     if let Some(expected) = &module_ref.digest
@@ -249,16 +338,18 @@ pub async fn resolve(
             Ok(error) => error,
             Err(shared) => SourceError::Shared(shared),
         })?;
+    let counter = if fetched.load(std::sync::atomic::Ordering::Relaxed) {
+        &cache.stats.misses
+    } else {
+        &cache.stats.hits
+    };
+    counter.inc();
     let bundle = select(
         &bundle,
         module_ref.path.as_deref(),
         module_ref.entrypoint.as_deref(),
     )?;
-    Ok(Resolved {
-        bundle,
-        digest,
-        cached: !fetched.load(std::sync::atomic::Ordering::Relaxed),
-    })
+    Ok(Resolved { bundle, digest })
 }
 
 async fn resolve_git(
@@ -288,11 +379,7 @@ async fn resolve_git(
     }
     // The mirror is the cache: the files were just read from it.
     let bundle = ModuleBundle::new(checkout.files, module_ref.entrypoint.as_deref())?;
-    Ok(Resolved {
-        bundle,
-        digest,
-        cached: false,
-    })
+    Ok(Resolved { bundle, digest })
 }
 
 /// `registry/repo:tag` → `registry/repo` (a port's colon is not a tag's).
@@ -354,9 +441,32 @@ pub fn from_config_map(
         });
     }
     let bundle = ModuleBundle::new(data.clone(), module_ref.entrypoint.as_deref())?;
-    Ok(Resolved {
-        bundle,
-        digest,
-        cached: false,
-    })
+    Ok(Resolved { bundle, digest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_fetch_failure_keeps_its_reason() {
+        let refused = || {
+            SourceError::Oci(OciError::Unauthorized {
+                registry: "registry.example.com".to_string(),
+                message: "denied".to_string(),
+            })
+        };
+        let shared = SourceError::Shared(std::sync::Arc::new(refused()));
+        assert_eq!(shared.reason(), refused().reason());
+        assert_eq!(
+            (shared.reason(), shared.is_retryable()),
+            (reasons::UNAUTHORIZED, true)
+        );
+        assert_eq!(shared.to_string(), refused().to_string());
+        let unreadable = SourceError::Unavailable("cannot read ConfigMap a/b: timeout".into());
+        assert_eq!(
+            (unreadable.reason(), unreadable.is_retryable()),
+            (reasons::SOURCE_UNAVAILABLE, true)
+        );
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::schema::SchemaViolation;
+use crate::api::condition::{reasons, types};
 use crate::graph::IntegrityErrors;
 
 /// The phase of Nickel processing that failed.
@@ -160,6 +161,39 @@ impl RenderError {
             | RenderError::WorkerCrashed { .. }
             | RenderError::Worker(_) => false,
         }
+    }
+
+    /// The Transform condition this error sets False, and its reason: `Validated` for what
+    /// the input, the graph or its schemas got wrong, `Rendered` for the evaluation.
+    pub fn condition(&self) -> (&'static str, &'static str) {
+        match self {
+            RenderError::InputNotAnObject(_) => (types::VALIDATED, reasons::INVALID_INPUT),
+            RenderError::Evaluation(failure)
+                if failure.kind == FailureKind::Contract && failure.path.is_some() =>
+            {
+                (types::VALIDATED, reasons::INVALID_INPUT)
+            }
+            RenderError::NameTooLong(_) => (types::VALIDATED, reasons::NAME_TOO_LONG),
+            RenderError::Integrity(_) => (types::VALIDATED, reasons::INVALID_GRAPH),
+            RenderError::Schema(_) => (types::VALIDATED, reasons::SCHEMA_VIOLATION),
+            RenderError::Timeout(_) | RenderError::MemoryLimit(_) | RenderError::StackOverflow => {
+                (types::RENDERED, reasons::EVALUATION_LIMIT)
+            }
+            RenderError::WorkerCrashed { .. } | RenderError::Worker(_) => {
+                (types::RENDERED, reasons::WORKER_FAILED)
+            }
+            RenderError::Evaluation(_)
+            | RenderError::OutputTooLarge(_)
+            | RenderError::InvalidOutput(_) => (types::RENDERED, reasons::RENDER_FAILED),
+        }
+    }
+
+    /// Whether the error was found in the input before anything was rendered.
+    pub fn before_render(&self) -> bool {
+        matches!(
+            self.condition().1,
+            reasons::INVALID_INPUT | reasons::NAME_TOO_LONG
+        )
     }
 
     /// The multi-line report behind the one-line message, when there is one.

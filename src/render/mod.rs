@@ -19,31 +19,17 @@ pub use schema::SchemaViolation;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Deserialize;
+use prometheus::{Histogram, IntCounter};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::graph::{ApplyMode, Dag, Node, json_type_name};
+use crate::api::{ApplyMode, MAX_LABEL_VALUE, Node, Severity, labels};
+use crate::graph::{Dag, json_type_name};
+use crate::metrics::{self, Collectors};
 use crate::module::{ModuleBundle, library_files};
-use crate::policy::Finding;
 use protocol::EvalRequest;
-
-/// Labels Pequod puts on every object it writes.
-pub mod labels {
-    /// `app.kubernetes.io/managed-by`, always `pequod`.
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    /// The Transform that owns the object.
-    pub const TRANSFORM: &str = "platform.pequod.io/transform";
-    /// The ResourceGraph that applied the object (watched by the executor).
-    pub const RESOURCE_GRAPH: &str = "platform.pequod.io/resource-graph";
-    /// The node id of the object in its graph.
-    pub const NODE_ID: &str = "platform.pequod.io/node-id";
-}
-
-/// Longest Kubernetes label value; Pequod's labels carry the Transform's name.
-pub const MAX_LABEL_VALUE: usize = 63;
 
 /// Kinds that are cluster-scoped; every other kind is namespaced. Used offline, where there
 /// is no discovery to ask.
@@ -127,6 +113,23 @@ pub struct RenderedGraph {
     pub dag: Dag,
 }
 
+/// One finding of a module policy, as evaluated, before the Transform's overrides
+/// (enforced by the plan stage).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Where the problem is, e.g. `input.backup.schedule`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// The policy's name.
+    pub policy: String,
+    /// The policy's severity.
+    pub severity: Severity,
+    /// Whether a Transform may lower the policy to a warning.
+    #[serde(default)]
+    pub overridable: bool,
+}
+
 /// The raw shape the engine's entry evaluates to.
 #[derive(Deserialize)]
 struct RawOutput {
@@ -145,13 +148,47 @@ struct RawRendered {
     outputs: Value,
 }
 
-/// Counters of the renderer.
-#[derive(Debug, Default)]
+/// The renderer's metrics, counted where the events happen.
+#[derive(Clone, Debug)]
 pub struct RenderStats {
-    /// Renders answered from the cache (graphs and deterministic failures).
-    pub cache_hits: AtomicU64,
+    /// Renders answered from the cache (graphs and deterministic failures), including
+    /// renders that waited for an identical one under way.
+    pub cache_hits: IntCounter,
     /// Renders that needed an evaluation.
-    pub cache_misses: AtomicU64,
+    pub cache_misses: IntCounter,
+    /// Latency of renders (an evaluation, or a cache hit).
+    pub duration: Histogram,
+}
+
+impl Default for RenderStats {
+    fn default() -> Self {
+        RenderStats {
+            cache_hits: metrics::counter(
+                "render_cache_hits_total",
+                "Renders answered from the render cache",
+            ),
+            cache_misses: metrics::counter(
+                "render_cache_misses_total",
+                "Renders that needed a Nickel evaluation",
+            ),
+            duration: metrics::histogram(
+                "render_duration_seconds",
+                "Render latency (Nickel evaluation or render-cache hit)",
+                metrics::fast_buckets(),
+            ),
+        }
+    }
+}
+
+impl RenderStats {
+    /// The metrics, for the operator's registry.
+    pub fn collectors(&self) -> Collectors {
+        vec![
+            Box::new(self.cache_hits.clone()),
+            Box::new(self.cache_misses.clone()),
+            Box::new(self.duration.clone()),
+        ]
+    }
 }
 
 /// A cached render: the graph, or a failure that the same input will always produce.
@@ -202,6 +239,7 @@ impl Renderer {
         if context.name.len() > MAX_LABEL_VALUE {
             return Err(RenderError::NameTooLong(context.name.clone()));
         }
+        let _timer = self.stats.duration.start_timer();
         let key = self.cache_key(bundle, input, context);
         let evaluation = async {
             match self.evaluate(bundle, input, context).await {
@@ -217,7 +255,7 @@ impl Renderer {
         } else {
             &self.stats.cache_hits
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         entry.into_value().map_err(|error| (*error).clone())
     }
 
@@ -277,6 +315,13 @@ impl Renderer {
     /// Renderer counters.
     pub fn stats(&self) -> &RenderStats {
         &self.stats
+    }
+
+    /// Every metric of the renderer and its worker pool, for the operator's registry.
+    pub fn collectors(&self) -> Collectors {
+        let mut all = self.stats.collectors();
+        all.extend(self.pool.stats().collectors());
+        all
     }
 
     /// The worker pool.
@@ -397,7 +442,7 @@ pub fn place_and_label(node: &mut Node, context: &RenderContext) {
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(labels) = labels.as_object_mut() {
         for (key, value) in [
-            (labels::MANAGED_BY, "pequod"),
+            (labels::MANAGED_BY, labels::MANAGED_BY_PEQUOD),
             (labels::TRANSFORM, context.name.as_str()),
             (labels::RESOURCE_GRAPH, context.name.as_str()),
             (labels::NODE_ID, id.as_str()),

@@ -12,9 +12,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use super::error::RenderError;
 use super::protocol::{EvalRequest, EvalResponse};
 use super::worker::OUT_OF_MEMORY;
+use crate::metrics::{self, Collectors};
 
 /// Largest response a worker may send.
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
@@ -52,7 +53,8 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// Defaults of SPEC §4 (10 s, 512 MiB), with `program` as the worker binary.
+    /// The defaults (10 s, 512 MiB, 2 workers; docs/design.md), with `program` as the
+    /// worker binary.
     pub fn with_program(program: PathBuf) -> PoolConfig {
         PoolConfig {
             program,
@@ -70,17 +72,49 @@ impl PoolConfig {
     }
 }
 
-/// Counters of the pool's activity.
-#[derive(Debug, Default)]
+/// Counters of the pool's activity, exported as `pequod_worker_*` metrics.
+#[derive(Clone, Debug)]
 pub struct PoolStats {
     /// Evaluations sent to a worker.
-    pub evaluations: AtomicU64,
+    pub evaluations: IntCounter,
     /// Worker processes started.
-    pub spawned: AtomicU64,
+    pub spawned: IntCounter,
     /// Workers replaced for age or memory growth.
-    pub recycled: AtomicU64,
+    pub recycled: IntCounter,
     /// Workers replaced after a failed exchange: deadline, crash, garbled reply.
-    pub failed: AtomicU64,
+    pub failed: IntCounter,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        PoolStats {
+            evaluations: metrics::counter(
+                "worker_evaluations_total",
+                "Evaluations sent to a worker process",
+            ),
+            spawned: metrics::counter("worker_spawns_total", "Worker processes started"),
+            recycled: metrics::counter(
+                "worker_recycles_total",
+                "Workers replaced for their age or memory growth",
+            ),
+            failed: metrics::counter(
+                "worker_failures_total",
+                "Workers replaced after a failed exchange (deadline, crash, garbled reply)",
+            ),
+        }
+    }
+}
+
+impl PoolStats {
+    /// The counters, for the operator's registry.
+    pub fn collectors(&self) -> Collectors {
+        vec![
+            Box::new(self.evaluations.clone()),
+            Box::new(self.spawned.clone()),
+            Box::new(self.recycled.clone()),
+            Box::new(self.failed.clone()),
+        ]
+    }
 }
 
 /// A pool of evaluation workers.
@@ -211,7 +245,7 @@ async fn exchange(
     if lease.worker.is_none() {
         match spawn(config) {
             Ok(worker) => {
-                stats.spawned.fetch_add(1, Ordering::Relaxed);
+                stats.spawned.inc();
                 *lease.worker = Some(worker);
             }
             Err(error) => return (Err(error), false),
@@ -222,7 +256,7 @@ async fn exchange(
     };
     let worn = worker.evaluations > 0;
     worker.clear_stderr();
-    stats.evaluations.fetch_add(1, Ordering::Relaxed);
+    stats.evaluations.inc();
     let outcome = tokio::time::timeout(config.timeout, worker.exchange(line)).await;
     let failure = match outcome {
         Ok(Ok(Exchange::Answered(response))) => {
@@ -230,7 +264,7 @@ async fn exchange(
             let recycle = worker.evaluations >= config.max_evaluations
                 || response.vm_bytes >= config.recycle_threshold_bytes();
             if recycle && let Some(old) = lease.worker.take() {
-                stats.recycled.fetch_add(1, Ordering::Relaxed);
+                stats.recycled.inc();
                 tracing::debug!(
                     evaluations = old.evaluations,
                     vm_bytes = response.vm_bytes,
@@ -246,7 +280,7 @@ async fn exchange(
         Ok(Ok(Exchange::Died)) => RenderError::Worker("worker exited".into()),
     };
     // A failed exchange leaves the worker in an unknown state: it is replaced.
-    stats.failed.fetch_add(1, Ordering::Relaxed);
+    stats.failed.inc();
     let Some(worker) = lease.worker.take() else {
         return (Err(failure), worn);
     };

@@ -10,7 +10,7 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::{Registry, Validator};
 use serde_json::Value;
 
-use crate::graph::{ApplyMode, Node};
+use crate::api::{ApplyMode, Node};
 
 static SCHEMAS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/schemas/json");
 

@@ -32,6 +32,7 @@ use serde_json::Value;
 use super::error::{EvalFailure, FailureKind};
 use super::input_json::SpannedJson;
 use super::protocol::{EvalRequest, RenderContext};
+use crate::module::LIBRARY_PREFIX;
 use diagnostics::failure;
 
 /// Root of the virtual file system. It must not exist on the real file system: Nickel stats
@@ -44,9 +45,6 @@ const INPUT_FILE: &str = "spec.input.json";
 const CONTEXT_FILE: &str = "context.json";
 const ENTRY_FILE: &str = "entry.ncl";
 const CONTRACT_FILE: &str = "input-contract.ncl";
-
-/// The directory under which modules import the library: `import "pequod/graph.ncl"`.
-pub const LIBRARY_PREFIX: &str = "pequod";
 
 /// How many prepared modules one worker keeps warm.
 const PREPARED_CAPACITY: usize = 16;

@@ -1,28 +1,10 @@
-//! Module policies (SPEC §6): findings reported by a module's `policies` over its input and
-//! rendered graph, and their enforcement. An `Error` finding stops the render; a `Warning`
-//! is recorded on the graph. A Transform may lower a policy to a warning only where the
-//! policy is `overridable`.
+//! Enforcing module policies (docs/modules.md): the findings a module's `policies` report
+//! over its input and rendered graph, after the Transform's overrides. An `Error` finding
+//! stops the render; a `Warning` is recorded on the graph. A Transform may lower a policy
+//! to a warning only where the policy is `overridable`.
 
-use serde::{Deserialize, Serialize};
-
-use crate::api::PolicyOverride;
-use crate::graph::{Severity, Violation};
-
-/// One finding of a module policy, as evaluated, before any override.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    /// Where the problem is, e.g. `input.backup.schedule`.
-    pub path: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-    /// The policy's name.
-    pub policy: String,
-    /// The policy's severity.
-    pub severity: Severity,
-    /// Whether a Transform may lower the policy to a warning.
-    #[serde(default)]
-    pub overridable: bool,
-}
+use crate::api::{PolicyOverride, Severity, Violation};
+use crate::render::Finding;
 
 /// Findings after the Transform's overrides: errors stop the render, warnings are recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

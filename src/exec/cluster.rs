@@ -1,5 +1,6 @@
-//! Writing and reading graph objects in the cluster: a discovery cache from kinds to API
-//! resources, server-side apply as field manager `pequod`, and the errors a node can show.
+//! The cluster side of a node: a discovery cache from kinds to API resources, and reads,
+//! server-side applies (field manager `pequod`), creates and deletes of single objects,
+//! with the API server's answers as [`ApiError`]s.
 
 use std::sync::Arc;
 
@@ -9,8 +10,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{self, Scope};
 use serde_json::Value;
 
-/// The field manager of every write Pequod makes.
-pub const FIELD_MANAGER: &str = "pequod";
+use crate::api::FIELD_MANAGER;
 
 /// A kind as the API server serves it.
 #[derive(Clone, Debug)]
@@ -21,9 +21,10 @@ pub struct Served {
     pub namespaced: bool,
 }
 
-/// Why reading or writing one object failed, worded for a node's status.
+/// Why reading or writing one object failed: the API server's answer, worded for a node's
+/// status.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub enum ApiError {
     /// The kind is not served (its CRD is not installed).
     #[error("kind {kind} of {api_version} is not installed in the cluster (no such API resource)")]
     KindNotInstalled {
@@ -60,18 +61,18 @@ pub enum ApplyError {
     Malformed(String),
 }
 
-impl ApplyError {
+impl ApiError {
     /// Whether retrying soon may succeed without any change (server errors, throttling,
     /// network), as opposed to errors that need a change of the graph or the cluster.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApplyError::Transport(_) => true,
-            ApplyError::Refused { code, .. } => *code == 429 || *code >= 500,
+            ApiError::Transport(_) => true,
+            ApiError::Refused { code, .. } => *code == 429 || *code >= 500,
             _ => false,
         }
     }
 
-    fn from_kube(error: kube::Error) -> ApplyError {
+    fn from_kube(error: kube::Error) -> ApiError {
         match error {
             kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict" => {
                 if status.message.starts_with("Apply failed") {
@@ -84,24 +85,24 @@ impl ApplyError {
                         && causes
                             .iter()
                             .all(|cause| cause.message.contains("\" using "));
-                    ApplyError::Conflict {
+                    ApiError::Conflict {
                         message: status.message,
                         edits_only,
                     }
                 } else {
-                    ApplyError::Refused {
+                    ApiError::Refused {
                         code: status.code,
                         reason: status.reason,
                         message: status.message,
                     }
                 }
             }
-            kube::Error::Api(status) => ApplyError::Refused {
+            kube::Error::Api(status) => ApiError::Refused {
                 code: status.code,
                 reason: status.reason,
                 message: status.message,
             },
-            other => ApplyError::Transport(other.to_string()),
+            other => ApiError::Transport(other.to_string()),
         }
     }
 }
@@ -119,14 +120,14 @@ pub struct Applier {
 }
 
 /// `group/version` and kind of an object.
-pub fn type_of(object: &Value) -> Result<(String, String), ApplyError> {
+pub fn type_of(object: &Value) -> Result<(String, String), ApiError> {
     let text = |key: &str| {
         object
             .get(key)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| ApplyError::Malformed(format!("object has no {key}")))
+            .ok_or_else(|| ApiError::Malformed(format!("object has no {key}")))
     };
     Ok((text("apiVersion")?, text("kind")?))
 }
@@ -147,14 +148,14 @@ impl Applier {
 
     /// How the API server serves `kind` of `api_version`. Only found kinds are cached, so
     /// a kind whose CRD is installed later is found on the next call.
-    pub async fn served(&self, api_version: &str, kind: &str) -> Result<Served, ApplyError> {
+    pub async fn served(&self, api_version: &str, kind: &str) -> Result<Served, ApiError> {
         let key = (api_version.to_string(), kind.to_string());
         if let Some(found) = self.served.get(&key) {
             return Ok(found.clone());
         }
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let not_installed = || ApplyError::KindNotInstalled {
+        let not_installed = || ApiError::KindNotInstalled {
             api_version: api_version.to_string(),
             kind: kind.to_string(),
         };
@@ -162,7 +163,7 @@ impl Applier {
             Ok(found) => found,
             Err(kube::Error::Api(status)) if status.code == 404 => return Err(not_installed()),
             Err(kube::Error::Discovery(_)) => return Err(not_installed()),
-            Err(other) => return Err(ApplyError::from_kube(other)),
+            Err(other) => return Err(ApiError::from_kube(other)),
         };
         let served = Served {
             resource,
@@ -193,11 +194,11 @@ impl Applier {
         served: &Served,
         namespace: Option<&str>,
         name: &str,
-    ) -> Result<Option<Value>, ApplyError> {
+    ) -> Result<Option<Value>, ApiError> {
         match self.api(served, namespace).get(name).await {
             Ok(object) => Ok(Some(to_value(&object)?)),
             Err(error) if is_not_found(&error) => Ok(None),
-            Err(error) => Err(ApplyError::from_kube(error)),
+            Err(error) => Err(ApiError::from_kube(error)),
         }
     }
 
@@ -207,7 +208,7 @@ impl Applier {
         served: &Served,
         object: &Value,
         force: bool,
-    ) -> Result<Value, ApplyError> {
+    ) -> Result<Value, ApiError> {
         let (namespace, name) = identity(object)?;
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = force;
@@ -215,19 +216,15 @@ impl Applier {
             .api(served, namespace.as_deref())
             .patch(&name, &params, &Patch::Apply(object))
             .await
-            .map_err(ApplyError::from_kube)?;
+            .map_err(ApiError::from_kube)?;
         to_value(&applied)
     }
 
     /// Creates `object`; `None` when it already exists (mode Create never updates).
-    pub async fn create(
-        &self,
-        served: &Served,
-        object: &Value,
-    ) -> Result<Option<Value>, ApplyError> {
+    pub async fn create(&self, served: &Served, object: &Value) -> Result<Option<Value>, ApiError> {
         let (namespace, _) = identity(object)?;
         let typed: DynamicObject = serde_json::from_value(object.clone())
-            .map_err(|e| ApplyError::Malformed(format!("not a Kubernetes object: {e}")))?;
+            .map_err(|e| ApiError::Malformed(format!("not a Kubernetes object: {e}")))?;
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PostParams::default()
@@ -243,7 +240,7 @@ impl Applier {
             {
                 Ok(None)
             }
-            Err(error) => Err(ApplyError::from_kube(error)),
+            Err(error) => Err(ApiError::from_kube(error)),
         }
     }
 
@@ -253,7 +250,7 @@ impl Applier {
         served: &Served,
         namespace: Option<&str>,
         name: &str,
-    ) -> Result<bool, ApplyError> {
+    ) -> Result<bool, ApiError> {
         match self
             .api(served, namespace)
             .delete(name, &DeleteParams::background())
@@ -261,18 +258,18 @@ impl Applier {
         {
             Ok(_) => Ok(true),
             Err(error) if is_not_found(&error) => Ok(false),
-            Err(error) => Err(ApplyError::from_kube(error)),
+            Err(error) => Err(ApiError::from_kube(error)),
         }
     }
 }
 
 /// Namespace and name of an object.
-fn identity(object: &Value) -> Result<(Option<String>, String), ApplyError> {
+fn identity(object: &Value) -> Result<(Option<String>, String), ApiError> {
     let name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApplyError::Malformed("object has no metadata.name".to_string()))?;
+        .ok_or_else(|| ApiError::Malformed("object has no metadata.name".to_string()))?;
     let namespace = object
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -281,86 +278,18 @@ fn identity(object: &Value) -> Result<(Option<String>, String), ApplyError> {
     Ok((namespace, name.to_string()))
 }
 
-fn to_value(object: &DynamicObject) -> Result<Value, ApplyError> {
+fn to_value(object: &DynamicObject) -> Result<Value, ApiError> {
     serde_json::to_value(object)
-        .map_err(|e| ApplyError::Malformed(format!("cannot read the object back: {e}")))
-}
-
-/// Whether the live object has drifted from what was applied: some field `desired` sets
-/// has another value in `live`. Fields the server or other managers added are ignored, and
-/// so are values the server drops when they are empty (`null`, `{}`, `[]`) and a Secret's
-/// write-only `stringData`.
-pub fn drifted(live: &Value, desired: &Value) -> bool {
-    let secret = desired.get("kind").and_then(Value::as_str) == Some("Secret")
-        && desired.get("apiVersion").and_then(Value::as_str) == Some("v1");
-    if secret && desired.get("stringData").is_some() {
-        let mut desired = desired.clone();
-        if let Some(fields) = desired.as_object_mut() {
-            fields.remove("stringData");
-        }
-        return !contains(live, &desired);
-    }
-    !contains(live, desired)
-}
-
-/// Whether `value` sets nothing the server keeps: null, `[]`, or a map of such values.
-fn is_empty(value: &Value) -> bool {
-    match value {
-        Value::Null => true,
-        Value::Object(fields) => fields.values().all(is_empty),
-        Value::Array(items) => items.is_empty(),
-        _ => false,
-    }
-}
-
-fn contains(live: &Value, desired: &Value) -> bool {
-    match (live, desired) {
-        // An applied null sets nothing.
-        (_, Value::Null) => true,
-        (Value::Object(live), Value::Object(desired)) => {
-            desired.iter().all(|(key, value)| match live.get(key) {
-                Some(found) => contains(found, value),
-                None => is_empty(value),
-            })
-        }
-        (Value::Array(live), Value::Array(desired)) => {
-            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
-        }
-        (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
-        (Value::Null, desired) => is_empty(desired),
-        (live, desired) => live == desired,
-    }
+        .map_err(|e| ApiError::Malformed(format!("cannot read the object back: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn drift_ignores_added_fields_but_not_changed_ones() {
-        let desired = json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}});
-        let live = json!({"spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}]},
-                          "status": {}});
-        assert!(!drifted(&live, &desired));
-        let edited = json!({"spec": {"replicas": 5, "ports": [{"port": 80}]}});
-        assert!(drifted(&edited, &desired));
-        let fewer = json!({"spec": {"replicas": 2, "ports": []}});
-        assert!(drifted(&fewer, &desired));
-    }
-
-    #[test]
-    fn values_the_server_drops_are_no_drift() {
-        let desired = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"annotations": {}},
-                             "stringData": {"password": "x"}, "data": null, "spec": {"list": []}});
-        let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {},
-                          "data": {"password": "eA=="}});
-        assert!(!drifted(&live, &desired));
-    }
 
     #[test]
     fn transient_errors_are_server_side_or_throttling() {
-        let refused = |code| ApplyError::Refused {
+        let refused = |code| ApiError::Refused {
             code,
             reason: String::new(),
             message: String::new(),
@@ -368,6 +297,6 @@ mod tests {
         assert!(refused(500).is_transient());
         assert!(refused(429).is_transient());
         assert!(!refused(422).is_transient());
-        assert!(ApplyError::Transport("connection refused".into()).is_transient());
+        assert!(ApiError::Transport("connection refused".into()).is_transient());
     }
 }

@@ -8,8 +8,10 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{AdoptSpec, AdoptStrategy, AdoptedResource};
-use crate::graph::{ApplyMode, ApplyPolicy, ConflictPolicy, DeletionPolicy, Node};
+use crate::api::{
+    AdoptSpec, AdoptStrategy, AdoptedResource, ApplyMode, ApplyPolicy, ConflictPolicy,
+    DeletionPolicy, Node,
+};
 use crate::render::{RenderContext, place_and_label};
 
 /// The longest node id.

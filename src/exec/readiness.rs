@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::graph::ReadyPredicate;
+use crate::api::ReadyPredicate;
 
 /// The verdict on one live object.
 #[derive(Clone, Debug, PartialEq, Eq)]

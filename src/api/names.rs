@@ -1,0 +1,53 @@
+//! The names Pequod writes into the cluster and relies on when it reads them back: its field
+//! manager, finalizer, labels and annotations. Changing one breaks every cluster that has
+//! objects carrying the old one.
+
+/// The field manager of every write Pequod makes (server-side apply, creates, status).
+pub const FIELD_MANAGER: &str = "pequod";
+
+/// Finalizer that keeps a ResourceGraph until its objects are deleted.
+pub const FINALIZER: &str = "platform.pequod.io/cleanup";
+
+/// Annotation that keeps an object from being pruned or deleted with its graph when set to
+/// [`PRUNE_DISABLED`]: `platform.pequod.io/prune: disabled`.
+pub const PRUNE_ANNOTATION: &str = "platform.pequod.io/prune";
+
+/// The value of [`PRUNE_ANNOTATION`] that keeps an object.
+pub const PRUNE_DISABLED: &str = "disabled";
+
+/// Labels Pequod puts on every object it writes.
+pub mod labels {
+    /// `app.kubernetes.io/managed-by`, always [`MANAGED_BY_PEQUOD`].
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The value of [`MANAGED_BY`].
+    pub const MANAGED_BY_PEQUOD: &str = "pequod";
+    /// The Transform that owns the object.
+    pub const TRANSFORM: &str = "platform.pequod.io/transform";
+    /// The ResourceGraph that applied the object (watched by the executor).
+    pub const RESOURCE_GRAPH: &str = "platform.pequod.io/resource-graph";
+    /// The node id of the object in its graph.
+    pub const NODE_ID: &str = "platform.pequod.io/node-id";
+}
+
+/// Longest Kubernetes label value; Pequod's labels carry the Transform's name.
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// Reasons of the Kubernetes events Pequod publishes (alerts match on them).
+pub mod event_reasons {
+    /// Transform: a new graph was rendered and written.
+    pub const RENDERED: &str = "Rendered";
+    /// Transform: the module could not be resolved or rendered.
+    pub const RENDER_FAILED: &str = "RenderFailed";
+    /// Transform: the input, the graph or a policy is invalid.
+    pub const VALIDATION_FAILED: &str = "ValidationFailed";
+    /// ResourceGraph: a node's object was written.
+    pub const NODE_APPLIED: &str = "NodeApplied";
+    /// ResourceGraph: a node became Ready.
+    pub const NODE_READY: &str = "NodeReady";
+    /// ResourceGraph: a node failed.
+    pub const NODE_FAILED: &str = "NodeFailed";
+    /// ResourceGraph: an existing object was adopted.
+    pub const ADOPTED: &str = "Adopted";
+    /// ResourceGraph: an object that left the graph was deleted.
+    pub const PRUNED: &str = "Pruned";
+}

@@ -1,0 +1,73 @@
+//! What can happen to a node: the errors that fail it, and the writes it made.
+
+use super::cluster::ApiError;
+
+/// Why a node failed in a pass.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The API server refused or did not answer a read or a write.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The object lives in another namespace than its graph, and the operator does not
+    /// allow that.
+    #[error(
+        "{kind} {namespace}/{name} is outside the graph's namespace {graph_namespace}: refused (the operator runs without --allow-cross-namespace)"
+    )]
+    OutsideNamespace {
+        /// The object's kind.
+        kind: String,
+        /// The object's namespace.
+        namespace: String,
+        /// The object's name.
+        name: String,
+        /// The graph's namespace.
+        graph_namespace: String,
+    },
+    /// The object is cluster-scoped, and the operator does not allow that.
+    #[error(
+        "{kind} {name} is cluster-scoped: refused (the operator runs without --allow-cluster-scoped)"
+    )]
+    ClusterScoped {
+        /// The object's kind.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// `Transform.spec.adopt` names an object that does not exist.
+    #[error("{kind} {object} does not exist: nothing to adopt (Transform.spec.adopt)")]
+    NothingToAdopt {
+        /// The object's kind.
+        kind: String,
+        /// `namespace/name`, or the name of a cluster-scoped object.
+        object: String,
+    },
+    /// The object was not ready within the node's `timeoutSeconds`.
+    #[error("not ready after {timeout_seconds}s: {waiting}")]
+    NotReady {
+        /// The node's timeout.
+        timeout_seconds: u32,
+        /// What it was still waiting for.
+        waiting: String,
+    },
+}
+
+/// Why a node's object was written in a pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// It did not exist: created (mode Create) or applied for the first time.
+    Created,
+    /// The rendered object changed: the new version applied.
+    Changed,
+    /// The live object no longer held what was applied: applied again.
+    DriftCorrected,
+}
+
+impl std::fmt::Display for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Write::Created => "created",
+            Write::Changed => "changed",
+            Write::DriftCorrected => "drift corrected",
+        })
+    }
+}

@@ -1,0 +1,425 @@
+//! One node in a pass: where its object goes (the namespace and scope guards), how it is
+//! written (apply, create once, or only observed), and whether it is ready.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::cluster::{ApiError, Applier, Served, type_of};
+use super::drift::drifted;
+use super::error::{NodeError, Write};
+use super::readiness::{self, Readiness};
+use super::status::{carried, settle};
+use super::{ExecConfig, NodeEvent, WatchTarget, object_hash};
+use crate::api::{
+    AdoptStrategy, ApplyMode, ConflictPolicy, InventoryEntry, Node, NodePhase, NodeStatus,
+    ObjectRef, labels,
+};
+
+/// What every node of one pass shares.
+pub(super) struct PassContext<'a> {
+    pub applier: &'a Applier,
+    /// The graph's name (the value of Pequod's resource-graph label).
+    pub graph: &'a str,
+    /// The graph's namespace.
+    pub namespace: &'a str,
+    pub config: &'a ExecConfig,
+    pub applies: &'a Arc<Semaphore>,
+    /// The pass's clock: every time it writes is this one.
+    pub now: jiff::Timestamp,
+}
+
+/// Outcome of running one node.
+pub(super) struct NodeRun {
+    pub status: NodeStatus,
+    pub events: Vec<NodeEvent>,
+    pub applies: Vec<(bool, std::time::Duration)>,
+    pub watch: Option<WatchTarget>,
+    pub inventory: Option<InventoryEntry>,
+}
+
+impl NodeRun {
+    fn new(status: NodeStatus) -> NodeRun {
+        NodeRun {
+            status,
+            events: Vec::new(),
+            applies: Vec::new(),
+            watch: None,
+            inventory: None,
+        }
+    }
+}
+
+/// Where a node's object lives in the cluster.
+struct Target {
+    served: Served,
+    api_version: String,
+    kind: String,
+    /// `None` for a cluster-scoped object.
+    namespace: Option<String>,
+    name: String,
+    /// The object to write: the node's, with its namespace settled.
+    object: Value,
+}
+
+impl Target {
+    /// `namespace/name`, or the name of a cluster-scoped object.
+    fn shown(&self) -> String {
+        shown(self.namespace.as_deref(), &self.name)
+    }
+
+    fn reference(&self, live: &Value) -> ObjectRef {
+        ObjectRef {
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: live
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+}
+
+/// `namespace/name`, or `name` without a namespace.
+pub(super) fn shown(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Runs one node: its status, events, writes, watch and inventory entry.
+pub(super) async fn run_node(
+    pass: &PassContext<'_>,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+) -> NodeRun {
+    let mut run = NodeRun::new(carried(prior, NodePhase::Applying, String::new(), pass.now));
+    match step(pass, node, prior, &mut run).await {
+        Ok(()) => run.status.failures = 0,
+        Err(error) => {
+            let message = error.to_string();
+            if prior.map(|p| (p.phase, p.message.as_deref()))
+                != Some((NodePhase::Failed, Some(&message)))
+            {
+                tracing::warn!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or(pass.namespace), name = node.name().unwrap_or_default(), %message, "node failed");
+                run.events.push(NodeEvent::Failed {
+                    node: node.id.clone(),
+                    message: message.clone(),
+                });
+            }
+            fail(&mut run.status, prior, message, pass.now);
+        }
+    }
+    run
+}
+
+/// A node that failed: `message`, one more failure in a row.
+fn fail(
+    status: &mut NodeStatus,
+    prior: Option<&NodeStatus>,
+    message: String,
+    now: jiff::Timestamp,
+) {
+    status.failures = prior.map_or(0, |p| p.failures).saturating_add(1);
+    settle(status, prior, NodePhase::Failed, message, now);
+}
+
+/// A node whose run panicked: failed with the panic's message, the operator carries on.
+pub(super) fn panicked(
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    message: &str,
+    now: jiff::Timestamp,
+) -> NodeRun {
+    let message = format!("internal error while executing the node: {message}");
+    tracing::error!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or_default(), name = node.name().unwrap_or_default(), %message);
+    let mut run = NodeRun::new(carried(prior, NodePhase::Failed, message.clone(), now));
+    fail(&mut run.status, prior, message.clone(), now);
+    run.events.push(NodeEvent::Failed {
+        node: node.id.clone(),
+        message,
+    });
+    run
+}
+
+async fn step(
+    pass: &PassContext<'_>,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    run: &mut NodeRun,
+) -> Result<(), NodeError> {
+    let target = place(pass, node).await?;
+    let mode = node.apply_policy.mode;
+    run.watch = Some(WatchTarget {
+        served: target.served.clone(),
+        observed: (mode == ApplyMode::Observe)
+            .then(|| (target.namespace.clone(), target.name.clone())),
+    });
+    let hash = object_hash(&target.object);
+    let live = pass
+        .applier
+        .get(&target.served, target.namespace.as_deref(), &target.name)
+        .await?;
+    let adopted_before = prior.is_some_and(|p| p.applied_hash.is_some());
+    if node.adopted == Some(AdoptStrategy::TakeOwnership) && live.is_none() && !adopted_before {
+        return Err(NodeError::NothingToAdopt {
+            kind: target.kind.clone(),
+            object: target.shown(),
+        });
+    }
+    let same_hash = prior.and_then(|p| p.applied_hash.as_deref()) == Some(hash.as_str());
+    let (live, owned) = write(pass, node, prior, &target, live, same_hash, run).await?;
+    if mode != ApplyMode::Observe {
+        run.status.applied_hash = Some(hash);
+    }
+    if let Some(live) = &live {
+        run.status.object = Some(target.reference(live));
+        if owned {
+            run.inventory = Some(InventoryEntry {
+                object: target.reference(live),
+                node_id: node.id.clone(),
+                deletion_policy: node.deletion_policy,
+            });
+        }
+    }
+    observe(pass, node, prior, &target, live.as_ref(), same_hash, run)
+}
+
+/// Resolves the node's kind and settles its namespace, refusing what the operator's scope
+/// guards do not allow.
+async fn place(pass: &PassContext<'_>, node: &Node) -> Result<Target, NodeError> {
+    let (api_version, kind) = type_of(&node.object)?;
+    let served = pass.applier.served(&api_version, &kind).await?;
+    let name = node.name().unwrap_or_default().to_string();
+    let mut object = node.object.clone();
+    let observed = node.apply_policy.mode == ApplyMode::Observe;
+    let namespace = if served.namespaced {
+        let namespace = node.namespace().unwrap_or(pass.namespace).to_string();
+        if namespace != pass.namespace && !pass.config.allow_cross_namespace && !observed {
+            return Err(NodeError::OutsideNamespace {
+                kind,
+                namespace,
+                name,
+                graph_namespace: pass.namespace.to_string(),
+            });
+        }
+        object["metadata"]["namespace"] = Value::String(namespace.clone());
+        Some(namespace)
+    } else {
+        if !pass.config.allow_cluster_scoped && !observed {
+            return Err(NodeError::ClusterScoped { kind, name });
+        }
+        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("namespace");
+        }
+        None
+    };
+    Ok(Target {
+        served,
+        api_version,
+        kind,
+        namespace,
+        name,
+        object,
+    })
+}
+
+/// Writes the object as its mode says; the live object afterwards, and whether this graph
+/// owns it (it goes into the inventory).
+async fn write(
+    pass: &PassContext<'_>,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    target: &Target,
+    live: Option<Value>,
+    same_hash: bool,
+    run: &mut NodeRun,
+) -> Result<(Option<Value>, bool), NodeError> {
+    let mine = |object: &Value| {
+        object
+            .pointer("/metadata/labels")
+            .and_then(|labels| labels.get(labels::RESOURCE_GRAPH))
+            .and_then(Value::as_str)
+            == Some(pass.graph)
+    };
+    match (node.apply_policy.mode, live) {
+        (ApplyMode::Observe, live) => Ok((live, false)),
+        // Create never updates, and an object it did not create is not its to delete.
+        (ApplyMode::Create, Some(live)) => {
+            let owned = mine(&live);
+            Ok((Some(live), owned))
+        }
+        (ApplyMode::Create, None) => {
+            let _permit = pass.applies.acquire().await;
+            let started = std::time::Instant::now();
+            let created = pass.applier.create(&target.served, &target.object).await;
+            run.applies.push((created.is_ok(), started.elapsed()));
+            run.status.attempts += 1;
+            let live = match created? {
+                Some(created) => created,
+                None => pass
+                    .applier
+                    .get(&target.served, target.namespace.as_deref(), &target.name)
+                    .await?
+                    .unwrap_or_default(),
+            };
+            run.events.push(NodeEvent::Applied {
+                node: node.id.clone(),
+                write: Write::Created,
+                edits_overridden: false,
+            });
+            let owned = mine(&live);
+            Ok((Some(live), owned))
+        }
+        (ApplyMode::Apply, live) => {
+            let edited = live.as_ref().is_some_and(|l| drifted(l, &target.object));
+            if same_hash
+                && !edited
+                && let Some(live) = live
+            {
+                return Ok((Some(live), true));
+            }
+            let write = match (&live, same_hash) {
+                (None, _) => Write::Created,
+                (Some(_), true) => Write::DriftCorrected,
+                (Some(_), false) => Write::Changed,
+            };
+            // Restoring what was applied before takes the fields back from whoever edited
+            // them; a new version of the object obeys the conflict policy.
+            let force = node.apply_policy.conflict_policy == ConflictPolicy::Force
+                || write == Write::DriftCorrected;
+            let _permit = pass.applies.acquire().await;
+            let started = std::time::Instant::now();
+            let mut applied = pass
+                .applier
+                .apply(&target.served, &target.object, force)
+                .await;
+            // Fields of an object this graph applied before, since edited by hand (an
+            // update, not another manager's apply), are Pequod's to take back.
+            let edits_overridden = matches!(
+                &applied,
+                Err(ApiError::Conflict {
+                    edits_only: true,
+                    ..
+                })
+            ) && prior.is_some_and(|p| p.applied_hash.is_some());
+            if edits_overridden {
+                applied = pass
+                    .applier
+                    .apply(&target.served, &target.object, true)
+                    .await;
+            }
+            run.applies.push((applied.is_ok(), started.elapsed()));
+            run.status.attempts += 1;
+            let applied = applied?;
+            run.events.push(NodeEvent::Applied {
+                node: node.id.clone(),
+                write,
+                edits_overridden,
+            });
+            Ok((Some(applied), true))
+        }
+    }
+}
+
+/// Evaluates readiness on the live object and sets the node's phase: Ready (or Adopted),
+/// WaitingReady, or Failed once its timeout passed.
+fn observe(
+    pass: &PassContext<'_>,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    target: &Target,
+    live: Option<&Value>,
+    same_hash: bool,
+    run: &mut NodeRun,
+) -> Result<(), NodeError> {
+    let readiness = match live {
+        Some(live) => readiness::evaluate(&node.ready_when, live),
+        None => Readiness::Waiting(format!(
+            "waiting for {} {} to exist (observed, not managed by this graph)",
+            target.kind,
+            target.shown()
+        )),
+    };
+    let drift_corrected = run.events.iter().any(|e| {
+        matches!(
+            e,
+            NodeEvent::Applied {
+                write: Write::DriftCorrected,
+                ..
+            }
+        )
+    });
+    let was = prior.map(|p| p.phase);
+    match readiness {
+        Readiness::Ready => {
+            run.status.waiting_since = None;
+            let (phase, message) = match node.adopted {
+                Some(AdoptStrategy::TakeOwnership) => (
+                    NodePhase::Adopted,
+                    "adopted: managed by this graph".to_string(),
+                ),
+                Some(AdoptStrategy::Mirror) => (
+                    NodePhase::Adopted,
+                    "mirrored: observed, never modified".to_string(),
+                ),
+                // A correction stays in the message until the object changes again.
+                None => match prior {
+                    _ if drift_corrected => {
+                        (NodePhase::Ready, "Ready (drift corrected)".to_string())
+                    }
+                    Some(p) if p.phase == NodePhase::Ready && run.applies.is_empty() => (
+                        NodePhase::Ready,
+                        p.message.clone().unwrap_or_else(|| "Ready".to_string()),
+                    ),
+                    _ => (NodePhase::Ready, "Ready".to_string()),
+                },
+            };
+            if was != Some(phase) {
+                run.events.push(match node.adopted {
+                    Some(strategy) => NodeEvent::Adopted {
+                        node: node.id.clone(),
+                        strategy,
+                    },
+                    None => NodeEvent::Ready {
+                        node: node.id.clone(),
+                    },
+                });
+            }
+            settle(&mut run.status, prior, phase, message, pass.now);
+        }
+        Readiness::Waiting(message) => {
+            // One clock per wait: it starts when this version is applied, or when the
+            // object stops being ready, and a timeout counts from it.
+            let still_waiting =
+                same_hash && matches!(was, Some(NodePhase::WaitingReady | NodePhase::Failed));
+            let since = match (&run.status.waiting_since, still_waiting) {
+                (Some(since), true) => since.0,
+                _ => pass.now,
+            };
+            run.status.waiting_since = Some(Time(since));
+            let waited = pass.now.duration_since(since).as_secs();
+            if let Some(timeout_seconds) = node.timeout_seconds
+                && waited >= i64::from(timeout_seconds)
+            {
+                return Err(NodeError::NotReady {
+                    timeout_seconds,
+                    waiting: message,
+                });
+            }
+            settle(
+                &mut run.status,
+                prior,
+                NodePhase::WaitingReady,
+                message,
+                pass.now,
+            );
+        }
+    }
+    Ok(())
+}

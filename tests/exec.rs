@@ -1,0 +1,473 @@
+//! The executor in-process, against the test API server: one pass at a time, asserting on
+//! the pass result (phases, writes, events, inventory) and on the order the server saw the
+//! writes in (resourceVersions), never on how long anything took.
+
+use std::sync::Arc;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use pequod::api::{
+    API_VERSION, GraphMetadata, InventoryEntry, Node, NodePhase, ResourceGraph, ResourceGraphSpec,
+    SourceRef,
+};
+use pequod::exec::inventory::{Deletion, delete_entry, deletion_waves};
+use pequod::exec::{Applier, ExecConfig, NodeEvent, Pass, Write, execute};
+use pequod_e2e::faults::{Fault, FaultAction, Rendezvous};
+use pequod_e2e::store::EventType;
+use pequod_e2e::{Config, TestApiServer};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// A test API server and an executor talking to it.
+struct Harness {
+    server: TestApiServer,
+    applier: Applier,
+    applies: Arc<Semaphore>,
+    config: ExecConfig,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let server = TestApiServer::start(Config {
+            readiness_delay: std::time::Duration::from_millis(200),
+            ..Config::default()
+        })
+        .await
+        .expect("test API server starts");
+        let kubeconfig = Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("kubeconfig accepted");
+        let client = kube::Client::try_from(config).expect("client");
+        Harness {
+            server,
+            applier: Applier::new(client),
+            applies: Arc::new(Semaphore::new(8)),
+            config: ExecConfig {
+                allow_cross_namespace: false,
+                allow_cluster_scoped: false,
+            },
+        }
+    }
+
+    /// One pass over `graph`; the graph keeps the status it produced, for the next pass.
+    async fn pass(&self, graph: &mut ResourceGraph) -> Pass {
+        let pass = execute(&self.applier, graph, &self.config, &self.applies).await;
+        graph.status = Some(pass.status.clone());
+        pass
+    }
+
+    /// The stored object of core `resource` in `default`, if any.
+    fn stored(&self, resource: &str, name: &str) -> Option<Value> {
+        let registry = self.server.store().registry();
+        let ty = registry
+            .lookup("", "v1", resource)
+            .expect("a served resource");
+        self.server.store().get(&ty, "v1", "default", name).ok()
+    }
+
+    /// The resourceVersion the server gave the object.
+    fn version(&self, resource: &str, name: &str) -> u64 {
+        self.stored(resource, name)
+            .and_then(|o| o["metadata"]["resourceVersion"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("{resource} {name} stored"))
+    }
+}
+
+/// A graph named `name` in `default` with these nodes.
+fn graph(name: &str, nodes: Value) -> ResourceGraph {
+    let nodes: Vec<Node> = serde_json::from_value(nodes).expect("valid nodes");
+    let mut graph = ResourceGraph::new(
+        name,
+        ResourceGraphSpec {
+            source_ref: SourceRef {
+                api_version: API_VERSION.to_string(),
+                kind: "Transform".to_string(),
+                name: name.to_string(),
+                uid: None,
+            },
+            metadata: GraphMetadata {
+                module: "test".to_string(),
+                version: "0.0.0".to_string(),
+                module_digest: "sha256:0".to_string(),
+                render_hash: "sha256:0".to_string(),
+                rendered_at: None,
+            },
+            nodes,
+            outputs: None,
+            violations: Vec::new(),
+            prune: true,
+            suspend: false,
+        },
+    );
+    graph.metadata.namespace = Some("default".to_string());
+    graph.metadata.generation = Some(1);
+    graph
+}
+
+/// A node for ConfigMap `id` (ready once it exists).
+fn config_map(id: &str, depends_on: &[&str]) -> Value {
+    json!({
+        "id": id,
+        "dependsOn": depends_on,
+        "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": id, "namespace": "default",
+                                "labels": {"platform.pequod.io/resource-graph": "g"}},
+                   "data": {"value": id}},
+    })
+}
+
+/// A ConfigMap node with `deletionPolicy: Orphan`.
+fn orphan(id: &str, depends_on: &[&str]) -> Value {
+    let mut node = config_map(id, depends_on);
+    node["deletionPolicy"] = json!("Orphan");
+    node
+}
+
+/// The names of the objects deleted so far, in the order the server deleted them.
+fn deleted(
+    changes: &mut tokio::sync::broadcast::Receiver<Arc<pequod_e2e::store::Event>>,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        if change.kind == EventType::Deleted {
+            names.push(
+                change.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+    }
+    names
+}
+
+fn phase(pass: &Pass, id: &str) -> NodePhase {
+    pass.status.nodes[id].phase
+}
+
+fn message<'a>(pass: &'a Pass, id: &str) -> &'a str {
+    pass.status.nodes[id].message.as_deref().unwrap_or("")
+}
+
+fn inventory_names(pass: &Pass) -> Vec<&str> {
+    pass.status
+        .inventory
+        .iter()
+        .map(|e| e.object.name.as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_runs_in_dependency_order_with_its_branches_concurrently() {
+    let harness = Harness::start().await;
+    // b and c are each held until both are under way: a pass that wrote them one after the
+    // other would never get past b.
+    let rendezvous = Rendezvous::new(2);
+    for branch in ["b", "c"] {
+        let fault = Fault::new(FaultAction::Rendezvous(rendezvous.clone()));
+        harness.server.faults().add(
+            fault
+                .on("configmaps")
+                .method("PATCH")
+                .named(branch)
+                .times(1),
+        );
+    }
+    let mut diamond = graph(
+        "g",
+        json!([
+            config_map("a", &[]),
+            config_map("b", &["a"]),
+            config_map("c", &["a"]),
+            config_map("d", &["b", "c"]),
+        ]),
+    );
+    let pass = harness.pass(&mut diamond).await;
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(
+            phase(&pass, id),
+            NodePhase::Ready,
+            "{id}: {}",
+            message(&pass, id)
+        );
+    }
+    assert_eq!(
+        pass.status.summary.as_ref().map(|s| s.ready_text.as_str()),
+        Some("4/4")
+    );
+    let created = |id| harness.version("configmaps", id);
+    assert!(created("a") < created("b") && created("a") < created("c"));
+    assert!(created("d") > created("b") && created("d") > created("c"));
+    assert_eq!(pass.applies.len(), 4);
+    assert!(pass.applies.iter().all(|(ok, _)| *ok));
+    let writes: Vec<(&str, Write)> = pass
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Applied { node, write, .. } => Some((node.as_str(), *write)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 4);
+    assert!(writes.iter().all(|(_, write)| *write == Write::Created));
+    let mut owned = inventory_names(&pass);
+    assert_eq!(owned.first(), Some(&"a"), "in dependency order");
+    assert_eq!(owned.last(), Some(&"d"), "in dependency order");
+    owned.sort();
+    assert_eq!(owned, ["a", "b", "c", "d"]);
+
+    // Nothing changed: the next pass writes nothing.
+    let again = harness.pass(&mut diamond).await;
+    assert!(again.applies.is_empty(), "{:?}", again.events);
+    assert_eq!(again.status.nodes, pass.status.nodes);
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_node_blocks_its_dependents_and_spares_other_branches() {
+    let harness = Harness::start().await;
+    let mut branches = graph(
+        "g",
+        json!([
+            config_map("base", &[]),
+            {"id": "broken", "dependsOn": ["base"],
+             "object": {"apiVersion": "example.com/v1", "kind": "Widget",
+                        "metadata": {"name": "w", "namespace": "default"}}},
+            config_map("after", &["broken"]),
+            config_map("later", &["after"]),
+            config_map("other", &["base"]),
+        ]),
+    );
+    let pass = harness.pass(&mut branches).await;
+    assert_eq!(phase(&pass, "broken"), NodePhase::Failed);
+    assert_eq!(
+        message(&pass, "broken"),
+        "kind Widget of example.com/v1 is not installed in the cluster (no such API resource)"
+    );
+    assert_eq!(phase(&pass, "after"), NodePhase::Blocked);
+    assert_eq!(message(&pass, "after"), "dependency `broken` failed");
+    assert_eq!(phase(&pass, "later"), NodePhase::Blocked);
+    assert_eq!(message(&pass, "later"), "dependency `after` failed");
+    assert_eq!(phase(&pass, "other"), NodePhase::Ready);
+    assert_eq!(phase(&pass, "base"), NodePhase::Ready);
+    assert!(
+        harness.stored("configmaps", "after").is_none(),
+        "a blocked node is never applied"
+    );
+    assert_eq!(pass.status.nodes["broken"].failures, 1);
+    assert!(pass.requeue.is_some(), "a failed node is retried");
+    assert!(pass.events.contains(&NodeEvent::Failed {
+        node: "broken".to_string(),
+        message: message(&pass, "broken").to_string(),
+    }));
+    let again = harness.pass(&mut branches).await;
+    assert_eq!(
+        again.status.nodes["broken"].failures, 2,
+        "failures in a row"
+    );
+    assert!(
+        !again
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Failed { .. })),
+        "the same failure is not reported twice"
+    );
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_not_ready_within_its_timeout_fails() {
+    let harness = Harness::start().await;
+    harness
+        .server
+        .simulator()
+        .never_ready("Deployment", "default", "slow");
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "slow", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "slow"}},
+                 "template": {"metadata": {"labels": {"app": "slow"}},
+                              "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}
+    });
+    let mut timed = graph(
+        "g",
+        json!([
+            {"id": "slow", "object": deployment, "timeoutSeconds": 30},
+            config_map("after", &["slow"]),
+        ]),
+    );
+    let pass = harness.pass(&mut timed).await;
+    assert_eq!(phase(&pass, "slow"), NodePhase::WaitingReady);
+    assert_eq!(phase(&pass, "after"), NodePhase::Pending);
+    assert_eq!(message(&pass, "after"), "waiting for `slow` to be Ready");
+    let waiting_since = pass.status.nodes["slow"]
+        .waiting_since
+        .clone()
+        .expect("the wait started");
+    let requeue = pass
+        .requeue
+        .expect("looked at again when the timeout expires");
+    assert!(requeue.as_secs() <= 31, "{requeue:?}");
+
+    // Thirty-one seconds later, as far as the graph's status knows.
+    let earlier = waiting_since.0 - jiff::SignedDuration::from_secs(31);
+    if let Some(status) = timed.status.as_mut() {
+        status.nodes.get_mut("slow").expect("slow").waiting_since = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(earlier),
+        );
+    }
+    let pass = harness.pass(&mut timed).await;
+    assert_eq!(phase(&pass, "slow"), NodePhase::Failed);
+    assert_eq!(
+        message(&pass, "slow"),
+        "not ready after 30s: Available=False: MinimumReplicasUnavailable: Deployment does not have minimum availability."
+    );
+    assert_eq!(phase(&pass, "after"), NodePhase::Blocked);
+    assert!(pass.applies.is_empty(), "the object was not written again");
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_that_leave_the_graph_are_pruned_unless_orphaned_or_kept() {
+    let harness = Harness::start().await;
+    let mut kept_by_annotation = config_map("annotated", &[]);
+    kept_by_annotation["object"]["metadata"]["annotations"] =
+        json!({"platform.pequod.io/prune": "disabled"});
+    let mut first = graph(
+        "g",
+        json!([
+            config_map("a", &[]),
+            config_map("b", &["a"]),
+            config_map("c", &["b"]),
+            orphan("orphan", &["a"]),
+            kept_by_annotation,
+        ]),
+    );
+    let pass = harness.pass(&mut first).await;
+    assert_eq!(inventory_names(&pass).len(), 5);
+
+    let mut second = graph("g", json!([config_map("a", &[])]));
+    second.status = first.status.clone();
+    let mut changes = harness.server.store().events();
+    let pass = harness.pass(&mut second).await;
+    assert_eq!(inventory_names(&pass), ["a"]);
+    let pruned: Vec<&str> = pass
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Pruned { object } => Some(object.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pruned,
+        ["ConfigMap default/c", "ConfigMap default/b"],
+        "dependents first"
+    );
+    assert!(harness.stored("configmaps", "b").is_none());
+    assert!(harness.stored("configmaps", "c").is_none());
+    assert!(
+        harness.stored("configmaps", "orphan").is_some(),
+        "deletionPolicy Orphan"
+    );
+    assert!(
+        harness.stored("configmaps", "annotated").is_some(),
+        "the prune annotation"
+    );
+    let order = deleted(&mut changes);
+    assert_eq!(order, ["c", "b"]);
+
+    // With `prune: false` nothing is deleted, and the objects stay in the inventory.
+    let mut third = graph("g", json!([]));
+    third.spec.prune = false;
+    third.status = second.status.clone();
+    let pass = harness.pass(&mut third).await;
+    assert_eq!(inventory_names(&pass), ["a"]);
+    assert!(harness.stored("configmaps", "a").is_some());
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_graph_goes_in_waves_dependents_first() {
+    let harness = Harness::start().await;
+    let mut diamond = graph(
+        "g",
+        json!([
+            config_map("a", &[]),
+            config_map("b", &["a"]),
+            config_map("c", &["a"]),
+            config_map("d", &["b", "c"]),
+            orphan("orphan", &["a"]),
+        ]),
+    );
+    let pass = harness.pass(&mut diamond).await;
+    // Leaves first (nothing depends on them), the root last.
+    let waves: Vec<Vec<String>> = deletion_waves(&diamond, &pass.status.inventory)
+        .iter()
+        .map(|wave| {
+            let mut ids: Vec<String> = wave.iter().map(|e| e.node_id.clone()).collect();
+            ids.sort();
+            ids
+        })
+        .collect();
+    assert_eq!(waves, [vec!["d", "orphan"], vec!["b", "c"], vec!["a"]]);
+
+    let mut changes = harness.server.store().events();
+    let mut outcomes = Vec::new();
+    for wave in deletion_waves(&diamond, &pass.status.inventory) {
+        for entry in &wave {
+            let deletion = delete_entry(&harness.applier, &harness.applies, entry)
+                .await
+                .expect("deleted");
+            outcomes.push((entry.node_id.clone(), deletion));
+        }
+    }
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected = [
+        ("a", Deletion::Deleted),
+        ("b", Deletion::Deleted),
+        ("c", Deletion::Deleted),
+        ("d", Deletion::Deleted),
+        ("orphan", Deletion::Orphaned),
+    ];
+    let outcomes: Vec<(&str, &Deletion)> =
+        outcomes.iter().map(|(id, d)| (id.as_str(), d)).collect();
+    assert_eq!(
+        outcomes,
+        expected.iter().map(|(id, d)| (*id, d)).collect::<Vec<_>>()
+    );
+    assert!(harness.stored("configmaps", "orphan").is_some());
+    let order = deleted(&mut changes);
+    assert_eq!(order.first().map(String::as_str), Some("d"));
+    assert_eq!(order.last().map(String::as_str), Some("a"));
+    assert_eq!(order.len(), 4);
+
+    // An entry whose name now belongs to another object (another uid) is not deleted.
+    harness
+        .applier
+        .apply(
+            &harness
+                .applier
+                .served("v1", "ConfigMap")
+                .await
+                .expect("served"),
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "a", "namespace": "default"}}),
+            false,
+        )
+        .await
+        .expect("recreated by someone else");
+    let stale: &InventoryEntry = pass
+        .status
+        .inventory
+        .iter()
+        .find(|e| e.node_id == "a")
+        .expect("a");
+    let deletion = delete_entry(&harness.applier, &harness.applies, stale)
+        .await
+        .expect("looked at");
+    assert_eq!(deletion, Deletion::Orphaned);
+    assert!(harness.stored("configmaps", "a").is_some());
+    harness.server.stop().await;
+}
