@@ -116,7 +116,8 @@ async fn discovery_and_server_side_apply() {
     assert_eq!(forced.data["spec"]["replicas"], 3);
     assert_eq!(forced.metadata.generation, Some(2));
 
-    // pequod re-applies without env: its env entry is removed (nobody else owns it).
+    // pequod re-applies without env: its env entry is removed (nobody else owns it); the
+    // container's defaults, owned by nobody, stay.
     let mut without_env = deployment(3, "nginx:2");
     without_env.data["spec"]["template"]["spec"]["containers"][0]
         .as_object_mut()
@@ -131,7 +132,9 @@ async fn discovery_and_server_side_apply() {
         .expect("re-applied");
     assert_eq!(
         reapplied.data["spec"]["template"]["spec"]["containers"][0],
-        json!({"name": "web", "image": "nginx:2"})
+        json!({"name": "web", "image": "nginx:2", "imagePullPolicy": "IfNotPresent",
+               "terminationMessagePath": "/dev/termination-log",
+               "terminationMessagePolicy": "File"})
     );
 }
 

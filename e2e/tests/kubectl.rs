@@ -159,8 +159,9 @@ async fn server_side_apply_conflicts_and_force() {
                             "f:metadata": {"f:labels": {"f:app": {}}},
                             "f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {
                                 ".": {}, "f:image": {}, "f:name": {},
+                                // The defaulted protocol is a key, not a field kubectl owns.
                                 "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
-                                    ".": {}, "f:containerPort": {}, "f:protocol": {}
+                                    ".": {}, "f:containerPort": {}
                                 }}
                             }}}
                         }
