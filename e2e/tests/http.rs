@@ -66,9 +66,16 @@ fn envelope(kind: &str, raw: &[u8]) -> Vec<u8> {
 const PROTOBUF: (&str, &str) = ("Content-Type", "application/vnd.kubernetes.protobuf");
 const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
 
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": message, "reason": reason, "code": code})
+/// The failure Status with `code`, `reason` and `message`, as the server answers it.
+fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": message, "reason": reason, "code": code});
+    (code, body)
+}
+
+/// POSTs a protobuf body to `path`.
+async fn post_protobuf(server: &TestApiServer, path: &str, body: &[u8]) -> (u16, Value) {
+    send(server, "POST", path, &[PROTOBUF], body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,105 +92,74 @@ async fn protobuf_bodies_and_their_errors() {
         field(3, &[field(1, b"bin"), field(2, &[0, 255])].concat()),
     ]
     .concat();
-    let (code, created) = send(
-        &server,
-        "POST",
-        CONFIGMAPS,
-        &[PROTOBUF],
-        &envelope("ConfigMap", &raw),
-    )
-    .await;
+    let (code, created) = post_protobuf(&server, CONFIGMAPS, &envelope("ConfigMap", &raw)).await;
     assert_eq!(code, 201, "{created}");
     assert_eq!(
-        (
-            &created["metadata"]["name"],
-            &created["metadata"]["labels"],
-            &created["data"],
-            &created["binaryData"]
-        ),
-        (
-            &json!("pb"),
-            &json!({"a": "b"}),
-            &json!({"key": "value"}),
-            &json!({"bin": "AP8="})
-        )
+        (&created["metadata"]["name"], &created["metadata"]["labels"]),
+        (&json!("pb"), &json!({"a": "b"}))
+    );
+    assert_eq!(
+        (&created["data"], &created["binaryData"]),
+        (&json!({"key": "value"}), &json!({"bin": "AP8="}))
     );
 
-    let (code, body) = send(&server, "POST", CONFIGMAPS, &[PROTOBUF], b"not protobuf").await;
+    let unrecognized = "the object provided is unrecognized (must be of type ConfigMap)";
     assert_eq!(
-        (code, body),
-        (
+        post_protobuf(&server, CONFIGMAPS, b"not protobuf").await,
+        status(
             400,
-            status(
-                400,
-                "BadRequest",
-                "the object provided is unrecognized (must be of type ConfigMap): provided data does not appear to be a protobuf message, expected prefix [107 56 115 0] (6e6f742070726f746f627566)"
+            "BadRequest",
+            &format!(
+                "{unrecognized}: provided data does not appear to be a protobuf message, expected prefix [107 56 115 0] (6e6f742070726f746f627566)"
             )
         )
     );
-    let (code, body) = send(
-        &server,
-        "POST",
-        CONFIGMAPS,
-        &[PROTOBUF],
-        b"k8s\0\x0a\x05\x01",
-    )
-    .await;
     assert_eq!(
-        (code, body),
-        (
+        post_protobuf(&server, CONFIGMAPS, b"k8s\0\x0a\x05\x01").await,
+        status(
             400,
-            status(
-                400,
-                "BadRequest",
-                "the object provided is unrecognized (must be of type ConfigMap): failed to decode Protobuf message: buffer underflow (6b3873000a0501)"
+            "BadRequest",
+            &format!(
+                "{unrecognized}: failed to decode Protobuf message: buffer underflow (6b3873000a0501)"
             )
         )
     );
-    let truncated = envelope("ConfigMap", &[0x0a, 0x05, 0x01]);
-    let (code, body) = send(&server, "POST", CONFIGMAPS, &[PROTOBUF], &truncated).await;
     assert_eq!(
-        (code, body),
-        (
+        post_protobuf(
+            &server,
+            CONFIGMAPS,
+            &envelope("ConfigMap", &[0x0a, 0x05, 0x01])
+        )
+        .await,
+        status(
             400,
-            status(
-                400,
-                "BadRequest",
-                "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: failed to decode Protobuf message: buffer underflow"
-            )
+            "BadRequest",
+            "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: failed to decode Protobuf message: buffer underflow"
         )
     );
-    let unknown_kind = envelope("Gadget", &[]);
-    let (code, body) = send(&server, "POST", CONFIGMAPS, &[PROTOBUF], &unknown_kind).await;
     assert_eq!(
-        (code, body),
-        (
+        post_protobuf(&server, CONFIGMAPS, &envelope("Gadget", &[])).await,
+        status(
             400,
-            status(
-                400,
-                "BadRequest",
-                "Gadget in version \"v1\" cannot be handled as a ConfigMap: no kind \"Gadget\" is registered for version \"v1\""
-            )
+            "BadRequest",
+            "Gadget in version \"v1\" cannot be handled as a ConfigMap: no kind \"Gadget\" is registered for version \"v1\""
         )
     );
     // Media types a resource does not read: 415 with the ones it does.
-    let (code, body) = send(
-        &server,
-        "POST",
-        CONFIGMAPS,
-        &[("Content-Type", "text/plain")],
-        b"{}",
-    )
-    .await;
+    let unknown_format = "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml";
     assert_eq!(
-        (code, body),
-        (
+        send(
+            &server,
+            "POST",
+            CONFIGMAPS,
+            &[("Content-Type", "text/plain")],
+            b"{}"
+        )
+        .await,
+        status(
             415,
-            status(
-                415,
-                "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
-            )
+            "UnsupportedMediaType",
+            &format!("{unknown_format}, application/vnd.kubernetes.protobuf")
         )
     );
     let crd = json!({
@@ -194,34 +170,21 @@ async fn protobuf_bodies_and_their_errors() {
                  "versions": [{"name": "v1", "served": true, "storage": true,
                                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
     });
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
     let json_type = ("Content-Type", "application/json");
     let (code, _) = send(
         &server,
         "POST",
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        crds,
         &[json_type],
         crd.to_string().as_bytes(),
     )
     .await;
     assert_eq!(code, 201);
-    let (code, body) = send(
-        &server,
-        "POST",
-        "/apis/example.com/v1/namespaces/default/widgets",
-        &[PROTOBUF],
-        &envelope("Widget", &[]),
-    )
-    .await;
+    let widgets = "/apis/example.com/v1/namespaces/default/widgets";
     assert_eq!(
-        (code, body),
-        (
-            415,
-            status(
-                415,
-                "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"
-            )
-        )
+        post_protobuf(&server, widgets, &envelope("Widget", &[])).await,
+        status(415, "UnsupportedMediaType", unknown_format)
     );
 }
 

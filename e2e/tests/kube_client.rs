@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, server, server_with};
+use common::{client, defaulted_deployment_spec, server, server_with};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
@@ -827,28 +827,13 @@ async fn applied_objects_come_back_defaulted_and_canonical() {
         .expect("applied");
     assert_eq!(
         first.data["spec"],
-        json!({
-            "replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
-            "selector": {"matchLabels": {"app": "web"}},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "containers": [{
-                        "name": "web", "image": "nginx:1.27",
-                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                      "limits": {"memory": "1536Mi"}},
-                        "imagePullPolicy": "IfNotPresent",
-                        "terminationMessagePath": "/dev/termination-log",
-                        "terminationMessagePolicy": "File"
-                    }],
-                    "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
-                    "schedulerName": "default-scheduler", "securityContext": {},
-                    "terminationGracePeriodSeconds": 30
-                }
-            }
-        })
+        defaulted_deployment_spec(
+            1,
+            "web",
+            json!({"name": "web", "image": "nginx:1.27",
+                   "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                 "limits": {"memory": "1536Mi"}}})
+        )
     );
     let owned = |object: &DynamicObject| {
         let entries = object.metadata.managed_fields.clone().unwrap_or_default();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{server, server_with, shared_crds};
+use common::{defaulted_deployment_spec, server, server_with, shared_crds};
 use pequod_e2e::Config;
 use pequod_e2e::testing::{Kubectl, eventually};
 use serde_json::{Value, json};
@@ -807,27 +807,13 @@ async fn kubectl_generators_send_protobuf() {
         stored(&kubectl, &["get", "secret", "pull"]).await["type"],
         "kubernetes.io/dockerconfigjson"
     );
-    let deployment = stored(&kubectl, &["get", "deployment", "web"]).await;
     assert_eq!(
-        deployment["spec"],
-        json!({
-            "replicas": 2, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
-            "selector": {"matchLabels": {"app": "web"}},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "containers": [{"name": "nginx", "image": "nginx:1.27", "resources": {},
-                                    "imagePullPolicy": "IfNotPresent",
-                                    "terminationMessagePath": "/dev/termination-log",
-                                    "terminationMessagePolicy": "File"}],
-                    "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
-                    "schedulerName": "default-scheduler", "securityContext": {},
-                    "terminationGracePeriodSeconds": 30
-                }
-            }
-        })
+        stored(&kubectl, &["get", "deployment", "web"]).await["spec"],
+        defaulted_deployment_spec(
+            2,
+            "web",
+            json!({"name": "nginx", "image": "nginx:1.27", "resources": {}})
+        )
     );
     let job = stored(&kubectl, &["get", "job", "once"]).await;
     assert_eq!(
