@@ -258,3 +258,138 @@ fn field_json(value: &Field) -> Result<Value, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_reflect::prost::Message;
+
+    fn message(name: &str, fields: &[(&str, Field)]) -> DynamicMessage {
+        let descriptor = DESCRIPTORS
+            .get_message_by_name(name)
+            .expect("a vendored message");
+        let mut message = DynamicMessage::new(descriptor);
+        for (field, value) in fields {
+            message.set_field_by_name(field, value.clone());
+        }
+        message
+    }
+
+    fn wrapped(api_version: &str, kind: &str, object: &DynamicMessage) -> Vec<u8> {
+        let type_meta = message(
+            "k8s.io.apimachinery.pkg.runtime.TypeMeta",
+            &[
+                ("apiVersion", Field::String(api_version.into())),
+                ("kind", Field::String(kind.into())),
+            ],
+        );
+        let unknown = message(
+            "k8s.io.apimachinery.pkg.runtime.Unknown",
+            &[
+                ("typeMeta", Field::Message(type_meta)),
+                ("raw", Field::Bytes(object.encode_to_vec().into())),
+            ],
+        );
+        [PREFIX, &unknown.encode_to_vec()].concat()
+    }
+
+    #[test]
+    fn apimachinery_types_and_omitted_zero_values() {
+        const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
+        let time = |seconds: i64| {
+            Field::Message(message(
+                &format!("{META}.Time"),
+                &[("seconds", Field::I64(seconds))],
+            ))
+        };
+        let metadata = message(
+            &format!("{META}.ObjectMeta"),
+            &[
+                ("name", Field::String("web".into())),
+                // Written by Go although empty: not part of the JSON.
+                ("generateName", Field::String(String::new())),
+                ("generation", Field::I64(0)),
+                ("creationTimestamp", time(0)),
+                ("deletionTimestamp", time(1_700_000_000)),
+            ],
+        );
+        let int_or_string = |value: Field| {
+            let (kind, field) = match value {
+                Field::I32(_) => (0, "intVal"),
+                _ => (1, "strVal"),
+            };
+            Field::Message(message(
+                "k8s.io.apimachinery.pkg.util.intstr.IntOrString",
+                &[("type", Field::I64(kind)), (field, value)],
+            ))
+        };
+        let port = message(
+            "k8s.io.api.core.v1.ServicePort",
+            &[
+                ("port", Field::I32(80)),
+                ("targetPort", int_or_string(Field::String("http".into()))),
+                ("nodePort", Field::I32(0)),
+            ],
+        );
+        let spec = message(
+            "k8s.io.api.core.v1.ServiceSpec",
+            &[("ports", Field::List(vec![Field::Message(port)]))],
+        );
+        let service = message(
+            "k8s.io.api.core.v1.Service",
+            &[
+                ("metadata", Field::Message(metadata)),
+                ("spec", Field::Message(spec)),
+                (
+                    "status",
+                    Field::Message(message("k8s.io.api.core.v1.ServiceStatus", &[])),
+                ),
+            ],
+        );
+        let decoded = decode(&wrapped("v1", "Service", &service), "", "v1", "Service");
+        assert_eq!(
+            decoded,
+            Ok(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "deletionTimestamp": "2023-11-14T22:13:20Z"},
+                "spec": {"ports": [{"port": 80, "targetPort": "http"}]},
+                "status": {}
+            }))
+        );
+        let lease = message(
+            "k8s.io.api.coordination.v1.Lease",
+            &[(
+                "spec",
+                Field::Message(message(
+                    "k8s.io.api.coordination.v1.LeaseSpec",
+                    &[(
+                        "renewTime",
+                        Field::Message(message(
+                            &format!("{META}.MicroTime"),
+                            &[("seconds", Field::I64(1)), ("nanos", Field::I32(2_000))],
+                        )),
+                    )],
+                )),
+            )],
+        );
+        assert_eq!(
+            decode(
+                &wrapped("coordination.k8s.io/v1", "Lease", &lease),
+                "coordination.k8s.io",
+                "v1",
+                "Lease"
+            ),
+            Ok(
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                      "spec": {"renewTime": "1970-01-01T00:00:01.000002Z"}})
+            )
+        );
+    }
+
+    #[test]
+    fn summaries_quote_json_and_hex() {
+        assert_eq!(summarize(b"{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(summarize(&[0x6b, 0x38]), "6b38");
+        assert_eq!(summarize(&[b'{'; 31]), format!("{} ...", "{".repeat(30)));
+    }
+}
