@@ -131,3 +131,91 @@ fn existing<'a>(
 ) -> Option<&'a mut Map<String, Value>> {
     fields.get_mut(key).and_then(Value::as_object_mut)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Registry;
+    use serde_json::json;
+
+    fn defaulted(group: &str, resource: &str, mut object: Value) -> Value {
+        let registry = Registry::builtin();
+        let ty = registry
+            .lookup(group, "v1", resource)
+            .expect("a built-in type");
+        apply(&ty, &mut object);
+        object
+    }
+
+    #[test]
+    fn pod_containers_probes_and_volumes() {
+        let pod = defaulted(
+            "",
+            "pods",
+            json!({"spec": {
+                "containers": [{
+                    "name": "app", "image": "registry:5000/app",
+                    "resources": {"limits": {"cpu": "0.25", "memory": "128974848"}},
+                    "readinessProbe": {"httpGet": {"port": 8080}},
+                    "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+                }],
+                "volumes": [{"name": "scratch"}, {"name": "conf", "configMap": {"name": "c"}}]
+            }}),
+        );
+        assert_eq!(
+            pod["spec"],
+            json!({
+                "containers": [{
+                    "name": "app", "image": "registry:5000/app", "imagePullPolicy": "Always",
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File",
+                    "resources": {"limits": {"cpu": "250m", "memory": "128974848"},
+                                  "requests": {"cpu": "250m", "memory": "128974848"}},
+                    "readinessProbe": {"httpGet": {"port": 8080, "path": "/", "scheme": "HTTP"},
+                                       "timeoutSeconds": 1, "periodSeconds": 10,
+                                       "successThreshold": 1, "failureThreshold": 3},
+                    "env": [{"name": "NODE", "valueFrom": {"fieldRef": {
+                        "fieldPath": "spec.nodeName", "apiVersion": "v1"}}}]
+                }],
+                "volumes": [{"name": "scratch", "emptyDir": {}},
+                            {"name": "conf", "configMap": {"name": "c", "defaultMode": 420}}],
+                "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                "schedulerName": "default-scheduler", "securityContext": {},
+                "terminationGracePeriodSeconds": 30, "enableServiceLinks": true
+            })
+        );
+    }
+
+    #[test]
+    fn services_default_and_get_addresses() {
+        let mut service = defaulted(
+            "",
+            "services",
+            json!({"spec": {"type": "NodePort", "sessionAffinity": "ClientIP",
+                            "ports": [{"port": 80, "targetPort": 0}]}}),
+        );
+        core::allocate_service(&mut service, None, &["10.96.0.1".into()], &[30000]);
+        assert_eq!(
+            service["spec"],
+            json!({
+                "type": "NodePort", "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10800}},
+                "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP", "nodePort": 30001}],
+                "externalTrafficPolicy": "Cluster", "internalTrafficPolicy": "Cluster",
+                "clusterIP": "10.96.0.2", "clusterIPs": ["10.96.0.2"],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"
+            })
+        );
+        // An update that leaves the allocations out keeps them.
+        let mut update =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
+        core::allocate_service(&mut update, Some(&service), &[], &[]);
+        assert_eq!(
+            (
+                &update["spec"]["clusterIP"],
+                &update["spec"]["ports"][0]["nodePort"]
+            ),
+            (&json!("10.96.0.2"), &json!(30001))
+        );
+    }
+}
