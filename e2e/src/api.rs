@@ -2,6 +2,8 @@
 
 use crate::discovery;
 use crate::faults::Faults;
+use crate::protobuf;
+use crate::requests::{DEFAULT_USER, RequestKey, RequestLog};
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector, SelectorError};
 use crate::status::ApiError;
@@ -31,6 +33,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// `host:port` the server listens on (for `/api`'s server address).
     pub address: String,
+    /// Requests counted by verb, resource and user.
+    pub requests: Arc<RequestLog>,
 }
 
 /// The router: every path goes through [`handle`].
@@ -60,6 +64,7 @@ enum Route {
     OpenApiIndex,
     OpenApiDocument(String, String),
     Resource(ResourcePath),
+    DebugRequests,
     Unknown,
 }
 
@@ -98,6 +103,7 @@ fn route(path: &str) -> Route {
         ["apis", group] => Route::Group((*group).to_owned()),
         ["apis", group, version] => Route::ResourceList((*group).to_owned(), (*version).to_owned()),
         ["apis", group, version, rest @ ..] => resource_path(group, version, rest),
+        ["debug", "requests"] => Route::DebugRequests,
         ["openapi", "v3"] => Route::OpenApiIndex,
         ["openapi", "v3", "api", version] => {
             Route::OpenApiDocument(String::new(), (*version).to_owned())
@@ -133,6 +139,10 @@ async fn handle(
 ) -> Response {
     let route = route(uri.path());
     let query = Query::parse(uri.query());
+    if route != Route::DebugRequests {
+        app.requests
+            .record(request_key(&route, &method, &query, &headers, uri.path()));
+    }
     let registry = app.store.registry();
     let accept = headers
         .get(header::ACCEPT)
@@ -189,9 +199,69 @@ async fn handle(
                 }
             }
         }
+        Route::DebugRequests => ok(Some(app.requests.snapshot().to_json())),
         Route::Unknown => Err(ApiError::no_route()),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a request counts as (see [`crate::requests`]).
+fn request_key(
+    route: &Route,
+    method: &Method,
+    query: &Query,
+    headers: &HeaderMap,
+    path: &str,
+) -> RequestKey {
+    let user = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|user| !user.is_empty())
+        .unwrap_or(DEFAULT_USER)
+        .to_owned();
+    let method = method.as_str();
+    let Route::Resource(resource) = route else {
+        return RequestKey {
+            verb: method.to_ascii_lowercase(),
+            group: String::new(),
+            resource: path.to_owned(),
+            user,
+        };
+    };
+    let named = resource.name.is_some();
+    let apply = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/apply-patch"));
+    let verb = match method {
+        "GET" if named => "get",
+        "GET" if query.flag("watch") => "watch",
+        "GET" => "list",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" if apply => "apply",
+        "PATCH" => "patch",
+        "DELETE" if named => "delete",
+        "DELETE" => "deletecollection",
+        other => {
+            return RequestKey {
+                verb: other.to_ascii_lowercase(),
+                group: resource.group.clone(),
+                resource: resource.resource.clone(),
+                user,
+            };
+        }
+    };
+    let name = match &resource.subresource {
+        Some(sub) => format!("{}/{sub}", resource.resource),
+        None => resource.resource.clone(),
+    };
+    RequestKey {
+        verb: verb.to_owned(),
+        group: resource.group.clone(),
+        resource: name,
+        user,
+    }
 }
 
 /// Query parameters (kube sends a leading `&`; empty pairs are skipped).
@@ -243,18 +313,34 @@ impl Request<'_> {
             .to_ascii_lowercase()
     }
 
-    /// The body as JSON (JSON and YAML requests alike).
-    fn object(&self) -> Result<Value, ApiError> {
-        let content_type = self.content_type();
-        if content_type.contains("yaml") {
-            serde_yaml::from_slice(self.body)
-                .map_err(|error| ApiError::bad_request(format!("error decoding YAML: {error}")))
-        } else {
-            serde_json::from_slice(self.body).map_err(|error| {
+    /// The body of a create or update as JSON: JSON, YAML, or protobuf for the built-in kinds
+    /// whose messages the server knows; any other media type gets 415 with the ones the
+    /// resource accepts (as Kubernetes' `NegotiateInputSerializer`).
+    fn object(&self, ty: &ResourceType, version: &str) -> Result<Value, ApiError> {
+        let protobuf = !ty.is_custom() && protobuf::supports(&ty.gr.group, version, &ty.kind);
+        match self.content_type().as_str() {
+            "" | "application/json" => serde_json::from_slice(self.body).map_err(|error| {
                 ApiError::bad_request(format!(
-                    "the object provided is unrecognized (must be of type JSON): {error}"
+                    "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {error} ({})",
+                    ty.kind,
+                    protobuf::summarize(self.body)
                 ))
-            })
+            }),
+            "application/yaml" => serde_yaml::from_slice(self.body)
+                .map_err(|error| ApiError::bad_request(format!("error decoding YAML: {error}"))),
+            protobuf::MEDIA_TYPE if protobuf => {
+                protobuf::decode(self.body, &ty.gr.group, version, &ty.kind)
+            }
+            _ => {
+                let accepted = if protobuf {
+                    "application/json, application/yaml, application/vnd.kubernetes.protobuf"
+                } else {
+                    "application/json, application/yaml"
+                };
+                Err(ApiError::unsupported_media_type(format!(
+                    "the body of the request was in an unknown format - accepted media types include: {accepted}"
+                )))
+            }
         }
     }
 
@@ -400,7 +486,13 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
         }
         ("POST", None) if !all_namespaces => {
             let options = request.write_options()?;
-            let outcome = store.create(&ty, version, namespace, request.object()?, &options)?;
+            let outcome = store.create(
+                &ty,
+                version,
+                namespace,
+                request.object(&ty, version)?,
+                &options,
+            )?;
             Ok(written(outcome))
         }
         ("PUT", Some(name)) => {
@@ -410,7 +502,7 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
                 version,
                 namespace,
                 name,
-                request.object()?,
+                request.object(&ty, version)?,
                 status,
                 &options,
             )?;
@@ -587,6 +679,8 @@ fn watch(
 fn delete_options(request: &Request) -> Result<DeleteOptions, ApiError> {
     let body: Value = if request.body.is_empty() {
         json!({})
+    } else if request.content_type() == protobuf::MEDIA_TYPE {
+        protobuf::decode(request.body, "meta.k8s.io", "v1", "DeleteOptions")?
     } else {
         serde_json::from_slice(request.body)
             .map_err(|error| ApiError::bad_request(format!("invalid DeleteOptions: {error}")))?

@@ -12,6 +12,8 @@ pub mod discovery;
 pub mod faults;
 pub mod managed;
 pub mod patch;
+pub mod protobuf;
+pub mod requests;
 pub mod resources;
 pub mod schema;
 pub mod selector;
@@ -23,6 +25,7 @@ pub mod testing;
 pub mod watch;
 
 use crate::faults::Faults;
+use crate::requests::{RequestLog, Requests};
 use crate::simulator::SimulatorControl;
 use crate::store::{FieldValidation, Store, WriteOptions};
 use serde::Deserialize;
@@ -111,6 +114,7 @@ pub struct TestApiServer {
     store: Arc<Store>,
     faults: Arc<Faults>,
     simulator: Arc<SimulatorControl>,
+    requests: Arc<RequestLog>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
     _tempdir: Option<TempDir>,
@@ -164,11 +168,13 @@ impl TestApiServer {
         let faults = Arc::new(Faults::default());
         let simulator = Arc::new(SimulatorControl::new(config.readiness_delay));
         let shutdown = CancellationToken::new();
+        let requests = Arc::new(RequestLog::default());
         let app = Arc::new(api::App {
             store: store.clone(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
             address: addr.to_string(),
+            requests: requests.clone(),
         });
         if config.simulate {
             tokio::spawn(simulator::run(
@@ -193,6 +199,7 @@ impl TestApiServer {
             store,
             faults,
             simulator,
+            requests,
             shutdown,
             task: Some(task),
             _tempdir: tempdir,
@@ -227,6 +234,12 @@ impl TestApiServer {
     /// The readiness simulator's controls.
     pub fn simulator(&self) -> &SimulatorControl {
         &self.simulator
+    }
+
+    /// How many requests the server was sent so far, by verb, resource and user (also served
+    /// as JSON at `/debug/requests`).
+    pub fn requests(&self) -> Requests {
+        self.requests.snapshot()
     }
 
     /// Stops serving: open watches end, the listener closes.

@@ -149,6 +149,17 @@ struct Builtin {
 
 const ALL: &[&str] = &["all"];
 
+/// The built-in resources in the `all` category (`kubectl get all`).
+const IN_ALL: &[&str] = &[
+    "pods",
+    "services",
+    "deployments",
+    "statefulsets",
+    "jobs",
+    "cronjobs",
+    "horizontalpodautoscalers",
+];
+
 /// The built-in kinds: those the product renders, reads or writes.
 const BUILTINS: &[Builtin] = &[
     Builtin {
@@ -210,6 +221,39 @@ const BUILTINS: &[Builtin] = &[
         generation: false,
         definition: "io.k8s.api.core.v1.Service",
         fields: &["spec.clusterIP", "spec.type"],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        resource: "pods",
+        kind: "Pod",
+        namespaced: true,
+        short_names: &["po"],
+        status: true,
+        generation: false,
+        definition: "io.k8s.api.core.v1.Pod",
+        fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        resource: "resourcequotas",
+        kind: "ResourceQuota",
+        namespaced: true,
+        short_names: &["quota"],
+        status: true,
+        generation: false,
+        definition: "io.k8s.api.core.v1.ResourceQuota",
+        fields: &[],
     },
     Builtin {
         group: "",
@@ -368,6 +412,54 @@ const BUILTINS: &[Builtin] = &[
         fields: &[],
     },
     Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        resource: "roles",
+        kind: "Role",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        generation: false,
+        definition: "io.k8s.api.rbac.v1.Role",
+        fields: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        resource: "rolebindings",
+        kind: "RoleBinding",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        generation: false,
+        definition: "io.k8s.api.rbac.v1.RoleBinding",
+        fields: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        resource: "clusterroles",
+        kind: "ClusterRole",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        generation: false,
+        definition: "io.k8s.api.rbac.v1.ClusterRole",
+        fields: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        resource: "clusterrolebindings",
+        kind: "ClusterRoleBinding",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        generation: false,
+        definition: "io.k8s.api.rbac.v1.ClusterRoleBinding",
+        fields: &[],
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         version: "v1",
         resource: "customresourcedefinitions",
@@ -400,11 +492,7 @@ impl Registry {
                     group: b.group.to_owned(),
                     resource: b.resource.to_owned(),
                 };
-                let categories = if ["deployments", "statefulsets", "services", "jobs"]
-                    .contains(&b.resource)
-                    || b.resource == "cronjobs"
-                    || b.resource == "horizontalpodautoscalers"
-                {
+                let categories = if IN_ALL.contains(&b.resource) {
                     ALL.iter().map(|s| (*s).to_owned()).collect()
                 } else {
                     Vec::new()

@@ -75,6 +75,15 @@ impl<'a> Schema<'a> {
         }
     }
 
+    /// Whether this position is the built-in definition `name`
+    /// (`io.k8s.apimachinery.pkg.api.resource.Quantity`).
+    pub fn is_definition(&self, name: &str) -> bool {
+        match (self.node, builtin_definitions().get(name)) {
+            (Some(node), Some(definition)) => std::ptr::eq(node, definition),
+            _ => false,
+        }
+    }
+
     /// Whether there is a schema at this position.
     pub fn is_known(&self) -> bool {
         self.node.is_some()

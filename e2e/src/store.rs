@@ -646,7 +646,7 @@ impl Store {
         {
             return Err(ApiError::stale(ty.gr.subject(), name));
         }
-        let (applied, warnings) = state.decode(ty, version, body, options.validation)?;
+        let (applied, warnings) = state.prune(ty, version, body, options.validation)?;
         let time = now();
         let writer = Writer {
             manager: &options.manager,
@@ -658,6 +658,7 @@ impl Store {
         let live = old.clone().map(|old| in_version(ty, version, old));
         let mut merged =
             managed::apply(live.as_ref(), &applied, &writer, force).map_err(apply_error)?;
+        crate::defaults::apply(ty, &mut merged);
         match old {
             None => {
                 if status {
@@ -887,6 +888,21 @@ impl State {
         &self,
         ty: &ResourceType,
         version: &str,
+        body: Value,
+        validation: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let (mut body, warnings) = self.prune(ty, version, body, validation)?;
+        crate::defaults::apply(ty, &mut body);
+        Ok((body, warnings))
+    }
+
+    /// Prunes unknown fields (rejecting them under Strict), without defaults: an applied
+    /// configuration is merged as sent and the merged object defaulted, so that defaulted
+    /// fields belong to nobody (as in Kubernetes' field manager).
+    fn prune(
+        &self,
+        ty: &ResourceType,
+        version: &str,
         mut body: Value,
         validation: FieldValidation,
     ) -> Result<(Value, Vec<String>), ApiError> {
@@ -913,7 +929,6 @@ impl State {
             }
             body[key] = value;
         }
-        crate::defaults::apply(ty, &mut body);
         let unknown: Vec<String> = unknown
             .into_iter()
             .map(|path| path.trim_start_matches('.').to_owned())
@@ -1027,6 +1042,7 @@ impl State {
         if ty.gr.resource == "customresourcedefinitions" && ty.gr.group == "apiextensions.k8s.io" {
             resources::from_crd(&object)?;
         }
+        self.allocate(ty, namespace, &name, None, &mut object);
         let metadata = metadata_mut(&mut object);
         if ty.namespaced {
             metadata.insert("namespace".into(), json!(namespace));
@@ -1156,6 +1172,7 @@ impl State {
                 ));
             }
         }
+        self.allocate(ty, namespace, name, Some(&old), &mut new);
         let new = in_version(ty, ty.storage_version(), new);
         if comparable(&new) == comparable(&old) {
             return Ok(Outcome {
@@ -1187,6 +1204,31 @@ impl State {
             created: false,
             warnings,
         })
+    }
+
+    /// Gives a Service (other than `namespace/name`'s stored self) the cluster IP and node
+    /// ports the API server allocates, or keeps those it had.
+    fn allocate(
+        &self,
+        ty: &ResourceType,
+        namespace: &str,
+        name: &str,
+        old: Option<&Value>,
+        object: &mut Value,
+    ) {
+        if !(ty.gr.group.is_empty() && ty.gr.resource == "services") {
+            return;
+        }
+        let (mut ips, mut ports) = (Vec::new(), Vec::new());
+        let others = self.objects.get(&ty.gr).into_iter().flatten();
+        for ((ns, other), service) in others {
+            if (ns.as_str(), other.as_str()) != (namespace, name) {
+                let (service_ips, service_ports) = crate::defaults::core::allocations(service);
+                ips.extend(service_ips);
+                ports.extend(service_ports);
+            }
+        }
+        crate::defaults::core::allocate_service(object, old, &ips, &ports);
     }
 
     /// Writes an object under a new resourceVersion and records the event.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, server};
+use common::{client, defaulted_deployment_spec, server, server_with};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
@@ -116,7 +116,8 @@ async fn discovery_and_server_side_apply() {
     assert_eq!(forced.data["spec"]["replicas"], 3);
     assert_eq!(forced.metadata.generation, Some(2));
 
-    // pequod re-applies without env: its env entry is removed (nobody else owns it).
+    // pequod re-applies without env: its env entry is removed (nobody else owns it); the
+    // container's defaults, owned by nobody, stay.
     let mut without_env = deployment(3, "nginx:2");
     without_env.data["spec"]["template"]["spec"]["containers"][0]
         .as_object_mut()
@@ -131,7 +132,9 @@ async fn discovery_and_server_side_apply() {
         .expect("re-applied");
     assert_eq!(
         reapplied.data["spec"]["template"]["spec"]["containers"][0],
-        json!({"name": "web", "image": "nginx:2"})
+        json!({"name": "web", "image": "nginx:2", "imagePullPolicy": "IfNotPresent",
+               "terminationMessagePath": "/dev/termination-log",
+               "terminationMessagePolicy": "File"})
     );
 }
 
@@ -783,4 +786,101 @@ async fn an_apply_naming_a_stale_resource_version_conflicts() {
             "Operation cannot be fulfilled on configmaps \"cfg\": the object has been modified; please apply your changes to the latest version and try again".into()
         )
     );
+}
+
+/// What Pequod applies: a Deployment with non-canonical quantities and none of the defaults.
+fn rendered(cpu: &str, memory: &str, limit: &str) -> DynamicObject {
+    object(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                {"name": "web", "image": "nginx:1.27",
+                 "resources": {"requests": {"cpu": cpu, "memory": memory},
+                               "limits": {"memory": limit}}}
+            ]}}
+        }
+    }))
+}
+
+/// The server side of the operator's drift detection: an applied object comes back with
+/// the defaults and canonical quantities a real API server writes, the defaults belong to
+/// nobody, and applying it again changes neither its spec nor its generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_objects_come_back_defaulted_and_canonical() {
+    let server = server_with(pequod_e2e::Config {
+        simulate: false,
+        ..pequod_e2e::Config::default()
+    })
+    .await;
+    let client = client(&server).await;
+    let api = deployments(&client);
+    let params = PatchParams::apply("pequod");
+    let first = api
+        .patch(
+            "web",
+            &params,
+            &Patch::Apply(rendered("0.5", "1024Mi", "1.5Gi")),
+        )
+        .await
+        .expect("applied");
+    assert_eq!(
+        first.data["spec"],
+        defaulted_deployment_spec(
+            1,
+            "web",
+            json!({"name": "web", "image": "nginx:1.27",
+                   "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                 "limits": {"memory": "1536Mi"}}})
+        )
+    );
+    let owned = |object: &DynamicObject| {
+        let entries = object.metadata.managed_fields.clone().unwrap_or_default();
+        assert_eq!(entries.len(), 1);
+        serde_json::to_value(&entries[0].fields_v1).expect("fieldsV1")
+    };
+    // Pequod owns what it applied, not the defaults.
+    assert_eq!(
+        owned(&first),
+        json!({"f:spec": {"f:selector": {}, "f:template": {
+            "f:metadata": {"f:labels": {"f:app": {}}},
+            "f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {
+                ".": {}, "f:image": {}, "f:name": {},
+                "f:resources": {"f:limits": {"f:memory": {}},
+                                "f:requests": {"f:cpu": {}, "f:memory": {}}}
+            }}}
+        }}})
+    );
+
+    // The same configuration again: same spec, same generation, same ownership. (Its
+    // resourceVersion may move: as in Kubernetes, "0.5" differs from the stored "500m" as
+    // applied, so the apply entry's time is renewed when a second has passed.)
+    let second = api
+        .patch(
+            "web",
+            &params,
+            &Patch::Apply(rendered("0.5", "1024Mi", "1.5Gi")),
+        )
+        .await
+        .expect("re-applied");
+    assert_eq!(second.data["spec"], first.data["spec"]);
+    assert_eq!(second.metadata.generation, Some(1));
+    assert_eq!(owned(&second), owned(&first));
+
+    // The configuration as stored: nothing to write at all.
+    let canonical = api
+        .patch(
+            "web",
+            &params,
+            &Patch::Apply(rendered("500m", "1Gi", "1536Mi")),
+        )
+        .await
+        .expect("applied canonical");
+    assert_eq!(
+        canonical.metadata.resource_version,
+        second.metadata.resource_version
+    );
+    assert_eq!(canonical.data["spec"], first.data["spec"]);
+    assert_eq!(canonical.metadata.generation, Some(1));
 }

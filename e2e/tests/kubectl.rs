@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{server, server_with, shared_crds};
+use common::{defaulted_deployment_spec, server, server_with, shared_crds};
 use pequod_e2e::Config;
 use pequod_e2e::testing::{Kubectl, eventually};
 use serde_json::{Value, json};
@@ -159,8 +159,9 @@ async fn server_side_apply_conflicts_and_force() {
                             "f:metadata": {"f:labels": {"f:app": {}}},
                             "f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {
                                 ".": {}, "f:image": {}, "f:name": {},
+                                // The defaulted protocol is a key, not a field kubectl owns.
                                 "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
-                                    ".": {}, "f:containerPort": {}, "f:protocol": {}
+                                    ".": {}, "f:containerPort": {}
                                 }}
                             }}}
                         }
@@ -630,4 +631,309 @@ spec:
         )
         .await;
     assert_eq!(waited, "statefulset.apps/cache condition met\n");
+}
+
+/// The object kubectl prints with `-o json`, without the fields the server makes up.
+async fn stored(kubectl: &Kubectl, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    let mut object: Value =
+        serde_json::from_str(&kubectl.ok(&args, None).await).expect("kubectl printed JSON");
+    if let Some(metadata) = object["metadata"].as_object_mut() {
+        for key in ["uid", "resourceVersion", "creationTimestamp"] {
+            metadata.remove(key);
+        }
+    }
+    object
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_generators_send_protobuf() {
+    let server = server().await;
+    let kubectl = Kubectl::new(&server);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("motd.txt");
+    std::fs::write(&file, "hello\n").expect("file written");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let openssl = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=example", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (scripts/test-all.sh installs it)");
+    assert!(openssl.status.success(), "openssl failed");
+    let from_file = format!("--from-file={}", file.display());
+    let cert_arg = format!("--cert={}", cert.display());
+    let key_arg = format!("--key={}", key.display());
+    let runs: &[(&[&str], &str)] = &[
+        (
+            &["create", "namespace", "team-a"],
+            "namespace/team-a created\n",
+        ),
+        (
+            &[
+                "create",
+                "configmap",
+                "x",
+                "--from-literal=a=b",
+                "-n",
+                "team-a",
+            ],
+            "configmap/x created\n",
+        ),
+        (
+            &["create", "configmap", "motd", &from_file],
+            "configmap/motd created\n",
+        ),
+        (
+            &[
+                "create",
+                "secret",
+                "generic",
+                "creds",
+                "--from-literal=password=hunter2",
+            ],
+            "secret/creds created\n",
+        ),
+        (
+            &["create", "secret", "tls", "tls", &cert_arg, &key_arg],
+            "secret/tls created\n",
+        ),
+        (
+            &[
+                "create",
+                "secret",
+                "docker-registry",
+                "pull",
+                "--docker-server=r.example",
+                "--docker-username=u",
+                "--docker-password=p",
+            ],
+            "secret/pull created\n",
+        ),
+        (
+            &["create", "serviceaccount", "robot"],
+            "serviceaccount/robot created\n",
+        ),
+        (
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=nginx:1.27",
+                "--replicas=2",
+            ],
+            "deployment.apps/web created\n",
+        ),
+        (
+            &["create", "job", "once", "--image=busybox"],
+            "job.batch/once created\n",
+        ),
+        (
+            &[
+                "create",
+                "role",
+                "reader",
+                "--verb=get,list",
+                "--resource=configmaps",
+            ],
+            "role.rbac.authorization.k8s.io/reader created\n",
+        ),
+        (
+            &[
+                "create",
+                "rolebinding",
+                "read",
+                "--role=reader",
+                "--user=alice",
+                "--serviceaccount=default:robot",
+            ],
+            "rolebinding.rbac.authorization.k8s.io/read created\n",
+        ),
+        (
+            &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+            "service/web created\n",
+        ),
+        (
+            &[
+                "create",
+                "quota",
+                "small",
+                "--hard=cpu=0.5,memory=1024Mi,pods=10",
+            ],
+            "resourcequota/small created\n",
+        ),
+    ];
+    for (args, expected) in runs {
+        assert_eq!(kubectl.ok(args, None).await, *expected, "kubectl {args:?}");
+    }
+    // Every object was sent as protobuf and stored in its JSON form, defaulted.
+    assert_eq!(
+        stored(&kubectl, &["get", "configmap", "x", "-n", "team-a"]).await,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"},
+               "metadata": {"name": "x", "namespace": "team-a"}})
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "configmap", "motd"]).await["data"],
+        json!({"motd.txt": "hello\n"})
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "namespace", "team-a"]).await,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "team-a", "labels": {"kubernetes.io/metadata.name": "team-a"}},
+               "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "secret", "creds"]).await,
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "data": {"password": "aHVudGVyMg=="},
+               "metadata": {"name": "creds", "namespace": "default"}})
+    );
+    let tls = stored(&kubectl, &["get", "secret", "tls"]).await;
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    let pem = |path: &std::path::Path| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("PEM"))
+    };
+    assert_eq!(
+        tls["data"],
+        json!({"tls.crt": pem(&cert), "tls.key": pem(&key)})
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "secret", "pull"]).await["type"],
+        "kubernetes.io/dockerconfigjson"
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "deployment", "web"]).await["spec"],
+        defaulted_deployment_spec(
+            2,
+            "web",
+            json!({"name": "nginx", "image": "nginx:1.27", "resources": {}})
+        )
+    );
+    let job = stored(&kubectl, &["get", "job", "once"]).await;
+    assert_eq!(
+        (
+            &job["spec"]["backoffLimit"],
+            &job["spec"]["completions"],
+            &job["spec"]["parallelism"]
+        ),
+        (&json!(6), &json!(1), &json!(1))
+    );
+    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    assert_eq!(
+        stored(&kubectl, &["get", "role", "reader"]).await["rules"],
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}])
+    );
+    let binding = stored(&kubectl, &["get", "rolebinding", "read"]).await;
+    assert_eq!(
+        (&binding["roleRef"], &binding["subjects"]),
+        (
+            &json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"}),
+            &json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+                    {"kind": "ServiceAccount", "name": "robot", "namespace": "default"}])
+        )
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "service", "web"]).await["spec"],
+        json!({
+            "type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
+            "selector": {"app": "web"},
+            "ports": [{"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+        })
+    );
+    assert_eq!(
+        stored(&kubectl, &["get", "quota", "small"]).await["spec"],
+        json!({"hard": {"cpu": "500m", "memory": "1Gi", "pods": "10"}})
+    );
+    let requests = server.requests();
+    for (resource, creates) in [
+        ("namespaces", 1),
+        ("configmaps", 2),
+        ("secrets", 3),
+        ("serviceaccounts", 1),
+        ("deployments", 1),
+        ("jobs", 1),
+        ("roles", 1),
+        ("rolebindings", 1),
+        ("services", 1),
+        ("resourcequotas", 1),
+    ] {
+        assert_eq!(requests.count("create", resource), creates, "{resource}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_of_defaulted_workloads() {
+    let server = server().await;
+    let kubectl = Kubectl::new(&server);
+    let stateful_set = "\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - {name: db, image: postgres:17}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1.5Gi}}
+";
+    kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(DEPLOYMENT))
+        .await;
+    kubectl
+        .ok(&["apply", "--server-side", "-f", "-"], Some(stateful_set))
+        .await;
+    let deployment = kubectl
+        .ok(
+            &["rollout", "status", "deployment/web", "--timeout=30s"],
+            None,
+        )
+        .await;
+    assert!(
+        deployment.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{deployment}"
+    );
+    let statefulset = kubectl
+        .ok(
+            &["rollout", "status", "statefulset/db", "--timeout=30s"],
+            None,
+        )
+        .await;
+    // The defaulted RollingUpdate strategy has `partition: 0`, so kubectl reports a
+    // partitioned rollout, as against a real cluster.
+    assert!(
+        statefulset.ends_with("partitioned roll out complete: 2 new pods have been updated...\n"),
+        "{statefulset}"
+    );
+    let stored = stored(&kubectl, &["get", "statefulset", "db"]).await;
+    assert_eq!(
+        (
+            &stored["spec"]["updateStrategy"],
+            &stored["spec"]["podManagementPolicy"],
+            &stored["spec"]["volumeClaimTemplates"][0]
+        ),
+        (
+            &json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            &json!("OrderedReady"),
+            &json!({"metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+                             "resources": {"requests": {"storage": "1536Mi"}}},
+                    "status": {"phase": "Pending"}})
+        )
+    );
 }

@@ -37,3 +37,35 @@ pub async fn client(server: &TestApiServer) -> kube::Client {
         .expect("kubeconfig accepted by kube");
     kube::Client::try_from(config).expect("kube client")
 }
+
+/// The spec the server stores for a Deployment of `replicas` whose pods (labelled
+/// `app: <app>`) run `container`: every default filled in, as a real API server fills it.
+pub fn defaulted_deployment_spec(
+    replicas: i64,
+    app: &str,
+    container: serde_json::Value,
+) -> serde_json::Value {
+    let mut container = container;
+    for (key, value) in [
+        ("imagePullPolicy", "IfNotPresent"),
+        ("terminationMessagePath", "/dev/termination-log"),
+        ("terminationMessagePolicy", "File"),
+    ] {
+        container[key] = serde_json::json!(value);
+    }
+    serde_json::json!({
+        "replicas": replicas, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+        "selector": {"matchLabels": {"app": app}},
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+        "template": {
+            "metadata": {"labels": {"app": app}},
+            "spec": {
+                "containers": [container],
+                "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                "schedulerName": "default-scheduler", "securityContext": {},
+                "terminationGracePeriodSeconds": 30
+            }
+        }
+    })
+}
