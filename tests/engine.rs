@@ -116,6 +116,7 @@ async fn renders_with_defaults_context_namespace_and_labels() {
                    "app.kubernetes.io/managed-by": "pequod",
                    "platform.pequod.io/transform": "demo",
                    "platform.pequod.io/resource-graph": "demo",
+                   "platform.pequod.io/resource-graph-namespace": "team-a",
                    "platform.pequod.io/node-id": "b"}}})
     );
     assert!(graph.render_hash.starts_with("sha256:"));

@@ -10,7 +10,9 @@ use pequod::api::{
     SourceRef,
 };
 use pequod::exec::inventory::{Deletion, delete_entry, deletion_waves};
-use pequod::exec::{Applier, ExecConfig, NodeEvent, Pass, Write, execute};
+use pequod::exec::{
+    Applier, ExecConfig, Executor, GraphId, Identity, NodeEvent, Pass, Write, execute,
+};
 use pequod_e2e::faults::{Fault, FaultAction, Rendezvous};
 use pequod_e2e::store::EventType;
 use pequod_e2e::{Config, TestApiServer};
@@ -50,9 +52,16 @@ impl Harness {
         }
     }
 
-    /// One pass over `graph`; the graph keeps the status it produced, for the next pass.
+    /// One pass over `graph` as the operator; the graph keeps the status it produced, for
+    /// the next pass.
     async fn pass(&self, graph: &mut ResourceGraph) -> Pass {
-        let pass = execute(&self.applier, graph, &self.config, &self.applies).await;
+        let executor = Executor {
+            applier: self.applier.clone(),
+            identity: &Identity::Operator,
+            config: &self.config,
+            applies: &self.applies,
+        };
+        let pass = execute(&executor, graph).await;
         graph.status = Some(pass.status.clone());
         pass
     }
@@ -98,11 +107,20 @@ fn graph(name: &str, nodes: Value) -> ResourceGraph {
             violations: Vec::new(),
             prune: true,
             suspend: false,
+            service_account_name: None,
         },
     );
     graph.metadata.namespace = Some("default".to_string());
     graph.metadata.generation = Some(1);
     graph
+}
+
+/// The graph of these tests.
+fn owner() -> GraphId {
+    GraphId {
+        namespace: "default".to_string(),
+        name: "g".to_string(),
+    }
 }
 
 /// A node for ConfigMap `id` (ready once it exists).
@@ -112,9 +130,23 @@ fn config_map(id: &str, depends_on: &[&str]) -> Value {
         "dependsOn": depends_on,
         "object": {"apiVersion": "v1", "kind": "ConfigMap",
                    "metadata": {"name": id, "namespace": "default",
-                                "labels": {"platform.pequod.io/resource-graph": "g"}},
+                                "labels": {"platform.pequod.io/resource-graph": "g",
+                                           "platform.pequod.io/resource-graph-namespace": "default"}},
                    "data": {"value": id}},
     })
+}
+
+/// A graph named `name` whose one node is ConfigMap `shared` with `value`, labelled as
+/// Pequod labels what `name` renders.
+fn sharing(name: &str, value: &str) -> ResourceGraph {
+    graph(
+        name,
+        json!([{"id": "shared", "object": {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "shared", "namespace": "default",
+                         "labels": {"platform.pequod.io/resource-graph": name,
+                                    "platform.pequod.io/resource-graph-namespace": "default"}},
+            "data": {"value": value}}}]),
+    )
 }
 
 /// A ConfigMap node with `deletionPolicy: Orphan`.
@@ -417,7 +449,7 @@ async fn a_deleted_graph_goes_in_waves_dependents_first() {
     let mut outcomes = Vec::new();
     for wave in deletion_waves(&diamond, &pass.status.inventory) {
         for entry in &wave {
-            let deletion = delete_entry(&harness.applier, &harness.applies, entry)
+            let deletion = delete_entry(&harness.applier, &owner(), &harness.applies, entry)
                 .await
                 .expect("deleted");
             outcomes.push((entry.node_id.clone(), deletion));
@@ -437,7 +469,13 @@ async fn a_deleted_graph_goes_in_waves_dependents_first() {
         outcomes,
         expected.iter().map(|(id, d)| (*id, d)).collect::<Vec<_>>()
     );
-    assert!(harness.stored("configmaps", "orphan").is_some());
+    let orphan = harness
+        .stored("configmaps", "orphan")
+        .expect("the orphan stays");
+    assert!(
+        orphan["metadata"]["labels"]["platform.pequod.io/resource-graph"].is_null(),
+        "released, no graph owns it any more: {orphan}"
+    );
     let order = deleted(&mut changes);
     assert_eq!(order.first().map(String::as_str), Some("d"));
     assert_eq!(order.last().map(String::as_str), Some("a"));
@@ -464,10 +502,125 @@ async fn a_deleted_graph_goes_in_waves_dependents_first() {
         .iter()
         .find(|e| e.node_id == "a")
         .expect("a");
-    let deletion = delete_entry(&harness.applier, &harness.applies, stale)
+    let deletion = delete_entry(&harness.applier, &owner(), &harness.applies, stale)
         .await
         .expect("looked at");
-    assert_eq!(deletion, Deletion::Orphaned);
+    assert_eq!(deletion, Deletion::NotOwned);
     assert!(harness.stored("configmaps", "a").is_some());
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_never_takes_or_deletes_another_graphs_object() {
+    let harness = Harness::start().await;
+    let mut first = sharing("owner-one", "one");
+    let pass = harness.pass(&mut first).await;
+    assert_eq!(phase(&pass, "shared"), NodePhase::Ready);
+
+    let mut second = sharing("owner-two", "two");
+    let pass = harness.pass(&mut second).await;
+    assert_eq!(phase(&pass, "shared"), NodePhase::Failed);
+    assert_eq!(
+        pass.status.nodes["shared"].reason.as_deref(),
+        Some("OwnedByAnotherGraph")
+    );
+    assert_eq!(
+        message(&pass, "shared"),
+        "ConfigMap default/shared is owned by ResourceGraph default/owner-one: refused (a graph never writes, adopts or deletes another graph's objects)"
+    );
+    assert!(pass.applies.is_empty(), "nothing written");
+    assert!(pass.status.inventory.is_empty(), "nothing owned");
+    let stored = harness.stored("configmaps", "shared").expect("stored");
+    assert_eq!(stored["data"]["value"], "one");
+
+    // Even an inventory that claims it (a status written by hand) deletes nothing: the
+    // object's labels name its owner.
+    let mut claims = graph("owner-two", json!([]));
+    let mut status = pass.status.clone();
+    status.inventory = first.status.as_ref().expect("status").inventory.clone();
+    claims.status = Some(status);
+    let pass = harness.pass(&mut claims).await;
+    assert!(pass.events.is_empty(), "{:?}", pass.events);
+    let stored = harness.stored("configmaps", "shared").expect("still there");
+    assert_eq!(stored["data"]["value"], "one");
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_object_is_taken_only_when_adopted() {
+    let harness = Harness::start().await;
+    let served = harness
+        .applier
+        .served("v1", "ConfigMap")
+        .await
+        .expect("served");
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "shared", "namespace": "default"},
+                        "data": {"value": "theirs"}});
+    harness
+        .applier
+        .create(&served, &theirs)
+        .await
+        .expect("created by someone else");
+    let mut graph = sharing("g", "mine");
+    let pass = harness.pass(&mut graph).await;
+    assert_eq!(phase(&pass, "shared"), NodePhase::Failed);
+    assert_eq!(
+        pass.status.nodes["shared"].reason.as_deref(),
+        Some("AlreadyExists")
+    );
+    assert_eq!(
+        message(&pass, "shared"),
+        "ConfigMap default/shared already exists and no graph owns it: refused (name it in the Transform's spec.adopt to take it over)"
+    );
+    assert_eq!(
+        harness.stored("configmaps", "shared").expect("kept")["data"]["value"],
+        "theirs"
+    );
+
+    let mut adopting = sharing("g", "mine");
+    adopting.spec.nodes[0].adopted = Some(pequod::api::AdoptStrategy::TakeOwnership);
+    adopting.spec.nodes[0].apply_policy.conflict_policy = pequod::api::ConflictPolicy::Force;
+    adopting.status = graph.status.clone();
+    let pass = harness.pass(&mut adopting).await;
+    assert_eq!(phase(&pass, "shared"), NodePhase::Adopted);
+    let stored = harness.stored("configmaps", "shared").expect("adopted");
+    assert_eq!(stored["data"]["value"], "mine");
+    assert_eq!(
+        stored["metadata"]["labels"]["platform.pequod.io/resource-graph"],
+        "g"
+    );
+    assert_eq!(inventory_names(&pass), ["shared"]);
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_objects_obey_the_namespace_and_scope_guards() {
+    let harness = Harness::start().await;
+    let mut observing = graph(
+        "g",
+        json!([
+            {"id": "elsewhere", "applyPolicy": {"mode": "Observe"},
+             "object": {"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "admin-token", "namespace": "kube-system"}}},
+            {"id": "cluster", "applyPolicy": {"mode": "Observe"},
+             "object": {"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "kube-system"}}},
+        ]),
+    );
+    let pass = harness.pass(&mut observing).await;
+    assert_eq!(phase(&pass, "elsewhere"), NodePhase::Failed);
+    assert_eq!(
+        message(&pass, "elsewhere"),
+        "Secret kube-system/admin-token is outside the graph's namespace default: refused (the operator runs without --allow-cross-namespace)"
+    );
+    assert_eq!(
+        pass.status.nodes["elsewhere"].reason.as_deref(),
+        Some("OutsideNamespace")
+    );
+    assert_eq!(
+        message(&pass, "cluster"),
+        "Namespace kube-system is cluster-scoped: refused (the operator runs without --allow-cluster-scoped)"
+    );
     harness.server.stop().await;
 }

@@ -812,7 +812,31 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
     let cluster = Cluster::start().await;
-    // Someone else applied this ConfigMap's value first.
+    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken"}]);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&shapes("drift", nodes)))
+        .await;
+    cluster
+        .graph_when("default", "drift", "Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    // While the Transform is suspended (nothing corrected), another team applies the
+    // ConfigMap's value; then the Transform changes that value and resumes.
+    let mut suspended: Value = serde_json::from_str(&shapes(
+        "drift",
+        serde_json::json!([{"id": "mine"}, {"id": "taken"}]),
+    ))
+    .expect("JSON");
+    suspended["spec"]["suspend"] = Value::Bool(true);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&suspended.to_string()))
+        .await;
+    cluster
+        .graph_when("default", "drift", "the graph suspended", |g| {
+            g["spec"]["suspend"] == true
+        })
+        .await;
     let theirs =
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: taken}\ndata: {value: theirs}\n";
     cluster
@@ -820,6 +844,7 @@ async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
             &[
                 "apply",
                 "--server-side",
+                "--force-conflicts",
                 "--field-manager",
                 "other-team",
                 "-f",
@@ -828,7 +853,7 @@ async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
             Some(theirs),
         )
         .await;
-    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken"}]);
+    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken", "value": "v2"}]);
     cluster
         .ok(&["apply", "-f", "-"], Some(&shapes("drift", nodes)))
         .await;
@@ -841,10 +866,11 @@ async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
         node(&graph, "taken")["message"],
         "Apply failed with 1 conflict: conflict with \"other-team\": .data.value (set applyPolicy.conflictPolicy: Force to take the fields)"
     );
+    assert_eq!(node(&graph, "taken")["reason"], "Conflict");
     assert_eq!(node(&graph, "mine")["phase"], "Ready");
 
     // With Force the fields are taken.
-    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken", "conflictPolicy": "Force"}]);
+    let nodes = serde_json::json!([{"id": "mine"}, {"id": "taken", "value": "v2", "conflictPolicy": "Force"}]);
     cluster
         .ok(&["apply", "-f", "-"], Some(&shapes("drift", nodes)))
         .await;
@@ -859,7 +885,7 @@ async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
             None,
         )
         .await;
-    assert_eq!(value, "v1");
+    assert_eq!(value, "v2");
 
     // An edit of a managed field is reverted.
     cluster

@@ -56,6 +56,8 @@ pub mod reasons {
     pub const REVISION_NOT_FOUND: &str = "RevisionNotFound";
     /// The Secret of `pullSecretRef` is missing or unusable.
     pub const PULL_SECRET_UNAVAILABLE: &str = "PullSecretUnavailable";
+    /// The module's origin is not in the operator's `--module-sources` allowlist.
+    pub const SOURCE_NOT_ALLOWED: &str = "SourceNotAllowed";
 
     // Rendered=False.
     /// The evaluation hit its deadline, memory or stack limit.
@@ -88,6 +90,8 @@ pub mod reasons {
     pub const NO_RESOURCE_GRAPH: &str = "NoResourceGraph";
     /// The graph is being deleted, its objects first.
     pub const DELETING: &str = "Deleting";
+    /// The graph is not controlled by an existing Transform: it is not executed.
+    pub const NOT_CONTROLLED_BY_TRANSFORM: &str = "NotControlledByTransform";
 
     // Applied.
     /// Every runnable node is applied.

@@ -13,7 +13,7 @@ mod transform;
 
 pub use names::{
     FIELD_MANAGER, FINALIZER, MAX_LABEL_VALUE, PRUNE_ANNOTATION, PRUNE_DISABLED, event_reasons,
-    labels,
+    labels, node_reasons,
 };
 pub use node::{
     ApplyMode, ApplyPolicy, ConflictPolicy, DeletionPolicy, Node, ObjectKey, Severity, Violation,

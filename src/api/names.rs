@@ -23,8 +23,11 @@ pub mod labels {
     pub const MANAGED_BY_PEQUOD: &str = "pequod";
     /// The Transform that owns the object.
     pub const TRANSFORM: &str = "platform.pequod.io/transform";
-    /// The ResourceGraph that applied the object (watched by the executor).
+    /// The name of the ResourceGraph that owns the object (watched by the executor).
     pub const RESOURCE_GRAPH: &str = "platform.pequod.io/resource-graph";
+    /// The namespace of the ResourceGraph that owns the object: with
+    /// [`RESOURCE_GRAPH`], the owner's identity.
+    pub const RESOURCE_GRAPH_NAMESPACE: &str = "platform.pequod.io/resource-graph-namespace";
     /// The node id of the object in its graph.
     pub const NODE_ID: &str = "platform.pequod.io/node-id";
 }
@@ -50,4 +53,36 @@ pub mod event_reasons {
     pub const ADOPTED: &str = "Adopted";
     /// ResourceGraph: an object that left the graph was deleted.
     pub const PRUNED: &str = "Pruned";
+}
+
+/// Why a node failed or is blocked (`status.nodes[id].reason`).
+pub mod node_reasons {
+    /// A dependency failed.
+    pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
+    /// The object's kind is not served (its CRD is not installed).
+    pub const KIND_NOT_INSTALLED: &str = "KindNotInstalled";
+    /// Another field manager owns fields the node applies.
+    pub const CONFLICT: &str = "Conflict";
+    /// The graph's identity may not do what the node needs.
+    pub const FORBIDDEN: &str = "Forbidden";
+    /// The API server refused the object (`Invalid`, an admission webhook, ...).
+    pub const REFUSED: &str = "Refused";
+    /// The API server did not answer, or answered with a server error.
+    pub const UNAVAILABLE: &str = "Unavailable";
+    /// The object is not a valid Kubernetes object.
+    pub const MALFORMED: &str = "Malformed";
+    /// The object lives outside the graph's namespace.
+    pub const OUTSIDE_NAMESPACE: &str = "OutsideNamespace";
+    /// The object is cluster-scoped.
+    pub const CLUSTER_SCOPED: &str = "ClusterScoped";
+    /// `spec.adopt` names an object that does not exist.
+    pub const NOTHING_TO_ADOPT: &str = "NothingToAdopt";
+    /// The object was not ready within the node's timeout.
+    pub const NOT_READY: &str = "NotReady";
+    /// Another ResourceGraph owns the object.
+    pub const OWNED_BY_ANOTHER_GRAPH: &str = "OwnedByAnotherGraph";
+    /// The object exists, no graph owns it, and `spec.adopt` does not name it.
+    pub const ALREADY_EXISTS: &str = "AlreadyExists";
+    /// Executing the node hit a bug in Pequod.
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }

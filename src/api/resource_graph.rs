@@ -48,6 +48,11 @@ pub struct ResourceGraphSpec {
     /// correction) until it is resumed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// The ServiceAccount of the graph's namespace whose identity writes, reads and deletes
+    /// the objects (the Transform's `spec.serviceAccountName`); unset: the operator's
+    /// default service account, if it has one, else the operator itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -165,6 +170,10 @@ pub struct NodeStatus {
     /// Why, in words a user can act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why a node Failed or is Blocked, as one CamelCase word (`Forbidden`,
+    /// `OwnedByAnotherGraph`, `NotReady`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// How many times the node was applied.
     #[serde(default)]
     pub attempts: u32,
@@ -193,6 +202,7 @@ impl NodeStatus {
         NodeStatus {
             phase,
             message: None,
+            reason: None,
             attempts: 0,
             applied_hash: None,
             waiting_since: None,

@@ -8,9 +8,10 @@ use clap::Args;
 use futures::FutureExt;
 
 use super::{CliError, EvalArgs, exit};
-use crate::controller::{self, Context, LeaderConfig, Leadership, OperatorConfig};
+use crate::controller::{self, Context, Feeds, LeaderConfig, Leadership, OperatorConfig};
 use crate::exec::ExecConfig;
 use crate::metrics::Metrics;
+use crate::module::ModuleSources;
 
 /// Flags of `pequod run`.
 #[derive(Debug, Args)]
@@ -64,6 +65,20 @@ pub struct RunArgs {
     /// other tenants' mirrors included: for tests and single-tenant setups).
     #[arg(long)]
     pub allow_local_git: bool,
+    /// The ServiceAccount (in each Transform's namespace) that Transforms without
+    /// `spec.serviceAccountName` act as, by impersonation: the multi-tenant lockdown.
+    /// Without it such Transforms act as the operator (single tenant).
+    #[arg(long, value_name = "NAME")]
+    pub default_service_account: Option<String>,
+    /// Execute ResourceGraphs that no Transform controls (written by hand); refused
+    /// otherwise.
+    #[arg(long)]
+    pub allow_standalone_graphs: bool,
+    /// Allowed module origins (repeatable, or comma-separated): `oci://HOST/PATH*`,
+    /// `git::URL*`, `embedded[:NAME]`, `configmap[:NAME]`, `inline`; `*` matches anything.
+    /// Default: every origin.
+    #[arg(long = "module-sources", value_name = "PATTERN", value_delimiter = ',')]
+    pub module_sources: Vec<String>,
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
@@ -71,12 +86,15 @@ pub struct RunArgs {
 
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let unreachable = |e: &dyn std::fmt::Display| {
         CliError::new(
             exit::INTERNAL,
             format!("cannot connect to the Kubernetes API (KUBECONFIG or in-cluster config): {e}"),
         )
-    })?;
+    };
+    let kube_config = kube::Config::infer().await.map_err(|e| unreachable(&e))?;
+    let module_sources = ModuleSources::new(&args.module_sources)
+        .map_err(|e| CliError::new(exit::USAGE, format!("--module-sources: {e}")))?;
     let metrics = Arc::new(Metrics::new());
     let config = OperatorConfig {
         namespace: args.namespace.clone(),
@@ -94,8 +112,15 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         allow_local_git: args.allow_local_git,
         cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
         cache_ttl: args.cache_ttl,
+        default_service_account: args.default_service_account.clone(),
+        allow_standalone_graphs: args.allow_standalone_graphs,
+        module_sources,
     };
-    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let (context, feeds) =
+        Context::new(kube_config, args.eval.renderer()?, metrics.clone(), config)
+            .map_err(|e| unreachable(&e))?;
+    let context = Arc::new(context);
+    let client = context.client.clone();
     let leader = LeaderConfig {
         namespace: args
             .leader_election_namespace
@@ -106,13 +131,6 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         identity: identity(),
         duration_seconds: args.leader_election_lease_duration.as_secs(),
     };
-    let context = Arc::new(Context::new(
-        client.clone(),
-        args.eval.renderer()?,
-        metrics.clone(),
-        config,
-        sender,
-    ));
     let shutdown = shutdown_signal().shared();
     let ready = Arc::new(AtomicBool::new(false));
     let server = crate::metrics::bind(
@@ -132,11 +150,11 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let server = tokio::spawn(server);
     ready.store(true, Ordering::Relaxed);
     let outcome = if args.leader_elect {
-        lead_then_run(client, &leader, context, receiver, shutdown).await
+        lead_then_run(client, &leader, context, feeds, shutdown).await
     } else {
         context.metrics.leader.set(1);
         tracing::info!("pequod operator started");
-        controller::run(context, receiver, shutdown).await;
+        controller::run(context, feeds, shutdown).await;
         Ok(())
     };
     if outcome.is_err() {
@@ -162,9 +180,7 @@ async fn lead_then_run(
     client: kube::Client,
     config: &LeaderConfig,
     context: Arc<Context>,
-    receiver: futures::channel::mpsc::UnboundedReceiver<
-        kube::runtime::reflector::ObjectRef<crate::api::ResourceGraph>,
-    >,
+    feeds: Feeds,
     shutdown: futures::future::Shared<impl std::future::Future<Output = ()> + Send + 'static>,
 ) -> Result<(), CliError> {
     let mut leadership = Leadership::start(client, config)
@@ -177,7 +193,7 @@ async fn lead_then_run(
     }
     context.metrics.leader.set(1);
     tracing::info!(identity = %config.identity, "leading: pequod operator started");
-    let controllers = controller::run(context.clone(), receiver, shutdown);
+    let controllers = controller::run(context.clone(), feeds, shutdown);
     tokio::select! {
         () = controllers => Ok(()),
         () = leadership.lost() => {

@@ -1,5 +1,8 @@
-//! The ResourceGraph controller: one execution pass per reconcile, status written back,
-//! and, when the graph is deleted, its objects deleted in reverse dependency order.
+//! The ResourceGraph controller: one execution pass per reconcile, as the graph's identity,
+//! status written back, and, when the graph is deleted, its objects deleted in reverse
+//! dependency order. Only graphs controlled by an existing Transform are executed (unless
+//! the operator runs with `--allow-standalone-graphs`): a graph written by hand would
+//! bypass rendering, schemas and policies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +11,17 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::{Context, Error, measured, retry_action};
+use crate::api::condition::{ConditionWriter, Status, reasons, types};
 use crate::api::{
-    API_VERSION, FIELD_MANAGER, FINALIZER, GraphPhase, InventoryEntry, ResourceGraph,
-    ResourceGraphStatus, event_reasons,
+    API_VERSION, FIELD_MANAGER, FINALIZER, GraphPhase, ResourceGraph, ResourceGraphStatus,
+    Transform, event_reasons,
 };
 use crate::exec::inventory::{Deletion, delete_entry, deletion_waves};
-use crate::exec::{self, NodeEvent};
+use crate::exec::{self, Applier, Executor, Identity, NodeEvent, graph_id};
 
 /// Without any event, a graph is looked at again this often (drift the watches missed).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -46,11 +51,110 @@ fn graph_key(graph: &ResourceGraph) -> String {
     )
 }
 
+/// Who `graph` acts as.
+fn identity(graph: &ResourceGraph, context: &Context) -> Identity {
+    Identity::of_graph(
+        &graph.namespace().unwrap_or_default(),
+        graph.spec.service_account_name.as_deref(),
+        context.config.default_service_account.as_deref(),
+    )
+}
+
+/// The applier of `identity`.
+fn applier(context: &Context, identity: &Identity) -> Result<Applier, Error> {
+    context
+        .appliers
+        .of(identity)
+        .map_err(|e| Error::Identity(e.to_string()))
+}
+
+/// Why a graph is not executed: no Transform controls it. `None` when one does (or the
+/// operator executes standalone graphs).
+async fn untrusted(graph: &ResourceGraph, context: &Context) -> Result<Option<String>, Error> {
+    if context.config.allow_standalone_graphs {
+        return Ok(None);
+    }
+    let namespace = graph.namespace().unwrap_or_default();
+    let refused = |why: String| {
+        Ok(Some(format!(
+            "{why}: the graph is not executed (only graphs controlled by a Transform are; the operator runs without --allow-standalone-graphs)"
+        )))
+    };
+    let Some(owner) = graph
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    else {
+        return refused("no Transform controls this ResourceGraph".to_string());
+    };
+    if owner.kind != "Transform" || owner.api_version != API_VERSION {
+        return refused(format!(
+            "it is controlled by {} {}, not by a Transform",
+            owner.kind, owner.name
+        ));
+    }
+    // The cache may not have a Transform created a moment ago: ask the API server then.
+    let cached = context
+        .transforms
+        .get(&ObjectRef::new(&owner.name).within(&namespace));
+    let uid = match cached {
+        Some(transform) => transform.metadata.uid.clone(),
+        None => Api::<Transform>::namespaced(context.client.clone(), &namespace)
+            .get_opt(&owner.name)
+            .await?
+            .and_then(|t| t.metadata.uid),
+    };
+    match uid {
+        Some(uid) if uid == owner.uid => Ok(None),
+        Some(_) => refused(format!(
+            "Transform {namespace}/{} is not the one that controls this ResourceGraph (another uid)",
+            owner.name
+        )),
+        None => refused(format!(
+            "Transform {namespace}/{} that controls this ResourceGraph does not exist",
+            owner.name
+        )),
+    }
+}
+
+/// Marks a graph that is not executed, and why.
+async fn refuse(
+    graph: &ResourceGraph,
+    api: &Api<ResourceGraph>,
+    why: &str,
+) -> Result<Action, Error> {
+    let previous = graph.status.clone().unwrap_or_default();
+    let conditions = ConditionWriter::new(
+        graph.metadata.generation,
+        jiff::Timestamp::now(),
+        &previous.conditions,
+    );
+    let status = ResourceGraphStatus {
+        phase: Some(GraphPhase::Failed),
+        conditions: vec![conditions.condition(
+            types::READY,
+            Status::False,
+            reasons::NOT_CONTROLLED_BY_TRANSFORM,
+            why,
+        )],
+        observed_generation: graph.metadata.generation,
+        ..ResourceGraphStatus::default()
+    };
+    if graph.status.as_ref() != Some(&status) {
+        write_status(api, graph, &status).await?;
+    }
+    Ok(Action::await_change())
+}
+
 async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Action, Error> {
     let api = api(&context.client, graph);
     let name = graph.name_any();
     if graph.metadata.deletion_timestamp.is_some() {
         return cleanup(graph, context, &api).await;
+    }
+    if let Some(why) = untrusted(graph, context).await? {
+        tracing::warn!(kind = "ResourceGraph", namespace = graph.namespace().unwrap_or_default(), name = %name, %why, "not executed");
+        return refuse(graph, &api, &why).await;
     }
     if !graph.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = graph.finalizers().to_vec();
@@ -66,13 +170,14 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
         // Its Transform is suspended: nothing is applied, pruned or corrected.
         return Ok(Action::await_change());
     }
-    let pass = exec::execute(
-        &context.applier,
-        graph,
-        &context.config.exec,
-        &context.applies,
-    )
-    .await;
+    let identity = identity(graph, context);
+    let executor = Executor {
+        applier: applier(context, &identity)?,
+        identity: &identity,
+        config: &context.config.exec,
+        applies: &context.applies,
+    };
+    let pass = exec::execute(&executor, graph).await;
     for (ok, duration) in &pass.applies {
         let result = if *ok { "success" } else { "error" };
         context
@@ -199,16 +304,18 @@ async fn cleanup(
         .map(|s| s.inventory.clone())
         .unwrap_or_default();
     let waves = deletion_waves(graph, &inventory);
-    let mut remaining: Vec<InventoryEntry> = Vec::new();
+    let applier = applier(context, &identity(graph, context))?;
+    let id = graph_id(graph);
+    let mut remaining: Vec<String> = Vec::new();
     for wave in waves {
         let mut pending = Vec::new();
         for entry in wave {
-            match delete_entry(&context.applier, &context.applies, &entry).await {
-                Ok(Deletion::Gone | Deletion::Orphaned) => {}
-                Ok(Deletion::Deleted) => pending.push(entry),
+            match delete_entry(&applier, &id, &context.applies, &entry).await {
+                Ok(Deletion::Gone | Deletion::Orphaned | Deletion::NotOwned) => {}
+                Ok(Deletion::Deleted) => pending.push(entry.object.to_string()),
                 Err(error) => {
                     tracing::warn!(object = %entry.object, %error, "delete failed");
-                    pending.push(entry);
+                    pending.push(format!("{} ({error})", entry.object));
                 }
             }
         }
@@ -218,7 +325,7 @@ async fn cleanup(
         }
     }
     if !remaining.is_empty() {
-        let waiting: Vec<String> = remaining.iter().map(|e| e.object.to_string()).collect();
+        let waiting = remaining;
         let status = exec::status::deleting(graph, &waiting, jiff::Timestamp::now());
         if graph.status.as_ref() != Some(&status) {
             write_status(api, graph, &status).await?;

@@ -18,16 +18,19 @@ use kube::runtime::{Controller, controller::Action, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store, reflector};
 
 use crate::api::{ModuleType, ResourceGraph, Transform};
 use crate::backoff::retry_delay;
-use crate::exec::{Applier, ExecConfig, panic_message};
+use crate::exec::{Appliers, ExecConfig, panic_message};
 use crate::metrics::Metrics;
-use crate::module::ModuleCache;
 use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
+use crate::module::{ModuleCache, ModuleSources};
 use crate::render::Renderer;
 pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use watches::Watches;
@@ -56,14 +59,23 @@ pub struct OperatorConfig {
     pub cache_max_bytes: u64,
     /// How long an unused OCI module stays in the disk cache.
     pub cache_ttl: Duration,
+    /// The ServiceAccount (of each graph's namespace) that graphs naming none act as;
+    /// `None`: such graphs act as the operator (single tenant).
+    pub default_service_account: Option<String>,
+    /// Execute ResourceGraphs that no Transform controls (written by hand).
+    pub allow_standalone_graphs: bool,
+    /// Where modules may come from.
+    pub module_sources: ModuleSources,
 }
 
 /// Shared by every reconcile of both controllers.
 pub struct Context {
-    /// The API client.
+    /// The API client (the operator's identity).
     pub client: kube::Client,
-    /// Reads and writes graph objects.
-    pub applier: Applier,
+    /// Read and write graph objects, as the operator or as a graph's service account.
+    pub appliers: Appliers,
+    /// Every Transform, as the Transform controller's watch sees them.
+    pub transforms: Store<Transform>,
     /// The render engine (worker pool and render cache).
     pub renderer: Renderer,
     /// Prometheus metrics.
@@ -96,19 +108,30 @@ pub enum Error {
     /// The reconcile panicked (a bug): reported and retried, the operator carries on.
     #[error("internal error: {0}")]
     Panic(String),
+    /// No client could be made for a graph's identity.
+    #[error("{0}")]
+    Identity(String),
+}
+
+/// What feeds the controllers of a [`Context`], handed to [`run`]: the writer of the
+/// Transform cache, and the graphs woken by watched objects.
+pub struct Feeds {
+    transforms: Writer<Transform>,
+    graphs: UnboundedReceiver<ObjectRef<ResourceGraph>>,
 }
 
 impl Context {
-    /// A context over `client` with the given renderer and metrics.
+    /// A context for the API server of `kube_config` with the given renderer and metrics,
+    /// and the feeds of its controllers.
     pub fn new(
-        client: kube::Client,
+        kube_config: kube::Config,
         renderer: Renderer,
         metrics: Arc<Metrics>,
         config: OperatorConfig,
-        graphs: futures::channel::mpsc::UnboundedSender<
-            kube::runtime::reflector::ObjectRef<ResourceGraph>,
-        >,
-    ) -> Context {
+    ) -> Result<(Context, Feeds), kube::Error> {
+        let (graphs, woken) = futures::channel::mpsc::unbounded();
+        let appliers = Appliers::new(kube_config)?;
+        let client = appliers.operator().client().clone();
         let reporter = Reporter {
             controller: "pequod".to_string(),
             instance: std::env::var("POD_NAME").ok(),
@@ -122,8 +145,10 @@ impl Context {
         // The components count their own events; the operator exports their counters.
         metrics.register(modules.stats().collectors());
         metrics.register(renderer.collectors());
-        Context {
-            applier: Applier::new(client.clone()),
+        let writer = Writer::default();
+        let context = Context {
+            appliers,
+            transforms: writer.as_reader(),
             recorder: Recorder::new(client.clone(), reporter),
             watches: Watches::new(client.clone(), config.namespace.clone(), graphs),
             applies: Arc::new(Semaphore::new(config.max_concurrent_applies.max(1))),
@@ -134,7 +159,12 @@ impl Context {
             transform_failures: DashMap::new(),
             registry,
             modules,
-        }
+        };
+        let feeds = Feeds {
+            transforms: writer,
+            graphs: woken,
+        };
+        Ok((context, feeds))
     }
 
     /// Publishes an event about `object`; a failure is logged, never fatal.
@@ -182,15 +212,19 @@ where
 /// Runs both controllers until `shutdown` resolves.
 pub async fn run(
     context: Arc<Context>,
-    graphs: futures::channel::mpsc::UnboundedReceiver<
-        kube::runtime::reflector::ObjectRef<ResourceGraph>,
-    >,
+    feeds: Feeds,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    let Feeds { transforms, graphs } = feeds;
     let namespace = context.config.namespace.as_deref();
-    let transforms: Api<Transform> = api(&context.client, namespace);
+    let transform_api: Api<Transform> = api(&context.client, namespace);
     let resource_graphs: Api<ResourceGraph> = api(&context.client, namespace);
-    let controller = Controller::new(transforms, watcher::Config::default());
+    let watched = reflector(
+        transforms,
+        watcher(transform_api, watcher::Config::default()),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(watched, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
     // Transforms are looked up in the controller's own cache.
     let store = controller.store();

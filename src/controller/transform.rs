@@ -432,6 +432,14 @@ async fn config_map_module(
 /// Resolves the Transform's module with its credentials, counting the fetch.
 async fn resolve_module(transform: &Transform, context: &Context) -> Result<Resolved, Failure> {
     let module_ref = &transform.spec.module_ref;
+    let sources = &context.config.module_sources;
+    if let Some(origin) = sources.refused(module_ref) {
+        return Err(SourceError::NotAllowed {
+            origin,
+            allowed: sources.patterns().join(","),
+        }
+        .into());
+    }
     let type_label = module_ref.type_.to_string();
     let started = Instant::now();
     let credentials = pull_secret(transform, context).await?;

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{self, Scope};
 use serde_json::Value;
 
-use crate::api::FIELD_MANAGER;
+use crate::api::{FIELD_MANAGER, node_reasons};
 
 /// A kind as the API server serves it.
 #[derive(Clone, Debug)]
@@ -62,6 +62,19 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The node's `reason` for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::KindNotInstalled { .. } => node_reasons::KIND_NOT_INSTALLED,
+            ApiError::Conflict { .. } => node_reasons::CONFLICT,
+            ApiError::Refused { code: 403, .. } => node_reasons::FORBIDDEN,
+            error if error.is_transient() => node_reasons::UNAVAILABLE,
+            ApiError::Refused { .. } => node_reasons::REFUSED,
+            ApiError::Transport(_) => node_reasons::UNAVAILABLE,
+            ApiError::Malformed(_) => node_reasons::MALFORMED,
+        }
+    }
+
     /// Whether retrying soon may succeed without any change (server errors, throttling,
     /// network), as opposed to errors that need a change of the graph or the cluster.
     pub fn is_transient(&self) -> bool {
@@ -141,9 +154,18 @@ impl Applier {
         }
     }
 
-    /// The client.
+    /// The client (its identity).
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+
+    /// The same applier speaking through `client` (another identity), sharing the
+    /// discovery cache.
+    pub fn with_client(&self, client: kube::Client) -> Applier {
+        Applier {
+            client,
+            served: self.served.clone(),
+        }
     }
 
     /// How the API server serves `kind` of `api_version`. Only found kinds are cached, so
@@ -244,16 +266,49 @@ impl Applier {
         }
     }
 
-    /// Deletes an object in the background; `false` when it was already gone.
+    /// Deletes an object in the background, only if it still has `uid` when one is given
+    /// (a precondition: an object recreated under the name is left alone); `false` when
+    /// it was already gone.
     pub async fn delete(
         &self,
         served: &Served,
         namespace: Option<&str>,
         name: &str,
+        uid: Option<&str>,
     ) -> Result<bool, ApiError> {
+        let mut params = DeleteParams::background();
+        params.preconditions = uid.map(|uid| Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        });
+        match self.api(served, namespace).delete(name, &params).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(ApiError::from_kube(error)),
+        }
+    }
+
+    /// Removes `keys` from the object's labels (a JSON merge patch, so nothing else
+    /// changes); `false` when the object is gone.
+    pub async fn remove_labels(
+        &self,
+        served: &Served,
+        namespace: Option<&str>,
+        name: &str,
+        keys: &[&str],
+    ) -> Result<bool, ApiError> {
+        let labels: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|key| (key.to_string(), Value::Null))
+            .collect();
+        let patch = serde_json::json!({"metadata": {"labels": labels}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
         match self
             .api(served, namespace)
-            .delete(name, &DeleteParams::background())
+            .patch(name, &params, &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(true),

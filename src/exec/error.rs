@@ -1,6 +1,8 @@
 //! What can happen to a node: the errors that fail it, and the writes it made.
 
 use super::cluster::ApiError;
+use super::ownership::GraphId;
+use crate::api::node_reasons;
 
 /// Why a node failed in a pass.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,54 @@ pub enum NodeError {
         /// What it was still waiting for.
         waiting: String,
     },
+    /// Another graph owns the object.
+    #[error(
+        "{object} is owned by {owner}: refused (a graph never writes, adopts or deletes another graph's objects)"
+    )]
+    OwnedByAnotherGraph {
+        /// `Kind namespace/name`.
+        object: String,
+        /// The graph that owns it.
+        owner: GraphId,
+    },
+    /// The object exists, no graph owns it, and the Transform does not adopt it.
+    #[error(
+        "{object} already exists and no graph owns it: refused (name it in the Transform's spec.adopt to take it over)"
+    )]
+    AlreadyExists {
+        /// `Kind namespace/name`.
+        object: String,
+    },
+    /// The graph's identity may not do what the node needs.
+    #[error("{identity} may not {verb} {resource}{}: {message}", .namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
+    Forbidden {
+        /// Who asked: `service account team-a/app`, or `the operator`.
+        identity: String,
+        /// The verb refused (get, patch, create, delete).
+        verb: &'static str,
+        /// The resource, `plural.group` (`deployments.apps`, `configmaps`).
+        resource: String,
+        /// The namespace of the object, if namespaced.
+        namespace: Option<String>,
+        /// The API server's message.
+        message: String,
+    },
+}
+
+impl NodeError {
+    /// The node's `reason` for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NodeError::Api(error) => error.reason(),
+            NodeError::OutsideNamespace { .. } => node_reasons::OUTSIDE_NAMESPACE,
+            NodeError::ClusterScoped { .. } => node_reasons::CLUSTER_SCOPED,
+            NodeError::NothingToAdopt { .. } => node_reasons::NOTHING_TO_ADOPT,
+            NodeError::NotReady { .. } => node_reasons::NOT_READY,
+            NodeError::OwnedByAnotherGraph { .. } => node_reasons::OWNED_BY_ANOTHER_GRAPH,
+            NodeError::AlreadyExists { .. } => node_reasons::ALREADY_EXISTS,
+            NodeError::Forbidden { .. } => node_reasons::FORBIDDEN,
+        }
+    }
 }
 
 /// Why a node's object was written in a pass.

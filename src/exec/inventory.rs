@@ -9,7 +9,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::NodeEvent;
-use super::cluster::{ApiError, Applier};
+use super::cluster::{ApiError, Applier, Served};
+use super::ownership::{GraphId, OWNERSHIP_LABELS, Owner, owner};
 use crate::api::{
     ApplyMode, DeletionPolicy, InventoryEntry, Node, ObjectKey, PRUNE_ANNOTATION, PRUNE_DISABLED,
     ResourceGraph,
@@ -83,14 +84,15 @@ pub(super) fn sort(inventory: &mut [InventoryEntry], dag: &Dag) {
 /// Deletes the objects that left the graph, last first; returns those still to go.
 pub(super) async fn prune(
     applier: &Applier,
+    graph: &GraphId,
     applies: &Semaphore,
     leftovers: Vec<InventoryEntry>,
     events: &mut Vec<NodeEvent>,
 ) -> Vec<InventoryEntry> {
     let mut kept = Vec::new();
     for entry in leftovers.into_iter().rev() {
-        match delete_entry(applier, applies, &entry).await {
-            Ok(Deletion::Gone | Deletion::Orphaned) => {}
+        match delete_entry(applier, graph, applies, &entry).await {
+            Ok(Deletion::Gone | Deletion::Orphaned | Deletion::NotOwned) => {}
             Ok(Deletion::Deleted) => events.push(NodeEvent::Pruned {
                 object: entry.object.to_string(),
             }),
@@ -111,21 +113,24 @@ pub enum Deletion {
     Deleted,
     /// The object was already gone.
     Gone,
-    /// The object stays: deletionPolicy Orphan, the prune annotation, or the name now
-    /// belongs to another object (another uid).
+    /// The object stays, released by the graph (its ownership labels removed, so another
+    /// graph may adopt it): deletionPolicy Orphan or the prune annotation.
     Orphaned,
+    /// The object is not this graph's any more: another graph owns it, or the name now
+    /// belongs to another object (another uid). Left alone.
+    NotOwned,
 }
 
-/// Deletes one managed object unless it is to be orphaned; the delete takes one of the
-/// `applies` permits, like every write.
+/// Deletes one object of `graph`'s inventory, unless it is to be orphaned (then it is
+/// released) or is no longer the graph's. Only an object that carries the graph's
+/// ownership labels and the uid the inventory recorded is deleted (the uid is a
+/// precondition of the delete). Writes take one of the `applies` permits.
 pub async fn delete_entry(
     applier: &Applier,
+    graph: &GraphId,
     applies: &Semaphore,
     entry: &InventoryEntry,
 ) -> Result<Deletion, ApiError> {
-    if entry.deletion_policy == DeletionPolicy::Orphan {
-        return Ok(Deletion::Orphaned);
-    }
     let object = &entry.object;
     let served = match applier.served(&object.api_version, &object.kind).await {
         Ok(served) => served,
@@ -138,26 +143,55 @@ pub async fn delete_entry(
         return Ok(Deletion::Gone);
     };
     let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
-    if object.uid.is_some() && uid != object.uid.as_deref() {
-        // Someone else's object now has that name.
-        return Ok(Deletion::Orphaned);
+    if (object.uid.is_some() && uid != object.uid.as_deref())
+        || owner(&live, graph) != Owner::ThisGraph
+    {
+        return Ok(Deletion::NotOwned);
     }
     let annotation = live
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(PRUNE_ANNOTATION))
         .and_then(Value::as_str);
-    if annotation == Some(PRUNE_DISABLED) {
-        return Ok(Deletion::Orphaned);
+    if entry.deletion_policy == DeletionPolicy::Orphan || annotation == Some(PRUNE_DISABLED) {
+        let _permit = applies.acquire().await;
+        return release(applier, &served, entry).await;
     }
     if live.pointer("/metadata/deletionTimestamp").is_some() {
         return Ok(Deletion::Deleted);
     }
     let _permit = applies.acquire().await;
-    if applier.delete(&served, namespace, &object.name).await? {
-        Ok(Deletion::Deleted)
-    } else {
-        Ok(Deletion::Gone)
+    match applier
+        .delete(&served, namespace, &object.name, object.uid.as_deref())
+        .await
+    {
+        Ok(true) => Ok(Deletion::Deleted),
+        Ok(false) => Ok(Deletion::Gone),
+        // The uid precondition failed: the name belongs to another object now.
+        Err(ApiError::Refused { code: 409, .. }) => Ok(Deletion::NotOwned),
+        Err(error) => Err(error),
     }
+}
+
+/// Removes the graph's ownership labels from an object it leaves behind.
+async fn release(
+    applier: &Applier,
+    served: &Served,
+    entry: &InventoryEntry,
+) -> Result<Deletion, ApiError> {
+    let object = &entry.object;
+    let found = applier
+        .remove_labels(
+            served,
+            object.namespace.as_deref(),
+            &object.name,
+            &OWNERSHIP_LABELS,
+        )
+        .await?;
+    Ok(if found {
+        Deletion::Orphaned
+    } else {
+        Deletion::Gone
+    })
 }
 
 /// The inventory grouped for deletion: objects whose nodes nothing else depends on first

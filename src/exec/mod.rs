@@ -7,21 +7,26 @@
 //! blocks only its dependents. After a pass in which every node was applied, objects of the
 //! previous inventory that left the graph are pruned, dependents first.
 //!
-//! The files: [`node`] (one node: scope guards, write, readiness), [`cluster`] (the API
-//! calls and the discovery cache), [`drift`], [`readiness`], [`inventory`] (ownership,
-//! pruning, deletion), [`status`] (node and graph status), [`error`] (what failed, what was
-//! written).
+//! The files: [`node`] (one node: scope guards, ownership, write, readiness), [`cluster`]
+//! (the API calls and the discovery cache), [`identity`] (who a graph acts as),
+//! [`ownership`] (which graph owns an object), [`drift`], [`readiness`], [`inventory`]
+//! (what a graph owns, pruning, deletion), [`status`] (node and graph status), [`error`]
+//! (what failed, what was written).
 
 pub mod cluster;
 mod drift;
 mod error;
+mod identity;
 pub mod inventory;
 mod node;
+pub mod ownership;
 pub mod readiness;
 pub mod status;
 
 pub use cluster::{ApiError, Applier, Served};
 pub use error::{NodeError, Write};
+pub use identity::{Appliers, Identity};
+pub use ownership::GraphId;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -36,6 +41,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{
     AdoptStrategy, ApplyMode, InventoryEntry, Node, NodePhase, NodeStatus, ResourceGraph,
+    node_reasons,
 };
 use crate::backoff::retry_delay;
 use crate::graph::Dag;
@@ -114,15 +120,30 @@ pub struct WatchTarget {
     pub observed: Option<(Option<String>, String)>,
 }
 
+/// What a pass runs with: the applier of the graph's identity, the operator's guards, and
+/// the write permits all graphs share.
+pub struct Executor<'a> {
+    /// Reads and writes as `identity`.
+    pub applier: Applier,
+    /// Who the graph acts as (named in refusals).
+    pub identity: &'a Identity,
+    /// The namespace and scope guards.
+    pub config: &'a ExecConfig,
+    /// Bounds concurrent writes over all graphs.
+    pub applies: &'a Arc<Semaphore>,
+}
+
+/// The identity of `graph`: its namespace and name.
+pub fn graph_id(graph: &ResourceGraph) -> GraphId {
+    GraphId {
+        namespace: graph.metadata.namespace.clone().unwrap_or_default(),
+        name: graph.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
 /// Runs one pass over `graph`.
-pub async fn execute(
-    applier: &Applier,
-    graph: &ResourceGraph,
-    config: &ExecConfig,
-    applies: &Arc<Semaphore>,
-) -> Pass {
-    let namespace = graph.metadata.namespace.clone().unwrap_or_default();
-    let graph_name = graph.metadata.name.clone().unwrap_or_default();
+pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
+    let id = graph_id(graph);
     let previous = graph.status.clone().unwrap_or_default();
     let now = jiff::Timestamp::now();
     let mut pass = Pass {
@@ -140,11 +161,9 @@ pub async fn execute(
         }
     };
     let context = PassContext {
-        applier,
-        graph: graph_name.as_str(),
-        namespace: namespace.as_str(),
-        config,
-        applies,
+        executor,
+        graph: &id,
+        inventory: &previous.inventory,
         now,
     };
     let mut statuses: BTreeMap<String, NodeStatus> = BTreeMap::new();
@@ -170,7 +189,14 @@ pub async fn execute(
     let carried = inventory::carry_over(&previous.inventory, &fresh, &graph.spec.nodes);
     let mut leftovers = carried.leftovers;
     if applied_all && graph.spec.prune {
-        leftovers = inventory::prune(applier, applies, leftovers, &mut pass.events).await;
+        leftovers = inventory::prune(
+            &executor.applier,
+            &id,
+            executor.applies,
+            leftovers,
+            &mut pass.events,
+        )
+        .await;
     }
     let mut owned = fresh;
     owned.extend(carried.kept);
@@ -231,11 +257,18 @@ async fn run_waves(
                 .collect();
             if !blocked.is_empty() {
                 let message = format!("dependency {} failed", quote_list(&blocked));
-                statuses.insert(id.clone(), carried(prior, NodePhase::Blocked, message, now));
+                let reason = Some(node_reasons::DEPENDENCY_FAILED);
+                statuses.insert(
+                    id.clone(),
+                    carried(prior, NodePhase::Blocked, reason, message, now),
+                );
                 settled.insert(id.clone());
             } else if !waiting.is_empty() {
                 let message = format!("waiting for {} to be Ready", quote_list(&waiting));
-                statuses.insert(id.clone(), carried(prior, NodePhase::Pending, message, now));
+                statuses.insert(
+                    id.clone(),
+                    carried(prior, NodePhase::Pending, None, message, now),
+                );
                 settled.insert(id.clone());
             } else if let Some(node) = nodes.get(id.as_str()) {
                 wave.push(*node);
@@ -277,7 +310,7 @@ async fn run_waves(
             let message = "waiting for its dependencies".to_string();
             statuses.insert(
                 id.clone(),
-                carried(previous.get(id), NodePhase::Pending, message, now),
+                carried(previous.get(id), NodePhase::Pending, None, message, now),
             );
         }
     }

@@ -1,32 +1,29 @@
-//! One node in a pass: where its object goes (the namespace and scope guards), how it is
-//! written (apply, create once, or only observed), and whether it is ready.
-
-use std::sync::Arc;
+//! One node in a pass: where its object goes (the namespace and scope guards), whether the
+//! graph may touch it (ownership), how it is written (apply, create once, or only
+//! observed), and whether it is ready.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
-use super::cluster::{ApiError, Applier, Served, type_of};
+use super::cluster::{ApiError, Served, type_of};
 use super::drift::drifted;
 use super::error::{NodeError, Write};
+use super::ownership::{GraphId, Owner, owner};
 use super::readiness::{self, Readiness};
 use super::status::{carried, settle};
-use super::{ExecConfig, NodeEvent, WatchTarget, object_hash};
+use super::{Executor, NodeEvent, WatchTarget, object_hash};
 use crate::api::{
     AdoptStrategy, ApplyMode, ConflictPolicy, InventoryEntry, Node, NodePhase, NodeStatus,
-    ObjectRef, labels,
+    ObjectRef, node_reasons,
 };
 
 /// What every node of one pass shares.
 pub(super) struct PassContext<'a> {
-    pub applier: &'a Applier,
-    /// The graph's name (the value of Pequod's resource-graph label).
-    pub graph: &'a str,
-    /// The graph's namespace.
-    pub namespace: &'a str,
-    pub config: &'a ExecConfig,
-    pub applies: &'a Arc<Semaphore>,
+    pub executor: &'a Executor<'a>,
+    /// The graph.
+    pub graph: &'a GraphId,
+    /// What the graph owned before this pass.
+    pub inventory: &'a [InventoryEntry],
     /// The pass's clock: every time it writes is this one.
     pub now: jiff::Timestamp,
 }
@@ -70,6 +67,35 @@ impl Target {
         shown(self.namespace.as_deref(), &self.name)
     }
 
+    /// `Kind namespace/name`.
+    fn describe(&self) -> String {
+        format!("{} {}", self.kind, self.shown())
+    }
+
+    /// The error of a request the API server answered with `error`: a refusal names the
+    /// identity, the verb and the resource.
+    fn refused(&self, pass: &PassContext<'_>, verb: &'static str, error: ApiError) -> NodeError {
+        match error {
+            ApiError::Refused {
+                code: 403, message, ..
+            } => {
+                let resource = &self.served.resource;
+                NodeError::Forbidden {
+                    identity: pass.executor.identity.to_string(),
+                    verb,
+                    resource: if resource.group.is_empty() {
+                        resource.plural.clone()
+                    } else {
+                        format!("{}.{}", resource.plural, resource.group)
+                    },
+                    namespace: self.namespace.clone(),
+                    message,
+                }
+            }
+            other => NodeError::Api(other),
+        }
+    }
+
     fn reference(&self, live: &Value) -> ObjectRef {
         ObjectRef {
             api_version: self.api_version.clone(),
@@ -98,7 +124,13 @@ pub(super) async fn run_node(
     node: &Node,
     prior: Option<&NodeStatus>,
 ) -> NodeRun {
-    let mut run = NodeRun::new(carried(prior, NodePhase::Applying, String::new(), pass.now));
+    let mut run = NodeRun::new(carried(
+        prior,
+        NodePhase::Applying,
+        None,
+        String::new(),
+        pass.now,
+    ));
     match step(pass, node, prior, &mut run).await {
         Ok(()) => run.status.failures = 0,
         Err(error) => {
@@ -106,27 +138,28 @@ pub(super) async fn run_node(
             if prior.map(|p| (p.phase, p.message.as_deref()))
                 != Some((NodePhase::Failed, Some(&message)))
             {
-                tracing::warn!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or(pass.namespace), name = node.name().unwrap_or_default(), %message, "node failed");
+                tracing::warn!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or(&pass.graph.namespace), name = node.name().unwrap_or_default(), %message, "node failed");
                 run.events.push(NodeEvent::Failed {
                     node: node.id.clone(),
                     message: message.clone(),
                 });
             }
-            fail(&mut run.status, prior, message, pass.now);
+            fail(&mut run.status, prior, error.reason(), message, pass.now);
         }
     }
     run
 }
 
-/// A node that failed: `message`, one more failure in a row.
+/// A node that failed for `reason`: `message`, one more failure in a row.
 fn fail(
     status: &mut NodeStatus,
     prior: Option<&NodeStatus>,
+    reason: &str,
     message: String,
     now: jiff::Timestamp,
 ) {
     status.failures = prior.map_or(0, |p| p.failures).saturating_add(1);
-    settle(status, prior, NodePhase::Failed, message, now);
+    settle(status, prior, NodePhase::Failed, Some(reason), message, now);
 }
 
 /// A node whose run panicked: failed with the panic's message, the operator carries on.
@@ -138,8 +171,20 @@ pub(super) fn panicked(
 ) -> NodeRun {
     let message = format!("internal error while executing the node: {message}");
     tracing::error!(node = %node.id, kind = node.kind().unwrap_or_default(), namespace = node.namespace().unwrap_or_default(), name = node.name().unwrap_or_default(), %message);
-    let mut run = NodeRun::new(carried(prior, NodePhase::Failed, message.clone(), now));
-    fail(&mut run.status, prior, message.clone(), now);
+    let mut run = NodeRun::new(carried(
+        prior,
+        NodePhase::Failed,
+        None,
+        message.clone(),
+        now,
+    ));
+    fail(
+        &mut run.status,
+        prior,
+        node_reasons::INTERNAL_ERROR,
+        message.clone(),
+        now,
+    );
     run.events.push(NodeEvent::Failed {
         node: node.id.clone(),
         message,
@@ -162,9 +207,11 @@ async fn step(
     });
     let hash = object_hash(&target.object);
     let live = pass
+        .executor
         .applier
         .get(&target.served, target.namespace.as_deref(), &target.name)
-        .await?;
+        .await
+        .map_err(|e| target.refused(pass, "get", e))?;
     let adopted_before = prior.is_some_and(|p| p.applied_hash.is_some());
     if node.adopted == Some(AdoptStrategy::TakeOwnership) && live.is_none() && !adopted_before {
         return Err(NodeError::NothingToAdopt {
@@ -194,24 +241,28 @@ async fn step(
 /// guards do not allow.
 async fn place(pass: &PassContext<'_>, node: &Node) -> Result<Target, NodeError> {
     let (api_version, kind) = type_of(&node.object)?;
-    let served = pass.applier.served(&api_version, &kind).await?;
+    let served = pass.executor.applier.served(&api_version, &kind).await?;
     let name = node.name().unwrap_or_default().to_string();
     let mut object = node.object.clone();
-    let observed = node.apply_policy.mode == ApplyMode::Observe;
+    let config = pass.executor.config;
+    // Observed objects obey the guards too: their values reach the graph's status.
     let namespace = if served.namespaced {
-        let namespace = node.namespace().unwrap_or(pass.namespace).to_string();
-        if namespace != pass.namespace && !pass.config.allow_cross_namespace && !observed {
+        let namespace = node
+            .namespace()
+            .unwrap_or(&pass.graph.namespace)
+            .to_string();
+        if namespace != pass.graph.namespace && !config.allow_cross_namespace {
             return Err(NodeError::OutsideNamespace {
                 kind,
                 namespace,
                 name,
-                graph_namespace: pass.namespace.to_string(),
+                graph_namespace: pass.graph.namespace.clone(),
             });
         }
         object["metadata"]["namespace"] = Value::String(namespace.clone());
         Some(namespace)
     } else {
-        if !pass.config.allow_cluster_scoped && !observed {
+        if !config.allow_cluster_scoped {
             return Err(NodeError::ClusterScoped { kind, name });
         }
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -230,7 +281,9 @@ async fn place(pass: &PassContext<'_>, node: &Node) -> Result<Target, NodeError>
 }
 
 /// Writes the object as its mode says; the live object afterwards, and whether this graph
-/// owns it (it goes into the inventory).
+/// owns it (it goes into the inventory). An object another graph owns is never written; an
+/// object no graph owns only when the Transform adopts it, or when it is the one this graph
+/// owned before (same uid: someone removed its labels).
 async fn write(
     pass: &PassContext<'_>,
     node: &Node,
@@ -240,43 +293,62 @@ async fn write(
     same_hash: bool,
     run: &mut NodeRun,
 ) -> Result<(Option<Value>, bool), NodeError> {
-    let mine = |object: &Value| {
-        object
-            .pointer("/metadata/labels")
-            .and_then(|labels| labels.get(labels::RESOURCE_GRAPH))
-            .and_then(Value::as_str)
-            == Some(pass.graph)
-    };
-    match (node.apply_policy.mode, live) {
-        (ApplyMode::Observe, live) => Ok((live, false)),
-        // Create never updates, and an object it did not create is not its to delete.
-        (ApplyMode::Create, Some(live)) => {
-            let owned = mine(&live);
-            Ok((Some(live), owned))
+    let applier = &pass.executor.applier;
+    let mode = node.apply_policy.mode;
+    if mode == ApplyMode::Observe {
+        return Ok((live, false));
+    }
+    if let Some(live) = &live {
+        match owner(live, pass.graph) {
+            Owner::ThisGraph => {}
+            Owner::Another(graph) => {
+                return Err(NodeError::OwnedByAnotherGraph {
+                    object: target.describe(),
+                    owner: graph,
+                });
+            }
+            // Create never updates, and an object it did not create is not its to delete.
+            Owner::Nobody if mode == ApplyMode::Create => return Ok((Some(live.clone()), false)),
+            Owner::Nobody
+                if node.adopted == Some(AdoptStrategy::TakeOwnership)
+                    || owned_before(pass, target, live) => {}
+            Owner::Nobody => {
+                return Err(NodeError::AlreadyExists {
+                    object: target.describe(),
+                });
+            }
         }
+    }
+    match (mode, live) {
+        (ApplyMode::Create, Some(live)) => Ok((Some(live), true)),
         (ApplyMode::Create, None) => {
-            let _permit = pass.applies.acquire().await;
+            let _permit = pass.executor.applies.acquire().await;
             let started = std::time::Instant::now();
-            let created = pass.applier.create(&target.served, &target.object).await;
+            let created = applier.create(&target.served, &target.object).await;
             run.applies.push((created.is_ok(), started.elapsed()));
             run.status.attempts += 1;
-            let live = match created? {
+            let live = match created.map_err(|e| target.refused(pass, "create", e))? {
                 Some(created) => created,
-                None => pass
-                    .applier
-                    .get(&target.served, target.namespace.as_deref(), &target.name)
-                    .await?
-                    .unwrap_or_default(),
+                // Created a moment ago by someone else: this graph's only if it says so.
+                None => {
+                    let live = applier
+                        .get(&target.served, target.namespace.as_deref(), &target.name)
+                        .await
+                        .map_err(|e| target.refused(pass, "get", e))?;
+                    let owned = live
+                        .as_ref()
+                        .is_some_and(|l| owner(l, pass.graph) == Owner::ThisGraph);
+                    return Ok((live, owned));
+                }
             };
             run.events.push(NodeEvent::Applied {
                 node: node.id.clone(),
                 write: Write::Created,
                 edits_overridden: false,
             });
-            let owned = mine(&live);
-            Ok((Some(live), owned))
+            Ok((Some(live), true))
         }
-        (ApplyMode::Apply, live) => {
+        (_, live) => {
             let edited = live.as_ref().is_some_and(|l| drifted(l, &target.object));
             if same_hash
                 && !edited
@@ -293,12 +365,9 @@ async fn write(
             // them; a new version of the object obeys the conflict policy.
             let force = node.apply_policy.conflict_policy == ConflictPolicy::Force
                 || write == Write::DriftCorrected;
-            let _permit = pass.applies.acquire().await;
+            let _permit = pass.executor.applies.acquire().await;
             let started = std::time::Instant::now();
-            let mut applied = pass
-                .applier
-                .apply(&target.served, &target.object, force)
-                .await;
+            let mut applied = applier.apply(&target.served, &target.object, force).await;
             // Fields of an object this graph applied before, since edited by hand (an
             // update, not another manager's apply), are Pequod's to take back.
             let edits_overridden = matches!(
@@ -309,14 +378,11 @@ async fn write(
                 })
             ) && prior.is_some_and(|p| p.applied_hash.is_some());
             if edits_overridden {
-                applied = pass
-                    .applier
-                    .apply(&target.served, &target.object, true)
-                    .await;
+                applied = applier.apply(&target.served, &target.object, true).await;
             }
             run.applies.push((applied.is_ok(), started.elapsed()));
             run.status.attempts += 1;
-            let applied = applied?;
+            let applied = applied.map_err(|e| target.refused(pass, "patch", e))?;
             run.events.push(NodeEvent::Applied {
                 node: node.id.clone(),
                 write,
@@ -325,6 +391,18 @@ async fn write(
             Ok((Some(applied), true))
         }
     }
+}
+
+/// Whether `live` is the very object (same uid) this graph owned before the pass.
+fn owned_before(pass: &PassContext<'_>, target: &Target, live: &Value) -> bool {
+    let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
+    pass.inventory.iter().any(|entry| {
+        entry.object.kind == target.kind
+            && entry.object.name == target.name
+            && entry.object.namespace == target.namespace
+            && entry.object.uid.as_deref() == uid
+            && uid.is_some()
+    })
 }
 
 /// Evaluates readiness on the live object and sets the node's phase: Ready (or Adopted),
@@ -391,7 +469,7 @@ fn observe(
                     },
                 });
             }
-            settle(&mut run.status, prior, phase, message, pass.now);
+            settle(&mut run.status, prior, phase, None, message, pass.now);
         }
         Readiness::Waiting(message) => {
             // One clock per wait: it starts when this version is applied, or when the
@@ -416,6 +494,7 @@ fn observe(
                 &mut run.status,
                 prior,
                 NodePhase::WaitingReady,
+                None,
                 message,
                 pass.now,
             );

@@ -31,14 +31,20 @@ pub fn evaluate(predicates: &[ReadyPredicate], live: &Value) -> Readiness {
         return default_rules(live);
     }
     for predicate in predicates {
-        if let Readiness::Waiting(message) = predicate_holds(predicate, live) {
+        if let Readiness::Waiting(message) = predicate_holds(predicate, live, is_secret(live)) {
             return Readiness::Waiting(message);
         }
     }
     Readiness::Ready
 }
 
-fn predicate_holds(predicate: &ReadyPredicate, live: &Value) -> Readiness {
+/// Whether `live` is a Secret: no value read from it may reach a message.
+fn is_secret(live: &Value) -> bool {
+    live.get("kind").and_then(Value::as_str) == Some("Secret")
+        && live.get("apiVersion").and_then(Value::as_str) == Some("v1")
+}
+
+fn predicate_holds(predicate: &ReadyPredicate, live: &Value, secret: bool) -> Readiness {
     match predicate {
         ReadyPredicate::Exists => Readiness::Ready,
         ReadyPredicate::ConditionMatch {
@@ -51,6 +57,9 @@ fn predicate_holds(predicate: &ReadyPredicate, live: &Value) -> Readiness {
             let found = field(live, path);
             if found == Some(value) {
                 Readiness::Ready
+            } else if secret {
+                // A Secret's values never reach a status, an event or a log.
+                Readiness::Waiting(format!("{path} does not match"))
             } else {
                 Readiness::Waiting(format!(
                     "{path} is {}, waiting for {value}",
@@ -233,6 +242,25 @@ fn custom_resource(live: &Value) -> Readiness {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_secrets_values_never_reach_a_message() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+                            "data": {"token": "U1VQRVJTRUNSRVQtNDI="}});
+        let wanted = ReadyPredicate::FieldEquals {
+            path: "data.token".into(),
+            value: json!("x"),
+        };
+        assert_eq!(
+            evaluate(std::slice::from_ref(&wanted), &secret),
+            Readiness::Waiting("data.token does not match".into())
+        );
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"token": "y"}});
+        assert_eq!(
+            evaluate(&[wanted], &config),
+            Readiness::Waiting("data.token is \"y\", waiting for \"x\"".into())
+        );
+    }
 
     fn deployment(status: Value) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment",

@@ -17,27 +17,31 @@ pub fn is_ready(phase: NodePhase) -> bool {
     matches!(phase, NodePhase::Ready | NodePhase::Adopted)
 }
 
-/// A status with `phase` and `message`, keeping the previous attempts, hash and object.
+/// A status with `phase`, `reason` and `message`, keeping the previous attempts, hash and
+/// object.
 pub(super) fn carried(
     prior: Option<&NodeStatus>,
     phase: NodePhase,
+    reason: Option<&str>,
     message: String,
     now: jiff::Timestamp,
 ) -> NodeStatus {
     let mut status = prior.cloned().unwrap_or_else(|| NodeStatus::new(phase));
-    settle(&mut status, prior, phase, message, now);
+    settle(&mut status, prior, phase, reason, message, now);
     status
 }
 
-/// Sets the outcome of a node's step: its phase and message, the transition time kept when
-/// the phase is the one it had.
+/// Sets the outcome of a node's step: its phase, reason and message, the transition time
+/// kept when the phase is the one it had.
 pub(super) fn settle(
     status: &mut NodeStatus,
     prior: Option<&NodeStatus>,
     phase: NodePhase,
+    reason: Option<&str>,
     message: String,
     now: jiff::Timestamp,
 ) {
+    status.reason = reason.map(str::to_string);
     status.last_transition_time = match prior {
         Some(p) if p.phase == phase && p.last_transition_time.is_some() => {
             p.last_transition_time.clone()

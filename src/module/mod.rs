@@ -2,6 +2,7 @@
 //! and the sources they come from (embedded in the binary, inline, a directory on disk).
 //! Remote sources (OCI, Git, ConfigMap) resolve to the same [`ModuleBundle`].
 
+mod allowlist;
 mod bundle;
 pub mod disk;
 mod embedded;
@@ -9,6 +10,7 @@ pub mod git;
 pub mod oci;
 mod source;
 
+pub use allowlist::{BadPattern, ModuleSources};
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
 pub use embedded::{LIBRARY_PREFIX, embedded_module, embedded_module_names, library_files};
 pub use source::{

@@ -62,6 +62,14 @@ pub enum SourceError {
     /// The files do not form a module.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The module's origin is not in the operator's `--module-sources`.
+    #[error("module source {origin} is not allowed by the operator (--module-sources {allowed})")]
+    NotAllowed {
+        /// The refused origin (`oci://…`, `git::…`, `inline`, …).
+        origin: String,
+        /// The allowed patterns, comma-separated.
+        allowed: String,
+    },
     /// The module's content is not the one `moduleRef.digest` pins.
     #[error("module digest {actual} does not match the pinned digest {expected}")]
     DigestMismatch {
@@ -77,6 +85,7 @@ impl SourceError {
     pub fn reason(&self) -> &'static str {
         match self {
             SourceError::DigestMismatch { .. } => reasons::DIGEST_MISMATCH,
+            SourceError::NotAllowed { .. } => reasons::SOURCE_NOT_ALLOWED,
             SourceError::Unsupported(_) => reasons::UNSUPPORTED_SOURCE,
             SourceError::UnknownEmbedded { .. }
             | SourceError::ConfigMapNotFound { .. }
@@ -109,6 +118,7 @@ impl SourceError {
         match self {
             SourceError::Shared(error) => error.is_retryable(),
             SourceError::DigestMismatch { .. }
+            | SourceError::NotAllowed { .. }
             | SourceError::Unsupported(_)
             | SourceError::UnknownEmbedded { .. }
             | SourceError::Bundle(_)

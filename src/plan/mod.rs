@@ -120,6 +120,7 @@ pub async fn plan(
             violations: warnings,
             prune: transform.spec.prune,
             suspend: false,
+            service_account_name: transform.spec.service_account_name.clone(),
         },
         status: None,
     };

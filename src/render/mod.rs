@@ -445,6 +445,7 @@ pub fn place_and_label(node: &mut Node, context: &RenderContext) {
             (labels::MANAGED_BY, labels::MANAGED_BY_PEQUOD),
             (labels::TRANSFORM, context.name.as_str()),
             (labels::RESOURCE_GRAPH, context.name.as_str()),
+            (labels::RESOURCE_GRAPH_NAMESPACE, context.namespace.as_str()),
             (labels::NODE_ID, id.as_str()),
         ] {
             labels.insert(key.to_string(), Value::String(value.to_string()));
@@ -479,6 +480,7 @@ mod tests {
                 "app.kubernetes.io/managed-by": "pequod",
                 "platform.pequod.io/transform": "shop-api",
                 "platform.pequod.io/resource-graph": "shop-api",
+                "platform.pequod.io/resource-graph-namespace": "shop",
                 "platform.pequod.io/node-id": "svc"}})
         );
     }
