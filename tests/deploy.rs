@@ -1,6 +1,7 @@
-//! The manifests in `deploy/`: the CRDs are exactly what `pequod crds` prints, the workload
-//! objects pass the strict schemas of their kinds, and the RBAC grants what the operator
-//! and the shipped platforms need.
+//! The manifests in `deploy/`: the kustomize base and the multi-tenant overlay build with
+//! `kubectl kustomize`, the CRDs are exactly what `pequod crds` prints, the workload
+//! objects pass the strict schemas of their kinds, and the RBAC grants what the operator,
+//! the tenants and the shipped platforms need, and no more.
 
 mod common;
 
@@ -60,18 +61,22 @@ const OBJECT_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "dele
 #[test]
 fn crds_are_what_pequod_prints() {
     let printed = common::pequod_ok(&["crds"]);
-    let shipped =
-        std::fs::read_to_string(common::repo().join("deploy/crds.yaml")).expect("deploy/crds.yaml");
+    let shipped = std::fs::read_to_string(common::repo().join("deploy/base/crds.yaml"))
+        .expect("deploy/base/crds.yaml");
     assert!(
         printed == shipped,
-        "deploy/crds.yaml is stale: run `cargo run -- crds > deploy/crds.yaml`"
+        "deploy/base/crds.yaml is stale: run `cargo run -- crds > deploy/base/crds.yaml`"
     );
 }
 
 #[test]
 fn workload_manifests_pass_their_strict_schemas() {
     let mut problems = Vec::new();
-    for file in ["namespace.yaml", "deployment.yaml", "rbac.yaml"] {
+    for file in [
+        "base/namespace.yaml",
+        "base/deployment.yaml",
+        "base/rbac.yaml",
+    ] {
         for object in documents(file) {
             let kind = object["kind"].as_str().unwrap_or_default().to_string();
             if kind.starts_with("ClusterRole") {
@@ -83,7 +88,7 @@ fn workload_manifests_pass_their_strict_schemas() {
         }
     }
     assert_eq!(problems, Vec::<String>::new());
-    let deployment = documents("deployment.yaml")
+    let deployment = documents("base/deployment.yaml")
         .into_iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("a Deployment");
@@ -104,7 +109,7 @@ fn workload_manifests_pass_their_strict_schemas() {
 
 #[test]
 fn both_cluster_roles_grant_what_the_operator_does() {
-    for file in ["rbac.yaml", "rbac-narrow.yaml"] {
+    for file in ["base/rbac.yaml", "rbac-narrow.yaml"] {
         let role = cluster_role(file);
         for (group, resource, verbs) in OPERATOR_NEEDS {
             for verb in *verbs {
@@ -165,6 +170,151 @@ fn the_narrow_role_covers_every_kind_the_shipped_platforms_render() {
             assert!(
                 allows(&role, group, resource, verb),
                 "rbac-narrow.yaml: {verb} {group}/{resource}"
+            );
+        }
+    }
+}
+
+/// The objects `kubectl kustomize DIR` builds.
+fn kustomized(dir: &str) -> Vec<Value> {
+    let output = std::process::Command::new("kubectl")
+        .args(["kustomize", &common::repo().join(dir).display().to_string()])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    common::yaml_documents(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name}"))
+}
+
+fn role_of(objects: &[Value], name: &str) -> ClusterRole {
+    serde_json::from_value(named(objects, "ClusterRole", name).clone()).expect("a ClusterRole")
+}
+
+fn args(objects: &[Value]) -> Vec<String> {
+    named(objects, "Deployment", "pequod")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_base_builds_with_kustomize_and_gives_tenants_aggregated_roles() {
+    let base = kustomized("deploy");
+    let kinds: BTreeSet<String> = base
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["kind"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for expected in [
+        "Namespace pequod-system",
+        "CustomResourceDefinition transforms.platform.pequod.io",
+        "CustomResourceDefinition resourcegraphs.platform.pequod.io",
+        "ServiceAccount pequod",
+        "ClusterRole pequod",
+        "ClusterRoleBinding pequod",
+        "ClusterRole pequod-edit",
+        "ClusterRole pequod-view",
+        "Deployment pequod",
+    ] {
+        assert!(kinds.contains(expected), "{expected} in {kinds:?}");
+    }
+    let edit = named(&base, "ClusterRole", "pequod-edit");
+    assert_eq!(
+        edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    let edit = role_of(&base, "pequod-edit");
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        assert!(
+            allows(&edit, "platform.pequod.io", "transforms", verb),
+            "edit: {verb} transforms"
+        );
+    }
+    assert!(allows(&edit, "platform.pequod.io", "resourcegraphs", "get"));
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            !allows(&edit, "platform.pequod.io", "resourcegraphs", verb),
+            "edit may not {verb} resourcegraphs: a hand-written graph bypasses rendering"
+        );
+    }
+    let view = role_of(&base, "pequod-view");
+    assert_eq!(
+        named(&base, "ClusterRole", "pequod-view")["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    assert!(allows(&view, "platform.pequod.io", "transforms", "list"));
+    assert!(!allows(&view, "platform.pequod.io", "transforms", "create"));
+    assert!(
+        !allows(&view, "platform.pequod.io", "resourcegraphs", "get"),
+        "view excludes graphs: they may hold rendered Secret data"
+    );
+    assert!(
+        args(&base)
+            .iter()
+            .all(|a| !a.starts_with("--default-service-account"))
+    );
+}
+
+#[test]
+fn the_multi_tenant_overlay_locks_the_operator_down() {
+    let overlay = kustomized("deploy/overlays/multi-tenant");
+    let args = args(&overlay);
+    assert!(
+        args.contains(&"--default-service-account=default".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a.starts_with("--module-sources=")),
+        "{args:?}"
+    );
+    let role = role_of(&overlay, "pequod");
+    for (group, resource, verbs) in OPERATOR_NEEDS {
+        for verb in *verbs {
+            assert!(
+                allows(&role, group, resource, verb),
+                "{verb} {group}/{resource}"
+            );
+        }
+    }
+    assert!(allows(&role, "", "serviceaccounts", "impersonate"));
+    assert!(allows(
+        &role,
+        "platform.pequod.io",
+        "transforms/finalizers",
+        "update"
+    ));
+    for (group, resource) in [("apps", "deployments"), ("", "secrets"), ("", "configmaps")] {
+        assert!(
+            allows(&role, group, resource, "watch"),
+            "reads {group}/{resource}"
+        );
+        for verb in ["create", "patch", "update", "delete"] {
+            assert!(
+                !allows(&role, group, resource, verb),
+                "the operator itself may not {verb} {group}/{resource}"
             );
         }
     }
