@@ -1,0 +1,369 @@
+//! The attack suite: Transforms a hostile tenant would write, against the real operator and
+//! the test API server. Each is refused with a condition that says why, and nothing of
+//! anyone else's is lost.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/net.rs"]
+mod net;
+
+use cluster::{Cluster, condition, inline_in, node};
+use pequod_e2e::testing::eventually;
+
+/// The base64 of the Secret value the attacks go after.
+const SECRET_VALUE: &str = "U1VQRVJTRUNSRVQtNDI=";
+
+/// Creates `namespace` with kubectl's own generator.
+async fn namespace(cluster: &Cluster, name: &str) {
+    cluster.ok(&["create", "namespace", name], None).await;
+}
+
+/// Everything a tenant or an operator could look at, as one text: the Transform, its graph,
+/// the events, and `pequod status`.
+async fn everything_shown(cluster: &Cluster, namespace: &str, name: &str) -> String {
+    let mut shown = String::new();
+    for args in [
+        vec!["-n", namespace, "get", "transform", name],
+        vec!["-n", namespace, "get", "resourcegraph", name],
+        vec!["get", "events.events.k8s.io", "-A"],
+    ] {
+        if let Some(object) = cluster.json(&args).await {
+            shown.push_str(&object.to_string());
+        }
+    }
+    shown.push_str(&cluster.pequod(&["status", name, "-n", namespace]).await);
+    shown
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_never_read_across_namespaces_nor_shown() {
+    let cluster = Cluster::start().await;
+    namespace(&cluster, "team-a").await;
+    for (ns, secret) in [("kube-system", "admin-token"), ("team-a", "app-token")] {
+        cluster
+            .ok(
+                &[
+                    "-n",
+                    ns,
+                    "create",
+                    "secret",
+                    "generic",
+                    secret,
+                    "--from-literal=token=SUPERSECRET-42",
+                ],
+                None,
+            )
+            .await;
+    }
+    let observe = |namespace: &str, name: &str| {
+        format!(
+            r#"{{ id = "{name}", object = {{ apiVersion = "v1", kind = "Secret", metadata = {{ name = "{name}", namespace = "{namespace}" }} }},
+               applyPolicy = {{ mode = 'Observe }},
+               readyWhen = [{{ type = "FieldEquals", path = "data.token", value = "x" }}] }}"#
+        )
+    };
+    let nodes = format!(
+        "[{}, {}]",
+        observe("kube-system", "admin-token"),
+        observe("team-a", "app-token")
+    );
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&inline_in("team-a", "exfiltrate", &nodes)),
+        )
+        .await;
+    let graph = cluster
+        .graph_when("team-a", "exfiltrate", "both nodes looked at", |g| {
+            node(g, "admin-token")["phase"] == "Failed"
+                && node(g, "app-token")["phase"] == "WaitingReady"
+        })
+        .await;
+    assert_eq!(node(&graph, "admin-token")["reason"], "OutsideNamespace");
+    assert_eq!(
+        node(&graph, "admin-token")["message"],
+        "Secret kube-system/admin-token is outside the graph's namespace team-a: refused (the operator runs without --allow-cross-namespace)"
+    );
+    assert_eq!(
+        node(&graph, "app-token")["message"],
+        "data.token does not match"
+    );
+    cluster
+        .transform_when("team-a", "exfiltrate", "Ready=False", |t| {
+            condition(t, "Ready").is_some_and(|c| c["reason"] == "NodeFailed")
+        })
+        .await;
+    let shown = everything_shown(&cluster, "team-a", "exfiltrate").await;
+    assert!(
+        !shown.contains(SECRET_VALUE) && !shown.contains("SUPERSECRET"),
+        "a Secret's value leaked: {shown}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
+    let cluster = Cluster::start().await;
+    namespace(&cluster, "team-a").await;
+    let shared = |value: &str| {
+        format!(
+            r#"[{{ id = "settings", object = {{ apiVersion = "v1", kind = "ConfigMap", metadata = {{ name = "shared-settings" }}, data = {{ owner = "{value}" }} }} }}]"#
+        )
+    };
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&inline_in("team-a", "owner-one", &shared("one"))),
+        )
+        .await;
+    cluster
+        .graph_when("team-a", "owner-one", "owner-one Ready", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&inline_in("team-a", "owner-two", &shared("two"))),
+        )
+        .await;
+    let graph = cluster
+        .graph_when("team-a", "owner-two", "the takeover refused", |g| {
+            node(g, "settings")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(node(&graph, "settings")["reason"], "OwnedByAnotherGraph");
+    assert_eq!(
+        node(&graph, "settings")["message"],
+        "ConfigMap team-a/shared-settings is owned by ResourceGraph team-a/owner-one: refused (a graph never writes, adopts or deletes another graph's objects)"
+    );
+    assert!(graph["status"]["inventory"].is_null(), "{graph}");
+    let transform = cluster
+        .transform_when("team-a", "owner-two", "owner-two not Ready", |t| {
+            condition(t, "Ready")
+                .is_some_and(|c| c["status"] == "False" && c["reason"] == "NodeFailed")
+        })
+        .await;
+    assert!(transform["status"]["conditions"].is_array());
+    let owner = || async {
+        cluster
+            .ok(
+                &[
+                    "-n",
+                    "team-a",
+                    "get",
+                    "configmap",
+                    "shared-settings",
+                    "-o",
+                    "jsonpath={.data.owner}",
+                ],
+                None,
+            )
+            .await
+    };
+    assert_eq!(owner().await, "one");
+
+    // The attacker goes; the victim's object stays, and so does its Ready graph.
+    cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "delete",
+                "transform",
+                "owner-two",
+                "--timeout=60s",
+            ],
+            None,
+        )
+        .await;
+    eventually(60, "owner-two's graph gone", || async {
+        let found = cluster
+            .exists(&["-n", "team-a", "get", "resourcegraph", "owner-two"])
+            .await;
+        (!found).then_some(())
+    })
+    .await;
+    assert_eq!(owner().await, "one");
+    let victim = cluster
+        .json(&["-n", "team-a", "get", "resourcegraph", "owner-one"])
+        .await
+        .expect("owner-one's graph");
+    assert_eq!(victim["status"]["phase"], "Ready");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_object_is_taken_only_when_adopted() {
+    let cluster = Cluster::start().await;
+    namespace(&cluster, "team-a").await;
+    cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "create",
+                "configmap",
+                "quota-settings",
+                "--from-literal=limit=10",
+            ],
+            None,
+        )
+        .await;
+    let nodes = r#"[{ id = "settings", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "quota-settings" }, data = { limit = "1000" } } }]"#;
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&inline_in("team-a", "grab", nodes)),
+        )
+        .await;
+    let graph = cluster
+        .graph_when("team-a", "grab", "refused", |g| {
+            node(g, "settings")["phase"] == "Failed"
+        })
+        .await;
+    assert_eq!(node(&graph, "settings")["reason"], "AlreadyExists");
+    assert_eq!(
+        node(&graph, "settings")["message"],
+        "ConfigMap team-a/quota-settings already exists and no graph owns it: refused (name it in the Transform's spec.adopt to take it over)"
+    );
+    let limit = cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "get",
+                "configmap",
+                "quota-settings",
+                "-o",
+                "jsonpath={.data.limit}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(limit, "10", "nothing written");
+    cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "delete",
+                "transform",
+                "grab",
+                "--timeout=60s",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        cluster
+            .exists(&["-n", "team-a", "get", "configmap", "quota-settings"])
+            .await,
+        "nothing deleted"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_resource_graph_is_not_executed() {
+    let cluster = Cluster::start().await;
+    let graph = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1",
+        "kind": "ResourceGraph",
+        "metadata": {"name": "forged", "namespace": "default"},
+        "spec": {
+            "sourceRef": {"apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform", "name": "forged"},
+            "metadata": {"module": "none", "version": "0", "moduleDigest": "sha256:0", "renderHash": "sha256:0"},
+            "nodes": [{"id": "payload", "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "payload"}, "data": {"x": "y"}}}],
+        },
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&graph.to_string()))
+        .await;
+    let refused = cluster
+        .graph_when("default", "forged", "refused", |g| {
+            condition(g, "Ready").is_some_and(|c| c["reason"] == "NotControlledByTransform")
+        })
+        .await;
+    assert_eq!(
+        condition(&refused, "Ready").expect("Ready")["message"],
+        "no Transform controls this ResourceGraph: the graph is not executed (only graphs controlled by a Transform are; the operator runs without --allow-standalone-graphs)"
+    );
+    // The refusal is what the reconcile that would have applied it wrote instead.
+    assert!(!cluster.exists(&["get", "configmap", "payload"]).await);
+    assert!(
+        refused["metadata"]["finalizers"].is_null(),
+        "no finalizer: the graph may go"
+    );
+    cluster
+        .ok(&["delete", "resourcegraph", "forged"], None)
+        .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_from_a_source_the_platform_did_not_allow_is_refused() {
+    let cluster = Cluster::start_with_flags(
+        std::time::Duration::from_millis(300),
+        &[
+            "--module-sources",
+            "embedded:webservice,oci://registry.corp/platforms/*",
+        ],
+    )
+    .await;
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&inline_in("default", "homemade", "[]")),
+        )
+        .await;
+    let refused = cluster
+        .transform_when("default", "homemade", "ModuleResolved=False", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    let resolved = condition(&refused, "ModuleResolved").expect("ModuleResolved");
+    assert_eq!(resolved["reason"], "SourceNotAllowed");
+    assert_eq!(
+        resolved["message"],
+        "module source inline is not allowed by the operator (--module-sources embedded:webservice,oci://registry.corp/platforms/*)"
+    );
+    assert!(!cluster.exists(&["get", "resourcegraph", "homemade"]).await);
+    let scanner = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+        "metadata": {"name": "scanner", "namespace": "default"},
+        "spec": {"moduleRef": {"type": "git", "ref": "git://10.0.0.1:22/probe"}, "input": {}},
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&scanner.to_string()))
+        .await;
+    let refused = cluster
+        .transform_when("default", "scanner", "refused", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    assert_eq!(
+        condition(&refused, "ModuleResolved").expect("ModuleResolved")["message"],
+        "module source git::git://10.0.0.1:22/probe is not allowed by the operator (--module-sources embedded:webservice,oci://registry.corp/platforms/*)"
+    );
+    // An allowed module renders.
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: web, namespace: default}\nspec:\n  moduleRef: {type: embedded, ref: webservice}\n  input: {name: web, image: ghcr.io/acme/web:1.0.0}\n",
+            ),
+        )
+        .await;
+    let allowed = cluster
+        .transform_when("default", "web", "rendered", |t| {
+            condition(t, "Rendered").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
+    assert_eq!(
+        condition(&allowed, "ModuleResolved").expect("ModuleResolved")["status"],
+        "True"
+    );
+    cluster.stop().await;
+}
