@@ -10,6 +10,7 @@ pub mod api;
 pub mod defaults;
 pub mod discovery;
 pub mod faults;
+pub mod gofmt;
 pub mod managed;
 pub mod patch;
 pub mod protobuf;

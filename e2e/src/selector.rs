@@ -2,6 +2,7 @@
 //! watch requests, parsed and matched as `k8s.io/apimachinery/pkg/labels` (`Parse`) and
 //! `k8s.io/apimachinery/pkg/fields` (`ParseSelector`) do, with the same error messages.
 
+use crate::gofmt::go_quote;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -593,32 +594,6 @@ fn dns_subdomain_errors(value: &str) -> Vec<String> {
     errors
 }
 
-/// A string quoted as Go's `%q` does.
-fn go_quote(text: &str) -> String {
-    let mut quoted = String::with_capacity(text.len() + 2);
-    quoted.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            '\u{7}' => quoted.push_str("\\a"),
-            '\u{8}' => quoted.push_str("\\b"),
-            '\u{c}' => quoted.push_str("\\f"),
-            '\n' => quoted.push_str("\\n"),
-            '\r' => quoted.push_str("\\r"),
-            '\t' => quoted.push_str("\\t"),
-            '\u{b}' => quoted.push_str("\\v"),
-            c if c.is_control() && u32::from(c) < 0x80 => {
-                quoted.push_str(&format!("\\x{:02x}", u32::from(c)));
-            }
-            c if c.is_control() => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => quoted.push(c),
-        }
-    }
-    quoted.push('"');
-    quoted
-}
-
 /// A parsed field selector: terms that must all hold.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldSelector {
@@ -1053,13 +1028,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn quoting_like_go() {
-        assert_eq!(
-            go_quote("a\"b\\c\n\u{1}\u{85}é"),
-            "\"a\\\"b\\\\c\\n\\x01\\u0085é\""
-        );
-    }
 
     #[test]
     fn field_selector_operators() {
