@@ -7,6 +7,7 @@
 //! controllers of a real cluster. `e2e/README.md` lists where it differs from a real server.
 
 pub mod api;
+pub mod auth;
 pub mod defaults;
 pub mod discovery;
 pub mod faults;
@@ -25,12 +26,18 @@ pub mod table;
 pub mod testing;
 pub mod watch;
 
+pub use crate::auth::User;
+
+use crate::auth::authn::Tokens;
+use crate::auth::authorizer::Authorizer;
 use crate::faults::Faults;
 use crate::requests::{RequestLog, Requests};
 use crate::simulator::SimulatorControl;
 use crate::store::{FieldValidation, Store, WriteOptions};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +61,13 @@ pub struct Config {
     pub crds: Vec<PathBuf>,
     /// How many changes the event log keeps for watches to resume from.
     pub event_log: usize,
+    /// Enforce authorization: members of `system:masters` (the admin, whom requests
+    /// without credentials are) may do anything, every other user what RBAC grants. Off,
+    /// every request is allowed whoever it comes from.
+    pub authorize: bool,
+    /// Bearer tokens the server accepts, and the user each authenticates as
+    /// ([`TestApiServer::kubeconfig_for`] and [`TestApiServer::token_for`] add more).
+    pub tokens: BTreeMap<String, User>,
 }
 
 impl Default for Config {
@@ -65,6 +79,8 @@ impl Default for Config {
             readiness_delay: Duration::from_millis(500),
             crds: Vec::new(),
             event_log: 10_000,
+            authorize: false,
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -116,12 +132,14 @@ pub struct TestApiServer {
     faults: Arc<Faults>,
     simulator: Arc<SimulatorControl>,
     requests: Arc<RequestLog>,
+    tokens: Arc<Tokens>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
-    _tempdir: Option<TempDir>,
+    /// Where the server's own files go (kubeconfigs), removed with it.
+    dir: TempDir,
 }
 
-/// A directory removed on drop (for kubeconfigs nobody asked to keep).
+/// A directory removed on drop (for files nobody asked to keep).
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
@@ -147,35 +165,36 @@ impl TestApiServer {
             addr: config.addr,
             source,
         })?;
-        let (kubeconfig, tempdir) = match &config.kubeconfig {
-            Some(path) => (path.clone(), None),
-            None => {
-                let dir = std::env::temp_dir().join(format!(
-                    "pequod-e2e-{}-{}",
-                    std::process::id(),
-                    addr.port()
-                ));
-                std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
-                (dir.join("kubeconfig"), Some(TempDir(dir)))
-            }
-        };
-        std::fs::write(&kubeconfig, kubeconfig_text(addr)).map_err(|source| StartError::Io {
-            path: kubeconfig.clone(),
+        let dir =
+            std::env::temp_dir().join(format!("pequod-e2e-{}-{}", std::process::id(), addr.port()));
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
+            path: dir.clone(),
             source,
+        })?;
+        let dir = TempDir(dir);
+        let kubeconfig = config
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| dir.0.join("kubeconfig"));
+        std::fs::write(&kubeconfig, kubeconfig_text(addr, None)).map_err(|source| {
+            StartError::Io {
+                path: kubeconfig.clone(),
+                source,
+            }
         })?;
         let faults = Arc::new(Faults::default());
         let simulator = Arc::new(SimulatorControl::new(config.readiness_delay));
         let shutdown = CancellationToken::new();
         let requests = Arc::new(RequestLog::default());
+        let tokens = Arc::new(Tokens::new(config.tokens.clone()));
         let app = Arc::new(api::App {
             store: store.clone(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
             address: addr.to_string(),
             requests: requests.clone(),
+            tokens: tokens.clone(),
+            authorizer: Authorizer::new(store.clone(), config.authorize),
         });
         if config.simulate {
             tokio::spawn(simulator::run(
@@ -201,9 +220,10 @@ impl TestApiServer {
             faults,
             simulator,
             requests,
+            tokens,
             shutdown,
             task: Some(task),
-            _tempdir: tempdir,
+            dir,
         })
     }
 
@@ -217,9 +237,42 @@ impl TestApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// The kubeconfig file naming this server.
+    /// The kubeconfig file naming this server, without credentials: its requests are the
+    /// admin's.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A bearer token that authenticates as `user` (the one [`Config::tokens`] gives it,
+    /// else one made now).
+    pub fn token_for(&self, user: &User) -> String {
+        self.tokens.token_for(user)
+    }
+
+    /// Writes a kubeconfig for this server whose token authenticates as `user`, for kubectl
+    /// or a process (the operator) to act as that user; returns its path (in a directory
+    /// removed with the server).
+    pub fn kubeconfig_for(&self, user: &User) -> std::io::Result<PathBuf> {
+        let token = self.token_for(user);
+        let readable: String = user
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut hasher = DefaultHasher::new();
+        token.hash(&mut hasher);
+        let path = self
+            .dir
+            .0
+            .join(format!("{readable}-{:016x}.kubeconfig", hasher.finish()));
+        std::fs::write(&path, kubeconfig_text(self.addr, Some(&token)))?;
+        Ok(path)
     }
 
     /// The object store (for assertions that bypass HTTP).
@@ -258,8 +311,12 @@ impl Drop for TestApiServer {
     }
 }
 
-/// A kubeconfig for a server at `addr` (no credentials: the server does not authenticate).
-pub fn kubeconfig_text(addr: SocketAddr) -> String {
+/// A kubeconfig for a server at `addr`, with a bearer `token` (none: the admin's).
+pub fn kubeconfig_text(addr: SocketAddr, token: Option<&str>) -> String {
+    let user = match token {
+        Some(token) => format!("\n    token: {token}"),
+        None => " {}".to_owned(),
+    };
     format!(
         "apiVersion: v1
 kind: Config
@@ -276,7 +333,7 @@ contexts:
 current-context: pequod-e2e
 users:
 - name: pequod-e2e
-  user: {{}}
+  user:{user}
 "
     )
 }
