@@ -24,6 +24,7 @@ pub mod status;
 pub mod store;
 pub mod table;
 pub mod testing;
+pub mod tls;
 pub mod watch;
 
 pub use crate::auth::User;
@@ -112,6 +113,9 @@ pub enum StartError {
         /// The cause.
         source: serde_yaml::Error,
     },
+    /// TLS could not be set up.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     /// The server refused a CRD.
     #[error("{path}: CRD {name} refused: {source}")]
     Crd {
@@ -203,6 +207,7 @@ impl TestApiServer {
                 shutdown.clone(),
             ));
         }
+        let listener = tls::Listener::new(listener, shutdown.clone())?;
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, api::router(app))
@@ -251,7 +256,8 @@ impl TestApiServer {
 
     /// Writes a kubeconfig for this server whose token authenticates as `user`, for kubectl
     /// or a process (the operator) to act as that user; returns its path (in a directory
-    /// removed with the server).
+    /// removed with the server). It names the server over HTTPS, trusting the test CA
+    /// ([`tls::CA`]): clients send credentials only over TLS.
     pub fn kubeconfig_for(&self, user: &User) -> std::io::Result<PathBuf> {
         let token = self.token_for(user);
         let readable: String = user
@@ -311,11 +317,19 @@ impl Drop for TestApiServer {
     }
 }
 
-/// A kubeconfig for a server at `addr`, with a bearer `token` (none: the admin's).
+/// A kubeconfig for a server at `addr`: with a bearer `token`, over HTTPS trusting the test
+/// CA; without, the admin's, over plain HTTP.
 pub fn kubeconfig_text(addr: SocketAddr, token: Option<&str>) -> String {
-    let user = match token {
-        Some(token) => format!("\n    token: {token}"),
-        None => " {}".to_owned(),
+    use base64::Engine;
+    let (cluster, user) = match token {
+        Some(token) => {
+            let ca = base64::engine::general_purpose::STANDARD.encode(tls::CA);
+            (
+                format!("server: https://{addr}\n    certificate-authority-data: {ca}"),
+                format!("\n    token: {token}"),
+            )
+        }
+        None => (format!("server: http://{addr}"), " {}".to_owned()),
     };
     format!(
         "apiVersion: v1
@@ -323,7 +337,7 @@ kind: Config
 clusters:
 - name: pequod-e2e
   cluster:
-    server: http://{addr}
+    {cluster}
 contexts:
 - name: pequod-e2e
   context:
