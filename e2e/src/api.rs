@@ -12,7 +12,7 @@ use crate::protobuf;
 use crate::requests::{RequestKey, RequestLog};
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector, SelectorError};
-use crate::status::ApiError;
+use crate::status::{ApiError, sanitize};
 use crate::store::{
     DeleteOptions, FieldValidation, Outcome, PatchType, Propagation, Selection, Store, WriteOptions,
 };
@@ -155,18 +155,18 @@ async fn handle(
         query.flag("watch"),
         query.get("fieldSelector"),
     );
-    let identified = identify(&app, &headers, &uri);
+    let identity = identify(&app, &headers, &uri);
     if route != Route::DebugRequests {
-        let user = match &identified {
-            Ok(user) => user.name.clone(),
-            Err((requester, _)) => requester.clone(),
+        let user = match &identity {
+            Identity::Acting(user) => user.name.clone(),
+            Identity::Refused { requester, .. } => requester.clone(),
         };
         app.requests
             .record(request_key(&attributes, &headers, user));
     }
-    let user = match identified {
-        Ok(user) => user,
-        Err((_, refused)) => return refused,
+    let user = match identity {
+        Identity::Acting(user) => user,
+        Identity::Refused { answer, .. } => return answer,
     };
     if let Err(forbidden) = app.authorizer.check(&user, &attributes) {
         return forbidden.into_response();
@@ -234,40 +234,56 @@ async fn handle(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Who a request acts as, or why it may not act at all.
+enum Identity {
+    /// The user the request acts as.
+    Acting(User),
+    /// Refused: who sent it (nobody, for a token the server does not know), and the answer.
+    Refused { requester: String, answer: Response },
+}
+
 /// Who a request acts as: its token's user (the admin without one), or the user it
-/// impersonates. When it may not, the answer refusing it and who sent it (nobody, for a
-/// token the server does not know).
-fn identify(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<User, (String, Response)> {
-    let requester = app
-        .tokens
-        .authenticate(headers)
-        .map_err(|error| (String::new(), error.into_response()))?;
+/// impersonates.
+fn identify(app: &App, headers: &HeaderMap, uri: &Uri) -> Identity {
+    let requester = match app.tokens.authenticate(headers) {
+        Ok(requester) => requester,
+        Err(error) => {
+            return Identity::Refused {
+                requester: String::new(),
+                answer: error.into_response(),
+            };
+        }
+    };
     let name = requester.name.clone();
-    impersonation::impersonate(requester, headers, &app.authorizer).map_err(|refusal| {
-        let response = match refusal {
-            Refusal::Forbidden(error) => error.into_response(),
-            // Kubernetes answers this in plain text, as `responsewriters.InternalError`.
-            without_user @ Refusal::WithoutUser(_) => {
-                let text = format!(
-                    "Internal Server Error: {}: {without_user}",
-                    go_quote(&uri.to_string())
-                )
-                .replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    [
-                        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                    ],
-                    format!("{text}\n"),
-                )
-                    .into_response()
+    let impersonated = impersonation::impersonate(requester, headers, &app.authorizer);
+    impersonated.map_or_else(
+        |refusal| {
+            let response = match refusal {
+                Refusal::Forbidden(error) => error.into_response(),
+                // Kubernetes answers this in plain text, as `responsewriters.InternalError`.
+                without_user @ Refusal::WithoutUser(_) => {
+                    let text = sanitize(&format!(
+                        "Internal Server Error: {}: {without_user}",
+                        go_quote(&uri.to_string())
+                    ));
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [
+                            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        ],
+                        format!("{text}\n"),
+                    )
+                        .into_response()
+                }
+            };
+            Identity::Refused {
+                requester: name,
+                answer: response,
             }
-        };
-        (name, response)
-    })
+        },
+        Identity::Acting,
+    )
 }
 
 /// What a request counts as (see [`crate::requests`]): its attributes' verb (`apply` for a

@@ -5,6 +5,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+/// `text` with `&`, `<` and `>` escaped as HTML entities, as Kubernetes' response writers
+/// keep the errors they write from reading as HTML.
+pub fn sanitize(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// An API failure, answered as a `v1 Status` body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {

@@ -95,8 +95,12 @@ mod tests {
                 json!({"to-edit": "true"}),
                 &[write.clone(), read.clone()],
             ),
-            role("a-reader", json!({"to-edit": "true"}), &[read.clone()]),
-            role("other", json!({}), &[write.clone()]),
+            role(
+                "a-reader",
+                json!({"to-edit": "true"}),
+                std::slice::from_ref(&read),
+            ),
+            role("other", json!({}), std::slice::from_ref(&write)),
         ];
         assert_eq!(
             stale(&roles),

@@ -8,7 +8,7 @@ use super::attributes::Attributes;
 use super::rbac::Policy;
 use super::user::{SYSTEM_MASTERS, User};
 use crate::gofmt::go_quote;
-use crate::status::{ApiError, Subject};
+use crate::status::{ApiError, Subject, sanitize};
 use crate::store::Store;
 use std::sync::Arc;
 
@@ -87,11 +87,7 @@ pub fn forbidden(user: &User, attributes: &Attributes, reason: &str) -> ApiError
         };
         format!("User {who} cannot {verb} resource {resource} in API group {group} {scope}")
     };
-    // Kubernetes keeps its answers from reading as HTML.
-    let message = message
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    let message = sanitize(&message);
     let why = if reason.is_empty() {
         message
     } else {

@@ -87,11 +87,7 @@ impl PolicyRule {
                     && resource.starts_with("*/")
                     && resource.ends_with(subresource.as_str()))
         });
-        let name = self.resource_names.is_empty()
-            || self
-                .resource_names
-                .iter()
-                .any(|name| *name == attributes.name);
+        let name = self.resource_names.is_empty() || self.resource_names.contains(&attributes.name);
         verb && group && resource && name
     }
 }
