@@ -3,8 +3,10 @@
 //! [`TestApiServer::start`] serves the Kubernetes REST protocol on a loopback port (plain
 //! HTTP) faithfully enough for unmodified `kube` clients and `kubectl`: discovery, OpenAPI v3,
 //! CRUD with server-side apply and managedFields, watches, the status subresource,
-//! finalizers, garbage collection, CRD registration. A readiness simulator plays the
-//! controllers of a real cluster. `e2e/README.md` lists where it differs from a real server.
+//! finalizers, garbage collection, CRD registration; bearer-token authentication, RBAC
+//! authorization ([`Config::authorize`]) and impersonation ([`auth`]). A readiness simulator
+//! plays the controllers of a real cluster. `e2e/README.md` lists where it differs from a
+//! real server.
 
 pub mod api;
 pub mod auth;
