@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const FILES: &[&str] = &[
     "k8s.io/api/apps/v1/generated.proto",
+    "k8s.io/api/authorization/v1/generated.proto",
     "k8s.io/api/autoscaling/v2/generated.proto",
     "k8s.io/api/batch/v1/generated.proto",
     "k8s.io/api/coordination/v1/generated.proto",

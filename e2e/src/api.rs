@@ -1,12 +1,18 @@
 //! The HTTP side: routes Kubernetes REST paths to discovery, OpenAPI, the store and watches.
 
+use crate::auth::attributes::Attributes;
+use crate::auth::authn::Tokens;
+use crate::auth::authorizer::Authorizer;
+use crate::auth::impersonation::{self, Refusal};
+use crate::auth::{User, review};
 use crate::discovery;
 use crate::faults::Faults;
+use crate::gofmt::go_quote;
 use crate::protobuf;
-use crate::requests::{DEFAULT_USER, RequestKey, RequestLog};
+use crate::requests::{RequestKey, RequestLog};
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector, SelectorError};
-use crate::status::ApiError;
+use crate::status::{ApiError, sanitize};
 use crate::store::{
     DeleteOptions, FieldValidation, Outcome, PatchType, Propagation, Selection, Store, WriteOptions,
 };
@@ -35,6 +41,10 @@ pub struct App {
     pub address: String,
     /// Requests counted by verb, resource and user.
     pub requests: Arc<RequestLog>,
+    /// The bearer tokens accepted, and their users.
+    pub tokens: Arc<Tokens>,
+    /// Decides what users may do.
+    pub authorizer: Authorizer,
 }
 
 /// The router: every path goes through [`handle`].
@@ -139,9 +149,27 @@ async fn handle(
 ) -> Response {
     let route = route(uri.path());
     let query = Query::parse(uri.query());
+    let attributes = Attributes::of_request(
+        method.as_str(),
+        uri.path(),
+        query.flag("watch"),
+        query.get("fieldSelector"),
+    );
+    let identity = identify(&app, &headers, &uri);
     if route != Route::DebugRequests {
+        let user = match &identity {
+            Identity::Acting(user) => user.name.clone(),
+            Identity::Refused { requester, .. } => requester.clone(),
+        };
         app.requests
-            .record(request_key(&route, &method, &query, &headers, uri.path()));
+            .record(request_key(&attributes, &headers, user));
+    }
+    let user = match identity {
+        Identity::Acting(user) => user,
+        Identity::Refused { answer, .. } => return answer,
+    };
+    if let Err(forbidden) = app.authorizer.check(&user, &attributes) {
+        return forbidden.into_response();
     }
     let registry = app.store.registry();
     let accept = headers
@@ -194,6 +222,7 @@ async fn handle(
                         headers: &headers,
                         query: &query,
                         body: &body,
+                        user: &user,
                     };
                     resource(&app, path, &request)
                 }
@@ -205,61 +234,82 @@ async fn handle(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// What a request counts as (see [`crate::requests`]).
-fn request_key(
-    route: &Route,
-    method: &Method,
-    query: &Query,
-    headers: &HeaderMap,
-    path: &str,
-) -> RequestKey {
-    let user = headers
-        .get("impersonate-user")
-        .and_then(|v| v.to_str().ok())
-        .filter(|user| !user.is_empty())
-        .unwrap_or(DEFAULT_USER)
-        .to_owned();
-    let method = method.as_str();
-    let Route::Resource(resource) = route else {
+/// Who a request acts as, or why it may not act at all.
+enum Identity {
+    /// The user the request acts as.
+    Acting(User),
+    /// Refused: who sent it (nobody, for a token the server does not know), and the answer.
+    Refused { requester: String, answer: Response },
+}
+
+/// Who a request acts as: its token's user (the admin without one), or the user it
+/// impersonates.
+fn identify(app: &App, headers: &HeaderMap, uri: &Uri) -> Identity {
+    let requester = match app.tokens.authenticate(headers) {
+        Ok(requester) => requester,
+        Err(error) => {
+            return Identity::Refused {
+                requester: String::new(),
+                answer: error.into_response(),
+            };
+        }
+    };
+    let name = requester.name.clone();
+    let impersonated = impersonation::impersonate(requester, headers, &app.authorizer);
+    impersonated.map_or_else(
+        |refusal| {
+            let response = match refusal {
+                Refusal::Forbidden(error) => error.into_response(),
+                // Kubernetes answers this in plain text, as `responsewriters.InternalError`.
+                without_user @ Refusal::WithoutUser(_) => {
+                    let text = sanitize(&format!(
+                        "Internal Server Error: {}: {without_user}",
+                        go_quote(&uri.to_string())
+                    ));
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [
+                            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        ],
+                        format!("{text}\n"),
+                    )
+                        .into_response()
+                }
+            };
+            Identity::Refused {
+                requester: name,
+                answer: response,
+            }
+        },
+        Identity::Acting,
+    )
+}
+
+/// What a request counts as (see [`crate::requests`]): its attributes' verb (`apply` for a
+/// server-side apply) on its resource, or on its path when it is for no resource.
+fn request_key(attributes: &Attributes, headers: &HeaderMap, user: String) -> RequestKey {
+    if !attributes.resource_request {
         return RequestKey {
-            verb: method.to_ascii_lowercase(),
+            verb: attributes.verb.clone(),
             group: String::new(),
-            resource: path.to_owned(),
+            resource: attributes.path.clone(),
             user,
         };
-    };
-    let named = resource.name.is_some();
+    }
     let apply = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/apply-patch"));
-    let verb = match method {
-        "GET" if named => "get",
-        "GET" if query.flag("watch") => "watch",
-        "GET" => "list",
-        "POST" => "create",
-        "PUT" => "update",
-        "PATCH" if apply => "apply",
-        "PATCH" => "patch",
-        "DELETE" if named => "delete",
-        "DELETE" => "deletecollection",
-        other => {
-            return RequestKey {
-                verb: other.to_ascii_lowercase(),
-                group: resource.group.clone(),
-                resource: resource.resource.clone(),
-                user,
-            };
-        }
-    };
-    let name = match &resource.subresource {
-        Some(sub) => format!("{}/{sub}", resource.resource),
-        None => resource.resource.clone(),
+    let verb = if apply && attributes.verb == "patch" {
+        "apply".to_owned()
+    } else {
+        attributes.verb.clone()
     };
     RequestKey {
-        verb: verb.to_owned(),
-        group: resource.group.clone(),
-        resource: name,
+        verb,
+        group: attributes.api_group.clone(),
+        resource: attributes.combined_resource(),
         user,
     }
 }
@@ -294,6 +344,8 @@ struct Request<'a> {
     headers: &'a HeaderMap,
     query: &'a Query,
     body: &'a Bytes,
+    /// Who the request acts as.
+    user: &'a User,
 }
 
 impl Request<'_> {
@@ -464,7 +516,19 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
     let store = &app.store;
     let method = request.method;
     let name = path.name.as_deref();
+    let not_allowed = || {
+        ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            path.resource
+        ))
+    };
     match (method.as_str(), name) {
+        ("POST", None) if ty.review => {
+            let asked = request.object(&ty, version)?;
+            let answered = review::answer(&ty.kind, &asked, request.user, &app.authorizer)?;
+            Ok(json_response(StatusCode::CREATED, &answered))
+        }
+        _ if ty.review => Err(not_allowed()),
         ("GET", None) => {
             let selection = request.selection(&ty, path.namespace.as_deref())?;
             if request.query.flag("watch") {
@@ -579,10 +643,7 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
                         "items": items}),
             ))
         }
-        _ => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource ({method} {})",
-            path.resource
-        ))),
+        _ => Err(not_allowed()),
     }
 }
 

@@ -66,18 +66,6 @@ pub fn api_group(registry: &Registry, name: &str) -> Option<Value> {
     })
 }
 
-/// The verbs every resource supports.
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
 /// `GET /api/v1` or `/apis/{group}/{version}`; None when nothing is served there.
 pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let types = registry.in_group_version(group, version);
@@ -91,7 +79,7 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
             "singularName": ty.singular,
             "namespaced": ty.namespaced,
             "kind": ty.kind,
-            "verbs": VERBS,
+            "verbs": ty.verbs(),
         });
         if !ty.short_names.is_empty() {
             resource["shortNames"] = json!(ty.short_names);
@@ -161,7 +149,7 @@ pub fn aggregated(registry: &Registry, core: bool) -> Value {
                                 "responseKind": kind,
                                 "scope": if ty.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": ty.singular,
-                                "verbs": VERBS,
+                                "verbs": ty.verbs(),
                             });
                             if !ty.short_names.is_empty() {
                                 resource["shortNames"] = json!(ty.short_names);
@@ -375,11 +363,19 @@ pub fn openapi_document(registry: &Registry, group: &str, version: &str) -> Valu
                 format!("{prefix}/{}/{{name}}", ty.gr.resource),
             )
         };
+        let post = operation(
+            "post",
+            json!({"parameters": write_parameters, "requestBody": {"content": {"application/json": {"schema": object_ref}}, "required": true}}),
+        );
+        if ty.review {
+            paths.insert(collection, json!({"post": post}));
+            continue;
+        }
         paths.insert(
             collection,
             json!({
                 "get": operation("list", json!({})),
-                "post": operation("post", json!({"parameters": write_parameters, "requestBody": {"content": {"application/json": {"schema": object_ref}}, "required": true}})),
+                "post": post,
                 "delete": operation("deletecollection", json!({})),
             }),
         );

@@ -3,13 +3,17 @@
 //! [`TestApiServer::start`] serves the Kubernetes REST protocol on a loopback port (plain
 //! HTTP) faithfully enough for unmodified `kube` clients and `kubectl`: discovery, OpenAPI v3,
 //! CRUD with server-side apply and managedFields, watches, the status subresource,
-//! finalizers, garbage collection, CRD registration. A readiness simulator plays the
-//! controllers of a real cluster. `e2e/README.md` lists where it differs from a real server.
+//! finalizers, garbage collection, CRD registration; bearer-token authentication, RBAC
+//! authorization ([`Config::authorize`]) and impersonation ([`auth`]). A readiness simulator
+//! plays the controllers of a real cluster. `e2e/README.md` lists where it differs from a
+//! real server.
 
 pub mod api;
+pub mod auth;
 pub mod defaults;
 pub mod discovery;
 pub mod faults;
+pub mod gofmt;
 pub mod managed;
 pub mod patch;
 pub mod protobuf;
@@ -22,14 +26,21 @@ pub mod status;
 pub mod store;
 pub mod table;
 pub mod testing;
+pub mod tls;
 pub mod watch;
 
+pub use crate::auth::User;
+
+use crate::auth::authn::Tokens;
+use crate::auth::authorizer::Authorizer;
 use crate::faults::Faults;
 use crate::requests::{RequestLog, Requests};
 use crate::simulator::SimulatorControl;
 use crate::store::{FieldValidation, Store, WriteOptions};
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +64,13 @@ pub struct Config {
     pub crds: Vec<PathBuf>,
     /// How many changes the event log keeps for watches to resume from.
     pub event_log: usize,
+    /// Enforce authorization: members of `system:masters` (the admin, whom requests
+    /// without credentials are) may do anything, every other user what RBAC grants. Off,
+    /// every request is allowed whoever it comes from.
+    pub authorize: bool,
+    /// Bearer tokens the server accepts, and the user each authenticates as
+    /// ([`TestApiServer::kubeconfig_for`] and [`TestApiServer::token_for`] add more).
+    pub tokens: BTreeMap<String, User>,
 }
 
 impl Default for Config {
@@ -64,6 +82,8 @@ impl Default for Config {
             readiness_delay: Duration::from_millis(500),
             crds: Vec::new(),
             event_log: 10_000,
+            authorize: false,
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -95,6 +115,9 @@ pub enum StartError {
         /// The cause.
         source: serde_yaml::Error,
     },
+    /// TLS could not be set up.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     /// The server refused a CRD.
     #[error("{path}: CRD {name} refused: {source}")]
     Crd {
@@ -115,12 +138,14 @@ pub struct TestApiServer {
     faults: Arc<Faults>,
     simulator: Arc<SimulatorControl>,
     requests: Arc<RequestLog>,
+    tokens: Arc<Tokens>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
-    _tempdir: Option<TempDir>,
+    /// Where the server's own files go (kubeconfigs), removed with it.
+    dir: TempDir,
 }
 
-/// A directory removed on drop (for kubeconfigs nobody asked to keep).
+/// A directory removed on drop (for files nobody asked to keep).
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
@@ -146,35 +171,36 @@ impl TestApiServer {
             addr: config.addr,
             source,
         })?;
-        let (kubeconfig, tempdir) = match &config.kubeconfig {
-            Some(path) => (path.clone(), None),
-            None => {
-                let dir = std::env::temp_dir().join(format!(
-                    "pequod-e2e-{}-{}",
-                    std::process::id(),
-                    addr.port()
-                ));
-                std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
-                (dir.join("kubeconfig"), Some(TempDir(dir)))
-            }
-        };
-        std::fs::write(&kubeconfig, kubeconfig_text(addr)).map_err(|source| StartError::Io {
-            path: kubeconfig.clone(),
+        let dir =
+            std::env::temp_dir().join(format!("pequod-e2e-{}-{}", std::process::id(), addr.port()));
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
+            path: dir.clone(),
             source,
+        })?;
+        let dir = TempDir(dir);
+        let kubeconfig = config
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| dir.0.join("kubeconfig"));
+        std::fs::write(&kubeconfig, kubeconfig_text(addr, None)).map_err(|source| {
+            StartError::Io {
+                path: kubeconfig.clone(),
+                source,
+            }
         })?;
         let faults = Arc::new(Faults::default());
         let simulator = Arc::new(SimulatorControl::new(config.readiness_delay));
         let shutdown = CancellationToken::new();
         let requests = Arc::new(RequestLog::default());
+        let tokens = Arc::new(Tokens::new(config.tokens.clone()));
         let app = Arc::new(api::App {
             store: store.clone(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
             address: addr.to_string(),
             requests: requests.clone(),
+            tokens: tokens.clone(),
+            authorizer: Authorizer::new(store.clone(), config.authorize),
         });
         if config.simulate {
             tokio::spawn(simulator::run(
@@ -183,6 +209,7 @@ impl TestApiServer {
                 shutdown.clone(),
             ));
         }
+        let listener = tls::Listener::new(listener, shutdown.clone())?;
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, api::router(app))
@@ -200,9 +227,10 @@ impl TestApiServer {
             faults,
             simulator,
             requests,
+            tokens,
             shutdown,
             task: Some(task),
-            _tempdir: tempdir,
+            dir,
         })
     }
 
@@ -216,9 +244,43 @@ impl TestApiServer {
         format!("http://{}", self.addr)
     }
 
-    /// The kubeconfig file naming this server.
+    /// The kubeconfig file naming this server, without credentials: its requests are the
+    /// admin's.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A bearer token that authenticates as `user` (the one [`Config::tokens`] gives it,
+    /// else one made now).
+    pub fn token_for(&self, user: &User) -> String {
+        self.tokens.token_for(user)
+    }
+
+    /// Writes a kubeconfig for this server whose token authenticates as `user`, for kubectl
+    /// or a process (the operator) to act as that user; returns its path (in a directory
+    /// removed with the server). It names the server over HTTPS, trusting the test CA
+    /// ([`tls::CA`]): clients send credentials only over TLS.
+    pub fn kubeconfig_for(&self, user: &User) -> std::io::Result<PathBuf> {
+        let token = self.token_for(user);
+        let readable: String = user
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut hasher = DefaultHasher::new();
+        token.hash(&mut hasher);
+        let path = self
+            .dir
+            .0
+            .join(format!("{readable}-{:016x}.kubeconfig", hasher.finish()));
+        std::fs::write(&path, kubeconfig_text(self.addr, Some(&token)))?;
+        Ok(path)
     }
 
     /// The object store (for assertions that bypass HTTP).
@@ -257,15 +319,27 @@ impl Drop for TestApiServer {
     }
 }
 
-/// A kubeconfig for a server at `addr` (no credentials: the server does not authenticate).
-pub fn kubeconfig_text(addr: SocketAddr) -> String {
+/// A kubeconfig for a server at `addr`: with a bearer `token`, over HTTPS trusting the test
+/// CA; without, the admin's, over plain HTTP.
+pub fn kubeconfig_text(addr: SocketAddr, token: Option<&str>) -> String {
+    use base64::Engine;
+    let (cluster, user) = match token {
+        Some(token) => {
+            let ca = base64::engine::general_purpose::STANDARD.encode(tls::CA);
+            (
+                format!("server: https://{addr}\n    certificate-authority-data: {ca}"),
+                format!("\n    token: {token}"),
+            )
+        }
+        None => (format!("server: http://{addr}"), " {}".to_owned()),
+    };
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: pequod-e2e
   cluster:
-    server: http://{addr}
+    {cluster}
 contexts:
 - name: pequod-e2e
   context:
@@ -275,7 +349,7 @@ contexts:
 current-context: pequod-e2e
 users:
 - name: pequod-e2e
-  user: {{}}
+  user:{user}
 "
     )
 }

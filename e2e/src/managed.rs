@@ -36,6 +36,7 @@
 //! - FieldsV1 is always re-encoded, so path elements of unknown kinds are dropped even from
 //!   unchanged entries (Kubernetes keeps an unchanged entry's original bytes).
 
+use crate::gofmt::go_quote;
 use crate::schema::{ListType, Schema};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
@@ -1786,32 +1787,6 @@ fn go_json(value: &Value) -> String {
     out
 }
 
-/// A string quoted like Go's `%q`.
-fn go_quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2907,10 +2882,6 @@ mod tests {
 
     #[test]
     fn go_formatting() {
-        assert_eq!(
-            go_quote("a\"b\\c\n\u{1}\u{85}é"),
-            "\"a\\\"b\\\\c\\n\\x01\\u0085é\""
-        );
         assert_eq!(
             value_string(&json!({"b": [1, true, null], "a": "x"})),
             "{a=\"x\",b=[1,true,null]}"

@@ -5,14 +5,16 @@
 //! `patch`, `delete`, `deletecollection`), except that a server-side apply (a PATCH with
 //! `application/apply-patch+yaml`) counts as `apply`. Requests for no resource (discovery,
 //! OpenAPI, `/version`) count as their method (`get`) on their path (`/apis/apps/v1`).
-//! The server does not authenticate: the user is the `Impersonate-User` header, else
-//! [`DEFAULT_USER`]. Every request is counted when it arrives, whatever its answer
-//! (including injected faults); `/debug/requests` itself is not.
+//! The user is the one the request acts as: its bearer token's user ([`DEFAULT_USER`]
+//! without one), or the user it impersonates; a request that may not impersonate counts
+//! under its sender, one whose token is unknown under the empty name. Every request is
+//! counted once it is authenticated, whatever its answer (refusals and injected faults
+//! included); `/debug/requests` itself is not.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// The user of requests that name none (the kubeconfig the server writes has no credentials).
+/// The user of requests without credentials (the kubeconfig the server writes has none).
 pub const DEFAULT_USER: &str = "admin";
 
 /// What one counter counts.

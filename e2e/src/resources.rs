@@ -84,7 +84,21 @@ pub struct ResourceType {
     pub columns: Vec<PrinterColumn>,
     /// The CRD that registered this type, if any.
     pub crd: Option<String>,
+    /// An access review: only created, answered at once, never stored.
+    pub review: bool,
 }
+
+/// The verbs of stored resources.
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 impl ResourceType {
     /// `apps/v1` or `v1` for the given version.
@@ -123,6 +137,11 @@ impl ResourceType {
                 .get(version)
                 .map_or(Schema::unknown(), |node| Schema::new(node, None)),
         }
+    }
+
+    /// The verbs the resource supports (discovery lists them).
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.review { &["create"] } else { VERBS }
     }
 
     /// Whether the field label may be used in a field selector.
@@ -473,6 +492,34 @@ const BUILTINS: &[Builtin] = &[
     },
 ];
 
+/// The access reviews (`kubectl auth can-i`).
+const REVIEWS: &[Builtin] = &[
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        resource: "selfsubjectaccessreviews",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        generation: false,
+        definition: "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+        fields: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        resource: "subjectaccessreviews",
+        kind: "SubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        generation: false,
+        definition: "io.k8s.api.authorization.v1.SubjectAccessReview",
+        fields: &[],
+    },
+];
+
 /// The served types, by group/resource.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -487,7 +534,9 @@ impl Registry {
     pub fn builtin() -> Self {
         let types = BUILTINS
             .iter()
-            .map(|b| {
+            .map(|b| (b, false))
+            .chain(REVIEWS.iter().map(|b| (b, true)))
+            .map(|(b, review)| {
                 let gr = GroupResource {
                     group: b.group.to_owned(),
                     resource: b.resource.to_owned(),
@@ -512,6 +561,7 @@ impl Registry {
                     schema: TypeSchema::Builtin(b.definition),
                     columns: Vec::new(),
                     crd: None,
+                    review,
                 };
                 (gr, Arc::new(ty))
             })
@@ -732,6 +782,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, ApiError> {
         schema: TypeSchema::Crd(Arc::new(schemas)),
         columns,
         crd: Some(name.to_owned()),
+        review: false,
     })
 }
 

@@ -2,6 +2,7 @@
 //! watch requests, parsed and matched as `k8s.io/apimachinery/pkg/labels` (`Parse`) and
 //! `k8s.io/apimachinery/pkg/fields` (`ParseSelector`) do, with the same error messages.
 
+use crate::gofmt::go_quote;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -90,6 +91,52 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
+    /// A structured selector (`matchLabels` and `matchExpressions` with `In`, `NotIn`,
+    /// `Exists` and `DoesNotExist`), as `metav1.LabelSelectorAsSelector` converts it: the
+    /// empty one selects everything.
+    pub fn from_object(selector: &Value) -> Result<Self, SelectorError> {
+        let invalid = |message: String| SelectorError::Requirement(message);
+        let mut requirements = Vec::new();
+        let labels = selector.get("matchLabels").and_then(Value::as_object);
+        for (key, value) in labels.into_iter().flatten() {
+            let values = vec![render(value).into_owned()];
+            requirements.push(Requirement::new(key, Operator::In, values).map_err(invalid)?);
+        }
+        let expressions = selector.get("matchExpressions").and_then(Value::as_array);
+        for expression in expressions.into_iter().flatten() {
+            let text = |field: &str| {
+                expression
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            };
+            let operator = match text("operator") {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => {
+                    return Err(invalid(format!(
+                        "{} is not a valid label selector operator",
+                        go_quote(other)
+                    )));
+                }
+            };
+            let mut values: Vec<String> = expression
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|value| render(value).into_owned())
+                .collect();
+            values.sort();
+            values.dedup();
+            requirements.push(Requirement::new(text("key"), operator, values).map_err(invalid)?);
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector { requirements })
+    }
+
     /// Whether a set of labels satisfies every requirement.
     pub fn matches(&self, labels: &Map<String, Value>) -> bool {
         self.requirements.iter().all(|requirement| {
@@ -111,6 +158,30 @@ impl LabelSelector {
 }
 
 impl Requirement {
+    /// A requirement checked as `labels.NewRequirement` checks it: a valid key, values for
+    /// `in` and `notin` and none for `exists` and `!`, valid values.
+    fn new(key: &str, operator: Operator, values: Vec<String>) -> Result<Self, String> {
+        let errors = label_key_errors(key);
+        if !errors.is_empty() {
+            return Err(invalid_value("key", key, &errors));
+        }
+        match operator {
+            Operator::In | Operator::NotIn if values.is_empty() => {
+                return Err("for 'in', 'notin' operators, values set can't be empty".into());
+            }
+            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                return Err("values set must be empty for exists and does not exist".into());
+            }
+            _ => {}
+        }
+        validate_values(key, operator, &values)?;
+        Ok(Requirement {
+            key: key.to_owned(),
+            operator,
+            values,
+        })
+    }
+
     /// Whether a label value (`None` when the label is missing) satisfies the requirement.
     fn matches(&self, value: Option<&str>) -> bool {
         let has_value = |value: &str| self.values.iter().any(|v| v == value);
@@ -593,32 +664,6 @@ fn dns_subdomain_errors(value: &str) -> Vec<String> {
     errors
 }
 
-/// A string quoted as Go's `%q` does.
-fn go_quote(text: &str) -> String {
-    let mut quoted = String::with_capacity(text.len() + 2);
-    quoted.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            '\u{7}' => quoted.push_str("\\a"),
-            '\u{8}' => quoted.push_str("\\b"),
-            '\u{c}' => quoted.push_str("\\f"),
-            '\n' => quoted.push_str("\\n"),
-            '\r' => quoted.push_str("\\r"),
-            '\t' => quoted.push_str("\\t"),
-            '\u{b}' => quoted.push_str("\\v"),
-            c if c.is_control() && u32::from(c) < 0x80 => {
-                quoted.push_str(&format!("\\x{:02x}", u32::from(c)));
-            }
-            c if c.is_control() => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => quoted.push(c),
-        }
-    }
-    quoted.push('"');
-    quoted
-}
-
 /// A parsed field selector: terms that must all hold.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldSelector {
@@ -674,6 +719,16 @@ impl FieldSelector {
     /// The field paths the selector tests, in the order Kubernetes checks them.
     pub fn fields(&self) -> impl Iterator<Item = &str> + '_ {
         self.terms.iter().map(|term| term.field.as_str())
+    }
+
+    /// The value `field` must equal for an object to be selected, if a term says so
+    /// (`field=value` or `field==value`): the first such term in Kubernetes' order
+    /// (`fields.Selector.RequiresExactMatch`).
+    pub fn requires_exact_match(&self, field: &str) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|term| term.field == field && !term.negated)
+            .map(|term| term.value.as_str())
     }
 
     /// Fails with [`SelectorError::UnsupportedField`] for the first field not in `supported`
@@ -899,6 +954,45 @@ mod tests {
     }
 
     #[test]
+    fn structured_selectors() {
+        let structured = |selector: Value| LabelSelector::from_object(&selector);
+        let selector = structured(json!({
+            "matchLabels": {"rbac.example.com/aggregate": "true"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["back", "front"]},
+                {"key": "canary", "operator": "DoesNotExist"}
+            ]
+        }))
+        .expect("a valid selector");
+        let labels = |labels: Value| json!({"metadata": {"labels": labels}});
+        assert!(selector.matches_object(&labels(
+            json!({"rbac.example.com/aggregate": "true", "tier": "back"})
+        )));
+        assert!(!selector.matches_object(&labels(
+            json!({"rbac.example.com/aggregate": "true", "tier": "mid"})
+        )));
+        assert!(!selector.matches_object(&labels(
+            json!({"rbac.example.com/aggregate": "true", "tier": "back", "canary": "1"})
+        )));
+        assert!(
+            structured(json!({}))
+                .expect("empty")
+                .matches_object(&json!({}))
+        );
+        assert!(
+            structured(
+                json!({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]})
+            )
+            .is_err()
+        );
+        assert!(
+            structured(json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}))
+                .is_err()
+        );
+        assert!(structured(json!({"matchLabels": {"a b": "c"}})).is_err());
+    }
+
+    #[test]
     fn prefixed_keys_and_object_labels() {
         let object = json!({"metadata": {"labels": {"app.kubernetes.io/name": "web"}}});
         let selector = LabelSelector::parse("app.kubernetes.io/name=web").unwrap();
@@ -1054,14 +1148,6 @@ mod tests {
     }
 
     #[test]
-    fn quoting_like_go() {
-        assert_eq!(
-            go_quote("a\"b\\c\n\u{1}\u{85}é"),
-            "\"a\\\"b\\\\c\\n\\x01\\u0085é\""
-        );
-    }
-
-    #[test]
     fn field_selector_operators() {
         let pod = json!({
             "metadata": {"name": "web-1", "namespace": "prod"},
@@ -1085,6 +1171,18 @@ mod tests {
         assert!(selects(""));
         assert!(selects(","));
         assert!(selects("="), "an empty term selects everything");
+        let exact = |selector: &str| {
+            FieldSelector::parse(selector)
+                .unwrap()
+                .requires_exact_match("metadata.name")
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            exact("metadata.name==web-1,status.phase=Running"),
+            Some("web-1".into())
+        );
+        assert_eq!(exact("metadata.name!=web-1"), None);
+        assert_eq!(exact("status.phase=Running"), None);
     }
 
     #[test]

@@ -5,6 +5,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+/// `text` with `&`, `<` and `>` escaped as HTML entities, as Kubernetes' response writers
+/// keep the errors they write from reading as HTML.
+pub fn sanitize(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// An API failure, answered as a `v1 Status` body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -38,8 +46,21 @@ impl Subject<'_> {
         }
     }
 
+    /// `.details` naming an object of this resource: empty fields left out, as Go's
+    /// `omitempty` leaves them.
     fn details(&self, name: &str) -> Value {
-        json!({"name": name, "group": self.group, "kind": self.resource})
+        let fields = [
+            ("name", name),
+            ("group", self.group),
+            ("kind", self.resource),
+        ];
+        Value::Object(
+            fields
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty())
+                .map(|(key, value)| (key.to_owned(), json!(value)))
+                .collect(),
+        )
     }
 }
 
@@ -157,6 +178,25 @@ impl ApiError {
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(403, "Forbidden", message)
+    }
+
+    /// 403 about an object (or a collection, when `name` is empty; or nothing, when the
+    /// subject is empty), worded as `apierrors.NewForbidden`:
+    /// `deployments.apps "web" is forbidden: <why>`.
+    pub fn forbidden_on(subject: Subject, name: &str, why: &str) -> Self {
+        let message = if subject.group.is_empty() && subject.resource.is_empty() {
+            format!("forbidden: {why}")
+        } else if name.is_empty() {
+            format!("{} is forbidden: {why}", subject.qualified())
+        } else {
+            format!("{} \"{name}\" is forbidden: {why}", subject.qualified())
+        };
+        ApiError::forbidden(message).with_details(subject.details(name))
+    }
+
+    /// 401, what Kubernetes answers a request whose credentials it cannot verify.
+    pub fn unauthorized() -> Self {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
     }
 
     /// 405.

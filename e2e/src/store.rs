@@ -2,6 +2,7 @@
 //! event log watches resume from, and the apiserver-side machinery that runs on each write
 //! (CRD registration, finalizers, namespace and CRD termination, garbage collection).
 
+use crate::auth::{aggregation, bootstrap, rbac};
 use crate::managed::{self, Part, Writer};
 use crate::patch;
 use crate::resources::{self, GroupResource, Registry, ResourceType};
@@ -181,6 +182,8 @@ struct State {
     /// Events up to this resourceVersion are no longer in the log.
     compacted: u64,
     events: broadcast::Sender<Arc<Event>>,
+    /// ClusterRole aggregation is running (the writes it makes do not start it again).
+    aggregating: bool,
 }
 
 /// The store, shared by every request handler.
@@ -265,6 +268,10 @@ fn spec_finalizers(ty: &ResourceType, object: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn is_cluster_roles(ty: &ResourceType) -> bool {
+    ty.gr.group == rbac::GROUP && ty.gr.resource == "clusterroles"
+}
+
 fn is_terminating(object: &Value) -> bool {
     object.pointer("/metadata/deletionTimestamp").is_some()
 }
@@ -308,7 +315,8 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn is_dns_label(name: &str) -> bool {
+/// Whether `name` is a DNS label (RFC 1123): what namespace names must be.
+pub(crate) fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name
@@ -318,36 +326,51 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn is_dns_subdomain(name: &str) -> bool {
+/// Whether `name` is a DNS subdomain (RFC 1123): what most object names must be.
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
-/// Checks `metadata.name` as Kubernetes does (DNS label for namespaces, DNS subdomain
-/// otherwise).
-fn validate_name(ty: &ResourceType, name: &str) -> Result<(), ApiError> {
-    let (valid, rule) = if ty.gr.resource == "namespaces" {
-        (
-            is_dns_label(name),
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
-        )
-    } else {
-        (
-            is_dns_subdomain(name),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
-        )
-    };
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            &ty.kind_group(),
-            name,
-            &[(
-                "metadata.name".into(),
-                format!("Invalid value: \"{name}\": {rule}"),
-            )],
-        ))
+/// Why `name` cannot be a path segment (`path.IsValidPathSegmentName`): what RBAC object
+/// names must be; empty when it can.
+pub(crate) fn path_segment_errors(name: &str) -> Vec<String> {
+    if name == "." || name == ".." {
+        return vec![format!("may not be '{name}'")];
     }
+    ["/", "%"]
+        .iter()
+        .filter(|illegal| name.contains(*illegal))
+        .map(|illegal| format!("may not contain '{illegal}'"))
+        .collect()
+}
+
+/// Checks `metadata.name` as Kubernetes does (DNS label for namespaces, path segment for
+/// the RBAC kinds, DNS subdomain otherwise).
+fn validate_name(ty: &ResourceType, name: &str) -> Result<(), ApiError> {
+    let errors = if ty.gr.resource == "namespaces" && ty.gr.group.is_empty() {
+        (!is_dns_label(name)).then(|| vec![
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_owned(),
+        ])
+    } else if ty.gr.group == rbac::GROUP {
+        Some(path_segment_errors(name)).filter(|errors| !errors.is_empty())
+    } else {
+        (!is_dns_subdomain(name)).then(|| vec![
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned(),
+        ])
+    };
+    let Some(errors) = errors else {
+        return Ok(());
+    };
+    let causes: Vec<(String, String)> = errors
+        .iter()
+        .map(|error| {
+            (
+                "metadata.name".to_owned(),
+                format!("Invalid value: \"{name}\": {error}"),
+            )
+        })
+        .collect();
+    Err(ApiError::invalid(&ty.kind_group(), name, &causes))
 }
 
 impl Default for Store {
@@ -357,8 +380,9 @@ impl Default for Store {
 }
 
 impl Store {
-    /// A store with the built-in types, the four standard namespaces, and an event log
-    /// that remembers `log_capacity` changes for watches to resume from.
+    /// A store with the built-in types, the four standard namespaces, the default RBAC
+    /// roles and bindings, and an event log that remembers `log_capacity` changes for
+    /// watches to resume from.
     pub fn new(log_capacity: usize) -> Self {
         let (events, _) = broadcast::channel(4096);
         let store = Store {
@@ -370,26 +394,36 @@ impl Store {
                 log_capacity: log_capacity.max(1),
                 compacted: 0,
                 events,
+                aggregating: false,
             }),
         };
-        let namespaces = store.registry().get(&GroupResource {
-            group: String::new(),
-            resource: "namespaces".into(),
+        let namespaces = ["default", "kube-system", "kube-public", "kube-node-lease"].map(|name| {
+            let namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            (String::new(), "namespaces", namespace)
         });
-        if let Some(ty) = namespaces {
-            for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                let body =
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-                let options = WriteOptions {
-                    manager: "kube-apiserver".into(),
-                    validation: FieldValidation::Ignore,
-                    dry_run: false,
-                };
-                // The standard namespaces are well-formed; a failure here would be a bug
-                // that every test would show at once.
-                if let Err(error) = store.create(&ty, "v1", "", body, &options) {
-                    tracing::error!(%error, "creating namespace {name}");
-                }
+        let policy = bootstrap::objects()
+            .into_iter()
+            .map(|(resource, object)| (rbac::GROUP.to_owned(), resource, object));
+        let options = WriteOptions {
+            manager: "kube-apiserver".into(),
+            validation: FieldValidation::Ignore,
+            dry_run: false,
+        };
+        for (group, resource, object) in namespaces.into_iter().chain(policy) {
+            let gr = GroupResource {
+                group,
+                resource: resource.to_owned(),
+            };
+            // The standard objects are well-formed; a failure here would be a bug that
+            // every test would show at once.
+            let created = store
+                .registry()
+                .get(&gr)
+                .ok_or_else(ApiError::no_route)
+                .and_then(|ty| store.create(&ty, "v1", "", object, &options));
+            if let Err(error) = created {
+                tracing::error!(%error, "creating the standard {}", gr.resource);
             }
         }
         store
@@ -594,11 +628,13 @@ impl Store {
         options: &WriteOptions,
     ) -> Result<Outcome, ApiError> {
         let mut state = self.lock();
-        let old = state.object(&ty.gr, namespace, name).cloned();
-        let part = part(ty, status);
-        let schema = ty.schema(version);
         let PatchType::Apply { force } = patch_type else {
-            let old = old.ok_or_else(|| ApiError::not_found(ty.gr.subject(), name))?;
+            let old = state
+                .object(&ty.gr, namespace, name)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(ty.gr.subject(), name))?;
+            let part = part(ty, status);
+            let schema = ty.schema(version);
             let current = in_version(ty, version, old.clone());
             let patched = match patch_type {
                 PatchType::Json => patch::json_patch(&current, &body),
@@ -623,57 +659,7 @@ impl Store {
                 ty, version, namespace, name, old, new, status, options, warnings,
             );
         };
-        check_identity(ty, namespace, name, &body)?;
-        if body.get("apiVersion").and_then(Value::as_str) != Some(&ty.api_version(version))
-            || body.get("kind").and_then(Value::as_str) != Some(&ty.kind)
-        {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({}) does not match the expected API version ({}) or the kind ({}) does not match {}",
-                body.get("apiVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                ty.api_version(version),
-                body.get("kind").and_then(Value::as_str).unwrap_or_default(),
-                ty.kind
-            )));
-        }
-        // An applied configuration that names a resourceVersion applies only to that
-        // version (optimistic concurrency, as for updates).
-        if let (Some(rv), Some(old)) = (
-            meta(&body, "resourceVersion").filter(|rv| !rv.is_empty()),
-            old.as_ref(),
-        ) && Some(rv) != meta(old, "resourceVersion")
-        {
-            return Err(ApiError::stale(ty.gr.subject(), name));
-        }
-        let (applied, warnings) = state.prune(ty, version, body, options.validation)?;
-        let time = now();
-        let writer = Writer {
-            manager: &options.manager,
-            api_version: &ty.api_version(version),
-            part,
-            time: &time,
-            schema,
-        };
-        let live = old.clone().map(|old| in_version(ty, version, old));
-        let mut merged =
-            managed::apply(live.as_ref(), &applied, &writer, force).map_err(apply_error)?;
-        crate::defaults::apply(ty, &mut merged);
-        match old {
-            None => {
-                if status {
-                    return Err(ApiError::not_found(ty.gr.subject(), name));
-                }
-                let metadata = metadata_mut(&mut merged);
-                metadata.insert("name".into(), json!(name));
-                let mut outcome = state.insert_new(ty, version, namespace, merged, options)?;
-                outcome.warnings = warnings;
-                Ok(outcome)
-            }
-            Some(old) => state.commit_update(
-                ty, version, namespace, name, old, merged, status, options, warnings,
-            ),
-        }
+        state.apply(ty, version, namespace, name, body, force, status, options)
     }
 
     /// Deletes an object: removed at once without finalizers, otherwise marked with a
@@ -952,6 +938,75 @@ impl State {
                     .collect(),
             )),
             _ => Ok((body, Vec::new())),
+        }
+    }
+
+    /// Applies a configuration (server-side apply), creating the object when it is missing.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        ty: &ResourceType,
+        version: &str,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        force: bool,
+        status: bool,
+        options: &WriteOptions,
+    ) -> Result<Outcome, ApiError> {
+        let old = self.object(&ty.gr, namespace, name).cloned();
+        let part = part(ty, status);
+        let schema = ty.schema(version);
+        check_identity(ty, namespace, name, &body)?;
+        if body.get("apiVersion").and_then(Value::as_str) != Some(&ty.api_version(version))
+            || body.get("kind").and_then(Value::as_str) != Some(&ty.kind)
+        {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({}) does not match the expected API version ({}) or the kind ({}) does not match {}",
+                body.get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                ty.api_version(version),
+                body.get("kind").and_then(Value::as_str).unwrap_or_default(),
+                ty.kind
+            )));
+        }
+        // An applied configuration that names a resourceVersion applies only to that
+        // version (optimistic concurrency, as for updates).
+        if let (Some(rv), Some(old)) = (
+            meta(&body, "resourceVersion").filter(|rv| !rv.is_empty()),
+            old.as_ref(),
+        ) && Some(rv) != meta(old, "resourceVersion")
+        {
+            return Err(ApiError::stale(ty.gr.subject(), name));
+        }
+        let (applied, warnings) = self.prune(ty, version, body, options.validation)?;
+        let time = now();
+        let writer = Writer {
+            manager: &options.manager,
+            api_version: &ty.api_version(version),
+            part,
+            time: &time,
+            schema,
+        };
+        let live = old.clone().map(|old| in_version(ty, version, old));
+        let mut merged =
+            managed::apply(live.as_ref(), &applied, &writer, force).map_err(apply_error)?;
+        crate::defaults::apply(ty, &mut merged);
+        match old {
+            None => {
+                if status {
+                    return Err(ApiError::not_found(ty.gr.subject(), name));
+                }
+                let metadata = metadata_mut(&mut merged);
+                metadata.insert("name".into(), json!(name));
+                let mut outcome = self.insert_new(ty, version, namespace, merged, options)?;
+                outcome.warnings = warnings;
+                Ok(outcome)
+            }
+            Some(old) => self.commit_update(
+                ty, version, namespace, name, old, merged, status, options, warnings,
+            ),
         }
     }
 
@@ -1298,6 +1353,9 @@ impl State {
             self.objects.remove(&served.gr);
         }
         self.collect_garbage(&object);
+        if is_cluster_roles(ty) {
+            self.aggregate_cluster_roles();
+        }
         Some(object)
     }
 
@@ -1332,6 +1390,48 @@ impl State {
             }
         }
         self.settle();
+        if is_cluster_roles(ty) {
+            self.aggregate_cluster_roles();
+        }
+    }
+
+    /// Gives every aggregated ClusterRole the rules its selectors pick, as the
+    /// clusterrole-aggregation controller does, until none changes.
+    fn aggregate_cluster_roles(&mut self) {
+        let gr = GroupResource {
+            group: rbac::GROUP.to_owned(),
+            resource: "clusterroles".to_owned(),
+        };
+        let Some(ty) = self.registry.get(&gr).filter(|_| !self.aggregating) else {
+            return;
+        };
+        self.aggregating = true;
+        let options = WriteOptions {
+            manager: aggregation::MANAGER.to_owned(),
+            validation: FieldValidation::Ignore,
+            dry_run: false,
+        };
+        // Each round settles one level of roles aggregating roles (view into edit into
+        // admin); a cycle of aggregations stops after a bounded number of rounds.
+        for _ in 0..16 {
+            let roles: Vec<Value> = self
+                .objects
+                .get(&gr)
+                .map(|roles| roles.values().cloned().collect())
+                .unwrap_or_default();
+            let stale = aggregation::stale(&roles);
+            if stale.is_empty() {
+                break;
+            }
+            for (name, rules) in stale {
+                let applied = aggregation::applied(&name, &rules);
+                if let Err(error) = self.apply(&ty, "v1", "", &name, applied, true, false, &options)
+                {
+                    tracing::warn!(%error, "aggregating ClusterRole {name}");
+                }
+            }
+        }
+        self.aggregating = false;
     }
 
     /// Registers a CRD's type and reports it accepted and established.

@@ -1,5 +1,6 @@
 //! The `test-apiserver` binary, run by hand as `e2e/README.md` describes: it writes its
-//! kubeconfig, preloads CRDs, simulates readiness and stops cleanly on Ctrl-C (SIGINT).
+//! kubeconfig, preloads CRDs, simulates readiness, enforces RBAC with `--authorize` and
+//! stops cleanly on Ctrl-C (SIGINT).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_until_interrupted_with_crds_and_simulator() {
+async fn serves_until_interrupted_with_crds_simulator_and_rbac() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let kubeconfig = dir.path().join("test.kubeconfig");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-apiserver"))
@@ -22,6 +23,7 @@ async fn serves_until_interrupted_with_crds_and_simulator() {
         .arg("200ms")
         .arg("--crds")
         .arg(shared_crds())
+        .arg("--authorize")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -77,6 +79,15 @@ spec:
         )
         .await;
     assert_eq!(waited, "deployment.apps/web condition met\n");
+
+    // With --authorize, the admin's kubeconfig may do all that, a service account nothing.
+    let account = "--as=system:serviceaccount:default:app";
+    assert_eq!(
+        kubectl
+            .fails(&["get", "deployment", "web", account], None)
+            .await,
+        "Error from server (Forbidden): deployments.apps \"web\" is forbidden: User \"system:serviceaccount:default:app\" cannot get resource \"deployments\" in API group \"apps\" in the namespace \"default\"\n"
+    );
 
     // Ctrl-C: a clean exit.
     let pid = child.id().expect("running").to_string();

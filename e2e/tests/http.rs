@@ -3,47 +3,9 @@
 
 mod common;
 
-use common::server;
+use common::{send, server};
 use pequod_e2e::TestApiServer;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends one request; returns the status code and the JSON body.
-async fn send(
-    server: &TestApiServer,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(server.addr())
-        .await
-        .expect("server listening");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes).await.expect("request sent");
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .expect("response read");
-    let text = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status code");
-    (code, serde_json::from_str(body).expect("JSON body"))
-}
 
 /// A length-delimited protobuf field (lengths below 128).
 fn field(number: u8, bytes: &[u8]) -> Vec<u8> {

@@ -27,6 +27,10 @@ struct Args {
     /// Load the CustomResourceDefinitions in this directory or file first (repeatable).
     #[arg(long = "crds", value_name = "DIR")]
     crds: Vec<PathBuf>,
+    /// Enforce RBAC for every user outside `system:masters` (the kubeconfig written is the
+    /// admin's; act as others with `kubectl --as`).
+    #[arg(long)]
+    authorize: bool,
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         simulate: args.simulate,
         readiness_delay: args.readiness_delay,
         crds: args.crds,
+        authorize: args.authorize,
         ..Config::default()
     })
     .await
