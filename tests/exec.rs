@@ -11,7 +11,7 @@ use pequod::api::{
 };
 use pequod::exec::inventory::{Deletion, delete_entry, deletion_waves};
 use pequod::exec::{
-    Applier, ExecConfig, Executor, GraphId, Identity, NodeEvent, Pass, Write, execute,
+    Applier, Appliers, ExecConfig, Executor, GraphId, Identity, NodeEvent, Pass, Write, execute,
 };
 use pequod_e2e::faults::{Fault, FaultAction, Rendezvous};
 use pequod_e2e::store::EventType;
@@ -29,18 +29,20 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(false).await
+    }
+
+    /// A harness whose server enforces RBAC (`authorize`) or not; the executor speaks as
+    /// the server's admin, who may impersonate anyone.
+    async fn start_with(authorize: bool) -> Harness {
         let server = TestApiServer::start(Config {
             readiness_delay: std::time::Duration::from_millis(200),
+            authorize,
             ..Config::default()
         })
         .await
         .expect("test API server starts");
-        let kubeconfig = Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .expect("kubeconfig accepted");
-        let client = kube::Client::try_from(config).expect("client");
+        let client = kube::Client::try_from(Harness::kube_config(&server).await).expect("client");
         Harness {
             server,
             applier: Applier::new(client),
@@ -52,12 +54,30 @@ impl Harness {
         }
     }
 
+    async fn kube_config(server: &TestApiServer) -> kube::Config {
+        let kubeconfig = Kubeconfig::read_from(server.kubeconfig()).expect("kubeconfig");
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig accepted")
+    }
+
     /// One pass over `graph` as the operator; the graph keeps the status it produced, for
     /// the next pass.
     async fn pass(&self, graph: &mut ResourceGraph) -> Pass {
+        self.pass_as(graph, &self.applier, &Identity::Operator)
+            .await
+    }
+
+    /// One pass over `graph` as `identity`, through `applier`.
+    async fn pass_as(
+        &self,
+        graph: &mut ResourceGraph,
+        applier: &Applier,
+        identity: &Identity,
+    ) -> Pass {
         let executor = Executor {
-            applier: self.applier.clone(),
-            identity: &Identity::Operator,
+            applier: applier.clone(),
+            identity,
             config: &self.config,
             applies: &self.applies,
         };
@@ -622,5 +642,66 @@ async fn observed_objects_obey_the_namespace_and_scope_guards() {
         message(&pass, "cluster"),
         "Namespace kube-system is cluster-scoped: refused (the operator runs without --allow-cluster-scoped)"
     );
+    harness.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_acting_as_a_service_account_gets_no_more_than_its_role() {
+    let harness = Harness::start_with(true).await;
+    // The service account may do anything with ConfigMaps, and only read Deployments.
+    let rbac = [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "app", "namespace": "default"},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]},
+                   {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "app", "namespace": "default"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "app"},
+         "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "default"}]}),
+    ]
+    .map(|object| object.to_string())
+    .join("\n---\n");
+    pequod_e2e::testing::Kubectl::new(&harness.server)
+        .ok(&["apply", "-f", "-"], Some(&rbac))
+        .await;
+    let appliers = Appliers::new(Harness::kube_config(&harness.server).await).expect("appliers");
+    let identity = Identity::of_graph("default", Some("app"), None);
+    let applier = appliers.of(&identity).expect("an impersonating client");
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}
+    });
+    let mut mixed = graph(
+        "g",
+        json!([config_map("settings", &[]), {"id": "web", "object": deployment}]),
+    );
+    let before = harness.server.requests();
+    let pass = harness.pass_as(&mut mixed, &applier, &identity).await;
+    assert_eq!(phase(&pass, "settings"), NodePhase::Ready);
+    assert_eq!(phase(&pass, "web"), NodePhase::Failed);
+    assert_eq!(
+        pass.status.nodes["web"].reason.as_deref(),
+        Some("Forbidden")
+    );
+    assert_eq!(
+        message(&pass, "web"),
+        "service account default/app may not patch deployments.apps in namespace default: deployments.apps \"web\" is forbidden: User \"system:serviceaccount:default:app\" cannot patch resource \"deployments\" in API group \"apps\" in the namespace \"default\""
+    );
+    // The writes were the service account's, not the operator's.
+    let writes = harness.server.requests().since(&before);
+    let by = |user: &str| {
+        writes
+            .counts
+            .iter()
+            .filter(|(key, _)| key.verb == "apply" && key.user == user)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert_eq!(by("system:serviceaccount:default:app"), 2);
+    assert_eq!(by("admin"), 0);
+    assert!(harness.stored("configmaps", "settings").is_some());
     harness.server.stop().await;
 }

@@ -822,7 +822,7 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     ];
     let mut operators: Vec<tokio::process::Child> = addrs
         .iter()
-        .map(|addr| spawn_operator(&cluster.server, addr, &flags))
+        .map(|addr| spawn_operator(&cluster.operator_kubeconfig, addr, &flags))
         .collect();
     let leader_gauge = |addr: String| async move {
         let text = http_get(&addr, "/metrics").await?;

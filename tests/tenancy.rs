@@ -367,3 +367,187 @@ async fn a_module_from_a_source_the_platform_did_not_allow_is_refused() {
     );
     cluster.stop().await;
 }
+
+/// A Role and RoleBinding giving service account `namespace/account` `rules`.
+fn role_for(namespace: &str, account: &str, rules: serde_json::Value) -> String {
+    [
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": namespace}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": account, "namespace": namespace}, "rules": rules}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": account, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]}),
+    ]
+    .map(|object| object.to_string())
+    .join("\n---\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_allowed_only_config_maps_cannot_write_a_deployment() {
+    let cluster = Cluster::start_locked_down(&[]).await;
+    namespace(&cluster, "team-a").await;
+    let rules =
+        serde_json::json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]);
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&role_for("team-a", "app", rules)),
+        )
+        .await;
+    let nodes = r#"[
+      { id = "settings", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "settings" }, data = { a = "b" } } },
+      { id = "web", object = { apiVersion = "apps/v1", kind = "Deployment", metadata = { name = "web" },
+          spec = { selector.matchLabels.app = "web", template = { metadata.labels.app = "web",
+                   spec.containers = [{ name = "web", image = "nginx:1.27" }] } } } },
+    ]"#;
+    let mut transform: serde_json::Value =
+        serde_json::from_str(&inline_in("team-a", "escalate", nodes)).expect("JSON");
+    transform["spec"]["serviceAccountName"] = "app".into();
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&transform.to_string()))
+        .await;
+    let graph = cluster
+        .graph_when("team-a", "escalate", "the Deployment refused", |g| {
+            node(g, "web")["phase"] == "Failed" && node(g, "settings")["phase"] == "Ready"
+        })
+        .await;
+    assert_eq!(node(&graph, "web")["reason"], "Forbidden");
+    assert_eq!(
+        node(&graph, "web")["message"],
+        "service account team-a/app may not get deployments.apps in namespace team-a: deployments.apps \"web\" is forbidden: User \"system:serviceaccount:team-a:app\" cannot get resource \"deployments\" in API group \"apps\" in the namespace \"team-a\""
+    );
+    assert!(
+        !cluster
+            .exists(&["-n", "team-a", "get", "deployment", "web"])
+            .await
+    );
+    // Every write of the graph was the service account's; the operator wrote nothing of it.
+    let requests = cluster.server.requests();
+    let applies_by = |user: &str, resource: &str| {
+        requests
+            .counts
+            .iter()
+            .filter(|(key, _)| key.verb == "apply" && key.user == user && key.resource == resource)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        applies_by("system:serviceaccount:team-a:app", "configmaps"),
+        1
+    );
+    assert_eq!(
+        applies_by("system:serviceaccount:pequod-system:pequod", "configmaps"),
+        0
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_and_force_never_reach_what_the_tenant_may_not_write() {
+    let cluster = Cluster::start_locked_down(&[]).await;
+    namespace(&cluster, "team-a").await;
+    // The namespace's default service account is an editor: it may not touch quotas or
+    // role bindings, which the platform team set.
+    cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "create",
+                "rolebinding",
+                "default-edit",
+                "--clusterrole=edit",
+                "--serviceaccount=team-a:default",
+            ],
+            None,
+        )
+        .await;
+    cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "create",
+                "quota",
+                "compute",
+                "--hard=pods=10",
+            ],
+            None,
+        )
+        .await;
+    let transform = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+        "metadata": {"name": "lift-quota", "namespace": "team-a"},
+        "spec": {
+            "moduleRef": {"type": "inline", "ref": r#"{
+  metadata = { name = "lift", version = "0.1.0" },
+  Input = { .. },
+  render = fun input => { nodes = [
+    { id = "quota", object = { apiVersion = "v1", kind = "ResourceQuota", metadata = { name = "compute" }, spec.hard.pods = "1000" } },
+    { id = "binding", applyPolicy.conflictPolicy = 'Force,
+      object = { apiVersion = "rbac.authorization.k8s.io/v1", kind = "RoleBinding", metadata = { name = "default-edit" },
+                 roleRef = { apiGroup = "rbac.authorization.k8s.io", kind = "ClusterRole", name = "admin" },
+                 subjects = [{ kind = "ServiceAccount", name = "default", namespace = "team-a" }] } },
+  ] },
+}"#},
+            "input": {},
+            "adopt": {"strategy": "TakeOwnership", "resources": [
+                {"apiVersion": "v1", "kind": "ResourceQuota", "name": "compute"},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "name": "default-edit"}]},
+        },
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&transform.to_string()))
+        .await;
+    let graph = cluster
+        .graph_when("team-a", "lift-quota", "both refused", |g| {
+            node(g, "quota")["phase"] == "Failed" && node(g, "binding")["phase"] == "Failed"
+        })
+        .await;
+    for (id, verb, resource) in [
+        ("quota", "patch", "resourcequotas"),
+        ("binding", "get", "rolebindings.rbac.authorization.k8s.io"),
+    ] {
+        assert_eq!(node(&graph, id)["reason"], "Forbidden", "{id}");
+        let message = node(&graph, id)["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!(
+                "service account team-a/default may not {verb} {resource} in namespace team-a: "
+            )),
+            "{id}: {message}"
+        );
+    }
+    let hard = cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "get",
+                "quota",
+                "compute",
+                "-o",
+                "jsonpath={.spec.hard.pods}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(hard, "10", "the quota is untouched");
+    let role = cluster
+        .ok(
+            &[
+                "-n",
+                "team-a",
+                "get",
+                "rolebinding",
+                "default-edit",
+                "-o",
+                "jsonpath={.roleRef.name}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(role, "edit", "the binding is untouched");
+    cluster.stop().await;
+}

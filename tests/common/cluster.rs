@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pequod_e2e::store::{Event, EventType};
 use pequod_e2e::testing::{Kubectl, eventually};
-use pequod_e2e::{Config, TestApiServer};
+use pequod_e2e::{Config, TestApiServer, User};
 use serde_json::Value;
 
 use crate::net;
@@ -25,6 +25,8 @@ pub fn shared_crds() -> PathBuf {
 pub struct Cluster {
     pub server: TestApiServer,
     pub operator: tokio::process::Child,
+    /// The operator's credentials.
+    pub operator_kubeconfig: PathBuf,
     /// The operator's flags (kept for restarts).
     pub flags: Vec<String>,
     pub metrics: String,
@@ -44,6 +46,18 @@ impl Cluster {
 
     /// A cluster whose operator runs with extra flags.
     pub async fn start_with_flags(readiness_delay: Duration, flags: &[&str]) -> Cluster {
+        Cluster::launch(readiness_delay, flags, false).await
+    }
+
+    /// The multi-tenant setup of `deploy/overlays/multi-tenant`: the server enforces RBAC,
+    /// the overlay's roles are installed, and the operator runs as its service account
+    /// `pequod-system/pequod` (nothing but reading, its own API and impersonation) with
+    /// `--default-service-account default` and `flags`.
+    pub async fn start_locked_down(flags: &[&str]) -> Cluster {
+        Cluster::launch(Duration::from_millis(300), flags, true).await
+    }
+
+    async fn launch(readiness_delay: Duration, flags: &[&str], locked_down: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let crds = dir.path().join("pequod-crds.yaml");
         let printed = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
@@ -54,10 +68,12 @@ impl Cluster {
         let server = TestApiServer::start(Config {
             crds: vec![crds, shared_crds()],
             readiness_delay,
+            authorize: locked_down,
             ..Config::default()
         })
         .await
         .expect("test API server starts");
+        let kubectl = Kubectl::new(&server);
         let metrics = format!("127.0.0.1:{}", net::free_port());
         // Module caches on disk live with the test, not in $HOME.
         let mut flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
@@ -65,11 +81,25 @@ impl Cluster {
             flags.push("--cache-dir".into());
             flags.push(dir.path().join("cache").display().to_string());
         }
-        let operator = spawn_operator(&server, &metrics, &flags);
-        let kubectl = Kubectl::new(&server);
+        let operator_kubeconfig = if locked_down {
+            kubectl
+                .ok(&["apply", "-f", "-"], Some(&overlay_rbac()))
+                .await;
+            flags.extend([
+                "--default-service-account".to_string(),
+                "default".to_string(),
+            ]);
+            server
+                .kubeconfig_for(&User::service_account("pequod-system", "pequod"))
+                .expect("the operator's kubeconfig")
+        } else {
+            server.kubeconfig().to_path_buf()
+        };
+        let operator = spawn_operator(&operator_kubeconfig, &metrics, &flags);
         let cluster = Cluster {
             server,
             operator,
+            operator_kubeconfig,
             flags,
             metrics,
             _dir: dir,
@@ -92,7 +122,7 @@ impl Cluster {
     pub async fn restart_operator(&mut self) {
         let _ = self.operator.kill().await;
         let _ = self.operator.wait().await;
-        self.operator = spawn_operator(&self.server, &self.metrics, &self.flags);
+        self.operator = spawn_operator(&self.operator_kubeconfig, &self.metrics, &self.flags);
         self.wait_ready().await;
     }
 
@@ -210,15 +240,41 @@ impl Cluster {
     }
 }
 
+/// The namespace, service account and roles of `deploy/overlays/multi-tenant`, as built
+/// by `kubectl kustomize` (its Deployment and CRDs left out: the test runs the operator).
+fn overlay_rbac() -> String {
+    let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/multi-tenant");
+    let built = std::process::Command::new("kubectl")
+        .args(["kustomize", &overlay.display().to_string()])
+        .output()
+        .expect("kubectl kustomize runs");
+    assert!(built.status.success(), "kubectl kustomize the overlay");
+    String::from_utf8_lossy(&built.stdout)
+        .split("\n---\n")
+        .filter(|document| {
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+            ]
+            .iter()
+            .any(|kind| document.contains(&format!("\nkind: {kind}\n")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Starts `pequod run` with the credentials of `kubeconfig`.
 pub fn spawn_operator(
-    server: &TestApiServer,
+    kubeconfig: &Path,
     metrics: &str,
     extra: &[impl AsRef<std::ffi::OsStr>],
 ) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
         .args(["run", "--metrics-addr", metrics, "--health-addr", metrics])
         .args(extra)
-        .env("KUBECONFIG", server.kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         // PEQUOD_E2E_LOG=pequod=debug shows what the operator does.
         .env(
             "RUST_LOG",
