@@ -705,3 +705,109 @@ async fn a_graph_acting_as_a_service_account_gets_no_more_than_its_role() {
     assert!(harness.stored("configmaps", "settings").is_some());
     harness.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_converges_against_a_server_that_normalizes_and_defaults() {
+    let harness = Harness::start().await;
+    // The server stores 500m and 1Gi, and fills in the Deployment's defaults.
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default",
+                     "labels": {"platform.pequod.io/resource-graph": "g",
+                                "platform.pequod.io/resource-graph-namespace": "default"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "web:1",
+                                  "resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}}]}}}
+    });
+    let mut web = graph("g", json!([{"id": "web", "object": deployment}]));
+    let pass = harness.pass(&mut web).await;
+    assert_eq!(pass.applies.len(), 1);
+    let stored = || harness_deployment(&harness);
+    let live = stored();
+    assert_eq!(
+        live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"],
+        json!({"cpu": "500m", "memory": "1Gi"}),
+        "the server normalized the quantities"
+    );
+    assert!(
+        live["spec"]["strategy"].is_object(),
+        "and filled in defaults"
+    );
+    let version = live["metadata"]["resourceVersion"].clone();
+    for _ in 0..3 {
+        let quiet = harness.pass(&mut web).await;
+        assert!(quiet.applies.is_empty(), "no re-apply: {:?}", quiet.events);
+    }
+    assert_eq!(stored()["metadata"]["resourceVersion"], version);
+
+    // A hand edit (a patch) of a field Pequod applies is taken back, once.
+    let kubectl = pequod_e2e::testing::Kubectl::new(&harness.server);
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "deployment",
+                "web",
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"replicas":5}}"#,
+            ],
+            None,
+        )
+        .await;
+    let corrected = harness.pass(&mut web).await;
+    assert_eq!(
+        corrected.events.first(),
+        Some(&NodeEvent::Applied {
+            node: "web".to_string(),
+            write: Write::DriftCorrected,
+            edits_overridden: true
+        })
+    );
+    assert_eq!(stored()["spec"]["replicas"], 2);
+    assert!(
+        harness.pass(&mut web).await.applies.is_empty(),
+        "quiet again"
+    );
+
+    // A field of Pequod's taken over by another manager's apply is a conflict, not taken
+    // back, unless the node says Force.
+    kubectl
+        .ok(
+            &["apply", "--server-side", "--force-conflicts", "--field-manager", "hpa-like", "-f", "-"],
+            Some(r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 7}}"#),
+        )
+        .await;
+    let conflict = harness.pass(&mut web).await;
+    assert_eq!(phase(&conflict, "web"), NodePhase::Failed);
+    assert_eq!(
+        conflict.status.nodes["web"].reason.as_deref(),
+        Some("Conflict")
+    );
+    assert!(
+        message(&conflict, "web").contains("conflict with \"hpa-like\""),
+        "{}",
+        message(&conflict, "web")
+    );
+    assert_eq!(stored()["spec"]["replicas"], 7);
+    web.spec.nodes[0].apply_policy.conflict_policy = pequod::api::ConflictPolicy::Force;
+    let forced = harness.pass(&mut web).await;
+    assert_eq!(forced.applies.len(), 1);
+    assert_eq!(stored()["spec"]["replicas"], 2);
+    harness.server.stop().await;
+}
+
+/// Deployment `default/web` as the server stores it.
+fn harness_deployment(harness: &Harness) -> Value {
+    let registry = harness.server.store().registry();
+    let ty = registry
+        .lookup("apps", "v1", "deployments")
+        .expect("served");
+    harness
+        .server
+        .store()
+        .get(&ty, "v1", "default", "web")
+        .expect("stored")
+}

@@ -180,6 +180,11 @@ pub struct NodeStatus {
     /// Hash of the object last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_hash: Option<String>,
+    /// Fingerprint of the fields Pequod owns in the live object, with their values, as its
+    /// last write left them (server-side apply's managedFields): when it changes, someone
+    /// edited or took over one of them (drift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_hash: Option<String>,
     /// Since when the node has been waiting for this version of its object to become ready
     /// (set when it is applied, or when a ready object stops being ready): its timeout
     /// counts from here.
@@ -205,6 +210,7 @@ impl NodeStatus {
             reason: None,
             attempts: 0,
             applied_hash: None,
+            owned_hash: None,
             waiting_since: None,
             failures: 0,
             last_transition_time: None,

@@ -1,51 +1,86 @@
 //! Drift: whether a live object still holds what Pequod applied to it.
+//!
+//! Comparing the rendered object with the live one cannot work: the API server normalizes
+//! what it stores (`cpu: 0.5` becomes `500m`, defaults are filled in, lists are merged by
+//! their keys), so the two never match and every pass would apply again. Instead Pequod
+//! looks at what server-side apply records: the fields its field manager owns
+//! (`metadata.managedFields`, FieldsV1) and the values the live object has there. Right
+//! after a write that is a fingerprint of exactly what Pequod set, as the server stored it;
+//! a later fingerprint that differs means someone changed one of those values, or took a
+//! field over (it left Pequod's set). Fields Pequod does not set, defaults the server
+//! filled in, and the spelling of values are not part of it.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-/// Whether the live object has drifted from what was applied: some field `desired` sets
-/// has another value in `live`. Fields the server or other managers added are ignored, and
-/// so are values the server drops when they are empty (`null`, `{}`, `[]`) and a Secret's
-/// write-only `stringData`.
-pub fn drifted(live: &Value, desired: &Value) -> bool {
-    let secret = desired.get("kind").and_then(Value::as_str) == Some("Secret")
-        && desired.get("apiVersion").and_then(Value::as_str) == Some("v1");
-    if secret && desired.get("stringData").is_some() {
-        let mut desired = desired.clone();
-        if let Some(fields) = desired.as_object_mut() {
-            fields.remove("stringData");
-        }
-        return !contains(live, &desired);
-    }
-    !contains(live, desired)
+use crate::api::FIELD_MANAGER;
+
+/// The fingerprint of the fields Pequod owns by server-side apply in `live`, with their
+/// values; `None` when Pequod has applied none of them (no managedFields entry).
+pub fn fingerprint(live: &Value) -> Option<String> {
+    let entries = live.pointer("/metadata/managedFields")?.as_array()?;
+    let fields = entries.iter().find(|entry| {
+        entry.get("manager").and_then(Value::as_str) == Some(FIELD_MANAGER)
+            && entry.get("operation").and_then(Value::as_str) == Some("Apply")
+            && entry
+                .get("subresource")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+    })?;
+    let fields = fields.get("fieldsV1")?;
+    let owned = project(live, fields);
+    let canonical = serde_json::json!({"fields": fields, "values": owned}).to_string();
+    Some(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    ))
 }
 
-/// Whether `value` sets nothing the server keeps: null, `[]`, or a map of such values.
-fn is_empty(value: &Value) -> bool {
-    match value {
-        Value::Null => true,
-        Value::Object(fields) => fields.values().all(is_empty),
-        Value::Array(items) => items.is_empty(),
-        _ => false,
+/// The values of `live` at the fields of a FieldsV1 set: `f:<name>` a field of a map,
+/// `k:<json>` the element of a list with those key fields, `v:<json>` an element of a set,
+/// `i:<n>` a list index, `.` the element itself. Missing values project to null, so a
+/// field that disappeared changes the projection.
+fn project(live: &Value, fields: &Value) -> Value {
+    let Some(fields) = fields.as_object() else {
+        return Value::Null;
+    };
+    if fields.is_empty() {
+        // A leaf: the whole value is owned.
+        return live.clone();
     }
+    let mut projected = Map::new();
+    for (path, children) in fields {
+        let found = if let Some(name) = path.strip_prefix("f:") {
+            live.get(name)
+        } else if let Some(key) = path.strip_prefix("k:") {
+            serde_json::from_str::<Map<String, Value>>(key)
+                .ok()
+                .and_then(|key| element_with(live, &key))
+        } else if let Some(value) = path.strip_prefix("v:") {
+            let wanted: Option<Value> = serde_json::from_str(value).ok();
+            live.as_array()
+                .and_then(|items| items.iter().find(|item| Some(*item) == wanted.as_ref()))
+        } else if let Some(index) = path.strip_prefix("i:") {
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| live.as_array()?.get(i))
+        } else {
+            // `.`: the element itself is owned; its fields are listed beside it.
+            continue;
+        };
+        let value = found.map_or(Value::Null, |found| project(found, children));
+        projected.insert(path.clone(), value);
+    }
+    Value::Object(projected)
 }
 
-fn contains(live: &Value, desired: &Value) -> bool {
-    match (live, desired) {
-        // An applied null sets nothing.
-        (_, Value::Null) => true,
-        (Value::Object(live), Value::Object(desired)) => {
-            desired.iter().all(|(key, value)| match live.get(key) {
-                Some(found) => contains(found, value),
-                None => is_empty(value),
-            })
-        }
-        (Value::Array(live), Value::Array(desired)) => {
-            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
-        }
-        (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
-        (Value::Null, desired) => is_empty(desired),
-        (live, desired) => live == desired,
-    }
+/// The element of the list `live` whose fields have the values of `key`.
+fn element_with<'a>(live: &'a Value, key: &Map<String, Value>) -> Option<&'a Value> {
+    live.as_array()?.iter().find(|item| {
+        key.iter()
+            .all(|(field, value)| item.get(field) == Some(value))
+    })
 }
 
 #[cfg(test)]
@@ -53,24 +88,86 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn drift_ignores_added_fields_but_not_changed_ones() {
-        let desired = json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}});
-        let live = json!({"spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}]},
-                          "status": {}});
-        assert!(!drifted(&live, &desired));
-        let edited = json!({"spec": {"replicas": 5, "ports": [{"port": 80}]}});
-        assert!(drifted(&edited, &desired));
-        let fewer = json!({"spec": {"replicas": 2, "ports": []}});
-        assert!(drifted(&fewer, &desired));
+    fn applied(spec: Value, fields: Value) -> Value {
+        json!({
+            "metadata": {"managedFields": [
+                {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:paused": {}}}},
+                {"manager": "pequod", "operation": "Apply", "fieldsV1": fields},
+            ]},
+            "spec": spec,
+        })
+    }
+
+    fn deployment_fields() -> Value {
+        json!({"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {
+            "k:{\"name\":\"web\"}": {".": {}, "f:image": {}, "f:name": {},
+                "f:resources": {"f:requests": {"f:cpu": {}}}}}}}}})
+    }
+
+    fn deployment(replicas: i64, image: &str, extra: Value) -> Value {
+        let mut spec = json!({"replicas": replicas, "strategy": {"type": "RollingUpdate"},
+            "template": {"spec": {"containers": [
+                {"name": "sidecar", "image": "envoy:1"},
+                {"name": "web", "image": image, "imagePullPolicy": "IfNotPresent",
+                 "resources": {"requests": {"cpu": "500m"}}}]}}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        applied(spec, deployment_fields())
     }
 
     #[test]
-    fn values_the_server_drops_are_no_drift() {
-        let desired = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"annotations": {}},
-                             "stringData": {"password": "x"}, "data": null, "spec": {"list": []}});
-        let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {},
-                          "data": {"password": "eA=="}});
-        assert!(!drifted(&live, &desired));
+    fn defaults_and_fields_of_others_are_not_drift() {
+        let before = fingerprint(&deployment(2, "web:1", json!({}))).expect("applied");
+        // Another manager's field and a default the server filled in: still the same.
+        let after = fingerprint(&deployment(
+            2,
+            "web:1",
+            json!({"paused": true, "progressDeadlineSeconds": 600}),
+        ));
+        assert_eq!(Some(before), after);
+    }
+
+    #[test]
+    fn a_changed_value_or_a_field_taken_over_is_drift() {
+        let before = fingerprint(&deployment(2, "web:1", json!({})));
+        assert_ne!(before, fingerprint(&deployment(5, "web:1", json!({}))));
+        assert_ne!(before, fingerprint(&deployment(2, "web:2", json!({}))));
+        let mut taken = deployment(2, "web:1", json!({}));
+        taken["metadata"]["managedFields"][1]["fieldsV1"]["f:spec"]
+            .as_object_mut()
+            .expect("spec fields")
+            .remove("f:replicas");
+        assert_ne!(before, fingerprint(&taken));
+    }
+
+    #[test]
+    fn list_elements_are_found_by_their_keys_and_sets_by_value() {
+        let fields = json!({"f:spec": {"f:ports": {"k:{\"port\":80,\"protocol\":\"TCP\"}": {".": {}, "f:port": {}}},
+                                       "f:finalizers": {"v:\"a\"": {}}}});
+        let one = applied(
+            json!({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP", "name": "http"}],
+                                 "finalizers": ["b", "a"]}),
+            fields.clone(),
+        );
+        let reordered = applied(
+            json!({"ports": [{"port": 80, "protocol": "TCP", "name": "web"}, {"port": 443, "protocol": "TCP"}],
+                                       "finalizers": ["a", "b"]}),
+            fields.clone(),
+        );
+        assert_eq!(fingerprint(&one), fingerprint(&reordered));
+        let gone = applied(
+            json!({"ports": [{"port": 443, "protocol": "TCP"}], "finalizers": ["b"]}),
+            fields,
+        );
+        assert_ne!(fingerprint(&one), fingerprint(&gone));
+    }
+
+    #[test]
+    fn nothing_applied_has_no_fingerprint() {
+        assert_eq!(fingerprint(&json!({"metadata": {}})), None);
+        let updated_only = json!({"metadata": {"managedFields": [
+            {"manager": "pequod", "operation": "Update", "fieldsV1": {"f:data": {}}}]}});
+        assert_eq!(fingerprint(&updated_only), None);
     }
 }

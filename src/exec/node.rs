@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
 use super::cluster::{ApiError, Served, type_of};
-use super::drift::drifted;
+use super::drift::fingerprint;
 use super::error::{NodeError, Write};
 use super::ownership::{GraphId, Owner, owner};
 use super::readiness::{self, Readiness};
@@ -349,11 +349,18 @@ async fn write(
             Ok((Some(live), true))
         }
         (_, live) => {
-            let edited = live.as_ref().is_some_and(|l| drifted(l, &target.object));
+            // Drift: the fields Pequod owns no longer have the values its last write left
+            // (an object without a recorded fingerprint takes the current one as it).
+            let baseline = prior.and_then(|p| p.owned_hash.as_deref());
+            let edited = match (&live, baseline) {
+                (Some(live), Some(baseline)) => fingerprint(live).as_deref() != Some(baseline),
+                _ => false,
+            };
             if same_hash
                 && !edited
                 && let Some(live) = live
             {
+                run.status.owned_hash = fingerprint(&live);
                 return Ok((Some(live), true));
             }
             let write = match (&live, same_hash) {
@@ -361,15 +368,13 @@ async fn write(
                 (Some(_), true) => Write::DriftCorrected,
                 (Some(_), false) => Write::Changed,
             };
-            // Restoring what was applied before takes the fields back from whoever edited
-            // them; a new version of the object obeys the conflict policy.
-            let force = node.apply_policy.conflict_policy == ConflictPolicy::Force
-                || write == Write::DriftCorrected;
+            let force = node.apply_policy.conflict_policy == ConflictPolicy::Force;
             let _permit = pass.executor.applies.acquire().await;
             let started = std::time::Instant::now();
             let mut applied = applier.apply(&target.served, &target.object, force).await;
             // Fields of an object this graph applied before, since edited by hand (an
-            // update, not another manager's apply), are Pequod's to take back.
+            // update or a patch, not another manager's apply), are Pequod's to take back;
+            // fields another manager applied are taken only when the node says Force.
             let edits_overridden = matches!(
                 &applied,
                 Err(ApiError::Conflict {
@@ -383,6 +388,7 @@ async fn write(
             run.applies.push((applied.is_ok(), started.elapsed()));
             run.status.attempts += 1;
             let applied = applied.map_err(|e| target.refused(pass, "patch", e))?;
+            run.status.owned_hash = fingerprint(&applied);
             run.events.push(NodeEvent::Applied {
                 node: node.id.clone(),
                 write,
