@@ -42,10 +42,10 @@ impl Harness {
         })
         .await
         .expect("test API server starts");
-        let client = kube::Client::try_from(Harness::kube_config(&server).await).expect("client");
+        let appliers = Appliers::new(Harness::kube_config(&server).await).expect("appliers");
         Harness {
             server,
-            applier: Applier::new(client),
+            applier: appliers.operator().clone(),
             applies: Arc::new(Semaphore::new(8)),
             config: ExecConfig {
                 allow_cross_namespace: false,
@@ -814,4 +814,96 @@ fn harness_deployment(harness: &Harness) -> Value {
         .store()
         .get(&ty, "v1", "default", "web")
         .expect("stored")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_are_ridden_out_and_fail_the_node_only_when_they_persist() {
+    let harness = Harness::start().await;
+    let mut settings = graph("g", json!([config_map("a", &[])]));
+    harness.pass(&mut settings).await;
+    let mut changed = config_map("a", &[]);
+    changed["object"]["data"]["value"] = json!("v2");
+    settings.spec.nodes = serde_json::from_value(json!([changed])).expect("nodes");
+
+    // Three 500s: the node stays Ready, retries with a growing backoff, reports nothing.
+    harness.server.faults().add(
+        Fault::new(FaultAction::InternalError)
+            .on("configmaps")
+            .method("PATCH")
+            .times(3),
+    );
+    for failures in 1..=3 {
+        let pass = harness.pass(&mut settings).await;
+        assert_eq!(
+            phase(&pass, "a"),
+            NodePhase::Ready,
+            "{}",
+            message(&pass, "a")
+        );
+        assert_eq!(pass.status.nodes["a"].failures, failures);
+        assert_eq!(
+            message(&pass, "a"),
+            format!(
+                "retrying after a transient error ({failures} in a row): InternalError (500): injected fault: internal error"
+            )
+        );
+        assert!(
+            pass.events.is_empty(),
+            "no event for a transient error: {:?}",
+            pass.events
+        );
+        assert_eq!(pass.status.phase, Some(pequod::api::GraphPhase::Ready));
+        assert!(
+            pass.requeue
+                .is_some_and(|d| d >= std::time::Duration::from_secs(1))
+        );
+    }
+    let pass = harness.pass(&mut settings).await;
+    assert_eq!(phase(&pass, "a"), NodePhase::Ready);
+    assert_eq!(pass.status.nodes["a"].failures, 0);
+    assert_eq!(
+        harness.stored("configmaps", "a").expect("a")["data"]["value"],
+        "v2"
+    );
+
+    // Throttled: the next try waits at least as long as the server asked.
+    settings.spec.nodes[0].object["data"]["value"] = json!("v3");
+    harness.server.faults().add(
+        Fault::new(FaultAction::Throttle {
+            retry_after_seconds: 40,
+        })
+        .on("configmaps")
+        .method("PATCH")
+        .times(1),
+    );
+    let pass = harness.pass(&mut settings).await;
+    assert!(
+        pass.requeue
+            .is_some_and(|d| d >= std::time::Duration::from_secs(40)),
+        "{:?}",
+        pass.requeue
+    );
+
+    // Errors that persist fail the node, once, with a Warning-worthy event.
+    harness.server.faults().add(
+        Fault::new(FaultAction::InternalError)
+            .on("configmaps")
+            .method("PATCH"),
+    );
+    let mut failed = None;
+    for _ in 0..5 {
+        let pass = harness.pass(&mut settings).await;
+        if phase(&pass, "a") == NodePhase::Failed {
+            failed = Some(pass);
+            break;
+        }
+    }
+    let pass = failed.expect("failed after the errors persisted");
+    assert_eq!(pass.status.nodes["a"].failures, 5);
+    assert_eq!(
+        pass.status.nodes["a"].reason.as_deref(),
+        Some("Unavailable")
+    );
+    assert!(matches!(pass.events.as_slice(), [NodeEvent::Failed { node, .. }] if node == "a"));
+    harness.server.stop().await;
 }

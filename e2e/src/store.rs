@@ -1121,6 +1121,7 @@ impl State {
                 warnings: Vec::new(),
             });
         }
+        fits_in_etcd(&object)?;
         let stored = self.put(ty, namespace, &name, object, None);
         self.after_write(ty, namespace, &name);
         let object = self
@@ -1243,6 +1244,7 @@ impl State {
                 warnings,
             });
         }
+        fits_in_etcd(&new)?;
         self.put(ty, namespace, name, new, Some(old));
         self.after_write(ty, namespace, name);
         let object = match self.object(&ty.gr, namespace, name) {
@@ -1746,5 +1748,17 @@ impl State {
             }
         }
         empty
+    }
+}
+/// The largest value etcd stores (its default `--max-request-bytes`, 1.5 MiB).
+pub const MAX_STORED_BYTES: usize = 1_572_864;
+
+/// etcd refuses a value over [`MAX_STORED_BYTES`]; the API server passes its error on as
+/// a 500, as Kubernetes does (kubernetes/kubernetes#112152).
+fn fits_in_etcd(object: &Value) -> Result<(), ApiError> {
+    if object.to_string().len() > MAX_STORED_BYTES {
+        Err(ApiError::internal("etcdserver: request is too large"))
+    } else {
+        Ok(())
     }
 }

@@ -130,8 +130,8 @@ impl Context {
         config: OperatorConfig,
     ) -> Result<(Context, Feeds), kube::Error> {
         let (graphs, woken) = futures::channel::mpsc::unbounded();
+        let client = kube::Client::try_from(kube_config.clone())?;
         let appliers = Appliers::new(kube_config)?;
-        let client = appliers.operator().client().clone();
         let reporter = Reporter {
             controller: "pequod".to_string(),
             instance: std::env::var("POD_NAME").ok(),

@@ -52,6 +52,8 @@ pub enum ApiError {
         reason: String,
         /// The API server's message.
         message: String,
+        /// How long the server asked the client to wait (`Retry-After`, 429), in seconds.
+        retry_after_seconds: u32,
     },
     /// The request did not get an answer from the API server: retried.
     #[error("API request failed: {0}")]
@@ -76,16 +78,33 @@ impl ApiError {
     }
 
     /// Whether retrying soon may succeed without any change (server errors, throttling,
-    /// network), as opposed to errors that need a change of the graph or the cluster.
+    /// network), as opposed to errors that need a change of the graph or the cluster. An
+    /// object etcd refuses as too large comes as a 500, and is not transient.
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport(_) => true,
-            ApiError::Refused { code, .. } => *code == 429 || *code >= 500,
+            ApiError::Refused { code, message, .. } => {
+                *code == 429 || (*code >= 500 && !message.contains(TOO_LARGE_FOR_ETCD))
+            }
             _ => false,
         }
     }
 
-    fn from_kube(error: kube::Error) -> ApiError {
+    /// How long the API server asked to wait before the next try, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ApiError::Refused {
+                retry_after_seconds,
+                ..
+            } if *retry_after_seconds > 0 => Some(std::time::Duration::from_secs(u64::from(
+                *retry_after_seconds,
+            ))),
+            _ => None,
+        }
+    }
+
+    /// The error of a request that `kube` failed.
+    pub fn from_kube(error: kube::Error) -> ApiError {
         match error {
             kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict" => {
                 if status.message.starts_with("Apply failed") {
@@ -103,20 +122,24 @@ impl ApiError {
                         edits_only,
                     }
                 } else {
-                    ApiError::Refused {
-                        code: status.code,
-                        reason: status.reason,
-                        message: status.message,
-                    }
+                    refused(*status)
                 }
             }
-            kube::Error::Api(status) => ApiError::Refused {
-                code: status.code,
-                reason: status.reason,
-                message: status.message,
-            },
+            kube::Error::Api(status) => refused(*status),
             other => ApiError::Transport(other.to_string()),
         }
+    }
+}
+
+/// What etcd says of a value over its size limit (the API server passes it on as a 500).
+const TOO_LARGE_FOR_ETCD: &str = "etcdserver: request is too large";
+
+fn refused(status: kube::core::Status) -> ApiError {
+    ApiError::Refused {
+        code: status.code,
+        retry_after_seconds: status.details.as_ref().map_or(0, |d| d.retry_after_seconds),
+        reason: status.reason,
+        message: status.message,
     }
 }
 
@@ -348,8 +371,16 @@ mod tests {
             code,
             reason: String::new(),
             message: String::new(),
+            retry_after_seconds: 0,
         };
         assert!(refused(500).is_transient());
+        let too_large = ApiError::Refused {
+            code: 500,
+            reason: "InternalError".into(),
+            message: "etcdserver: request is too large".into(),
+            retry_after_seconds: 0,
+        };
+        assert!(!too_large.is_transient(), "etcd's size limit does not pass");
         assert!(refused(429).is_transient());
         assert!(!refused(422).is_transient());
         assert!(ApiError::Transport("connection refused".into()).is_transient());

@@ -86,6 +86,20 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// Whether trying again soon may succeed without any change (the API server was
+    /// unavailable or throttling).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, NodeError::Api(error) if error.is_transient())
+    }
+
+    /// How long the API server asked to wait, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            NodeError::Api(error) => error.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The node's `reason` for this error.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -77,8 +77,12 @@ pub struct Appliers {
 }
 
 impl Appliers {
-    /// Appliers for the API server of `config` (the operator's credentials).
-    pub fn new(config: kube::Config) -> Result<Appliers, kube::Error> {
+    /// Appliers for the API server of `config` (the operator's credentials). Their clients
+    /// do not retry by themselves: a pass must not hold a write permit while a throttled
+    /// request waits; the node rides the error out and is tried again with its own
+    /// backoff, no sooner than the server asked.
+    pub fn new(mut config: kube::Config) -> Result<Appliers, kube::Error> {
+        config.default_retry = false;
         let operator = Applier::new(kube::Client::try_from(config.clone())?);
         Ok(Appliers {
             config,

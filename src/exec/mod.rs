@@ -166,18 +166,11 @@ pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
         inventory: &previous.inventory,
         now,
     };
-    let mut statuses: BTreeMap<String, NodeStatus> = BTreeMap::new();
-    let mut fresh: Vec<InventoryEntry> = Vec::new();
-    run_waves(
-        &context,
-        graph,
-        &dag,
-        &previous.nodes,
-        &mut statuses,
-        &mut fresh,
-        &mut pass,
-    )
-    .await;
+    let Waves {
+        statuses,
+        fresh,
+        retry_after,
+    } = run_waves(&context, graph, &dag, &previous.nodes, &mut pass).await;
 
     let applied_all = graph.spec.nodes.iter().all(|node| {
         node.apply_policy.mode == ApplyMode::Observe
@@ -203,9 +196,19 @@ pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
     owned.extend(leftovers);
     inventory::sort(&mut owned, &dag);
 
-    pass.requeue = requeue_after(&graph.spec.nodes, &statuses, now);
+    pass.requeue = requeue_after(&graph.spec.nodes, &statuses, &retry_after, now);
     pass.status = status::summarize(graph, &previous, statuses, owned, now);
     pass
+}
+
+/// What the waves of a pass leave behind, beside the events and writes of [`Pass`].
+struct Waves {
+    /// Every node's new status.
+    statuses: BTreeMap<String, NodeStatus>,
+    /// The inventory entries of the objects the nodes wrote or own.
+    fresh: Vec<InventoryEntry>,
+    /// How long the API server asked to wait before nodes are tried again.
+    retry_after: HashMap<String, Duration>,
 }
 
 /// Runs the nodes in waves: every node whose dependencies are settled runs; a node that is
@@ -216,10 +219,11 @@ async fn run_waves(
     graph: &ResourceGraph,
     dag: &Dag,
     previous: &BTreeMap<String, NodeStatus>,
-    statuses: &mut BTreeMap<String, NodeStatus>,
-    inventory: &mut Vec<InventoryEntry>,
     pass: &mut Pass,
-) {
+) -> Waves {
+    let mut statuses: BTreeMap<String, NodeStatus> = BTreeMap::new();
+    let mut inventory: Vec<InventoryEntry> = Vec::new();
+    let mut retry_after: HashMap<String, Duration> = HashMap::new();
     let nodes: HashMap<&str, &Node> = graph
         .spec
         .nodes
@@ -300,6 +304,9 @@ async fn run_waves(
             pass.applies.extend(run.applies);
             pass.watch.extend(run.watch);
             inventory.extend(run.inventory);
+            if let Some(wait) = run.retry_after {
+                retry_after.insert(id.clone(), wait);
+            }
             statuses.insert(id.clone(), run.status);
             settled.insert(id);
         }
@@ -313,6 +320,11 @@ async fn run_waves(
                 carried(previous.get(id), NodePhase::Pending, None, message, now),
             );
         }
+    }
+    Waves {
+        statuses,
+        fresh: inventory,
+        retry_after,
     }
 }
 
@@ -337,11 +349,13 @@ pub fn object_hash(object: &Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(object.to_string())))
 }
 
-/// When to run again although no watch event came: failed nodes back off (exponentially,
-/// with jitter), waiting nodes with a timeout are looked at when it expires.
+/// When to run again although no watch event came: nodes that failed (for good, or riding
+/// out a transient error) back off exponentially with jitter, at least as long as the API
+/// server asked; waiting nodes with a timeout are looked at when it expires.
 fn requeue_after(
     nodes: &[Node],
     statuses: &BTreeMap<String, NodeStatus>,
+    retry_after: &HashMap<String, Duration>,
     now: jiff::Timestamp,
 ) -> Option<Duration> {
     let mut soonest: Option<Duration> = None;
@@ -350,18 +364,17 @@ fn requeue_after(
         let Some(status) = statuses.get(&node.id) else {
             continue;
         };
-        match status.phase {
-            NodePhase::Failed => consider(retry_delay(status.failures)),
-            NodePhase::WaitingReady => {
-                if let (Some(timeout), Some(since)) =
-                    (node.timeout_seconds, status.waiting_since.as_ref())
-                {
-                    let waited = now.duration_since(since.0).as_secs().max(0);
-                    let left = i64::from(timeout).saturating_sub(waited).max(0);
-                    consider(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
-                }
-            }
-            _ => {}
+        if status.failures > 0 {
+            let asked = retry_after.get(&node.id).copied().unwrap_or_default();
+            consider(retry_delay(status.failures).max(asked));
+        }
+        if status.phase == NodePhase::WaitingReady
+            && let (Some(timeout), Some(since)) =
+                (node.timeout_seconds, status.waiting_since.as_ref())
+        {
+            let waited = now.duration_since(since.0).as_secs().max(0);
+            let left = i64::from(timeout).saturating_sub(waited).max(0);
+            consider(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
         }
     }
     soonest

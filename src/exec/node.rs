@@ -35,6 +35,8 @@ pub(super) struct NodeRun {
     pub applies: Vec<(bool, std::time::Duration)>,
     pub watch: Option<WatchTarget>,
     pub inventory: Option<InventoryEntry>,
+    /// The API server asked to wait this long before the node is tried again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl NodeRun {
@@ -45,9 +47,15 @@ impl NodeRun {
             applies: Vec::new(),
             watch: None,
             inventory: None,
+            retry_after: None,
         }
     }
 }
+
+/// Transient errors in a row a node rides out, keeping its phase and reporting nothing
+/// but its message, before it fails (and a Warning event says so): with the backoff
+/// between tries, about half a minute of an unavailable or throttling API server.
+pub const TRANSIENT_FAILURES_TOLERATED: u32 = 5;
 
 /// Where a node's object lives in the cluster.
 struct Target {
@@ -133,6 +141,12 @@ pub(super) async fn run_node(
     ));
     match step(pass, node, prior, &mut run).await {
         Ok(()) => run.status.failures = 0,
+        Err(error)
+            if error.is_transient()
+                && prior.map_or(0, |p| p.failures) + 1 < TRANSIENT_FAILURES_TOLERATED =>
+        {
+            ride_out(&mut run, prior, &error);
+        }
         Err(error) => {
             let message = error.to_string();
             if prior.map(|p| (p.phase, p.message.as_deref()))
@@ -148,6 +162,26 @@ pub(super) async fn run_node(
         }
     }
     run
+}
+
+/// A transient error: the node keeps its phase (what it was last seen to be), counts one
+/// more failure in a row for the backoff, and says it is retrying; no Warning event.
+fn ride_out(run: &mut NodeRun, prior: Option<&NodeStatus>, error: &NodeError) {
+    let attempts = run.status.attempts;
+    if let Some(prior) = prior {
+        run.status = prior.clone();
+    }
+    run.status.attempts = attempts;
+    run.status.failures = prior.map_or(0, |p| p.failures).saturating_add(1);
+    run.status.message = Some(format!(
+        "retrying after a transient error ({} in a row): {error}",
+        run.status.failures
+    ));
+    run.retry_after = error.retry_after();
+    // What was not written this time is not the graph's more than before.
+    run.inventory = None;
+    run.events
+        .retain(|event| !matches!(event, NodeEvent::Applied { .. }));
 }
 
 /// A node that failed for `reason`: `message`, one more failure in a row.
