@@ -376,6 +376,16 @@ spec:
             "error: render failed: input must be a mapping, found a list"
         )
     );
+
+    // A graph larger than the operator would write is refused offline the same way.
+    let path = inline.path().display().to_string();
+    let (code, first, _) = failing(&["render", "-f", &path, "--max-graph-bytes", "500"]);
+    assert_eq!(code, 1);
+    assert!(
+        first.starts_with("error: render failed: the rendered ResourceGraph is ")
+            && first.ends_with(" bytes, over the limit of 500 bytes (--max-graph-bytes): render fewer or smaller objects"),
+        "{first}"
+    );
 }
 
 #[test]

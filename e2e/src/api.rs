@@ -139,14 +139,21 @@ fn ok(body: Option<Value>) -> Result<Response, ApiError> {
         .ok_or_else(ApiError::no_route)
 }
 
+/// The largest request body Kubernetes reads (`MaxRequestBodyBytes`, 3 MiB): twice what
+/// etcd stores, as JSON is larger than the protobuf it becomes.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+
 /// Serves one request.
 async fn handle(
     State(app): State<Arc<App>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BYTES).await else {
+        return ApiError::too_large(MAX_REQUEST_BYTES).into_response();
+    };
     let route = route(uri.path());
     let query = Query::parse(uri.query());
     let attributes = Attributes::of_request(

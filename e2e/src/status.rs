@@ -219,6 +219,15 @@ impl ApiError {
         ApiError::new(500, "InternalError", message)
     }
 
+    /// 413: a request body larger than the server reads.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
+    }
+
     /// 429 with a retry hint.
     pub fn too_many_requests(retry_after_seconds: u64) -> Self {
         ApiError::new(

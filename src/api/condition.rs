@@ -66,6 +66,8 @@ pub mod reasons {
     pub const WORKER_FAILED: &str = "WorkerFailed";
     /// The module failed to evaluate (syntax, type, runtime error).
     pub const RENDER_FAILED: &str = "RenderFailed";
+    /// The rendered graph is larger than the API server would store.
+    pub const TOO_LARGE: &str = "TooLarge";
 
     // Validated=False.
     /// The input breaks the module's Input contract, or is not a mapping.
@@ -88,6 +90,8 @@ pub mod reasons {
     pub const PROGRESSING: &str = "Progressing";
     /// The Transform's ResourceGraph does not exist yet.
     pub const NO_RESOURCE_GRAPH: &str = "NoResourceGraph";
+    /// The API server refused to store the planned ResourceGraph.
+    pub const RESOURCE_GRAPH_REJECTED: &str = "ResourceGraphRejected";
     /// The graph is being deleted, its objects first.
     pub const DELETING: &str = "Deleting";
     /// The graph is not controlled by an existing Transform: it is not executed.

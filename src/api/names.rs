@@ -43,6 +43,8 @@ pub mod event_reasons {
     pub const RENDER_FAILED: &str = "RenderFailed";
     /// Transform: the input, the graph or a policy is invalid.
     pub const VALIDATION_FAILED: &str = "ValidationFailed";
+    /// Transform: the API server refused to store its ResourceGraph.
+    pub const RESOURCE_GRAPH_REJECTED: &str = "ResourceGraphRejected";
     /// ResourceGraph: a node's object was written.
     pub const NODE_APPLIED: &str = "NodeApplied";
     /// ResourceGraph: a node became Ready.

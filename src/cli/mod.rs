@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::plan::{DEFAULT_MAX_GRAPH_BYTES, Limits};
 use crate::render::worker::WorkerLimits;
 use crate::render::{DEFAULT_CACHE_MIB, MIN_MEMORY_MIB, PoolConfig, RenderError, Renderer};
 
@@ -77,9 +78,20 @@ pub struct EvalArgs {
     /// Memory budget of the cache of rendered graphs, in MiB (estimated).
     #[arg(long, default_value_t = DEFAULT_CACHE_MIB)]
     pub render_cache_mib: u64,
+    /// The largest ResourceGraph a render may produce, in bytes of JSON (etcd stores at
+    /// most 1.5 MiB in one object, status included).
+    #[arg(long, default_value_t = DEFAULT_MAX_GRAPH_BYTES)]
+    pub max_graph_bytes: usize,
 }
 
 impl EvalArgs {
+    /// The bounds of a plan these flags describe.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_graph_bytes: self.max_graph_bytes,
+        }
+    }
+
     /// A renderer with the pool and cache these flags describe.
     pub fn renderer(&self) -> Result<Renderer, CliError> {
         let cache_bytes = self.render_cache_mib.saturating_mul(1 << 20);

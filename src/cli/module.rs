@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::render::read_transform;
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::module::{ModuleBundle, Resolved, oci};
-use crate::plan::plan;
+use crate::plan::{Limits, plan};
 use crate::render::{InputField, ModuleMetadata, Presence, Renderer};
 
 /// Subcommands of `pequod module`.
@@ -347,7 +347,7 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
             .unwrap_or(example)
             .display()
             .to_string();
-        match check_example(&renderer, &module, example).await {
+        match check_example(&renderer, &module, &args.eval.limits(), example).await {
             Ok(1) => report.push_str(&format!("ok    {shown}: 1 node\n")),
             Ok(nodes) => report.push_str(&format!("ok    {shown}: {nodes} nodes\n")),
             Err(problem) => {
@@ -407,10 +407,11 @@ fn examples(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
 async fn check_example(
     renderer: &Renderer,
     module: &Resolved,
+    limits: &Limits,
     example: &Path,
 ) -> Result<usize, String> {
     let transform = read_transform(example).map_err(|e| e.to_string())?;
-    let planned = plan(&transform, module, renderer)
+    let planned = plan(&transform, module, renderer, limits)
         .await
         .map_err(|e| e.to_string())?;
     let warnings = &planned.graph.spec.violations;

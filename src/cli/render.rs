@@ -64,13 +64,11 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     .await
     .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
     let renderer = args.eval.renderer()?;
-    let planned = plan(&transform, &resolved, &renderer)
+    let planned = plan(&transform, &resolved, &renderer, &args.eval.limits())
         .await
         .map_err(|error| match error {
             PlanError::Render(error) => CliError::from(error),
-            PlanError::Policy(errors) => {
-                CliError::new(exit::RENDER_FAILED, format!("render failed: {errors}"))
-            }
+            other => CliError::new(exit::RENDER_FAILED, format!("render failed: {other}")),
         })?;
     let text = print_graph(&planned.graph, args.output)
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;

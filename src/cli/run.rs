@@ -115,6 +115,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         default_service_account: args.default_service_account.clone(),
         allow_standalone_graphs: args.allow_standalone_graphs,
         module_sources,
+        limits: args.eval.limits(),
     };
     let (context, feeds) =
         Context::new(kube_config, args.eval.renderer()?, metrics.clone(), config)

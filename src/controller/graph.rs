@@ -14,7 +14,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::{Context, Error, measured, retry_action};
+use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{ConditionWriter, Status, reasons, types};
 use crate::api::{
     API_VERSION, FIELD_MANAGER, FINALIZER, GraphPhase, ResourceGraph, ResourceGraphStatus,
@@ -30,13 +30,18 @@ const CONTROLLER: &str = "resourcegraph";
 
 /// Reconciles one ResourceGraph.
 pub async fn reconcile(graph: Arc<ResourceGraph>, context: Arc<Context>) -> Result<Action, Error> {
-    measured(&context, CONTROLLER, reconcile_graph(&graph, &context)).await
+    measured(
+        &context,
+        CONTROLLER,
+        graph.as_ref(),
+        reconcile_graph(&graph, &context),
+    )
+    .await
 }
 
-/// Retries a failed reconcile with backoff.
-pub fn error_policy(graph: Arc<ResourceGraph>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(kind = "ResourceGraph", namespace = graph.namespace().unwrap_or_default(), name = %graph.name_any(), %error, "reconcile failed");
-    retry_action(2)
+/// Retries a failed reconcile after a backoff that grows with its failures in a row.
+pub fn error_policy(graph: Arc<ResourceGraph>, error: &Error, context: Arc<Context>) -> Action {
+    retry_later(CONTROLLER, graph.as_ref(), error, &context)
 }
 
 fn api(client: &kube::Client, graph: &ResourceGraph) -> Api<ResourceGraph> {

@@ -66,6 +66,8 @@ pub struct OperatorConfig {
     pub allow_standalone_graphs: bool,
     /// Where modules may come from.
     pub module_sources: ModuleSources,
+    /// Bounds on what a render may produce.
+    pub limits: crate::plan::Limits,
 }
 
 /// Shared by every reconcile of both controllers.
@@ -88,8 +90,10 @@ pub struct Context {
     pub watches: Watches,
     /// The operator's flags.
     pub config: OperatorConfig,
-    /// Transient render failures in a row, by `namespace/name`: the retry backoff grows.
-    pub transform_failures: DashMap<String, u32>,
+    /// Failed reconciles in a row, by controller and object: `error_policy` backs off.
+    pub reconcile_failures: Backoffs,
+    /// Transient render failures in a row, by Transform: the retry backoff grows.
+    pub render_failures: Backoffs,
     /// The registry client for modules without a pull secret.
     pub registry: Registry,
     /// Fetched OCI modules by digest, shared by every Transform.
@@ -111,6 +115,9 @@ pub enum Error {
     /// No client could be made for a graph's identity.
     #[error("{0}")]
     Identity(String),
+    /// The API server refused to store a ResourceGraph.
+    #[error("the API server refused the ResourceGraph: {0}")]
+    GraphRejected(crate::exec::ApiError),
 }
 
 /// What feeds the controllers of a [`Context`], handed to [`run`]: the writer of the
@@ -156,7 +163,8 @@ impl Context {
             renderer,
             metrics,
             config,
-            transform_failures: DashMap::new(),
+            reconcile_failures: Backoffs::default(),
+            render_failures: Backoffs::default(),
             registry,
             modules,
         };
@@ -268,11 +276,57 @@ pub async fn run(
     futures::join!(transform_controller, graph_controller);
 }
 
-/// Runs one reconcile of `controller`: a panic becomes an error (the controller retries it,
-/// the operator carries on), and the reconcile is counted and timed.
-async fn measured(
+/// Failures in a row, by what failed: each retry waits longer (exponential, with jitter),
+/// a success forgets them.
+#[derive(Default)]
+pub struct Backoffs(DashMap<String, u32>);
+
+impl Backoffs {
+    /// One more failure of `key`: how many in a row, and how long to wait before the next
+    /// try.
+    pub fn failed(&self, key: &str) -> (u32, Duration) {
+        let mut failures = self.0.entry(key.to_string()).or_insert(0);
+        *failures = failures.saturating_add(1);
+        (*failures, retry_delay(*failures))
+    }
+
+    /// `key` succeeded, or is gone: its failures are forgotten.
+    pub fn forget(&self, key: &str) {
+        self.0.remove(key);
+    }
+}
+
+/// The key of `object` in [`Backoffs`] for `controller`.
+fn backoff_key<K: Resource<DynamicType = ()>>(controller: &str, object: &K) -> String {
+    format!(
+        "{controller}/{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// What `error_policy` does for both controllers: log, and retry the object after a backoff
+/// that grows with its failures in a row.
+fn retry_later<K: Resource<DynamicType = ()>>(
+    controller: &str,
+    object: &K,
+    error: &Error,
+    context: &Context,
+) -> Action {
+    let (failures, delay) = context
+        .reconcile_failures
+        .failed(&backoff_key(controller, object));
+    tracing::warn!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs one reconcile of `controller` on `object`: a panic becomes an error (the controller
+/// retries it, the operator carries on), a success forgets the object's failures, and the
+/// reconcile is counted and timed.
+async fn measured<K: Resource<DynamicType = ()>>(
     context: &Context,
     controller: &str,
+    object: &K,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -280,6 +334,11 @@ async fn measured(
         Ok(result) => result,
         Err(panic) => Err(Error::Panic(panic_message(panic.as_ref()))),
     };
+    if result.is_ok() {
+        context
+            .reconcile_failures
+            .forget(&backoff_key(controller, object));
+    }
     let outcome = if result.is_ok() { "success" } else { "error" };
     context
         .metrics
@@ -292,9 +351,4 @@ async fn measured(
         .with_label_values(&[controller])
         .observe(started.elapsed().as_secs_f64());
     result
-}
-
-/// The requeue of a failed reconcile: soon, then less often.
-fn retry_action(attempt: u32) -> Action {
-    Action::requeue(retry_delay(attempt.max(1)).min(Duration::from_secs(60)))
 }

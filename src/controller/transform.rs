@@ -13,13 +13,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use super::{Context, Error, measured, retry_action};
+use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
     API_VERSION, FIELD_MANAGER, LocalObjectReference, ModuleType, ResolvedModule, ResourceGraph,
     Transform, TransformStatus, Violation, event_reasons,
 };
 use crate::backoff::retry_delay;
+use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
 use crate::module::git::GitAuth;
 use crate::module::oci::Registry;
 use crate::module::{Resolved, SourceError, Sources, from_config_map, resolve};
@@ -32,15 +33,15 @@ pub async fn reconcile(transform: Arc<Transform>, context: Arc<Context>) -> Resu
     measured(
         &context,
         CONTROLLER,
+        transform.as_ref(),
         reconcile_transform(&transform, &context),
     )
     .await
 }
 
-/// Retries a failed reconcile with backoff.
-pub fn error_policy(transform: Arc<Transform>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(kind = "Transform", namespace = transform.namespace().unwrap_or_default(), name = %transform.name_any(), %error, "reconcile failed");
-    retry_action(2)
+/// Retries a failed reconcile after a backoff that grows with its failures in a row.
+pub fn error_policy(transform: Arc<Transform>, error: &Error, context: Arc<Context>) -> Action {
+    retry_later(CONTROLLER, transform.as_ref(), error, &context)
 }
 
 /// The steps of a reconcile, in order, each with its condition.
@@ -90,6 +91,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     if transform.metadata.deletion_timestamp.is_some() {
         // The ResourceGraph is owned by the Transform: garbage collection deletes it, and
         // its finalizer deletes the objects.
+        context.render_failures.forget(&render_key(transform));
         return Ok(Action::await_change());
     }
     let namespace = transform.namespace().unwrap_or_default();
@@ -138,7 +140,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         .await;
     }
     status.conditions.retain(|c| c.type_ != types::SUSPENDED);
-    let key = format!("{namespace}/{name}");
+    let key = render_key(transform);
 
     let planned = match resolve_module(transform, context).await {
         Ok(module) => plan_graph(transform, &module, context)
@@ -148,12 +150,25 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     };
     let action = match planned {
         Err(failure) => {
+            let failures = if failure.transient {
+                context.render_failures.failed(&key).0
+            } else {
+                context.render_failures.forget(&key);
+                0
+            };
+            let persisting = !failure.transient || failures >= TRANSIENT_FAILURES_TOLERATED;
+            if !persisting && previous.resource_graph_ref.is_some() {
+                // A passing failure (a registry or the API server unavailable, the sandbox)
+                // of a Transform whose graph runs changes nothing users see until it
+                // persists: try again after the backoff.
+                return Ok(Action::requeue(retry_delay(failures)));
+            }
             record_failure(&mut status, &failure, &conditions);
-            if previous
+            let changed = previous
                 .conditions
                 .iter()
-                .all(|c| c.type_ != failure.condition || c.message != failure.message)
-            {
+                .all(|c| c.type_ != failure.condition || c.message != failure.message);
+            if persisting && changed {
                 let reason = if failure.condition == types::VALIDATED {
                     event_reasons::VALIDATION_FAILED
                 } else {
@@ -173,9 +188,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 ModuleType::Oci | ModuleType::Git
             );
             if failure.transient {
-                let mut failures = context.transform_failures.entry(key).or_insert(0);
-                *failures = failures.saturating_add(1);
-                Action::requeue(retry_delay(*failures))
+                Action::requeue(retry_delay(failures))
             } else if remote && failure.condition == types::MODULE_RESOLVED {
                 // A tag or a branch may be fixed upstream: look again at the next resync.
                 Action::requeue(context.config.module_resync)
@@ -185,8 +198,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             }
         }
         Ok((module, plan)) => {
-            context.transform_failures.remove(&key);
-            write_graph(
+            let written = write_graph(
                 transform,
                 context,
                 &graphs,
@@ -195,7 +207,44 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 &mut status,
                 &conditions,
             )
-            .await?;
+            .await;
+            if let Err(Error::GraphRejected(error)) = &written {
+                let failures = context.render_failures.failed(&key).0;
+                let persisting = !error.is_transient() || failures >= TRANSIENT_FAILURES_TOLERATED;
+                if !persisting && previous.resource_graph_ref.is_some() {
+                    return Ok(Action::requeue(retry_delay(failures)));
+                }
+                for step in STEPS {
+                    condition::set(
+                        &mut status.conditions,
+                        conditions.condition(step, Status::True, reasons::SUCCEEDED, "succeeded"),
+                    );
+                }
+                let message = format!("the API server refused the ResourceGraph: {error}");
+                let ready = conditions.condition(
+                    types::READY,
+                    Status::False,
+                    reasons::RESOURCE_GRAPH_REJECTED,
+                    &message,
+                );
+                let changed = condition::find(&previous.conditions, types::READY)
+                    .is_none_or(|c| c.message != ready.message);
+                condition::set(&mut status.conditions, ready);
+                if persisting && changed {
+                    context
+                        .event(
+                            transform,
+                            EventType::Warning,
+                            event_reasons::RESOURCE_GRAPH_REJECTED,
+                            message,
+                        )
+                        .await;
+                }
+                let action = Action::requeue(retry_delay(failures));
+                return finish(&transforms, &name, transform, status, action).await;
+            }
+            written?;
+            context.render_failures.forget(&key);
             mirror_ready(&mut status, &graphs, &name, &conditions).await?;
             let module_ref = &transform.spec.module_ref;
             let mutable = match module_ref.type_ {
@@ -212,6 +261,15 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         }
     };
     finish(&transforms, &name, transform, status, action).await
+}
+
+/// The key of a Transform's transient render failures.
+fn render_key(transform: &Transform) -> String {
+    format!(
+        "{}/{}",
+        transform.namespace().unwrap_or_default(),
+        transform.name_any()
+    )
 }
 
 /// Sets the failed step's condition False, the steps before it True and those after it
@@ -343,7 +401,8 @@ async fn apply_graph(
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&object),
         )
-        .await?;
+        .await
+        .map_err(|e| Error::GraphRejected(ApiError::from_kube(e)))?;
     Ok(())
 }
 
@@ -484,7 +543,7 @@ async fn plan_graph(
     module: &Resolved,
     context: &Context,
 ) -> Result<Plan, Failure> {
-    Ok(plan::plan(transform, module, &context.renderer).await?)
+    Ok(plan::plan(transform, module, &context.renderer, &context.config.limits).await?)
 }
 
 /// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation.

@@ -26,6 +26,7 @@ pub mod status;
 pub use cluster::{ApiError, Applier, Served};
 pub use error::{NodeError, Write};
 pub use identity::{Appliers, Identity};
+pub use node::TRANSIENT_FAILURES_TOLERATED;
 pub use ownership::GraphId;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

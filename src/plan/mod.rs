@@ -33,6 +33,25 @@ pub struct Plan {
     pub rendered: Arc<RenderedGraph>,
 }
 
+/// Bounds on what a plan may produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest ResourceGraph, serialized as JSON: well under what etcd stores in one
+    /// object (1.5 MiB), leaving room for its status.
+    pub max_graph_bytes: usize,
+}
+
+/// The default largest ResourceGraph: 1 MiB.
+pub const DEFAULT_MAX_GRAPH_BYTES: usize = 1 << 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_graph_bytes: DEFAULT_MAX_GRAPH_BYTES,
+        }
+    }
+}
+
 /// Why no graph could be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -42,6 +61,16 @@ pub enum PlanError {
     /// A policy reported an error that the Transform did not (or may not) lower.
     #[error(transparent)]
     Policy(#[from] PolicyErrors),
+    /// The graph is larger than the API server would store.
+    #[error(
+        "the rendered ResourceGraph is {size} bytes, over the limit of {limit} bytes (--max-graph-bytes): render fewer or smaller objects"
+    )]
+    TooLarge {
+        /// Its size as JSON.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl PlanError {
@@ -50,6 +79,7 @@ impl PlanError {
         match self {
             PlanError::Render(error) => error.condition(),
             PlanError::Policy(_) => (types::VALIDATED, reasons::POLICY_VIOLATION),
+            PlanError::TooLarge { .. } => (types::RENDERED, reasons::TOO_LARGE),
         }
     }
 
@@ -68,7 +98,7 @@ impl PlanError {
     pub fn violations(&self) -> &[Violation] {
         match self {
             PlanError::Policy(errors) => &errors.0,
-            PlanError::Render(_) => &[],
+            PlanError::Render(_) | PlanError::TooLarge { .. } => &[],
         }
     }
 
@@ -76,16 +106,18 @@ impl PlanError {
     pub fn detail(&self) -> Option<&str> {
         match self {
             PlanError::Render(error) => error.detail(),
-            PlanError::Policy(_) => None,
+            PlanError::Policy(_) | PlanError::TooLarge { .. } => None,
         }
     }
 }
 
-/// Plans the ResourceGraph of `transform` from `module`, rendered by `renderer`.
+/// Plans the ResourceGraph of `transform` from `module`, rendered by `renderer`, within
+/// `limits`.
 pub async fn plan(
     transform: &Transform,
     module: &Resolved,
     renderer: &Renderer,
+    limits: &Limits,
 ) -> Result<Plan, PlanError> {
     let context = RenderContext::of(transform);
     let rendered = renderer
@@ -124,6 +156,13 @@ pub async fn plan(
         },
         status: None,
     };
+    let size = serde_json::to_vec(&graph).map_or(usize::MAX, |json| json.len());
+    if size > limits.max_graph_bytes {
+        return Err(PlanError::TooLarge {
+            size,
+            limit: limits.max_graph_bytes,
+        });
+    }
     Ok(Plan { graph, rendered })
 }
 
