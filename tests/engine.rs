@@ -482,6 +482,19 @@ async fn workers_are_sealed_with_no_files_no_network_and_no_environment() {
         .expect("renders");
 }
 
+/// A worker that exits before it says how far it is sealed serves nothing.
+#[tokio::test]
+async fn a_worker_that_dies_before_its_hello_fails_the_render() {
+    let renderer = renderer_with(|c| c.program = "/bin/false".into());
+    let error = render_err(&renderer, &demo(), json!({"name": "web"})).await;
+    assert_eq!(
+        error.to_string(),
+        "evaluation worker crashed (exit status: 1)"
+    );
+    assert_eq!(renderer.pool().sandbox(), None);
+    assert_eq!(renderer.pool().stats().spawned.get(), 0);
+}
+
 #[tokio::test]
 async fn syntax_and_type_errors_are_located() {
     let renderer = renderer();

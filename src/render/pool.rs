@@ -153,13 +153,21 @@ struct Worker {
     evaluations: u64,
 }
 
-/// How reading one line from a worker ended.
-enum Reply<T> {
-    Answered(T),
+/// Why a worker gave no usable reply.
+enum NoReply {
     /// The worker closed its stdout: it died.
     Died,
-    /// The line was over [`MAX_OUTPUT_BYTES`].
-    TooLarge,
+    /// Anything else: a deadline, a reply too large or garbled, a broken pipe.
+    Failed(RenderError),
+}
+
+impl From<NoReply> for RenderError {
+    fn from(failure: NoReply) -> RenderError {
+        match failure {
+            NoReply::Died => RenderError::Worker("worker exited".into()),
+            NoReply::Failed(error) => error,
+        }
+    }
 }
 
 impl WorkerPool {
@@ -288,7 +296,7 @@ async fn exchange(
     stats.evaluations.inc();
     let outcome = tokio::time::timeout(config.timeout, worker.exchange(line)).await;
     let failure = match outcome {
-        Ok(Ok(Reply::Answered(EvalResponse { result }))) => {
+        Ok(Ok(EvalResponse { result })) => {
             worker.evaluations += 1;
             // Read by the parent: the sealed worker cannot open /proc.
             let vm_bytes = worker.child.id().map_or(0, address_space_bytes);
@@ -305,46 +313,33 @@ async fn exchange(
             }
             return (result.map_err(RenderError::Evaluation), worn);
         }
-        Err(_elapsed) => RenderError::Timeout(config.timeout),
-        Ok(outcome) => read_failure(outcome),
+        Err(_elapsed) => NoReply::Failed(RenderError::Timeout(config.timeout)),
+        Ok(Err(failure)) => failure,
     };
     // A failed exchange leaves the worker in an unknown state: it is replaced.
     stats.failed.inc();
     let Some(worker) = lease.worker.take() else {
-        return (Err(failure), worn);
+        return (Err(failure.into()), worn);
     };
     let error = worker.replace(failure, config.memory_mib).await;
     tracing::debug!(error = %error, "evaluation worker replaced");
     (Err(error), worn)
 }
 
-/// The error of a read from a worker that brought no answer.
-fn read_failure<T>(outcome: std::io::Result<Reply<T>>) -> RenderError {
-    match outcome {
-        Err(io) => RenderError::Worker(io.to_string()),
-        Ok(Reply::TooLarge) => RenderError::OutputTooLarge(MAX_OUTPUT_BYTES),
-        Ok(Reply::Died) => RenderError::Worker(WORKER_EXITED.into()),
-        Ok(Reply::Answered(_)) => RenderError::Worker("unexpected answer".into()),
-    }
-}
-
-/// The reason of a [`RenderError::Worker`] for a worker that closed its stdout.
-const WORKER_EXITED: &str = "worker exited";
-
 /// Starts a worker and reads its hello, within the evaluation deadline.
 async fn start(shared: &Shared) -> Result<Worker, RenderError> {
     let config = &shared.config;
     let mut worker = spawn(config)?;
     let failure = match tokio::time::timeout(config.timeout, worker.read_reply()).await {
-        Ok(Ok(Reply::Answered(WorkerHello { sandbox }))) => {
+        Ok(Ok(WorkerHello { sandbox })) => {
             shared.record(sandbox);
             return Ok(worker);
         }
-        Err(_elapsed) => RenderError::Worker(format!(
+        Err(_elapsed) => NoReply::Failed(RenderError::Worker(format!(
             "worker did not start within {}",
             humantime::format_duration(config.timeout)
-        )),
-        Ok(outcome) => read_failure(outcome),
+        ))),
+        Ok(Err(failure)) => failure,
     };
     Err(worker.replace(failure, config.memory_mib).await)
 }
@@ -417,51 +412,52 @@ fn spawn(config: &PoolConfig) -> Result<Worker, RenderError> {
 }
 
 impl Worker {
-    async fn exchange(&mut self, line: &[u8]) -> std::io::Result<Reply<EvalResponse>> {
-        if let Err(e) = self.stdin.write_all(line).await {
-            return if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(Reply::Died)
-            } else {
-                Err(e)
-            };
+    async fn exchange(&mut self, line: &[u8]) -> Result<EvalResponse, NoReply> {
+        let written = match self.stdin.write_all(line).await {
+            Ok(()) => self.stdin.flush().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.read_reply().await,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(NoReply::Died),
+            Err(e) => Err(NoReply::Failed(RenderError::Worker(e.to_string()))),
         }
-        self.stdin.flush().await?;
-        self.read_reply().await
     }
 
     /// Reads the worker's next line.
-    async fn read_reply<T: DeserializeOwned>(&mut self) -> std::io::Result<Reply<T>> {
+    async fn read_reply<T: DeserializeOwned>(&mut self) -> Result<T, NoReply> {
         let mut response = Vec::new();
         let limit = MAX_OUTPUT_BYTES as u64 + 1;
         let read = (&mut self.stdout)
             .take(limit)
             .read_until(b'\n', &mut response)
-            .await?;
-        if read == 0 {
-            return Ok(Reply::Died);
-        }
+            .await
+            .map_err(|e| NoReply::Failed(RenderError::Worker(e.to_string())))?;
         if response.last() != Some(&b'\n') {
-            return Ok(if read as u64 >= limit {
-                Reply::TooLarge
+            return Err(if read as u64 >= limit {
+                NoReply::Failed(RenderError::OutputTooLarge(MAX_OUTPUT_BYTES))
             } else {
-                Reply::Died
+                NoReply::Died
             });
         }
-        serde_json::from_slice(&response)
-            .map(Reply::Answered)
-            .map_err(|e| std::io::Error::other(format!("unreadable worker response: {e}")))
+        serde_json::from_slice(&response).map_err(|e| {
+            NoReply::Failed(RenderError::Worker(format!(
+                "unreadable worker response: {e}"
+            )))
+        })
     }
 
-    /// Gets rid of a worker that failed: explains its death when it exited, else kills it.
-    async fn replace(self, failure: RenderError, memory_mib: u64) -> RenderError {
+    /// Gets rid of a worker that gave no reply: explains its death when it exited, else
+    /// kills it.
+    async fn replace(self, failure: NoReply, memory_mib: u64) -> RenderError {
         match failure {
-            RenderError::Worker(reason) if reason == WORKER_EXITED => self
+            NoReply::Died => self
                 .explain_death(memory_mib)
                 .await
-                .unwrap_or(RenderError::Worker(reason)),
-            other => {
+                .unwrap_or_else(|| NoReply::Died.into()),
+            NoReply::Failed(error) => {
                 self.kill().await;
-                other
+                error
             }
         }
     }

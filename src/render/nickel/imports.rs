@@ -8,8 +8,9 @@
 //! Nickel's own traversal skips (let-binding patterns, record `include`s), and a lexical check
 //! proves it complete: every `import` keyword of a file must lie in an import the walk saw.
 //! A forbidden path and a missing one are refused alike, and neither is ever opened or even
-//! looked up on disk. After Nickel resolved the imports, a last check refuses any file it
-//! loaded that is not a registered one.
+//! looked up on disk (Nickel still looks up allowed library imports in the importing file's
+//! directory first: a path under `VFS_ROOT`, which does not exist). After Nickel resolved the
+//! imports, a last check refuses any file it loaded that is not a registered one.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
