@@ -189,7 +189,7 @@ fn broken_modules_fail_with_located_errors() {
         ),
         (
             "import-abs",
-            "error: render failed: forbidden import: absolute import `/etc/passwd` is not allowed (main.ncl:17:65)",
+            "error: render failed: forbidden import: import `/etc/passwd` does not refer to a file of the module or of the pequod library (main.ncl:17:65)",
         ),
         (
             "import-dotdot",

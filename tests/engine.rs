@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pequod::module::ModuleBundle;
-use pequod::render::{FailureKind, PoolConfig, RenderContext, RenderError, Renderer};
+use pequod::render::{
+    FailureKind, PoolConfig, RenderContext, RenderError, Renderer, SandboxLevel, SandboxProbe,
+};
 use serde_json::{Value, json};
 
 fn renderer_with(adjust: impl FnOnce(&mut PoolConfig)) -> Renderer {
@@ -298,7 +300,7 @@ async fn forbidden_imports_are_refused_before_evaluation() {
     let cases = [
         (
             r#"{ x = import "/etc/passwd" as 'Text }"#,
-            "absolute import `/etc/passwd` is not allowed",
+            "import `/etc/passwd` does not refer to a file of the module or of the pequod library",
         ),
         (
             r#"{ x = import "../x.ncl" }"#,
@@ -314,11 +316,15 @@ async fn forbidden_imports_are_refused_before_evaluation() {
         ),
         (
             r#"{ x | Dyn | default = "%{import "/etc/hostname" as 'Text}" }"#,
-            "absolute import `/etc/hostname` is not allowed",
+            "import `/etc/hostname` does not refer to a file of the module or of the pequod library",
         ),
         (
             r#"{ x = fun { a ? import "/etc/hostname" } => a }"#,
-            "absolute import `/etc/hostname` is not allowed",
+            "import `/etc/hostname` does not refer to a file of the module or of the pequod library",
+        ),
+        (
+            r#"{ x = import "/nickel-vfs/module/main.ncl" }"#,
+            "import `/nickel-vfs/module/main.ncl` does not refer to a file of the module or of the pequod library",
         ),
         (
             r#"{ x = import somepkg }"#,
@@ -348,16 +354,22 @@ async fn forbidden_imports_are_refused_before_evaluation() {
     }
 }
 
-/// Syntax the static walk does not visit (let patterns, record includes) is caught after
-/// resolution, before anything is evaluated.
+/// Syntax Nickel's own traversal skips (let-binding patterns, record includes) is walked
+/// too: its imports are refused where they are written, before Nickel resolves anything.
 #[tokio::test]
-async fn imports_hidden_from_the_static_walk_are_refused() {
+async fn imports_in_let_patterns_and_includes_are_refused_where_written() {
     let renderer = renderer();
     let hidden = [
-        r#"let { t ? import "/etc/hostname" as 'Text } = {} in { x = t }"#,
-        r#"let y = 1 in { include y | std.contract.from_predicate (fun v => (import "/etc/hostname" as 'Text) == "") }"#,
+        (
+            r#"let { t ? import "/etc/hostname" as 'Text } = {} in { x = t }"#,
+            "main.ncl:1:11",
+        ),
+        (
+            r#"let y = 1 in { include y | std.contract.from_predicate (fun v => (import "/etc/hostname" as 'Text) == "") }"#,
+            "main.ncl:1:66",
+        ),
     ];
-    for source in hidden {
+    for (source, at) in hidden {
         let f = failure(render_err(&renderer, &bundle(&[("main.ncl", source)]), json!({})).await);
         assert_eq!(f.kind, FailureKind::ForbiddenImport, "{source}: {f}");
         assert_eq!(
@@ -365,7 +377,123 @@ async fn imports_hidden_from_the_static_walk_are_refused() {
             "import `/etc/hostname` does not refer to a file of the module or of the pequod library",
             "{source}"
         );
+        assert_eq!(f.location.as_deref(), Some(at), "{source}");
     }
+}
+
+/// A module probing the operator's disk learns nothing: an import of a file that exists
+/// (the service account token, the worker's environment, ...), of one that does not, and of
+/// a `..` escape all fail with the same error, naming the import where it is written, and
+/// none is opened. A FIFO nobody writes to proves it: opening one for reading blocks, so a
+/// worker that tried would miss its deadline instead of answering.
+#[tokio::test]
+async fn imports_probing_the_operator_disk_fail_alike_and_open_nothing() {
+    let renderer = renderer_with(|c| c.timeout = Duration::from_secs(60));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let fifo = fifo.display().to_string();
+    let probes = [
+        "/etc/hostname",
+        "/etc/no-such-file",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "/proc/self/environ",
+        "../../etc/passwd",
+        "missing.ncl",
+        fifo.as_str(),
+    ];
+    for path in probes {
+        let sources = [
+            (
+                format!(r#"{{ x = import "{path}" as 'Text }}"#),
+                "main.ncl:1:7",
+            ),
+            (
+                format!(
+                    r#"let {{ probe ? import "{path}" as 'Text, .. }} = {{}} in {{ x = probe }}"#
+                ),
+                "main.ncl:1:15",
+            ),
+        ];
+        for (source, at) in sources {
+            let f =
+                failure(render_err(&renderer, &bundle(&[("main.ncl", &source)]), json!({})).await);
+            assert_eq!(
+                f,
+                pequod::render::EvalFailure {
+                    location: Some(at.to_string()),
+                    ..pequod::render::EvalFailure::new(
+                        FailureKind::ForbiddenImport,
+                        format!(
+                            "import `{path}` does not refer to a file of the module or of the pequod library"
+                        ),
+                    )
+                },
+                "{source}"
+            );
+        }
+    }
+    assert_eq!(renderer.pool().stats().failed.get(), 0);
+}
+
+/// The seal, seen from inside a worker: what this test process can do, the worker cannot.
+#[tokio::test]
+async fn workers_are_sealed_with_no_files_no_network_and_no_environment() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let listening = listener.local_addr().expect("address");
+    let readable: Vec<std::path::PathBuf> = vec![
+        "/etc/hostname".into(),
+        "/proc/self/environ".into(),
+        common::pequod_bin(),
+    ];
+    // What the worker is denied, this process may do.
+    for path in &readable {
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    std::net::TcpStream::connect(listening).expect("connects");
+    assert!(std::env::vars_os().next().is_some());
+
+    let renderer = renderer();
+    let report = renderer
+        .pool()
+        .probe(&SandboxProbe {
+            open: readable,
+            connect: vec![listening],
+            bind: vec!["127.0.0.1:0".parse().expect("address")],
+        })
+        .await
+        .expect("the worker answers");
+    let denied = || Err("Permission denied (os error 13)".to_string());
+    assert_eq!(report.open, [denied(), denied(), denied()]);
+    assert_eq!(report.connect, [denied()]);
+    assert_eq!(report.bind, [denied()]);
+    assert_eq!(report.environment, Vec::<String>::new());
+    assert!(report.no_new_privs);
+    let sandbox = renderer.pool().sandbox().expect("the worker said hello");
+    assert_eq!(sandbox.level(), SandboxLevel::Sealed, "{sandbox}");
+
+    // Sealed, it still evaluates.
+    renderer
+        .render(&demo(), &json!({"name": "sealed"}), &context())
+        .await
+        .expect("renders");
+}
+
+/// A worker that exits before it says how far it is sealed serves nothing.
+#[tokio::test]
+async fn a_worker_that_dies_before_its_hello_fails_the_render() {
+    let renderer = renderer_with(|c| c.program = "/bin/false".into());
+    let error = render_err(&renderer, &demo(), json!({"name": "web"})).await;
+    assert_eq!(
+        error.to_string(),
+        "evaluation worker crashed (exit status: 1)"
+    );
+    assert_eq!(renderer.pool().sandbox(), None);
+    assert_eq!(renderer.pool().stats().spawned.get(), 0);
 }
 
 #[tokio::test]

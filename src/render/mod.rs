@@ -9,12 +9,14 @@ mod input_json;
 pub mod nickel;
 mod pool;
 mod protocol;
+mod sandbox;
 mod schema;
 pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
 pub use pool::{MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
 pub use protocol::{InputField, Presence, RenderContext};
+pub use sandbox::{SandboxLevel, SandboxProbe, SandboxReport, SandboxStatus};
 pub use schema::SchemaViolation;
 
 use std::borrow::Cow;

@@ -6,7 +6,11 @@
 //! request. A deadline is enforced by killing the worker. Workers are replaced after a number
 //! of evaluations, or when their address space nears its limit: Nickel leaks on every
 //! evaluation, and only a new process gives the memory back.
+//!
+//! Workers start with an empty environment and seal themselves before reading a request
+//! ([`super::sandbox`]); the first line each writes says how far it is sealed.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
@@ -15,14 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use super::error::RenderError;
-use super::protocol::{EvalRequest, EvalResponse};
-use super::worker::OUT_OF_MEMORY;
+use super::protocol::{EvalRequest, EvalResponse, WorkerHello, WorkerRequest};
+use super::sandbox::{SandboxLevel, SandboxProbe, SandboxReport, SandboxStatus};
+use super::worker::{OUT_OF_MEMORY, address_space_bytes};
 use crate::metrics::{self, Collectors};
 
 /// Largest response a worker may send.
@@ -124,10 +130,12 @@ pub struct WorkerPool {
     free: Arc<Semaphore>,
 }
 
-/// What the exchange tasks need: settings and counters.
+/// What the exchange tasks need: settings, counters, and the sandbox workers report.
 struct Shared {
     config: PoolConfig,
     stats: PoolStats,
+    /// What the most recently started worker said of its sandbox.
+    sandbox: std::sync::Mutex<Option<SandboxStatus>>,
 }
 
 /// A worker slot held for one exchange, with the permit that reserved it.
@@ -145,13 +153,21 @@ struct Worker {
     evaluations: u64,
 }
 
-/// How one exchange with a worker ended.
-enum Exchange {
-    Answered(EvalResponse),
+/// Why a worker gave no usable reply.
+enum NoReply {
     /// The worker closed its stdout: it died.
     Died,
-    /// The response was over [`MAX_OUTPUT_BYTES`].
-    TooLarge,
+    /// Anything else: a deadline, a reply too large or garbled, a broken pipe.
+    Failed(RenderError),
+}
+
+impl From<NoReply> for RenderError {
+    fn from(failure: NoReply) -> RenderError {
+        match failure {
+            NoReply::Died => RenderError::Worker("worker exited".into()),
+            NoReply::Failed(error) => error,
+        }
+    }
 }
 
 impl WorkerPool {
@@ -162,6 +178,7 @@ impl WorkerPool {
             shared: Arc::new(Shared {
                 config,
                 stats: PoolStats::default(),
+                sandbox: std::sync::Mutex::new(None),
             }),
             slots: (0..count).map(|_| Arc::new(Mutex::new(None))).collect(),
             free: Arc::new(Semaphore::new(count)),
@@ -173,17 +190,37 @@ impl WorkerPool {
         &self.shared.stats
     }
 
-    /// Evaluates one request on a worker. A worker that had already evaluated other requests
-    /// and runs out of memory gets one retry on a fresh worker: its leaks, not this request,
-    /// may have filled it.
+    /// How far the most recently started worker is sealed; `None` before the first start.
+    pub fn sandbox(&self) -> Option<SandboxStatus> {
+        self.shared.sandbox.lock().ok().and_then(|status| *status)
+    }
+
+    /// Evaluates one request on a worker.
     pub async fn evaluate(&self, request: &EvalRequest<'_>) -> Result<Value, RenderError> {
+        self.send(
+            &WorkerRequest::Evaluate(Cow::Borrowed(request)),
+            &request.digest,
+        )
+        .await
+    }
+
+    /// Asks a worker about its own sandbox, from inside it: what tests use to prove the seal.
+    pub async fn probe(&self, probe: &SandboxProbe) -> Result<SandboxReport, RenderError> {
+        let report = self.send(&WorkerRequest::Probe(probe.clone()), "").await?;
+        serde_json::from_value(report).map_err(|e| RenderError::Worker(e.to_string()))
+    }
+
+    /// Sends one request to a worker, chosen by `digest`. A worker that had already served
+    /// other requests and runs out of memory gets one retry on a fresh worker: its leaks, not
+    /// this request, may have filled it.
+    async fn send(&self, request: &WorkerRequest<'_>, digest: &str) -> Result<Value, RenderError> {
         let mut line =
             serde_json::to_vec(request).map_err(|e| RenderError::Worker(e.to_string()))?;
         line.push(b'\n');
         let line = Arc::new(line);
         let mut retried = false;
         loop {
-            let lease = self.acquire(&request.digest).await?;
+            let lease = self.acquire(digest).await?;
             let shared = Arc::clone(&self.shared);
             let task_line = Arc::clone(&line);
             let fresh = retried;
@@ -243,7 +280,7 @@ async fn exchange(
         old.retire();
     }
     if lease.worker.is_none() {
-        match spawn(config) {
+        match start(&shared).await {
             Ok(worker) => {
                 stats.spawned.inc();
                 *lease.worker = Some(worker);
@@ -259,55 +296,82 @@ async fn exchange(
     stats.evaluations.inc();
     let outcome = tokio::time::timeout(config.timeout, worker.exchange(line)).await;
     let failure = match outcome {
-        Ok(Ok(Exchange::Answered(response))) => {
+        Ok(Ok(EvalResponse { result })) => {
             worker.evaluations += 1;
+            // Read by the parent: the sealed worker cannot open /proc.
+            let vm_bytes = worker.child.id().map_or(0, address_space_bytes);
             let recycle = worker.evaluations >= config.max_evaluations
-                || response.vm_bytes >= config.recycle_threshold_bytes();
+                || vm_bytes >= config.recycle_threshold_bytes();
             if recycle && let Some(old) = lease.worker.take() {
                 stats.recycled.inc();
                 tracing::debug!(
                     evaluations = old.evaluations,
-                    vm_bytes = response.vm_bytes,
+                    vm_bytes,
                     "recycling evaluation worker"
                 );
                 old.retire();
             }
-            return (response.result.map_err(RenderError::Evaluation), worn);
+            return (result.map_err(RenderError::Evaluation), worn);
         }
-        Err(_elapsed) => RenderError::Timeout(config.timeout),
-        Ok(Err(io)) => RenderError::Worker(io.to_string()),
-        Ok(Ok(Exchange::TooLarge)) => RenderError::OutputTooLarge(MAX_OUTPUT_BYTES),
-        Ok(Ok(Exchange::Died)) => RenderError::Worker("worker exited".into()),
+        Err(_elapsed) => NoReply::Failed(RenderError::Timeout(config.timeout)),
+        Ok(Err(failure)) => failure,
     };
     // A failed exchange leaves the worker in an unknown state: it is replaced.
     stats.failed.inc();
     let Some(worker) = lease.worker.take() else {
-        return (Err(failure), worn);
+        return (Err(failure.into()), worn);
     };
-    let error = match failure {
-        RenderError::Worker(reason) if reason == "worker exited" => worker
-            .explain_death(config.memory_mib)
-            .await
-            .unwrap_or(RenderError::Worker(reason)),
-        other => {
-            worker.kill().await;
-            other
-        }
-    };
+    let error = worker.replace(failure, config.memory_mib).await;
     tracing::debug!(error = %error, "evaluation worker replaced");
     (Err(error), worn)
 }
 
+/// Starts a worker and reads its hello, within the evaluation deadline.
+async fn start(shared: &Shared) -> Result<Worker, RenderError> {
+    let config = &shared.config;
+    let mut worker = spawn(config)?;
+    let failure = match tokio::time::timeout(config.timeout, worker.read_reply()).await {
+        Ok(Ok(WorkerHello { sandbox })) => {
+            shared.record(sandbox);
+            return Ok(worker);
+        }
+        Err(_elapsed) => NoReply::Failed(RenderError::Worker(format!(
+            "worker did not start within {}",
+            humantime::format_duration(config.timeout)
+        ))),
+        Ok(Err(failure)) => failure,
+    };
+    Err(worker.replace(failure, config.memory_mib).await)
+}
+
+impl Shared {
+    /// Keeps a new worker's sandbox status, and says so when it changes: at the first start,
+    /// as a warning when the worker is not fully sealed.
+    fn record(&self, sandbox: SandboxStatus) {
+        let Ok(mut last) = self.sandbox.lock() else {
+            return;
+        };
+        if *last != Some(sandbox) {
+            if sandbox.level() == SandboxLevel::Sealed {
+                tracing::info!(%sandbox, "evaluation workers are sealed");
+            } else {
+                tracing::warn!(%sandbox, "evaluation workers are not fully sealed");
+            }
+        }
+        *last = Some(sandbox);
+    }
+}
+
 fn spawn(config: &PoolConfig) -> Result<Worker, RenderError> {
+    // The worker sees none of the operator's environment (KUBECONFIG, tokens, ...): neither
+    // Rust nor Nickel need any of it.
     let mut child = Command::new(&config.program)
         .arg("__worker")
         .arg("--memory-mib")
         .arg(config.memory_mib.to_string())
         .arg("--stack-mib")
         .arg(config.stack_mib.to_string())
-        .env("MALLOC_ARENA_MAX", "2")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
+        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -348,34 +412,54 @@ fn spawn(config: &PoolConfig) -> Result<Worker, RenderError> {
 }
 
 impl Worker {
-    async fn exchange(&mut self, line: &[u8]) -> std::io::Result<Exchange> {
-        if let Err(e) = self.stdin.write_all(line).await {
-            return if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(Exchange::Died)
-            } else {
-                Err(e)
-            };
+    async fn exchange(&mut self, line: &[u8]) -> Result<EvalResponse, NoReply> {
+        let written = match self.stdin.write_all(line).await {
+            Ok(()) => self.stdin.flush().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.read_reply().await,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(NoReply::Died),
+            Err(e) => Err(NoReply::Failed(RenderError::Worker(e.to_string()))),
         }
-        self.stdin.flush().await?;
+    }
+
+    /// Reads the worker's next line.
+    async fn read_reply<T: DeserializeOwned>(&mut self) -> Result<T, NoReply> {
         let mut response = Vec::new();
         let limit = MAX_OUTPUT_BYTES as u64 + 1;
         let read = (&mut self.stdout)
             .take(limit)
             .read_until(b'\n', &mut response)
-            .await?;
-        if read == 0 {
-            return Ok(Exchange::Died);
-        }
+            .await
+            .map_err(|e| NoReply::Failed(RenderError::Worker(e.to_string())))?;
         if response.last() != Some(&b'\n') {
-            return Ok(if read as u64 >= limit {
-                Exchange::TooLarge
+            return Err(if read as u64 >= limit {
+                NoReply::Failed(RenderError::OutputTooLarge(MAX_OUTPUT_BYTES))
             } else {
-                Exchange::Died
+                NoReply::Died
             });
         }
-        serde_json::from_slice(&response)
-            .map(Exchange::Answered)
-            .map_err(|e| std::io::Error::other(format!("unreadable worker response: {e}")))
+        serde_json::from_slice(&response).map_err(|e| {
+            NoReply::Failed(RenderError::Worker(format!(
+                "unreadable worker response: {e}"
+            )))
+        })
+    }
+
+    /// Gets rid of a worker that gave no reply: explains its death when it exited, else
+    /// kills it.
+    async fn replace(self, failure: NoReply, memory_mib: u64) -> RenderError {
+        match failure {
+            NoReply::Died => self
+                .explain_death(memory_mib)
+                .await
+                .unwrap_or_else(|| NoReply::Died.into()),
+            NoReply::Failed(error) => {
+                self.kill().await;
+                error
+            }
+        }
     }
 
     /// Forgets what the worker wrote on stderr before this request.

@@ -1,5 +1,6 @@
 //! The messages between the operator and its evaluation workers: one JSON document per
-//! line on the worker's stdin and stdout.
+//! line on the worker's stdin and stdout. A worker first writes a [`WorkerHello`], then
+//! answers each [`WorkerRequest`] with an [`EvalResponse`].
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::EvalFailure;
+use super::sandbox::{SandboxProbe, SandboxStatus};
 use crate::api::Transform;
 
 /// Who a render is for: merged into the module as `context`, so modules can name their
@@ -32,6 +34,24 @@ impl RenderContext {
                 .unwrap_or_else(|| "default".to_string()),
         }
     }
+}
+
+/// The first line a worker writes: once it is sealed, before it reads any request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerHello {
+    /// How far the worker is sealed.
+    pub sandbox: SandboxStatus,
+}
+
+/// One line on a worker's stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkerRequest<'a> {
+    /// Evaluate a module; the answer's result is the evaluation's.
+    Evaluate(Cow<'a, EvalRequest<'a>>),
+    /// Answer questions about the worker's own sandbox (tests only); the answer's result is a
+    /// [`super::SandboxReport`].
+    Probe(SandboxProbe),
 }
 
 /// Evaluate a module with an input. The files travel with every request; a worker that
@@ -94,6 +114,4 @@ pub struct EvalResponse {
     /// inputFields? }`, the fields absent when `Input` is not a record),
     /// or what went wrong.
     pub result: Result<Value, EvalFailure>,
-    /// The worker's address-space size after the evaluation, for recycling decisions.
-    pub vm_bytes: u64,
 }

@@ -1,12 +1,16 @@
 //! The evaluation worker: a `pequod` process started by the operator (hidden `__worker`
 //! command) that evaluates requests from stdin, one at a time, on a thread with a large
-//! stack, under an address-space limit. The parent kills it on a deadline and recycles it.
+//! stack, under an address-space limit, sealed ([`super::sandbox`]) before it reads the
+//! first one. The parent kills it on a deadline and recycles it.
 
 use std::io::{BufRead, Write};
 
+use serde::Serialize;
+
 use super::error::{EvalFailure, FailureKind};
 use super::nickel::{Evaluator, VFS_ROOT};
-use super::protocol::{EvalRequest, EvalResponse};
+use super::protocol::{EvalResponse, WorkerHello, WorkerRequest};
+use super::sandbox::{self, SandboxStatus};
 use crate::module::library_files;
 
 /// The line a worker writes on stderr before exiting when memory ran out.
@@ -21,8 +25,8 @@ pub struct WorkerLimits {
     pub stack_bytes: usize,
 }
 
-/// Runs the worker loop until stdin closes. Returns an error only when the worker cannot
-/// start; evaluation errors are answered on stdout.
+/// Seals the process, then runs the worker loop until stdin closes. Returns an error only
+/// when the worker cannot start; evaluation errors are answered on stdout.
 pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
     if std::path::Path::new(VFS_ROOT).exists() {
         return Err(std::io::Error::other(format!(
@@ -53,27 +57,32 @@ pub fn run(limits: WorkerLimits) -> std::io::Result<()> {
         limits.memory_bytes,
         limits.memory_bytes,
     )?;
+    // Sealed before the evaluating thread starts, which inherits the seal.
+    let sandbox = sandbox::seal()?;
     let evaluator_thread = std::thread::Builder::new()
         .name("nickel-eval".into())
         .stack_size(limits.stack_bytes)
-        .spawn(serve)?;
+        .spawn(move || serve(sandbox))?;
     evaluator_thread
         .join()
         .map_err(|_| std::io::Error::other("evaluation thread panicked"))?
 }
 
-fn serve() -> std::io::Result<()> {
+fn serve(sandbox: SandboxStatus) -> std::io::Result<()> {
     let library = library_files();
     let mut evaluator = Evaluator::new(library.clone());
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
+    write_line(&mut stdout, &WorkerHello { sandbox })?;
     for line in stdin.lock().lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let result = match serde_json::from_str::<EvalRequest>(&line) {
-            Ok(request) => {
+        let result = match serde_json::from_str::<WorkerRequest>(&line) {
+            Ok(WorkerRequest::Probe(probe)) => serde_json::to_value(sandbox::probe(&probe))
+                .map_err(|e| EvalFailure::new(FailureKind::Request, e.to_string())),
+            Ok(WorkerRequest::Evaluate(request)) => {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     evaluator.evaluate(&request)
                 }));
@@ -88,15 +97,15 @@ fn serve() -> std::io::Result<()> {
             }
             Err(e) => Err(EvalFailure::new(FailureKind::Request, e.to_string())),
         };
-        let response = EvalResponse {
-            result,
-            vm_bytes: status_bytes("VmSize:"),
-        };
-        serde_json::to_writer(&mut stdout, &response)?;
-        stdout.write_all(b"\n")?;
-        stdout.flush()?;
+        write_line(&mut stdout, &EvalResponse { result })?;
     }
     Ok(())
+}
+
+fn write_line(stdout: &mut impl Write, message: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *stdout, message)?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -109,12 +118,18 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Resident set size of this process, from /proc (0 where unavailable).
 pub fn resident_bytes() -> u64 {
-    status_bytes("VmRSS:")
+    status_bytes("self", "VmRSS:")
 }
 
-/// A `kB` figure of /proc/self/status, in bytes (0 where unavailable).
-fn status_bytes(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Address-space size of process `pid`, from /proc (0 where unavailable). The parent reads
+/// it for its workers: a sealed worker cannot open /proc.
+pub(super) fn address_space_bytes(pid: u32) -> u64 {
+    status_bytes(&pid.to_string(), "VmSize:")
+}
+
+/// A `kB` figure of /proc/`process`/status, in bytes (0 where unavailable).
+fn status_bytes(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|status| {
             status
