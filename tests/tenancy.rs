@@ -551,3 +551,46 @@ async fn adopt_and_force_never_reach_what_the_tenant_may_not_write() {
     assert_eq!(role, "edit", "the binding is untouched");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_cannot_read_the_operators_token_or_environment() {
+    let cluster = Cluster::start().await;
+    for (name, path) in [
+        (
+            "token",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ),
+        ("environ", "/proc/self/environ"),
+    ] {
+        let probe = format!(
+            r#"{{ apiVersion = "v1", kind = "ConfigMap", metadata.name = "{name}", data.stolen = import "{path}" }}"#
+        );
+        cluster
+            .ok(
+                &["apply", "-f", "-"],
+                Some(&inline_in(
+                    "default",
+                    name,
+                    &format!("[{{ id = \"x\", object = {probe} }}]"),
+                )),
+            )
+            .await;
+        let refused = cluster
+            .transform_when("default", name, "Rendered=False", |t| {
+                condition(t, "Rendered").is_some_and(|c| c["status"] == "False")
+            })
+            .await;
+        let rendered = condition(&refused, "Rendered").expect("Rendered");
+        assert_eq!(rendered["reason"], "RenderFailed");
+        let message = rendered["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!(
+                "forbidden import: import `{path}` does not refer to a file of the module or of the pequod library (main.ncl:"
+            )),
+            "{message}"
+        );
+        assert!(!cluster.exists(&["get", "resourcegraph", name]).await);
+        assert!(!cluster.exists(&["get", "configmap", name]).await);
+    }
+    cluster.stop().await;
+}
