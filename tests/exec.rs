@@ -907,3 +907,49 @@ async fn transient_errors_are_ridden_out_and_fail_the_node_only_when_they_persis
     assert!(matches!(pass.events.as_slice(), [NodeEvent::Failed { node, .. }] if node == "a"));
     harness.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_fails_its_node_at_once() {
+    let harness = Harness::start().await;
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "migrate", "namespace": "default"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                       "containers": [{"name": "migrate", "image": "migrate:1"}]}}}
+    });
+    let mut migration = graph(
+        "g",
+        json!([{"id": "migrate", "object": job, "timeoutSeconds": 3600},
+               config_map("after", &["migrate"])]),
+    );
+    let pass = harness.pass(&mut migration).await;
+    assert_eq!(phase(&pass, "migrate"), NodePhase::WaitingReady);
+    // The Job controller gives up.
+    pequod_e2e::testing::Kubectl::new(&harness.server)
+        .ok(
+            &["patch", "job", "migrate", "--subresource=status", "--type", "merge", "-p",
+              r#"{"status": {"failed": 7, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}"#],
+            None,
+        )
+        .await;
+    let pass = harness.pass(&mut migration).await;
+    assert_eq!(
+        phase(&pass, "migrate"),
+        NodePhase::Failed,
+        "long before its timeout"
+    );
+    assert_eq!(
+        pass.status.nodes["migrate"].reason.as_deref(),
+        Some("BackoffLimitExceeded")
+    );
+    assert_eq!(
+        message(&pass, "migrate"),
+        "Failed=True: BackoffLimitExceeded: Job has reached the specified backoff limit"
+    );
+    assert_eq!(phase(&pass, "after"), NodePhase::Blocked);
+    assert!(pass.applies.is_empty());
+    assert!(
+        matches!(pass.events.as_slice(), [NodeEvent::Failed { node, .. }] if node == "migrate")
+    );
+    harness.server.stop().await;
+}

@@ -28,6 +28,11 @@ pub struct Node {
     /// built-in readiness rules of the object's kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ready_when: Vec<ReadyPredicate>,
+    /// Terminal failures: the node fails at once, with the object's reason, when one of
+    /// these predicates holds (the failures of Deployments, Jobs and CloudNativePG
+    /// clusters are known without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fail_when: Vec<ReadyPredicate>,
     /// The node fails when it is not Ready this many seconds after it was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,

@@ -51,6 +51,14 @@ pub enum NodeError {
         /// What it was still waiting for.
         waiting: String,
     },
+    /// The object's controller says it failed for good (or a `failWhen` rule holds).
+    #[error("{message}")]
+    ObjectFailed {
+        /// The object's reason.
+        reason: String,
+        /// What it said.
+        message: String,
+    },
     /// Another graph owns the object.
     #[error(
         "{object} is owned by {owner}: refused (a graph never writes, adopts or deletes another graph's objects)"
@@ -101,9 +109,10 @@ impl NodeError {
     }
 
     /// The node's `reason` for this error.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
             NodeError::Api(error) => error.reason(),
+            NodeError::ObjectFailed { reason, .. } => reason,
             NodeError::OutsideNamespace { .. } => node_reasons::OUTSIDE_NAMESPACE,
             NodeError::ClusterScoped { .. } => node_reasons::CLUSTER_SCOPED,
             NodeError::NothingToAdopt { .. } => node_reasons::NOTHING_TO_ADOPT,

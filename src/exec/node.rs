@@ -457,7 +457,7 @@ fn observe(
     run: &mut NodeRun,
 ) -> Result<(), NodeError> {
     let readiness = match live {
-        Some(live) => readiness::evaluate(&node.ready_when, live),
+        Some(live) => readiness::evaluate(&node.ready_when, &node.fail_when, live),
         None => Readiness::Waiting(format!(
             "waiting for {} {} to exist (observed, not managed by this graph)",
             target.kind,
@@ -510,6 +510,10 @@ fn observe(
                 });
             }
             settle(&mut run.status, prior, phase, None, message, pass.now);
+        }
+        Readiness::Failed { reason, message } => {
+            run.status.waiting_since = None;
+            return Err(NodeError::ObjectFailed { reason, message });
         }
         Readiness::Waiting(message) => {
             // One clock per wait: it starts when this version is applied, or when the

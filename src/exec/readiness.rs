@@ -16,6 +16,15 @@ pub enum Readiness {
     Ready,
     /// Some gate does not hold yet; the message says which and why.
     Waiting(String),
+    /// The object will not become ready without a change: its controller said it failed
+    /// (a Deployment past its progress deadline, a failed Job, a CloudNativePG cluster in
+    /// a failed phase), or one of the node's `failWhen` rules holds.
+    Failed {
+        /// The object's own reason (`ProgressDeadlineExceeded`, `BackoffLimitExceeded`, ...).
+        reason: String,
+        /// What it said.
+        message: String,
+    },
 }
 
 impl Readiness {
@@ -25,14 +34,23 @@ impl Readiness {
     }
 }
 
-/// Evaluates `predicates` (or the kind's default rules when empty) on `live`.
-pub fn evaluate(predicates: &[ReadyPredicate], live: &Value) -> Readiness {
+/// Evaluates `predicates` (or the kind's default rules when empty) on `live`; first the
+/// failures its kind reports and the node's `fail_when` rules, which end the wait at once.
+pub fn evaluate(
+    predicates: &[ReadyPredicate],
+    fail_when: &[ReadyPredicate],
+    live: &Value,
+) -> Readiness {
+    if let Some(failed) = kind_failure(live).or_else(|| declared_failure(fail_when, live)) {
+        return failed;
+    }
     if predicates.is_empty() {
         return default_rules(live);
     }
     for predicate in predicates {
-        if let Readiness::Waiting(message) = predicate_holds(predicate, live, is_secret(live)) {
-            return Readiness::Waiting(message);
+        let verdict = predicate_holds(predicate, live, is_secret(live));
+        if verdict != Readiness::Ready {
+            return verdict;
         }
     }
     Readiness::Ready
@@ -42,6 +60,125 @@ pub fn evaluate(predicates: &[ReadyPredicate], live: &Value) -> Readiness {
 fn is_secret(live: &Value) -> bool {
     live.get("kind").and_then(Value::as_str) == Some("Secret")
         && live.get("apiVersion").and_then(Value::as_str) == Some("v1")
+}
+
+/// The phases CloudNativePG gives a Cluster it cannot bring up without an intervention
+/// (`api/v1/cluster_types.go`), with a reason for each.
+const CNPG_FAILED_PHASES: [(&str, &str); 7] = [
+    (
+        "Cluster is unrecoverable and needs manual intervention",
+        "Unrecoverable",
+    ),
+    (
+        "Cluster is in an unrecoverable state, needs manual intervention",
+        "Unrecoverable",
+    ),
+    (
+        "Unable to create required cluster objects",
+        "CannotCreateClusterObjects",
+    ),
+    (
+        "Cluster cannot proceed to reconciliation due to an unknown plugin being required",
+        "UnknownPlugin",
+    ),
+    (
+        "Cluster cannot proceed to reconciliation due to an error while interacting with plugins",
+        "FailurePlugin",
+    ),
+    (
+        "Cluster has incomplete or invalid image catalog",
+        "ImageCatalogError",
+    ),
+    (
+        "Cluster cannot execute instance online upgrade due to missing architecture binary",
+        "ArchitectureBinaryMissing",
+    ),
+];
+
+/// A failure the object's kind reports: its controller gave up.
+fn kind_failure(live: &Value) -> Option<Readiness> {
+    let api_version = text(live, "apiVersion");
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    let failed_condition = |condition_type: &str, status: &str, reason: Option<&str>| {
+        let found = condition(live, condition_type)?;
+        let holds = text(found, "status") == status
+            && reason.is_none_or(|wanted| text(found, "reason") == wanted);
+        holds.then(|| condition_failure(condition_type, found))
+    };
+    match (group, text(live, "kind")) {
+        ("apps", "Deployment") => {
+            failed_condition("Progressing", "False", Some("ProgressDeadlineExceeded"))
+        }
+        ("batch", "Job") => failed_condition("Failed", "True", None),
+        ("postgresql.cnpg.io", "Cluster") => {
+            let phase = live.pointer("/status/phase").and_then(Value::as_str)?;
+            let (_, reason) = CNPG_FAILED_PHASES.iter().find(|(p, _)| *p == phase)?;
+            let why = live
+                .pointer("/status/phaseReason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty());
+            Some(Readiness::Failed {
+                reason: reason.to_string(),
+                message: match why {
+                    Some(why) => format!("phase is {phase}: {why}"),
+                    None => format!("phase is {phase}"),
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The first of the node's `fail_when` rules that holds.
+fn declared_failure(fail_when: &[ReadyPredicate], live: &Value) -> Option<Readiness> {
+    fail_when.iter().find_map(|rule| {
+        if predicate_holds(rule, live, is_secret(live)) != Readiness::Ready {
+            return None;
+        }
+        Some(match rule {
+            ReadyPredicate::ConditionMatch { condition_type, .. } => {
+                match condition(live, condition_type) {
+                    Some(found) => condition_failure(condition_type, found),
+                    None => failed_rule(rule),
+                }
+            }
+            _ => failed_rule(rule),
+        })
+    })
+}
+
+/// The failure a condition reports: its reason, and `Type=Status: reason: message`.
+fn condition_failure(condition_type: &str, found: &Value) -> Readiness {
+    let reason = match text(found, "reason") {
+        "" => "Failed",
+        reason => reason,
+    };
+    let mut message = format!("{condition_type}={}: {reason}", text(found, "status"));
+    if !text(found, "message").is_empty() {
+        message.push_str(": ");
+        message.push_str(text(found, "message"));
+    }
+    Readiness::Failed {
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+fn failed_rule(rule: &ReadyPredicate) -> Readiness {
+    let message = match rule {
+        ReadyPredicate::FieldEquals { path, .. } => format!("{path} has the value failWhen names"),
+        ReadyPredicate::ConditionMatch { condition_type, .. } => {
+            format!("the {condition_type} condition failWhen names holds")
+        }
+        ReadyPredicate::Exists => "the object exists, which failWhen names".to_string(),
+        ReadyPredicate::DeploymentAvailable => {
+            "the Deployment is available, which failWhen names".to_string()
+        }
+    };
+    Readiness::Failed {
+        reason: "FailWhen".to_string(),
+        message,
+    }
 }
 
 fn predicate_holds(predicate: &ReadyPredicate, live: &Value, secret: bool) -> Readiness {
@@ -142,8 +279,9 @@ fn deployment_available(live: &Value) -> Readiness {
     if updated < wanted {
         return Readiness::Waiting(format!("{updated} of {wanted} replicas updated"));
     }
-    if let Readiness::Waiting(message) = condition_match(live, "Available", "True", None) {
-        return Readiness::Waiting(message);
+    let available = condition_match(live, "Available", "True", None);
+    if available != Readiness::Ready {
+        return available;
     }
     let available = integer(live, "/status/availableReplicas").unwrap_or(0);
     if available < wanted {
@@ -244,6 +382,59 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn controllers_that_gave_up_fail_the_node_at_once() {
+        let stuck = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"generation": 1}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "conditions": [
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "ReplicaSet \"web-1\" has timed out progressing."}]}});
+        assert_eq!(
+            evaluate(&[], &[], &stuck),
+            Readiness::Failed {
+                reason: "ProgressDeadlineExceeded".into(),
+                message: "Progressing=False: ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.".into()
+            }
+        );
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "status": {"conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]}});
+        assert!(
+            matches!(evaluate(&[], &[], &job), Readiness::Failed { reason, .. } if reason == "BackoffLimitExceeded")
+        );
+        let cluster = json!({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+            "status": {"phase": "Cluster is unrecoverable and needs manual intervention",
+                       "phaseReason": "initdb job failed"}});
+        assert_eq!(
+            evaluate(&[ReadyPredicate::Exists], &[], &cluster),
+            Readiness::Failed {
+                reason: "Unrecoverable".into(),
+                message: "phase is Cluster is unrecoverable and needs manual intervention: initdb job failed".into()
+            }
+        );
+        let release = json!({"apiVersion": "helm.example.com/v1", "kind": "Release",
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "InstallFailed",
+                                       "message": "chart not found"}]}});
+        let install_failed = ReadyPredicate::ConditionMatch {
+            condition_type: "Ready".into(),
+            status: "False".into(),
+            reason: Some("InstallFailed".into()),
+        };
+        assert_eq!(
+            evaluate(&[], &[install_failed.clone()], &release),
+            Readiness::Failed {
+                reason: "InstallFailed".into(),
+                message: "Ready=False: InstallFailed: chart not found".into()
+            }
+        );
+        let progressing = json!({"apiVersion": "helm.example.com/v1", "kind": "Release",
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Installing"}]}});
+        assert_eq!(
+            evaluate(&[], &[install_failed], &progressing),
+            Readiness::Waiting("Ready=False: Installing".into())
+        );
+    }
+
+    #[test]
     fn a_secrets_values_never_reach_a_message() {
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
                             "data": {"token": "U1VQRVJTRUNSRVQtNDI="}});
@@ -252,12 +443,12 @@ mod tests {
             value: json!("x"),
         };
         assert_eq!(
-            evaluate(std::slice::from_ref(&wanted), &secret),
+            evaluate(std::slice::from_ref(&wanted), &[], &secret),
             Readiness::Waiting("data.token does not match".into())
         );
         let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"token": "y"}});
         assert_eq!(
-            evaluate(&[wanted], &config),
+            evaluate(&[wanted], &[], &config),
             Readiness::Waiting("data.token is \"y\", waiting for \"x\"".into())
         );
     }
@@ -271,11 +462,12 @@ mod tests {
     #[test]
     fn deployment_waits_for_observation_rollout_and_availability() {
         assert_eq!(
-            evaluate(&[], &deployment(json!({}))),
+            evaluate(&[], &[], &deployment(json!({}))),
             Readiness::Waiting("waiting for the controller to observe generation 2".into())
         );
         assert_eq!(
             evaluate(
+                &[],
                 &[],
                 &deployment(json!({"observedGeneration": 2, "updatedReplicas": 1}))
             ),
@@ -286,7 +478,7 @@ mod tests {
                             "reason": "MinimumReplicasUnavailable",
                             "message": "Deployment does not have minimum availability."}]}));
         assert_eq!(
-            evaluate(&[ReadyPredicate::DeploymentAvailable], &unavailable),
+            evaluate(&[ReadyPredicate::DeploymentAvailable], &[], &unavailable),
             Readiness::Waiting(
                 "Available=False: MinimumReplicasUnavailable: Deployment does not have minimum availability."
                     .into()
@@ -294,7 +486,7 @@ mod tests {
         );
         let available = deployment(json!({"observedGeneration": 2, "updatedReplicas": 2,
             "availableReplicas": 2, "conditions": [{"type": "Available", "status": "True"}]}));
-        assert!(evaluate(&[], &available).is_ready());
+        assert!(evaluate(&[], &[], &available).is_ready());
     }
 
     #[test]
@@ -306,12 +498,12 @@ mod tests {
             value: json!("active"),
         };
         assert_eq!(
-            evaluate(&[ReadyPredicate::Exists, active.clone()], &pooler),
+            evaluate(&[ReadyPredicate::Exists, active.clone()], &[], &pooler),
             Readiness::Waiting("status.phase is \"inactive\", waiting for \"active\"".into())
         );
         let mut ready = pooler.clone();
         ready["status"]["phase"] = json!("active");
-        assert!(evaluate(&[active], &ready).is_ready());
+        assert!(evaluate(&[active], &[], &ready).is_ready());
         let cluster = json!({"kind": "Cluster", "status": {"conditions": [
             {"type": "Ready", "status": "False", "reason": "ClusterIsNotReady"}]}});
         let gate = ReadyPredicate::ConditionMatch {
@@ -320,11 +512,11 @@ mod tests {
             reason: None,
         };
         assert_eq!(
-            evaluate(std::slice::from_ref(&gate), &cluster),
+            evaluate(std::slice::from_ref(&gate), &[], &cluster),
             Readiness::Waiting("Ready=False: ClusterIsNotReady".into())
         );
         assert_eq!(
-            evaluate(&[gate], &json!({"kind": "Cluster"})),
+            evaluate(&[gate], &[], &json!({"kind": "Cluster"})),
             Readiness::Waiting("no Ready condition yet".into())
         );
     }
@@ -332,25 +524,25 @@ mod tests {
     #[test]
     fn default_rules_by_kind() {
         let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
-        assert!(evaluate(&[], &config).is_ready());
+        assert!(evaluate(&[], &[], &config).is_ready());
         let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                          "metadata": {"generation": 3}, "status": {"observedGeneration": 2}});
-        assert!(!evaluate(&[], &pdb).is_ready());
+        assert!(!evaluate(&[], &[], &pdb).is_ready());
         let custom = json!({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
                             "metadata": {"generation": 1}});
         assert_eq!(
-            evaluate(&[], &custom),
+            evaluate(&[], &[], &custom),
             Readiness::Waiting("waiting for its controller to report status".into())
         );
         let reported = json!({"apiVersion": "postgresql.cnpg.io/v1", "kind": "Database",
                               "metadata": {"generation": 1},
                               "status": {"applied": true, "observedGeneration": 1}});
-        assert!(evaluate(&[], &reported).is_ready());
+        assert!(evaluate(&[], &[], &reported).is_ready());
         let statefulset = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"generation": 1}, "spec": {"replicas": 3},
             "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 3}});
         assert_eq!(
-            evaluate(&[], &statefulset),
+            evaluate(&[], &[], &statefulset),
             Readiness::Waiting("1 of 3 replicas ready, 3 updated".into())
         );
     }

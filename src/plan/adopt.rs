@@ -42,6 +42,7 @@ pub fn adopt(nodes: &mut Vec<Node>, adopt: Option<&AdoptSpec>, context: &RenderC
                     }),
                     depends_on: Vec::new(),
                     ready_when: Vec::new(),
+                    fail_when: Vec::new(),
                     timeout_seconds: None,
                     apply_policy: ApplyPolicy::default(),
                     deletion_policy: DeletionPolicy::Delete,
