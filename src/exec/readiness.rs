@@ -420,7 +420,7 @@ mod tests {
             reason: Some("InstallFailed".into()),
         };
         assert_eq!(
-            evaluate(&[], &[install_failed.clone()], &release),
+            evaluate(&[], std::slice::from_ref(&install_failed), &release),
             Readiness::Failed {
                 reason: "InstallFailed".into(),
                 message: "Ready=False: InstallFailed: chart not found".into()
