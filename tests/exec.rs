@@ -9,7 +9,7 @@ use pequod::api::{
     API_VERSION, GraphMetadata, InventoryEntry, Node, NodePhase, ResourceGraph, ResourceGraphSpec,
     SourceRef,
 };
-use pequod::exec::inventory::{Deletion, delete_entry, deletion_waves};
+use pequod::exec::inventory::{Deletion, Orphaning, delete_entry, deletion_waves};
 use pequod::exec::{
     Applier, Appliers, ExecConfig, Executor, GraphId, Identity, NodeEvent, Pass, Write, execute,
 };
@@ -429,14 +429,55 @@ async fn objects_that_leave_the_graph_are_pruned_unless_orphaned_or_kept() {
     );
     let order = deleted(&mut changes);
     assert_eq!(order, ["c", "b"]);
+    // What stays is listed as Orphaned, not counted, and said in an event.
+    let orphans = |pass: &Pass| -> Vec<(String, String)> {
+        pass.status
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.phase == NodePhase::Orphaned)
+            .map(|(id, s)| (id.clone(), s.message.clone().unwrap_or_default()))
+            .collect()
+    };
+    let expected = vec![
+        (
+            "annotated".to_string(),
+            "left the graph; stays in the cluster (the annotation platform.pequod.io/prune: disabled)".to_string(),
+        ),
+        (
+            "orphan".to_string(),
+            "left the graph; stays in the cluster (deletionPolicy: Orphan)".to_string(),
+        ),
+    ];
+    assert_eq!(orphans(&pass), expected);
+    assert_eq!(
+        pass.status.summary.as_ref().map(|s| s.ready_text.as_str()),
+        Some("1/1")
+    );
+    assert!(pass.events.contains(&NodeEvent::Orphaned {
+        object: "ConfigMap default/orphan".to_string(),
+        why: Orphaning::Policy
+    }));
+    // They stay listed for the rest of the generation.
+    let again = harness.pass(&mut second).await;
+    assert_eq!(orphans(&again), expected);
+    assert!(again.events.is_empty(), "{:?}", again.events);
 
-    // With `prune: false` nothing is deleted, and the objects stay in the inventory.
+    // With `prune: false` nothing is deleted, and the objects stay in the inventory; the
+    // next generation lists only what it leaves.
     let mut third = graph("g", json!([]));
     third.spec.prune = false;
+    third.metadata.generation = Some(2);
     third.status = second.status.clone();
     let pass = harness.pass(&mut third).await;
     assert_eq!(inventory_names(&pass), ["a"]);
     assert!(harness.stored("configmaps", "a").is_some());
+    assert_eq!(
+        orphans(&pass),
+        [(
+            "a".to_string(),
+            "left the graph; stays in the cluster (the Transform's prune: false)".to_string()
+        )]
+    );
     harness.server.stop().await;
 }
 
@@ -481,7 +522,7 @@ async fn a_deleted_graph_goes_in_waves_dependents_first() {
         ("b", Deletion::Deleted),
         ("c", Deletion::Deleted),
         ("d", Deletion::Deleted),
-        ("orphan", Deletion::Orphaned),
+        ("orphan", Deletion::Orphaned(Orphaning::Policy)),
     ];
     let outcomes: Vec<(&str, &Deletion)> =
         outcomes.iter().map(|(id, d)| (id.as_str(), d)).collect();

@@ -55,6 +55,8 @@ pub mod event_reasons {
     pub const ADOPTED: &str = "Adopted";
     /// ResourceGraph: an object that left the graph was deleted.
     pub const PRUNED: &str = "Pruned";
+    /// ResourceGraph: an object that left the graph stays in the cluster.
+    pub const ORPHANED: &str = "Orphaned";
 }
 
 /// Why a node failed or is blocked (`status.nodes[id].reason`).

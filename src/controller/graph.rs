@@ -288,6 +288,11 @@ async fn publish(graph: &ResourceGraph, context: &Context, events: &[NodeEvent])
                 event_reasons::PRUNED,
                 format!("{object} left the graph and was deleted"),
             ),
+            NodeEvent::Orphaned { object, why } => (
+                EventType::Normal,
+                event_reasons::ORPHANED,
+                format!("{object} left the graph and stays in the cluster ({why})"),
+            ),
         };
         context.event(graph, type_, reason, note).await;
     }
@@ -316,7 +321,7 @@ async fn cleanup(
         let mut pending = Vec::new();
         for entry in wave {
             match delete_entry(&applier, &id, &context.applies, &entry).await {
-                Ok(Deletion::Gone | Deletion::Orphaned | Deletion::NotOwned) => {}
+                Ok(Deletion::Gone | Deletion::Orphaned(_) | Deletion::NotOwned) => {}
                 Ok(Deletion::Deleted) => pending.push(entry.object.to_string()),
                 Err(error) => {
                     tracing::warn!(object = %entry.object, %error, "delete failed");

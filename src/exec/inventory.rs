@@ -81,29 +81,68 @@ pub(super) fn sort(inventory: &mut [InventoryEntry], dag: &Dag) {
     });
 }
 
-/// Deletes the objects that left the graph, last first; returns those still to go.
+/// What pruning left behind.
+pub(super) struct Pruned {
+    /// Entries still to go (their delete failed): they stay in the inventory.
+    pub kept: Vec<InventoryEntry>,
+    /// Objects released and left in the cluster, and why.
+    pub orphaned: Vec<(InventoryEntry, Orphaning)>,
+}
+
+/// Deletes the objects that left the graph, last first.
 pub(super) async fn prune(
     applier: &Applier,
     graph: &GraphId,
     applies: &Semaphore,
     leftovers: Vec<InventoryEntry>,
     events: &mut Vec<NodeEvent>,
-) -> Vec<InventoryEntry> {
-    let mut kept = Vec::new();
+) -> Pruned {
+    let mut pruned = Pruned {
+        kept: Vec::new(),
+        orphaned: Vec::new(),
+    };
     for entry in leftovers.into_iter().rev() {
         match delete_entry(applier, graph, applies, &entry).await {
-            Ok(Deletion::Gone | Deletion::Orphaned | Deletion::NotOwned) => {}
+            Ok(Deletion::Gone | Deletion::NotOwned) => {}
+            Ok(Deletion::Orphaned(why)) => {
+                events.push(NodeEvent::Orphaned {
+                    object: entry.object.to_string(),
+                    why,
+                });
+                pruned.orphaned.push((entry, why));
+            }
             Ok(Deletion::Deleted) => events.push(NodeEvent::Pruned {
                 object: entry.object.to_string(),
             }),
             Err(error) => {
                 tracing::warn!(object = %entry.object, %error, "prune failed");
-                kept.push(entry);
+                pruned.kept.push(entry);
             }
         }
     }
-    kept.reverse();
-    kept
+    pruned.kept.reverse();
+    pruned
+}
+
+/// Why an object that left its graph stays in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Orphaning {
+    /// Its node said `deletionPolicy: Orphan`.
+    Policy,
+    /// The object carries `platform.pequod.io/prune: disabled`.
+    Annotation,
+    /// The Transform says `prune: false` (the object stays in the inventory).
+    PruneDisabled,
+}
+
+impl std::fmt::Display for Orphaning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Orphaning::Policy => "deletionPolicy: Orphan",
+            Orphaning::Annotation => "the annotation platform.pequod.io/prune: disabled",
+            Orphaning::PruneDisabled => "the Transform's prune: false",
+        })
+    }
 }
 
 /// What deleting an inventory entry did.
@@ -115,7 +154,7 @@ pub enum Deletion {
     Gone,
     /// The object stays, released by the graph (its ownership labels removed, so another
     /// graph may adopt it): deletionPolicy Orphan or the prune annotation.
-    Orphaned,
+    Orphaned(Orphaning),
     /// The object is not this graph's any more: another graph owns it, or the name now
     /// belongs to another object (another uid). Left alone.
     NotOwned,
@@ -152,9 +191,16 @@ pub async fn delete_entry(
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(PRUNE_ANNOTATION))
         .and_then(Value::as_str);
-    if entry.deletion_policy == DeletionPolicy::Orphan || annotation == Some(PRUNE_DISABLED) {
+    let orphaning = if entry.deletion_policy == DeletionPolicy::Orphan {
+        Some(Orphaning::Policy)
+    } else if annotation == Some(PRUNE_DISABLED) {
+        Some(Orphaning::Annotation)
+    } else {
+        None
+    };
+    if let Some(why) = orphaning {
         let _permit = applies.acquire().await;
-        return release(applier, &served, entry).await;
+        return release(applier, &served, entry, why).await;
     }
     if live.pointer("/metadata/deletionTimestamp").is_some() {
         return Ok(Deletion::Deleted);
@@ -177,6 +223,7 @@ async fn release(
     applier: &Applier,
     served: &Served,
     entry: &InventoryEntry,
+    why: Orphaning,
 ) -> Result<Deletion, ApiError> {
     let object = &entry.object;
     let found = applier
@@ -188,7 +235,7 @@ async fn release(
         )
         .await?;
     Ok(if found {
-        Deletion::Orphaned
+        Deletion::Orphaned(why)
     } else {
         Deletion::Gone
     })

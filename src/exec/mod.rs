@@ -95,6 +95,13 @@ pub enum NodeEvent {
         /// `Kind namespace/name`.
         object: String,
     },
+    /// An object that left the graph stays in the cluster.
+    Orphaned {
+        /// `Kind namespace/name`.
+        object: String,
+        /// Why it stays.
+        why: inventory::Orphaning,
+    },
 }
 
 /// The result of one pass.
@@ -182,8 +189,15 @@ pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
     });
     let carried = inventory::carry_over(&previous.inventory, &fresh, &graph.spec.nodes);
     let mut leftovers = carried.leftovers;
-    if applied_all && graph.spec.prune {
-        leftovers = inventory::prune(
+    let mut orphaned = Vec::new();
+    if !graph.spec.prune {
+        orphaned.extend(
+            leftovers
+                .iter()
+                .map(|entry| (entry.clone(), inventory::Orphaning::PruneDisabled)),
+        );
+    } else if applied_all {
+        let pruned = inventory::prune(
             &executor.applier,
             &id,
             executor.applies,
@@ -191,6 +205,8 @@ pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
             &mut pass.events,
         )
         .await;
+        leftovers = pruned.kept;
+        orphaned = pruned.orphaned;
     }
     let mut owned = fresh;
     owned.extend(carried.kept);
@@ -198,6 +214,8 @@ pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
     inventory::sort(&mut owned, &dag);
 
     pass.requeue = requeue_after(&graph.spec.nodes, &statuses, &retry_after, now);
+    let mut statuses = statuses;
+    status::keep_orphans(graph, &previous, &orphaned, &mut statuses, now);
     pass.status = status::summarize(graph, &previous, statuses, owned, now);
     pass
 }

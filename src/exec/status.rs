@@ -12,6 +12,8 @@ use crate::api::{
 };
 use crate::graph::IntegrityErrors;
 
+use super::inventory::Orphaning;
+
 /// Whether a node in this phase releases its dependents.
 pub fn is_ready(phase: NodePhase) -> bool {
     matches!(phase, NodePhase::Ready | NodePhase::Adopted)
@@ -94,6 +96,37 @@ pub fn deleting(
     status
 }
 
+/// Lists the objects left behind as `Orphaned` nodes: those this pass left (`orphaned`),
+/// and those an earlier pass of this generation left, until the next generation.
+pub(super) fn keep_orphans(
+    graph: &ResourceGraph,
+    previous: &ResourceGraphStatus,
+    orphaned: &[(InventoryEntry, Orphaning)],
+    statuses: &mut BTreeMap<String, NodeStatus>,
+    now: jiff::Timestamp,
+) {
+    let in_graph = |id: &str| graph.spec.nodes.iter().any(|node| node.id == id);
+    if previous.observed_generation == graph.metadata.generation {
+        for (id, status) in &previous.nodes {
+            if status.phase == NodePhase::Orphaned && !in_graph(id) {
+                statuses.insert(id.clone(), status.clone());
+            }
+        }
+    }
+    for (entry, why) in orphaned {
+        if in_graph(&entry.node_id) {
+            continue;
+        }
+        let prior = previous.nodes.get(&entry.node_id);
+        let message = format!("left the graph; stays in the cluster ({why})");
+        let mut status = carried(prior, NodePhase::Orphaned, None, message, now);
+        status.object = Some(entry.object.clone());
+        status.failures = 0;
+        status.waiting_since = None;
+        statuses.insert(entry.node_id.clone(), status);
+    }
+}
+
 /// The graph's status after a pass: its phase, summary and conditions from its nodes.
 pub(super) fn summarize(
     graph: &ResourceGraph,
@@ -103,7 +136,8 @@ pub(super) fn summarize(
     now: jiff::Timestamp,
 ) -> ResourceGraphStatus {
     let count = |phase: NodePhase| nodes.values().filter(|s| s.phase == phase).count();
-    let total = nodes.len();
+    // Objects left behind are listed, not counted: they are no longer the graph's.
+    let total = nodes.len() - count(NodePhase::Orphaned);
     let ready = count(NodePhase::Ready) + count(NodePhase::Adopted);
     let failed = count(NodePhase::Failed);
     let applied_any = nodes
