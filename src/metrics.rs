@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -251,12 +251,48 @@ impl Metrics {
     }
 }
 
+/// What `/readyz` answers: ready once this replica's controllers have synced their caches
+/// (`ok: leader`), or while it waits for the leader Lease as a standby (`ok: standby`); not
+/// ready while it starts or syncs.
+#[derive(Clone, Debug, Default)]
+pub struct ReadyState(Arc<std::sync::atomic::AtomicU8>);
+
+const STARTING: u8 = 0;
+const STANDBY: u8 = 1;
+const LEADING: u8 = 2;
+
+impl ReadyState {
+    /// Starting, or syncing the caches after becoming the leader: not ready.
+    pub fn starting(&self) {
+        self.0.store(STARTING, Ordering::Relaxed);
+    }
+
+    /// Waiting for the leader Lease.
+    pub fn standby(&self) {
+        self.0.store(STANDBY, Ordering::Relaxed);
+    }
+
+    /// Leading, the controllers' caches synced.
+    pub fn leading(&self) {
+        self.0.store(LEADING, Ordering::Relaxed);
+    }
+
+    /// The answer of `/readyz`.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self.0.load(Ordering::Relaxed) {
+            LEADING => (StatusCode::OK, "ok: leader"),
+            STANDBY => (StatusCode::OK, "ok: standby"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready: syncing caches"),
+        }
+    }
+}
+
 /// Binds `/metrics` on `metrics_addr` and `/healthz`, `/readyz` on `health_addr` (one
 /// listener when the addresses are equal); the returned future serves them until
 /// `shutdown` resolves. Binding first makes a taken port an error at startup.
 pub async fn bind(
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    ready: ReadyState,
     metrics_addr: SocketAddr,
     health_addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + Clone + 'static,
@@ -281,14 +317,8 @@ pub async fn bind(
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(Ordering::Relaxed);
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ok").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-                    }
-                }
+                let (status, body) = ready.answer();
+                async move { (status, body).into_response() }
             }),
         );
     let routes = if metrics_addr == health_addr {

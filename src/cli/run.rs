@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use futures::FutureExt;
@@ -10,7 +9,7 @@ use futures::FutureExt;
 use super::{CliError, EvalArgs, exit};
 use crate::controller::{self, Context, Feeds, LeaderConfig, Leadership, OperatorConfig};
 use crate::exec::ExecConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReadyState};
 use crate::module::ModuleSources;
 
 /// Flags of `pequod run`.
@@ -133,7 +132,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         duration_seconds: args.leader_election_lease_duration.as_secs(),
     };
     let shutdown = shutdown_signal().shared();
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = ReadyState::default();
     let server = crate::metrics::bind(
         metrics,
         ready.clone(),
@@ -149,13 +148,13 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         )
     })?;
     let server = tokio::spawn(server);
-    ready.store(true, Ordering::Relaxed);
     let outcome = if args.leader_elect {
-        lead_then_run(client, &leader, context, feeds, shutdown).await
+        ready.standby();
+        lead_then_run(client, &leader, context, feeds, ready, shutdown).await
     } else {
         context.metrics.leader.set(1);
         tracing::info!("pequod operator started");
-        controller::run(context, feeds, shutdown).await;
+        controller::run(context, feeds, ready, shutdown).await;
         Ok(())
     };
     if outcome.is_err() {
@@ -182,6 +181,7 @@ async fn lead_then_run(
     config: &LeaderConfig,
     context: Arc<Context>,
     feeds: Feeds,
+    ready: ReadyState,
     shutdown: futures::future::Shared<impl std::future::Future<Output = ()> + Send + 'static>,
 ) -> Result<(), CliError> {
     let mut leadership = Leadership::start(client, config)
@@ -194,7 +194,8 @@ async fn lead_then_run(
     }
     context.metrics.leader.set(1);
     tracing::info!(identity = %config.identity, "leading: pequod operator started");
-    let controllers = controller::run(context.clone(), feeds, shutdown);
+    ready.starting();
+    let controllers = controller::run(context.clone(), feeds, ready, shutdown);
     tokio::select! {
         () = controllers => Ok(()),
         () = leadership.lost() => {

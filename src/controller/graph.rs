@@ -195,15 +195,9 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
             .apply_duration_seconds
             .observe(duration.as_secs_f64());
     }
-    let namespace = graph.namespace().unwrap_or_default();
-    for entry in &pass.status.inventory {
-        if entry.object.namespace.as_deref() != Some(namespace.as_str()) {
-            context.watches.remember_owner(entry.object.key(), graph);
-        }
-    }
-    for target in &pass.watch {
-        context.watches.ensure(target, graph);
-    }
+    context
+        .watches
+        .sync(graph, &pass.watch, &pass.missing_kinds);
     let was_ready = graph
         .status
         .as_ref()
@@ -356,5 +350,6 @@ async fn cleanup(
     )
     .await?;
     context.metrics.record_graph(&graph_key(graph), None);
+    context.watches.forget(graph);
     Ok(Action::await_change())
 }

@@ -27,7 +27,7 @@ use kube::runtime::reflector::{ObjectRef, Store, reflector};
 use crate::api::{ModuleType, ResourceGraph, Transform};
 use crate::backoff::retry_delay;
 use crate::exec::{Appliers, ExecConfig, panic_message};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReadyState};
 use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
 use crate::module::{ModuleCache, ModuleSources};
@@ -217,10 +217,12 @@ where
     }
 }
 
-/// Runs both controllers until `shutdown` resolves.
+/// Runs both controllers until `shutdown` resolves; `ready` says so once their caches
+/// have synced.
 pub async fn run(
     context: Arc<Context>,
     feeds: Feeds,
+    ready: ReadyState,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let Feeds { transforms, graphs } = feeds;
@@ -264,7 +266,18 @@ pub async fn run(
                 tracing::debug!(%error, "transform controller");
             }
         });
-    let graph_controller = Controller::new(resource_graphs, watcher::Config::default())
+    let graph_controller = Controller::new(resource_graphs, watcher::Config::default());
+    let graph_cache = graph_controller.store();
+    let transform_cache = context.transforms.clone();
+    let synced = async move {
+        // A replica is ready once both caches hold what the API server has.
+        if transform_cache.wait_until_ready().await.is_ok()
+            && graph_cache.wait_until_ready().await.is_ok()
+        {
+            ready.leading();
+        }
+    };
+    let graph_controller = graph_controller
         .reconcile_on(graphs)
         .graceful_shutdown_on(shutdown)
         .run(graph::reconcile, graph::error_policy, context.clone())
@@ -273,7 +286,7 @@ pub async fn run(
                 tracing::debug!(%error, "resource graph controller");
             }
         });
-    futures::join!(transform_controller, graph_controller);
+    futures::join!(transform_controller, graph_controller, synced);
 }
 
 /// Failures in a row, by what failed: each retry waits longer (exponential, with jitter),

@@ -113,6 +113,9 @@ pub struct Pass {
     pub requeue: Option<Duration>,
     /// The kinds (and observed objects) whose changes must wake this graph.
     pub watch: Vec<WatchTarget>,
+    /// Kinds nodes need that are not installed (API group, kind): their CRD's arrival
+    /// must wake this graph.
+    pub missing_kinds: Vec<(String, String)>,
     /// What happened.
     pub events: Vec<NodeEvent>,
     /// The writes made, by result (`true` success) and latency.
@@ -158,6 +161,7 @@ pub async fn execute(executor: &Executor<'_>, graph: &ResourceGraph) -> Pass {
         status: Default::default(),
         requeue: None,
         watch: Vec::new(),
+        missing_kinds: Vec::new(),
         events: Vec::new(),
         applies: Vec::new(),
     };
@@ -322,6 +326,7 @@ async fn run_waves(
             pass.events.extend(run.events);
             pass.applies.extend(run.applies);
             pass.watch.extend(run.watch);
+            pass.missing_kinds.extend(run.missing_kind);
             inventory.extend(run.inventory);
             if let Some(wait) = run.retry_after {
                 retry_after.insert(id.clone(), wait);

@@ -37,6 +37,8 @@ pub(super) struct NodeRun {
     pub inventory: Option<InventoryEntry>,
     /// The API server asked to wait this long before the node is tried again.
     pub retry_after: Option<std::time::Duration>,
+    /// The node's kind is not installed: (API group, kind).
+    pub missing_kind: Option<(String, String)>,
 }
 
 impl NodeRun {
@@ -48,6 +50,7 @@ impl NodeRun {
             watch: None,
             inventory: None,
             retry_after: None,
+            missing_kind: None,
         }
     }
 }
@@ -148,6 +151,10 @@ pub(super) async fn run_node(
             ride_out(&mut run, prior, &error);
         }
         Err(error) => {
+            if let NodeError::Api(ApiError::KindNotInstalled { api_version, kind }) = &error {
+                let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+                run.missing_kind = Some((group.to_string(), kind.clone()));
+            }
             let message = error.to_string();
             if prior.map(|p| (p.phase, p.message.as_deref()))
                 != Some((NodePhase::Failed, Some(&message)))

@@ -113,7 +113,7 @@ impl Cluster {
         eventually(60, "the operator's /readyz", || async {
             http_get(&self.metrics, "/readyz")
                 .await
-                .filter(|body| body == "ok")
+                .filter(|body| body.starts_with("ok"))
         })
         .await;
     }
