@@ -644,11 +644,8 @@ async fn drift_is_corrected_and_conflicts_name_the_other_manager() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_transform_deletes_dependents_first_and_keeps_orphans() {
-    if skip_on_real_cluster("needs the test API server's change log (the order of the deletions)") {
-        return;
-    }
     let cluster = Cluster::start().await;
-    let timeline = Timeline::record(cluster.server());
+    let ns = cluster.namespace().to_owned();
     let nodes = serde_json::json!([
         {"id": "root"},
         {"id": "middle", "dependsOn": ["root"]},
@@ -659,9 +656,13 @@ async fn deleting_a_transform_deletes_dependents_first_and_keeps_orphans() {
         .ok(&["apply", "-f", "-"], Some(&shapes("chain", nodes)))
         .await;
     cluster
-        .graph_when("default", "chain", "the chain Ready", |g| {
+        .graph_when(&ns, "chain", "the chain Ready", |g| {
             g["status"]["phase"] == "Ready"
         })
+        .await;
+    // Every change of the ConfigMaps from here on, in the order the API server made them.
+    let watch = cluster
+        .watch("configmaps", &["root", "middle", "leaf", "keep"])
         .await;
     cluster
         .ok(&["delete", "transform", "chain", "--timeout=60s"], None)
@@ -671,12 +672,11 @@ async fn deleting_a_transform_deletes_dependents_first_and_keeps_orphans() {
         (!found).then_some(())
     })
     .await;
-    let deleted = |name| {
-        timeline
-            .first(EventType::Deleted, "configmaps", name)
-            .unwrap_or_else(|| panic!("ConfigMap {name} deleted"))
-    };
-    let (leaf, middle, root) = (deleted("leaf"), deleted("middle"), deleted("root"));
+    let (leaf, middle, root) = eventually(30, "the deletions seen by the watch", || async {
+        let deleted = |name| watch.first("DELETED", name);
+        Some((deleted("leaf")?, deleted("middle")?, deleted("root")?))
+    })
+    .await;
     assert!(leaf < middle && middle < root, "dependents first");
     let kept = cluster.exists(&["get", "configmap", "keep"]).await;
     assert!(kept, "the orphan stays");

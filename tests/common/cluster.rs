@@ -490,6 +490,52 @@ impl Cluster {
         self.wait_ready().await;
     }
 
+    /// Watches `resource` in the test's namespace from now on; returns once the watch has
+    /// listed the `existing` objects (so it sees every later change).
+    pub async fn watch(&self, resource: &str, existing: &[&str]) -> Watch {
+        use tokio::io::AsyncBufReadExt;
+        let template = r#"jsonpath={.type} {.object.metadata.name}{"\n"}"#;
+        let mut kubectl = self
+            .kubectl
+            .command(&[
+                "get",
+                resource,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                template,
+            ])
+            .spawn()
+            .expect("kubectl runs");
+        let stdout = kubectl.stdout.take().expect("kubectl's stdout");
+        let watch = Watch {
+            events: Default::default(),
+            _kubectl: kubectl,
+        };
+        let events = watch.events.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let (Some((kind, name)), Ok(mut events)) = (line.split_once(' '), events.lock())
+                {
+                    events.push((kind.to_string(), name.to_string()));
+                }
+            }
+        });
+        eventually(
+            60,
+            &format!("the watch of {resource} listing {existing:?}"),
+            || async {
+                existing
+                    .iter()
+                    .all(|name| watch.first("ADDED", name).is_some())
+                    .then_some(())
+            },
+        )
+        .await;
+        watch
+    }
+
     /// The named Transform, once `check` accepts it.
     pub async fn transform_when(
         &self,
@@ -674,6 +720,23 @@ pub fn shapes(name: &str, nodes: Value) -> String {
         "spec": {"moduleRef": {"type": "inline", "ref": source}, "input": {"nodes": nodes}},
     })
     .to_string()
+}
+
+/// The changes of one resource as a watch saw them (`kubectl get --watch
+/// --output-watch-events`), in the order the API server made them: evidence of what
+/// happened before what, without clocks, on either backend.
+pub struct Watch {
+    /// (ADDED | MODIFIED | DELETED, name) of each event.
+    events: std::sync::Arc<Mutex<Vec<(String, String)>>>,
+    _kubectl: tokio::process::Child,
+}
+
+impl Watch {
+    /// Where in the order `name` first had an event of type `kind`.
+    pub fn first(&self, kind: &str, name: &str) -> Option<usize> {
+        let events = self.events.lock().ok()?;
+        events.iter().position(|(k, n)| k == kind && n == name)
+    }
 }
 
 /// Every change the test API server makes from a moment on, in the order it made them:
