@@ -1,5 +1,6 @@
-//! End to end: the real `pequod run` binary against the test API server (`e2e/`), driven
-//! with the installed `kubectl` as a user would.
+//! End to end: the real `pequod run` binary against the test API server (`e2e/`), or with
+//! `PEQUOD_E2E_CLUSTER=1` the cluster `KUBECONFIG` names (`common/cluster.rs`), driven with
+//! the installed `kubectl` as a user would.
 
 use std::path::Path;
 use std::process::Stdio;

@@ -1,6 +1,6 @@
 //! The attack suite: Transforms a hostile tenant would write, against the real operator and
-//! the test API server. Each is refused with a condition that says why, and nothing of
-//! anyone else's is lost.
+//! the test API server (or a real cluster: `common/cluster.rs`). Each is refused with a
+//! condition that says why, and nothing of anyone else's is lost.
 
 #[path = "common/cluster.rs"]
 mod cluster;

@@ -133,32 +133,18 @@ impl Cleanup {
         }
     }
 
-    /// kubectl, synchronously (Drop cannot wait for a future); its stdout.
+    /// kubectl in the cleanup: its stdout; what went wrong is reported, not raised (a panic
+    /// in a Drop during a failed test's unwinding would abort).
     fn kubectl(&self, args: &[&str]) -> String {
-        let ran = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args)
-            .stdin(Stdio::null())
-            .output();
-        match ran {
-            Ok(output) if output.status.success() => {
-                String::from_utf8_lossy(&output.stdout).into_owned()
-            }
-            Ok(output) => {
-                report(&format!(
-                    "cleanup: kubectl {args:?}: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ));
-                String::new()
-            }
-            Err(error) => {
-                report(&format!("cleanup: kubectl {args:?}: {error}"));
-                String::new()
-            }
-        }
+        let cache = self.cache.display().to_string();
+        kubectl_sync(
+            Some(&self.kubeconfig),
+            &[&["--cache-dir", &cache], args].concat(),
+        )
+        .unwrap_or_else(|error| {
+            report(&format!("cleanup: {error}"));
+            String::new()
+        })
     }
 }
 
@@ -236,29 +222,38 @@ fn unique_namespace() -> String {
 /// Writes `to`: the current context of `from` (of `KUBECONFIG` when None), self-contained,
 /// with `namespace` as its default namespace.
 fn write_kubeconfig(from: Option<&Path>, to: &Path, namespace: &str) {
-    let run = |args: &[&str], kubeconfig: Option<&Path>| {
-        let mut command = std::process::Command::new("kubectl");
-        if let Some(kubeconfig) = kubeconfig {
-            command.arg("--kubeconfig").arg(kubeconfig);
-        }
-        let output = command
-            .args(args)
-            .output()
-            .expect("kubectl must be installed");
-        assert!(
-            output.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
-    let view = run(&["config", "view", "--minify", "--flatten", "--raw"], from);
+    let view = kubectl_sync(from, &["config", "view", "--minify", "--flatten", "--raw"])
+        .unwrap_or_else(|error| panic!("{error}"));
     std::fs::write(to, view).expect("kubeconfig written");
     let namespace = format!("--namespace={namespace}");
-    run(
-        &["config", "set-context", "--current", &namespace],
+    kubectl_sync(
         Some(to),
-    );
+        &["config", "set-context", "--current", &namespace],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+}
+
+/// Runs kubectl (with `kubeconfig`, else as `KUBECONFIG` says) to the end, synchronously:
+/// for the kubeconfig before any runtime work, and for the cleanup in `Drop`, which cannot
+/// wait for a future. Its stdout, or what went wrong.
+fn kubectl_sync(kubeconfig: Option<&Path>, args: &[&str]) -> Result<String, String> {
+    let mut command = std::process::Command::new("kubectl");
+    if let Some(kubeconfig) = kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    let output = command
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("kubectl {args:?}: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 /// A cluster with Pequod's CRDs, and the operator running against it: the test API server
