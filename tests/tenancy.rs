@@ -1,22 +1,17 @@
 //! The attack suite: Transforms a hostile tenant would write, against the real operator and
-//! the test API server. Each is refused with a condition that says why, and nothing of
-//! anyone else's is lost.
+//! the test API server (or a real cluster: `common/cluster.rs`). Each is refused with a
+//! condition that says why, and nothing of anyone else's is lost.
 
 #[path = "common/cluster.rs"]
 mod cluster;
 #[path = "common/net.rs"]
 mod net;
 
-use cluster::{Cluster, condition, inline_in, node};
+use cluster::{Cluster, condition, inline_in, node, skip_on_real_cluster};
 use pequod_e2e::testing::eventually;
 
 /// The base64 of the Secret value the attacks go after.
 const SECRET_VALUE: &str = "U1VQRVJTRUNSRVQtNDI=";
-
-/// Creates `namespace` with kubectl's own generator.
-async fn namespace(cluster: &Cluster, name: &str) {
-    cluster.ok(&["create", "namespace", name], None).await;
-}
 
 /// Everything a tenant or an operator could look at, as one text: the Transform, its graph,
 /// the events, and `pequod status`.
@@ -37,14 +32,16 @@ async fn everything_shown(cluster: &Cluster, namespace: &str, name: &str) -> Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_is_never_read_across_namespaces_nor_shown() {
-    let cluster = Cluster::start().await;
-    namespace(&cluster, "team-a").await;
-    for (ns, secret) in [("kube-system", "admin-token"), ("team-a", "app-token")] {
+    let cluster = Cluster::start_in("team-a").await;
+    let ns = cluster.namespace().to_owned();
+    // Another tenant's namespace: kube-system itself on the test server.
+    let elsewhere = cluster.extra_namespace("kube-system").await;
+    for (namespace, secret) in [(&elsewhere, "admin-token"), (&ns, "app-token")] {
         cluster
             .ok(
                 &[
                     "-n",
-                    ns,
+                    namespace,
                     "create",
                     "secret",
                     "generic",
@@ -64,17 +61,17 @@ async fn a_secret_is_never_read_across_namespaces_nor_shown() {
     };
     let nodes = format!(
         "[{}, {}]",
-        observe("kube-system", "admin-token"),
-        observe("team-a", "app-token")
+        observe(&elsewhere, "admin-token"),
+        observe(&ns, "app-token")
     );
     cluster
         .ok(
             &["apply", "-f", "-"],
-            Some(&inline_in("team-a", "exfiltrate", &nodes)),
+            Some(&inline_in(&ns, "exfiltrate", &nodes)),
         )
         .await;
     let graph = cluster
-        .graph_when("team-a", "exfiltrate", "both nodes looked at", |g| {
+        .graph_when(&ns, "exfiltrate", "both nodes looked at", |g| {
             node(g, "admin-token")["phase"] == "Failed"
                 && node(g, "app-token")["phase"] == "WaitingReady"
         })
@@ -82,18 +79,20 @@ async fn a_secret_is_never_read_across_namespaces_nor_shown() {
     assert_eq!(node(&graph, "admin-token")["reason"], "OutsideNamespace");
     assert_eq!(
         node(&graph, "admin-token")["message"],
-        "Secret kube-system/admin-token is outside the graph's namespace team-a: refused (the operator runs without --allow-cross-namespace)"
+        format!(
+            "Secret {elsewhere}/admin-token is outside the graph's namespace {ns}: refused (the operator runs without --allow-cross-namespace)"
+        )
     );
     assert_eq!(
         node(&graph, "app-token")["message"],
         "data.token does not match"
     );
     cluster
-        .transform_when("team-a", "exfiltrate", "Ready=False", |t| {
+        .transform_when(&ns, "exfiltrate", "Ready=False", |t| {
             condition(t, "Ready").is_some_and(|c| c["reason"] == "NodeFailed")
         })
         .await;
-    let shown = everything_shown(&cluster, "team-a", "exfiltrate").await;
+    let shown = everything_shown(&cluster, &ns, "exfiltrate").await;
     assert!(
         !shown.contains(SECRET_VALUE) && !shown.contains("SUPERSECRET"),
         "a Secret's value leaked: {shown}"
@@ -103,8 +102,8 @@ async fn a_secret_is_never_read_across_namespaces_nor_shown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
-    let cluster = Cluster::start().await;
-    namespace(&cluster, "team-a").await;
+    let cluster = Cluster::start_in("team-a").await;
+    let ns = cluster.namespace().to_owned();
     let shared = |value: &str| {
         format!(
             r#"[{{ id = "settings", object = {{ apiVersion = "v1", kind = "ConfigMap", metadata = {{ name = "shared-settings" }}, data = {{ owner = "{value}" }} }} }}]"#
@@ -113,33 +112,35 @@ async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
     cluster
         .ok(
             &["apply", "-f", "-"],
-            Some(&inline_in("team-a", "owner-one", &shared("one"))),
+            Some(&inline_in(&ns, "owner-one", &shared("one"))),
         )
         .await;
     cluster
-        .graph_when("team-a", "owner-one", "owner-one Ready", |g| {
+        .graph_when(&ns, "owner-one", "owner-one Ready", |g| {
             g["status"]["phase"] == "Ready"
         })
         .await;
     cluster
         .ok(
             &["apply", "-f", "-"],
-            Some(&inline_in("team-a", "owner-two", &shared("two"))),
+            Some(&inline_in(&ns, "owner-two", &shared("two"))),
         )
         .await;
     let graph = cluster
-        .graph_when("team-a", "owner-two", "the takeover refused", |g| {
+        .graph_when(&ns, "owner-two", "the takeover refused", |g| {
             node(g, "settings")["phase"] == "Failed"
         })
         .await;
     assert_eq!(node(&graph, "settings")["reason"], "OwnedByAnotherGraph");
     assert_eq!(
         node(&graph, "settings")["message"],
-        "ConfigMap team-a/shared-settings is owned by ResourceGraph team-a/owner-one: refused (a graph never writes, adopts or deletes another graph's objects)"
+        format!(
+            "ConfigMap {ns}/shared-settings is owned by ResourceGraph {ns}/owner-one: refused (a graph never writes, adopts or deletes another graph's objects)"
+        )
     );
     assert!(graph["status"]["inventory"].is_null(), "{graph}");
     let transform = cluster
-        .transform_when("team-a", "owner-two", "owner-two not Ready", |t| {
+        .transform_when(&ns, "owner-two", "owner-two not Ready", |t| {
             condition(t, "Ready")
                 .is_some_and(|c| c["status"] == "False" && c["reason"] == "NodeFailed")
         })
@@ -150,7 +151,7 @@ async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
             .ok(
                 &[
                     "-n",
-                    "team-a",
+                    &ns,
                     "get",
                     "configmap",
                     "shared-settings",
@@ -168,7 +169,7 @@ async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
         .ok(
             &[
                 "-n",
-                "team-a",
+                &ns,
                 "delete",
                 "transform",
                 "owner-two",
@@ -179,14 +180,14 @@ async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
         .await;
     eventually(60, "owner-two's graph gone", || async {
         let found = cluster
-            .exists(&["-n", "team-a", "get", "resourcegraph", "owner-two"])
+            .exists(&["-n", &ns, "get", "resourcegraph", "owner-two"])
             .await;
         (!found).then_some(())
     })
     .await;
     assert_eq!(owner().await, "one");
     let victim = cluster
-        .json(&["-n", "team-a", "get", "resourcegraph", "owner-one"])
+        .json(&["-n", &ns, "get", "resourcegraph", "owner-one"])
         .await
         .expect("owner-one's graph");
     assert_eq!(victim["status"]["phase"], "Ready");
@@ -195,13 +196,13 @@ async fn a_transform_cannot_take_over_or_delete_another_transforms_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_object_is_taken_only_when_adopted() {
-    let cluster = Cluster::start().await;
-    namespace(&cluster, "team-a").await;
+    let cluster = Cluster::start_in("team-a").await;
+    let ns = cluster.namespace().to_owned();
     cluster
         .ok(
             &[
                 "-n",
-                "team-a",
+                &ns,
                 "create",
                 "configmap",
                 "quota-settings",
@@ -212,26 +213,25 @@ async fn an_existing_object_is_taken_only_when_adopted() {
         .await;
     let nodes = r#"[{ id = "settings", object = { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "quota-settings" }, data = { limit = "1000" } } }]"#;
     cluster
-        .ok(
-            &["apply", "-f", "-"],
-            Some(&inline_in("team-a", "grab", nodes)),
-        )
+        .ok(&["apply", "-f", "-"], Some(&inline_in(&ns, "grab", nodes)))
         .await;
     let graph = cluster
-        .graph_when("team-a", "grab", "refused", |g| {
+        .graph_when(&ns, "grab", "refused", |g| {
             node(g, "settings")["phase"] == "Failed"
         })
         .await;
     assert_eq!(node(&graph, "settings")["reason"], "AlreadyExists");
     assert_eq!(
         node(&graph, "settings")["message"],
-        "ConfigMap team-a/quota-settings already exists and no graph owns it: refused (name it in the Transform's spec.adopt to take it over)"
+        format!(
+            "ConfigMap {ns}/quota-settings already exists and no graph owns it: refused (name it in the Transform's spec.adopt to take it over)"
+        )
     );
     let limit = cluster
         .ok(
             &[
                 "-n",
-                "team-a",
+                &ns,
                 "get",
                 "configmap",
                 "quota-settings",
@@ -244,20 +244,13 @@ async fn an_existing_object_is_taken_only_when_adopted() {
     assert_eq!(limit, "10", "nothing written");
     cluster
         .ok(
-            &[
-                "-n",
-                "team-a",
-                "delete",
-                "transform",
-                "grab",
-                "--timeout=60s",
-            ],
+            &["-n", &ns, "delete", "transform", "grab", "--timeout=60s"],
             None,
         )
         .await;
     assert!(
         cluster
-            .exists(&["-n", "team-a", "get", "configmap", "quota-settings"])
+            .exists(&["-n", &ns, "get", "configmap", "quota-settings"])
             .await,
         "nothing deleted"
     );
@@ -267,10 +260,11 @@ async fn an_existing_object_is_taken_only_when_adopted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_written_resource_graph_is_not_executed() {
     let cluster = Cluster::start().await;
+    let ns = cluster.namespace().to_owned();
     let graph = serde_json::json!({
         "apiVersion": "platform.pequod.io/v1alpha1",
         "kind": "ResourceGraph",
-        "metadata": {"name": "forged", "namespace": "default"},
+        "metadata": {"name": "forged"},
         "spec": {
             "sourceRef": {"apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform", "name": "forged"},
             "metadata": {"module": "none", "version": "0", "moduleDigest": "sha256:0", "renderHash": "sha256:0"},
@@ -282,7 +276,7 @@ async fn a_hand_written_resource_graph_is_not_executed() {
         .ok(&["apply", "-f", "-"], Some(&graph.to_string()))
         .await;
     let refused = cluster
-        .graph_when("default", "forged", "refused", |g| {
+        .graph_when(&ns, "forged", "refused", |g| {
             condition(g, "Ready").is_some_and(|c| c["reason"] == "NotControlledByTransform")
         })
         .await;
@@ -312,14 +306,15 @@ async fn a_module_from_a_source_the_platform_did_not_allow_is_refused() {
         ],
     )
     .await;
+    let ns = cluster.namespace().to_owned();
     cluster
         .ok(
             &["apply", "-f", "-"],
-            Some(&inline_in("default", "homemade", "[]")),
+            Some(&inline_in(&ns, "homemade", "[]")),
         )
         .await;
     let refused = cluster
-        .transform_when("default", "homemade", "ModuleResolved=False", |t| {
+        .transform_when(&ns, "homemade", "ModuleResolved=False", |t| {
             condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
         })
         .await;
@@ -332,14 +327,14 @@ async fn a_module_from_a_source_the_platform_did_not_allow_is_refused() {
     assert!(!cluster.exists(&["get", "resourcegraph", "homemade"]).await);
     let scanner = serde_json::json!({
         "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
-        "metadata": {"name": "scanner", "namespace": "default"},
+        "metadata": {"name": "scanner"},
         "spec": {"moduleRef": {"type": "git", "ref": "git://10.0.0.1:22/probe"}, "input": {}},
     });
     cluster
         .ok(&["apply", "-f", "-"], Some(&scanner.to_string()))
         .await;
     let refused = cluster
-        .transform_when("default", "scanner", "refused", |t| {
+        .transform_when(&ns, "scanner", "refused", |t| {
             condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
         })
         .await;
@@ -352,12 +347,12 @@ async fn a_module_from_a_source_the_platform_did_not_allow_is_refused() {
         .ok(
             &["apply", "-f", "-"],
             Some(
-                "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: web, namespace: default}\nspec:\n  moduleRef: {type: embedded, ref: webservice}\n  input: {name: web, image: ghcr.io/acme/web:1.0.0}\n",
+                "apiVersion: platform.pequod.io/v1alpha1\nkind: Transform\nmetadata: {name: web}\nspec:\n  moduleRef: {type: embedded, ref: webservice}\n  input: {name: web, image: ghcr.io/acme/web:1.0.0}\n",
             ),
         )
         .await;
     let allowed = cluster
-        .transform_when("default", "web", "rendered", |t| {
+        .transform_when(&ns, "web", "rendered", |t| {
             condition(t, "Rendered").is_some_and(|c| c["status"] == "True")
         })
         .await;
@@ -386,8 +381,13 @@ fn role_for(namespace: &str, account: &str, rules: serde_json::Value) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_allowed_only_config_maps_cannot_write_a_deployment() {
+    if skip_on_real_cluster(
+        "needs the test API server: the operator's service-account token is minted by it (kubeconfig_for), the overlay's ClusterRoles would be cluster-wide, and its request accounting tells who wrote",
+    ) {
+        return;
+    }
     let cluster = Cluster::start_locked_down(&[]).await;
-    namespace(&cluster, "team-a").await;
+    cluster.extra_namespace("team-a").await;
     let rules =
         serde_json::json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]);
     cluster
@@ -424,7 +424,7 @@ async fn a_service_account_allowed_only_config_maps_cannot_write_a_deployment() 
             .await
     );
     // Every write of the graph was the service account's; the operator wrote nothing of it.
-    let requests = cluster.server.requests();
+    let requests = cluster.server().requests();
     let applies_by = |user: &str, resource: &str| {
         requests
             .counts
@@ -446,8 +446,13 @@ async fn a_service_account_allowed_only_config_maps_cannot_write_a_deployment() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopt_and_force_never_reach_what_the_tenant_may_not_write() {
+    if skip_on_real_cluster(
+        "needs the test API server: the operator's service-account token is minted by it (kubeconfig_for), and the overlay's ClusterRoles would be cluster-wide",
+    ) {
+        return;
+    }
     let cluster = Cluster::start_locked_down(&[]).await;
-    namespace(&cluster, "team-a").await;
+    cluster.extra_namespace("team-a").await;
     // The namespace's default service account is an editor: it may not touch quotas or
     // role bindings, which the platform team set.
     cluster
