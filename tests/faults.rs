@@ -7,7 +7,7 @@ mod cluster;
 #[path = "common/net.rs"]
 mod net;
 
-use cluster::{Cluster, condition, inline};
+use cluster::{Cluster, condition, inline, skip_on_real_cluster};
 use pequod_e2e::faults::{Fault, FaultAction};
 use serde_json::Value;
 
@@ -52,7 +52,7 @@ async fn a_graph_too_large_to_store_is_refused_before_it_is_sent() {
         )
         .await;
     let transform = cluster
-        .transform_when("default", "huge", "Rendered=False", |t| {
+        .transform_when(cluster.namespace(), "huge", "Rendered=False", |t| {
             condition(t, "Rendered").is_some_and(|c| c["status"] == "False")
         })
         .await;
@@ -89,7 +89,7 @@ async fn a_graph_the_api_server_refuses_is_a_condition_with_its_message() {
         )
         .await;
     let transform = cluster
-        .transform_when("default", "huge", "Ready=False", |t| {
+        .transform_when(cluster.namespace(), "huge", "Ready=False", |t| {
             condition(t, "Ready").is_some_and(|c| c["reason"] == "ResourceGraphRejected")
         })
         .await;
@@ -120,22 +120,25 @@ async fn a_graph_the_api_server_refuses_is_a_condition_with_its_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passing_api_failures_are_retried_and_leave_no_warning() {
+    if skip_on_real_cluster("needs fault injection") {
+        return;
+    }
     let cluster = Cluster::start().await;
     // The first writes of the graph fail with 500s, its objects' first writes with 500s and
     // 429s: all retried.
-    cluster.server.faults().add(
+    cluster.server().faults().add(
         Fault::new(FaultAction::InternalError)
             .on("resourcegraphs")
             .method("PATCH")
             .times(2),
     );
-    cluster.server.faults().add(
+    cluster.server().faults().add(
         Fault::new(FaultAction::InternalError)
             .on("configmaps")
             .method("PATCH")
             .times(2),
     );
-    cluster.server.faults().add(
+    cluster.server().faults().add(
         Fault::new(FaultAction::Throttle {
             retry_after_seconds: 1,
         })
@@ -148,7 +151,7 @@ async fn passing_api_failures_are_retried_and_leave_no_warning() {
         .ok(&["apply", "-f", "-"], Some(&inline("flaky", nodes)))
         .await;
     cluster
-        .transform_when("default", "flaky", "Ready", |t| {
+        .transform_when(cluster.namespace(), "flaky", "Ready", |t| {
             condition(t, "Ready").is_some_and(|c| c["status"] == "True")
         })
         .await;
@@ -157,6 +160,6 @@ async fn passing_api_failures_are_retried_and_leave_no_warning() {
         warnings_about(&cluster, "flaky").await,
         Vec::<String>::new()
     );
-    assert!(cluster.server.faults().hits() >= 5);
+    assert!(cluster.server().faults().hits() >= 5);
     cluster.stop().await;
 }

@@ -447,13 +447,25 @@ async fn input_updates_reapply_prune_and_orphan_and_a_broken_update_changes_noth
         .await;
     assert_eq!(value, "v2");
     assert_eq!(node(&graph, "a")["attempts"], 2);
-    let names: Vec<&Value> = graph["status"]["nodes"]
+    // Removed nodes leave the status; the object left in the cluster is listed as such.
+    let phases: Vec<(&String, &Value)> = graph["status"]["nodes"]
         .as_object()
         .expect("nodes")
-        .keys()
-        .map(|_| &Value::Null)
+        .iter()
+        .map(|(id, status)| (id, &status["phase"]))
         .collect();
-    assert_eq!(names.len(), 1, "removed nodes leave the status: {graph}");
+    assert_eq!(
+        phases,
+        [
+            (&"a".to_string(), &Value::from("Ready")),
+            (&"keep".to_string(), &Value::from("Orphaned"))
+        ],
+        "{graph}"
+    );
+    assert_eq!(
+        node(&graph, "keep")["message"],
+        "left the graph; stays in the cluster (deletionPolicy: Orphan)"
+    );
     let inventory: Vec<&str> = graph["status"]["inventory"]
         .as_array()
         .expect("inventory")

@@ -16,10 +16,10 @@ use dashmap::DashMap;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::ResourceExt;
 use tokio::task::AbortHandle;
 
 use crate::api::{ResourceGraph, labels};
@@ -97,7 +97,9 @@ fn observed_key(target: &WatchTarget, namespace: Option<&str>, name: &str) -> St
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Watches {
@@ -130,13 +132,10 @@ impl Watches {
             match &target.observed {
                 None => {
                     let key = resource_key(target);
-                    let shared = state
-                        .labelled
-                        .entry(key.clone())
-                        .or_insert_with(|| Shared {
-                            task: self.watch_labelled(target),
-                            graphs: HashSet::new(),
-                        });
+                    let shared = state.labelled.entry(key.clone()).or_insert_with(|| Shared {
+                        task: self.watch_labelled(target),
+                        graphs: HashSet::new(),
+                    });
                     shared.graphs.insert(graph_ref.clone());
                     wanted.labelled.insert(key);
                 }
@@ -145,7 +144,12 @@ impl Watches {
                     let observed = state.observed.entry(key.clone()).or_insert_with(|| {
                         let graphs = Arc::new(Mutex::new(HashSet::new()));
                         Observed {
-                            task: self.watch_observed(target, namespace.as_deref(), name, graphs.clone()),
+                            task: self.watch_observed(
+                                target,
+                                namespace.as_deref(),
+                                name,
+                                graphs.clone(),
+                            ),
                             graphs,
                         }
                     });
@@ -190,7 +194,9 @@ impl Watches {
     fn watch_labelled(&self, target: &WatchTarget) -> AbortHandle {
         let resource = &target.served.resource;
         let api: Api<DynamicObject> = match (&self.namespace, target.served.namespaced) {
-            (Some(namespace), true) => Api::namespaced_with(self.client.clone(), namespace, resource),
+            (Some(namespace), true) => {
+                Api::namespaced_with(self.client.clone(), namespace, resource)
+            }
             _ => Api::all_with(self.client.clone(), resource),
         };
         let config = watcher::Config::default().labels(labels::RESOURCE_GRAPH);

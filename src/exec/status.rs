@@ -123,6 +123,8 @@ pub(super) fn keep_orphans(
         status.object = Some(entry.object.clone());
         status.failures = 0;
         status.waiting_since = None;
+        status.applied_hash = None;
+        status.owned_hash = None;
         statuses.insert(entry.node_id.clone(), status);
     }
 }
