@@ -37,6 +37,9 @@ pub struct App {
     pub faults: Arc<Faults>,
     /// Cancelled when the server stops (ends open watches).
     pub shutdown: CancellationToken,
+    /// Ends the watches open now (a child of `shutdown`, replaced when cut): what an API
+    /// server restart or a broken connection does to clients.
+    pub watches: WatchCut,
     /// `host:port` the server listens on (for `/api`'s server address).
     pub address: String,
     /// Requests counted by verb, resource and user.
@@ -45,6 +48,42 @@ pub struct App {
     pub tokens: Arc<Tokens>,
     /// Decides what users may do.
     pub authorizer: Authorizer,
+}
+
+/// Ends every watch open at a moment, as a restarting API server or a broken connection
+/// does: clients see their stream end and watch again from the last version they saw.
+#[derive(Debug)]
+pub struct WatchCut {
+    server: CancellationToken,
+    current: std::sync::Mutex<CancellationToken>,
+}
+
+impl WatchCut {
+    /// Watches ended by `server`'s shutdown, and by [`WatchCut::cut`].
+    pub fn new(server: &CancellationToken) -> Self {
+        WatchCut {
+            server: server.clone(),
+            current: std::sync::Mutex::new(server.child_token()),
+        }
+    }
+
+    /// What a watch starting now ends with.
+    pub fn current(&self) -> CancellationToken {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Ends every watch open now; later ones run until the next cut.
+    pub fn cut(&self) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.cancel();
+        *current = self.server.child_token();
+    }
 }
 
 /// The router: every path goes through [`handle`].
@@ -740,7 +779,7 @@ fn watch(
         app.store.clone(),
         ty,
         watch_request,
-        app.shutdown.clone(),
+        app.watches.current(),
     ))
 }
 

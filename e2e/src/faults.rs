@@ -74,6 +74,10 @@ pub struct Fault {
     pub action: FaultAction,
     /// How many more requests it hits (None = until cleared).
     pub times: Option<u32>,
+    /// Hit only every this many matching requests (the others pass).
+    pub every: u32,
+    /// Matching requests seen so far, for `every`.
+    pub seen: u32,
 }
 
 impl Fault {
@@ -85,7 +89,16 @@ impl Fault {
             name: None,
             action,
             times: None,
+            every: 1,
+            seen: 0,
         }
+    }
+
+    /// Only every `n`-th matching request (the others pass untouched): a fault that comes
+    /// and goes, as an overloaded server's.
+    pub fn every(mut self, n: u32) -> Self {
+        self.every = n.max(1);
+        self
     }
 
     /// Only on this resource.
@@ -165,6 +178,10 @@ impl Faults {
             if rule.times == Some(0) || !rule.matches(method, resource, name) {
                 continue;
             }
+            rule.seen = rule.seen.wrapping_add(1);
+            if rule.seen % rule.every != 0 {
+                continue;
+            }
             match &rule.action {
                 FaultAction::Latency(delay) => verdict.delay += *delay,
                 FaultAction::Rendezvous(rendezvous) if verdict.rendezvous.is_none() => {
@@ -226,6 +243,25 @@ mod tests {
             Duration::from_millis(5)
         );
         assert_eq!(faults.hits(), 2);
+    }
+
+    #[test]
+    fn a_fault_can_hit_every_nth_request() {
+        let faults = Faults::default();
+        faults.add(
+            Fault::new(FaultAction::InternalError)
+                .on("configmaps")
+                .every(3),
+        );
+        let failed: Vec<bool> = (0..7)
+            .map(|_| {
+                faults
+                    .check("PATCH", Some("configmaps"), None)
+                    .error
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(failed, [false, false, true, false, false, true, false]);
     }
 
     #[tokio::test]

@@ -140,6 +140,7 @@ pub struct TestApiServer {
     requests: Arc<RequestLog>,
     tokens: Arc<Tokens>,
     shutdown: CancellationToken,
+    app: Arc<api::App>,
     task: Option<JoinHandle<()>>,
     /// Where the server's own files go (kubeconfigs), removed with it.
     dir: TempDir,
@@ -197,6 +198,7 @@ impl TestApiServer {
             store: store.clone(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
+            watches: api::WatchCut::new(&shutdown),
             address: addr.to_string(),
             requests: requests.clone(),
             tokens: tokens.clone(),
@@ -211,6 +213,7 @@ impl TestApiServer {
         }
         let listener = tls::Listener::new(listener, shutdown.clone())?;
         let stop = shutdown.clone();
+        let app_handle = app.clone();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, api::router(app))
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -229,6 +232,7 @@ impl TestApiServer {
             requests,
             tokens,
             shutdown,
+            app: app_handle,
             task: Some(task),
             dir,
         })
@@ -296,6 +300,11 @@ impl TestApiServer {
     /// The readiness simulator's controls.
     pub fn simulator(&self) -> &SimulatorControl {
         &self.simulator
+    }
+
+    /// Ends every watch open now, as an API server restart does: clients watch again.
+    pub fn drop_watches(&self) {
+        self.app.watches.cut();
     }
 
     /// How many requests the server was sent so far, by verb, resource and user (also served
