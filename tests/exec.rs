@@ -994,3 +994,54 @@ async fn a_failed_job_fails_its_node_at_once() {
     );
     harness.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_follow_what_graphs_use_and_a_new_kind_wakes_its_graphs() {
+    use futures::StreamExt;
+    let harness = Harness::start().await;
+    let (sender, mut woken) = futures::channel::mpsc::unbounded();
+    let watches = pequod::controller::Watches::new(harness.applier.client().clone(), None, sender);
+    let mut settings = graph("g", json!([config_map("a", &[])]));
+    let pass = harness.pass(&mut settings).await;
+    watches.sync(&settings, &pass.watch, &pass.missing_kinds);
+    assert_eq!(watches.count().labelled, 1, "one watch for ConfigMaps");
+
+    // A node whose kind is not installed: the CRD's arrival wakes the graph.
+    let mut waiting = graph(
+        "w",
+        json!([{"id": "widget", "object": {"apiVersion": "example.com/v1", "kind": "Widget",
+                                            "metadata": {"name": "w", "namespace": "default"}}}]),
+    );
+    let pass = harness.pass(&mut waiting).await;
+    assert_eq!(
+        pass.missing_kinds,
+        [("example.com".to_string(), "Widget".to_string())]
+    );
+    watches.sync(&waiting, &pass.watch, &pass.missing_kinds);
+    pequod_e2e::testing::Kubectl::new(&harness.server)
+        .ok(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: widgets, singular: widget, kind: Widget}\n  versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n",
+            ),
+        )
+        .await;
+    let graph_woken = loop {
+        let next = woken.next().await.expect("the channel stays open");
+        if next.name == "w" {
+            break next;
+        }
+    };
+    assert_eq!(graph_woken.namespace.as_deref(), Some("default"));
+
+    // A graph that stops using a resource releases its watch; a gone graph everything.
+    watches.sync(&settings, &[], &[]);
+    assert_eq!(
+        watches.count().labelled,
+        0,
+        "no graph uses ConfigMaps any more"
+    );
+    watches.forget(&waiting);
+    assert_eq!(watches.count(), pequod::controller::WatchCount::default());
+    harness.server.stop().await;
+}

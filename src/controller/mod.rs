@@ -33,7 +33,7 @@ use crate::module::oci::Registry;
 use crate::module::{ModuleCache, ModuleSources};
 use crate::render::Renderer;
 pub use leader::{LeaderConfig, LeaderError, Leadership};
-pub use watches::Watches;
+pub use watches::{WatchCount, Watches};
 
 /// Memory for fetched modules: a few hundred typical modules.
 const MODULE_CACHE_BYTES: u64 = 64 << 20;
