@@ -19,6 +19,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod requests;
 pub mod resources;
+pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod simulator;

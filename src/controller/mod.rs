@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, controller::Action, watcher};
@@ -20,10 +20,11 @@ use tokio::sync::Semaphore;
 
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store, reflector};
+use kube::runtime::{PredicateConfig, WatchStreamExt};
 
+use crate::api::condition::{self, types};
 use crate::api::{ModuleType, ResourceGraph, Transform};
 use crate::backoff::retry_delay;
 use crate::exec::{Appliers, ExecConfig, panic_message};
@@ -78,6 +79,9 @@ pub struct Context {
     pub appliers: Appliers,
     /// Every Transform, as the Transform controller's watch sees them.
     pub transforms: Store<Transform>,
+    /// Every ResourceGraph, as the ResourceGraph controller's watch sees them: the
+    /// Transform controller reads its graphs here, not from the API server.
+    pub graphs: Store<ResourceGraph>,
     /// The render engine (worker pool and render cache).
     pub renderer: Renderer,
     /// Prometheus metrics.
@@ -120,10 +124,11 @@ pub enum Error {
     GraphRejected(crate::exec::ApiError),
 }
 
-/// What feeds the controllers of a [`Context`], handed to [`run`]: the writer of the
-/// Transform cache, and the graphs woken by watched objects.
+/// What feeds the controllers of a [`Context`], handed to [`run`]: the writers of the
+/// Transform and ResourceGraph caches, and the graphs woken by watched objects.
 pub struct Feeds {
     transforms: Writer<Transform>,
+    graph_cache: Writer<ResourceGraph>,
     graphs: UnboundedReceiver<ObjectRef<ResourceGraph>>,
 }
 
@@ -153,9 +158,11 @@ impl Context {
         metrics.register(modules.stats().collectors());
         metrics.register(renderer.collectors());
         let writer = Writer::default();
+        let graph_cache = Writer::default();
         let context = Context {
             appliers,
             transforms: writer.as_reader(),
+            graphs: graph_cache.as_reader(),
             recorder: Recorder::new(client.clone(), reporter),
             watches: Watches::new(client.clone(), config.namespace.clone(), graphs),
             applies: Arc::new(Semaphore::new(config.max_concurrent_applies.max(1))),
@@ -170,6 +177,7 @@ impl Context {
         };
         let feeds = Feeds {
             transforms: writer,
+            graph_cache,
             graphs: woken,
         };
         Ok((context, feeds))
@@ -217,30 +225,65 @@ where
     }
 }
 
+/// Concurrent reconciles of each controller: enough to keep the API server busy, bounded so
+/// that a flood of Transforms queues instead of piling up requests and memory.
+const CONCURRENCY: u16 = 16;
+
 /// Runs both controllers until `shutdown` resolves; `ready` says so once their caches
 /// have synced.
+///
+/// One watch of ResourceGraphs fills the cache both controllers read. A graph's own status
+/// writes do not wake the graph controller (only a new generation, its deletion or its
+/// finalizers do: the objects it applied wake it through their watches); a change of a
+/// graph's readiness, or its deletion, wakes the Transform that owns it, which mirrors it.
 pub async fn run(
     context: Arc<Context>,
     feeds: Feeds,
     ready: ReadyState,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let Feeds { transforms, graphs } = feeds;
+    let Feeds {
+        transforms,
+        graph_cache,
+        graphs,
+    } = feeds;
     let namespace = context.config.namespace.as_deref();
     let transform_api: Api<Transform> = api(&context.client, namespace);
-    let resource_graphs: Api<ResourceGraph> = api(&context.client, namespace);
-    let watched = reflector(
+    let graph_api: Api<ResourceGraph> = api(&context.client, namespace);
+    let config = kube::runtime::controller::Config::default().concurrency(CONCURRENCY);
+
+    let (owners, owners_woken) = futures::channel::mpsc::unbounded();
+    let mirrored = Mirrored::default();
+    let graph_events = reflector(graph_cache, watcher(graph_api, watcher::Config::default()))
+        .default_backoff()
+        .inspect_ok(move |event| mirrored.wake_owner(event, &owners))
+        .applied_objects()
+        .predicate_filter(graph_trigger, PredicateConfig::default());
+    let graph_controller = Controller::for_stream(graph_events, context.graphs.clone())
+        .with_config(config.clone())
+        .reconcile_on(graphs)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(graph::reconcile, graph::error_policy, context.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "resource graph controller");
+            }
+        });
+
+    let transform_events = reflector(
         transforms,
         watcher(transform_api, watcher::Config::default()),
     )
+    .default_backoff()
     .applied_objects();
-    let controller = Controller::for_stream(watched, context.transforms.clone());
+    let controller = Controller::for_stream(transform_events, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
     // Transforms are looked up in the controller's own cache.
     let store = controller.store();
     let config_maps: Api<ConfigMap> = api(&context.client, namespace);
     let transform_controller = controller
-        .owns(resource_graphs.clone(), watcher::Config::default())
+        .with_config(config)
+        .reconcile_on(owners_woken)
         .watches(config_maps, watcher::Config::default(), move |config_map| {
             let namespace = config_map.namespace();
             let name = config_map.name_any();
@@ -255,7 +298,7 @@ pub async fn run(
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown.clone())
+        .graceful_shutdown_on(shutdown)
         .run(
             transform::reconcile,
             transform::error_policy,
@@ -266,9 +309,9 @@ pub async fn run(
                 tracing::debug!(%error, "transform controller");
             }
         });
-    let graph_controller = Controller::new(resource_graphs, watcher::Config::default());
-    let graph_cache = graph_controller.store();
+
     let transform_cache = context.transforms.clone();
+    let graph_cache = context.graphs.clone();
     let synced = async move {
         // A replica is ready once both caches hold what the API server has.
         if transform_cache.wait_until_ready().await.is_ok()
@@ -277,16 +320,67 @@ pub async fn run(
             ready.leading();
         }
     };
-    let graph_controller = graph_controller
-        .reconcile_on(graphs)
-        .graceful_shutdown_on(shutdown)
-        .run(graph::reconcile, graph::error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "resource graph controller");
-            }
-        });
     futures::join!(transform_controller, graph_controller, synced);
+}
+
+/// What wakes the graph controller for a graph: a new generation (its spec), its deletion,
+/// its finalizers; not its status, which it writes itself.
+fn graph_trigger(graph: &ResourceGraph) -> Option<u64> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&graph.metadata.generation, &mut hasher);
+    std::hash::Hash::hash(&graph.metadata.deletion_timestamp.is_some(), &mut hasher);
+    std::hash::Hash::hash(&graph.metadata.finalizers, &mut hasher);
+    Some(std::hash::Hasher::finish(&hasher))
+}
+
+/// The readiness each graph last showed its Transform: a change (or the graph's deletion)
+/// wakes the Transform, which mirrors it.
+#[derive(Default)]
+struct Mirrored(DashMap<ObjectRef<ResourceGraph>, u64>);
+
+impl Mirrored {
+    fn wake_owner(
+        &self,
+        event: &watcher::Event<ResourceGraph>,
+        owners: &futures::channel::mpsc::UnboundedSender<ObjectRef<Transform>>,
+    ) {
+        let (graph, deleted) = match event {
+            watcher::Event::Apply(graph) | watcher::Event::InitApply(graph) => (graph, false),
+            watcher::Event::Delete(graph) => (graph, true),
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        };
+        let key = ObjectRef::from_obj(graph);
+        let changed = if deleted {
+            self.0.remove(&key);
+            true
+        } else {
+            let seen = readiness_hash(graph);
+            self.0.insert(key, seen) != Some(seen)
+        };
+        let owner = graph
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Transform");
+        if changed && let Some(owner) = owner {
+            let transform =
+                ObjectRef::new(&owner.name).within(&graph.namespace().unwrap_or_default());
+            let _ = owners.unbounded_send(transform);
+        }
+    }
+}
+
+/// What of a graph its Transform mirrors: the generation the graph controller last saw and
+/// its Ready condition.
+fn readiness_hash(graph: &ResourceGraph) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&graph.metadata.generation, &mut hasher);
+    if let Some(status) = &graph.status {
+        std::hash::Hash::hash(&status.observed_generation, &mut hasher);
+        if let Some(ready) = condition::find(&status.conditions, types::READY) {
+            std::hash::Hash::hash(&(&ready.status, &ready.reason, &ready.message), &mut hasher);
+        }
+    }
+    std::hash::Hasher::finish(&hasher)
 }
 
 /// Failures in a row, by what failed: each retry waits longer (exponential, with jitter),

@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::{Context, Error, measured, retry_later};
@@ -118,17 +119,12 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             ),
         );
         // The graph stops too: no apply, no prune, no drift correction.
-        if let Some(mut existing) = graphs.get_opt(&name).await?
+        if let Some(existing) = cached_graph(context, &namespace, &name)
             && !existing.spec.suspend
         {
-            existing.spec.suspend = true;
-            apply_graph(
-                &graphs,
-                &name,
-                &ResourceGraph::new(&name, existing.spec),
-                transform,
-            )
-            .await?;
+            let mut spec = existing.spec.clone();
+            spec.suspend = true;
+            apply_graph(&graphs, &name, &ResourceGraph::new(&name, spec), transform).await?;
         }
         return finish(
             &transforms,
@@ -245,7 +241,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             }
             written?;
             context.render_failures.forget(&key);
-            mirror_ready(&mut status, &graphs, &name, &conditions).await?;
+            mirror_ready(&mut status, context, &namespace, &name, &conditions);
             let module_ref = &transform.spec.module_ref;
             let mutable = match module_ref.type_ {
                 ModuleType::Oci => !module_ref.ref_.contains('@'),
@@ -325,7 +321,7 @@ async fn write_graph(
     let previous = transform.status.clone().unwrap_or_default();
     let mut graph = plan.graph;
     let rendered_hash = graph.spec.metadata.render_hash.clone();
-    let existing = graphs.get_opt(&name).await?;
+    let existing = cached_graph(context, &transform.namespace().unwrap_or_default(), &name);
     let now = jiff::Timestamp::now();
     graph.spec.metadata.rendered_at = Some(Time(now));
     if let Some(existing) = &existing
@@ -546,14 +542,20 @@ async fn plan_graph(
     Ok(plan::plan(transform, module, &context.renderer, &context.config.limits).await?)
 }
 
+/// The ResourceGraph `namespace/name` as the graph controller's watch last saw it.
+fn cached_graph(context: &Context, namespace: &str, name: &str) -> Option<Arc<ResourceGraph>> {
+    context.graphs.get(&ObjectRef::new(name).within(namespace))
+}
+
 /// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation.
-async fn mirror_ready(
+fn mirror_ready(
     status: &mut TransformStatus,
-    graphs: &Api<ResourceGraph>,
+    context: &Context,
+    namespace: &str,
     name: &str,
     conditions: &ConditionWriter<'_>,
-) -> Result<(), Error> {
-    let graph = graphs.get_opt(name).await?;
+) {
+    let graph = cached_graph(context, namespace, name);
     let ready = graph.as_ref().and_then(|g| {
         let status = g.status.as_ref()?;
         if status.observed_generation != g.metadata.generation {
@@ -582,7 +584,6 @@ async fn mirror_ready(
         ),
     };
     condition::set(&mut status.conditions, mirrored);
-    Ok(())
 }
 
 async fn finish(
