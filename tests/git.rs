@@ -335,6 +335,7 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
     // The operator's way: the key and known_hosts of a Secret.
     let checkout = module_git::fetch(
         &reference,
+        None,
         &key(&sshd.client_key, &sshd.known_hosts),
         &cache,
     )
@@ -349,6 +350,7 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
     );
     let checkout = module_git::fetch(
         &GitRef::parse(&userless, None),
+        None,
         &key(&sshd.client_key, &sshd.known_hosts),
         &cache,
     )
@@ -389,7 +391,7 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
         ),
     ];
     for (auth, message) in failures {
-        let error = module_git::fetch(&reference, &auth, &cache).expect_err("refused");
+        let error = module_git::fetch(&reference, None, &auth, &cache).expect_err("refused");
         assert_eq!(
             error.to_string(),
             format!("git fetch of {url} failed: {message}"),
@@ -443,14 +445,14 @@ fn http_repositories_take_basic_credentials() {
         username: "bot".to_string(),
         password: password.to_string(),
     };
-    let checkout = module_git::fetch(&reference, &basic("s3cret"), &cache).expect("fetched");
+    let checkout = module_git::fetch(&reference, None, &basic("s3cret"), &cache).expect("fetched");
     assert_eq!(checkout.commit, commit);
     assert_eq!(checkout.files, postgres_files());
     for (auth, message) in [
         (basic("wrong"), "the credentials were refused"),
         (GitAuth::Anonymous, "the repository wants credentials"),
     ] {
-        let error = module_git::fetch(&reference, &auth, &cache).expect_err("refused");
+        let error = module_git::fetch(&reference, None, &auth, &cache).expect_err("refused");
         assert_eq!(
             error.to_string(),
             format!("git fetch of {url} failed: {message}"),
