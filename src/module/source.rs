@@ -396,7 +396,7 @@ pub async fn resolve(
         }
     };
     if let Some(note) = &resolved.stale {
-        tracing::warn!(module = %module_ref.ref_, digest = %resolved.digest, "{note}");
+        tracing::warn!(digest = %resolved.digest, "{note}");
     }
     Ok(resolved)
 }
