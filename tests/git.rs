@@ -79,6 +79,16 @@ fn platforms_repository(base: &Path) -> (PathBuf, String) {
     (repo, commit)
 }
 
+/// [`platforms_repository`] in `dir/served`, served by `git daemon`: the repository, its
+/// commit, the daemon and the repository's URL.
+fn served_platforms(dir: &Path) -> (PathBuf, String, Daemon, String) {
+    let base = dir.join("served");
+    let (repo, commit) = platforms_repository(&base);
+    let daemon = Daemon::start(&base);
+    let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
+    (repo, commit, daemon, url)
+}
+
 const TRANSFORM: &str = "testdata/transforms/postgres-minimal.yaml";
 
 /// The command `pequod render` of [`TRANSFORM`] with `module_ref` (written into `dir`).
@@ -162,11 +172,8 @@ fn embedded_render() -> String {
 #[test]
 fn modules_come_from_tags_branches_commits_and_paths() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let base = dir.path().join("served");
-    let (repo, first) = platforms_repository(&base);
-    let daemon = Daemon::start(&base);
+    let (repo, first, daemon, url) = served_platforms(dir.path());
     let cache = dir.path().join("cache");
-    let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
     let embedded = embedded_render();
 
     for reference in [
@@ -524,12 +531,9 @@ fn http_repositories_take_basic_credentials() {
 #[test]
 fn a_pinned_commit_in_the_mirror_is_served_when_the_server_is_down() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let base = dir.path().join("served");
-    let (repo, commit) = platforms_repository(&base);
+    let (repo, commit, daemon, url) = served_platforms(dir.path());
     // The commit before: never fetched, the mirror being shallow.
     let before = git(&repo, &["rev-parse", "HEAD~1"]);
-    let daemon = Daemon::start(&base);
-    let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
     let cache = dir.path().join("cache");
     let fetch = |revision: &str, pin: Option<&str>| {
         let reference = GitRef::parse(&format!("{url}?ref={revision}&path=postgres"), None);
@@ -581,10 +585,7 @@ fn a_pinned_commit_in_the_mirror_is_served_when_the_server_is_down() {
 #[test]
 fn processes_sharing_a_cache_take_turns_on_a_mirror() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let base = dir.path().join("served");
-    let (repo, _) = platforms_repository(&base);
-    let daemon = Daemon::start(&base);
-    let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
+    let (repo, _, _daemon, url) = served_platforms(dir.path());
     let cache = dir.path().join("cache");
     // The test holds the mirror's lock, as another process fetching into it would.
     let lock_path = mirror_of(&cache, &url).with_extension("lock");

@@ -1002,6 +1002,63 @@ mod tests {
         }
     }
 
+    /// libgit2's errors as the tests' servers give them: only a server that could not be
+    /// reached or failed lets a mirrored commit stand in.
+    #[test]
+    fn only_an_unavailable_server_lets_the_mirror_stand_in() {
+        use git2::{Error, ErrorClass as Class, ErrorCode as Code};
+        let generic = |class, message| Error::new(Code::GenericError, class, message);
+        let unavailable = [
+            generic(
+                Class::Os,
+                "failed to connect to 127.0.0.1: Connection refused",
+            ),
+            generic(
+                Class::Net,
+                "failed to resolve address for nonexistent.invalid: Name or service not known",
+            ),
+            Error::new(
+                Code::Eof,
+                Class::Net,
+                "could not read refs from remote repository",
+            ),
+            Error::new(Code::Timeout, Class::Net, "timed out"),
+            generic(
+                Class::Ssh,
+                "failed to start SSH session: Failed getting banner",
+            ),
+            generic(Class::Http, "unexpected http status code: 500"),
+            generic(Class::Http, "unexpected http status code: 503"),
+        ];
+        let answered = [
+            generic(
+                Class::Net,
+                "remote error: access denied or repository not exported: /missing.git",
+            ),
+            generic(Class::Net, "unsupported URL protocol"),
+            generic(Class::None, "the credentials were refused"),
+            generic(Class::Http, "unexpected http status code: 401"),
+            generic(Class::Http, "unexpected http status code: 403"),
+            generic(Class::Http, "unexpected http status code: 404"),
+            Error::new(
+                Code::Certificate,
+                Class::Ssh,
+                "invalid or unknown remote ssh hostkey",
+            ),
+            Error::new(
+                Code::Certificate,
+                Class::Ssl,
+                "the SSL certificate is invalid",
+            ),
+        ];
+        for error in unavailable {
+            assert!(server_unavailable(&error), "{error}");
+        }
+        for error in answered {
+            assert!(!server_unavailable(&error), "{error}");
+        }
+    }
+
     #[test]
     fn credentials_never_show_in_debug_output() {
         let auth = GitAuth::Basic {

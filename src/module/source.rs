@@ -551,6 +551,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_summary_says_when_a_copy_was_served_without_its_source() {
+        let files = BTreeMap::from([("main.ncl".to_string(), "{}".to_string())]);
+        let digest = format!("{}:postgres", "a".repeat(40));
+        let fresh = Resolved {
+            bundle: ModuleBundle::new(files, None).expect("a bundle"),
+            digest: digest.clone(),
+            stale: None,
+        };
+        assert_eq!(fresh.summary(ModuleType::Git), format!("git {digest}"));
+        let note = "served from the mirror: git fetch of git://git.example.com/p.git failed: failed to connect to git.example.com: Connection refused";
+        let stale = Resolved {
+            stale: Some(note.to_string()),
+            ..fresh
+        };
+        assert_eq!(
+            stale.summary(ModuleType::Git),
+            format!("git {digest} ({note})")
+        );
+    }
+
+    #[test]
     fn a_shared_fetch_failure_keeps_its_reason() {
         let refused = || {
             SourceError::Oci(OciError::Unauthorized {
