@@ -17,7 +17,8 @@ use pequod::module::git::{self as module_git, GitAuth, GitRef};
 use repo::{HttpServer, SshServer, copy, git};
 use serde_json::{Value, json};
 
-/// `git daemon` serving every repository under `base` on a loopback port.
+/// `git daemon` serving every repository under `base` on a loopback port; stopped when
+/// dropped.
 struct Daemon {
     port: u16,
     child: Child,
@@ -26,8 +27,8 @@ struct Daemon {
 impl Daemon {
     fn start(base: &Path) -> Daemon {
         let port = net::free_port();
-        let child = Command::new("git")
-            .arg("daemon")
+        // `git-daemon` itself: `git daemon` would run it as a child that outlives a kill.
+        let child = Command::new(Path::new(&git(base, &["--exec-path"])).join("git-daemon"))
             .arg("--export-all")
             .arg("--reuseaddr")
             .arg("--listen=127.0.0.1")
@@ -78,15 +79,20 @@ fn platforms_repository(base: &Path) -> (PathBuf, String) {
     (repo, commit)
 }
 
+/// [`platforms_repository`] in `dir/served`, served by `git daemon`: the repository, its
+/// commit, the daemon and the repository's URL.
+fn served_platforms(dir: &Path) -> (PathBuf, String, Daemon, String) {
+    let base = dir.join("served");
+    let (repo, commit) = platforms_repository(&base);
+    let daemon = Daemon::start(&base);
+    let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
+    (repo, commit, daemon, url)
+}
+
 const TRANSFORM: &str = "testdata/transforms/postgres-minimal.yaml";
 
-/// `pequod render` of [`TRANSFORM`] with `module_ref`, with these environment variables.
-fn render_with_env(
-    module_ref: Value,
-    dir: &Path,
-    cache: &Path,
-    env: &[(&str, &Path)],
-) -> (i32, String, String) {
+/// The command `pequod render` of [`TRANSFORM`] with `module_ref` (written into `dir`).
+fn render_command(module_ref: Value, dir: &Path, cache: &Path) -> Command {
     let text = std::fs::read_to_string(common::repo().join(TRANSFORM)).expect("Transform");
     let mut transform: Value = serde_yaml::from_str(&text).expect("YAML");
     transform["spec"]["moduleRef"] = module_ref;
@@ -101,6 +107,17 @@ fn render_with_env(
         .arg(cache)
         .env_remove("SSH_AUTH_SOCK")
         .env("GIT_CONFIG_NOSYSTEM", "1");
+    command
+}
+
+/// `pequod render` of [`TRANSFORM`] with `module_ref`, with these environment variables.
+fn render_with_env(
+    module_ref: Value,
+    dir: &Path,
+    cache: &Path,
+    env: &[(&str, &Path)],
+) -> (i32, String, String) {
+    let mut command = render_command(module_ref, dir, cache);
     for (name, value) in env {
         command.env(name, value);
     }
@@ -121,11 +138,30 @@ fn render(module_ref: Value, dir: &Path, cache: &Path) -> (i32, String, String) 
 fn rendered_version(reference: &str, dir: &Path, cache: &Path) -> String {
     let (code, out, stderr) = render(json!({"type": "git", "ref": reference}), dir, cache);
     assert_eq!(code, 0, "{reference}: {stderr}");
-    let graph: Value = serde_yaml::from_str(&out).expect("YAML");
+    version_of(&out)
+}
+
+/// The module version a rendered graph (YAML) records.
+fn version_of(graph: &str) -> String {
+    let graph: Value = serde_yaml::from_str(graph).expect("YAML");
     graph["spec"]["metadata"]["version"]
         .as_str()
         .expect("a version")
         .to_string()
+}
+
+/// Commits the postgres module of `repo` at `version` (it is `0.2.0`) on its branch.
+fn commit_version(repo: &Path, version: &str) {
+    let main = repo.join("postgres/main.ncl");
+    let source = std::fs::read_to_string(common::repo().join("platforms/postgres/main.ncl"))
+        .expect("main.ncl");
+    let edited = source.replacen(
+        "version = \"0.2.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    );
+    std::fs::write(&main, edited).expect("edited");
+    git(repo, &["commit", "-q", "-am", version]);
 }
 
 /// What the embedded postgres module renders for [`TRANSFORM`].
@@ -136,11 +172,8 @@ fn embedded_render() -> String {
 #[test]
 fn modules_come_from_tags_branches_commits_and_paths() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let base = dir.path().join("served");
-    let (repo, first) = platforms_repository(&base);
-    let daemon = Daemon::start(&base);
+    let (repo, first, daemon, url) = served_platforms(dir.path());
     let cache = dir.path().join("cache");
-    let url = format!("git://127.0.0.1:{}/platforms.git", daemon.port);
     let embedded = embedded_render();
 
     for reference in [
@@ -166,14 +199,7 @@ fn modules_come_from_tags_branches_commits_and_paths() {
     assert_eq!(code, 0, "{stderr}");
 
     // A new commit on the branch: the mirror fetches it, the tag stays where it was.
-    let main = repo.join("postgres/main.ncl");
-    let source = std::fs::read_to_string(&main).expect("main.ncl");
-    std::fs::write(
-        &main,
-        source.replacen("version = \"0.2.0\"", "version = \"0.3.0\"", 1),
-    )
-    .expect("edited");
-    git(&repo, &["commit", "-q", "-am", "0.3.0"]);
+    commit_version(&repo, "0.3.0");
     assert_eq!(
         rendered_version(
             &format!("{url}?ref=refs/heads/main&path=postgres"),
@@ -198,12 +224,7 @@ fn modules_come_from_tags_branches_commits_and_paths() {
     let mirror = mirror_of(&cache, &url);
     assert!(mirror.join("shallow").is_file(), "a shallow mirror");
     let second = git(&repo, &["rev-parse", "HEAD"]);
-    std::fs::write(
-        &main,
-        source.replacen("version = \"0.2.0\"", "version = \"0.4.0\"", 1),
-    )
-    .expect("edited");
-    git(&repo, &["commit", "-q", "-am", "0.4.0"]);
+    commit_version(&repo, "0.4.0");
     // A commit that no branch or tag points at, from a server that sends such commits when
     // asked by SHA: one shallow fetch of it.
     git(
@@ -335,6 +356,7 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
     // The operator's way: the key and known_hosts of a Secret.
     let checkout = module_git::fetch(
         &reference,
+        None,
         &key(&sshd.client_key, &sshd.known_hosts),
         &cache,
     )
@@ -349,6 +371,7 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
     );
     let checkout = module_git::fetch(
         &GitRef::parse(&userless, None),
+        None,
         &key(&sshd.client_key, &sshd.known_hosts),
         &cache,
     )
@@ -389,7 +412,7 @@ fn ssh_repositories_take_a_key_and_check_the_host_key() {
         ),
     ];
     for (auth, message) in failures {
-        let error = module_git::fetch(&reference, &auth, &cache).expect_err("refused");
+        let error = module_git::fetch(&reference, None, &auth, &cache).expect_err("refused");
         assert_eq!(
             error.to_string(),
             format!("git fetch of {url} failed: {message}"),
@@ -443,14 +466,21 @@ fn http_repositories_take_basic_credentials() {
         username: "bot".to_string(),
         password: password.to_string(),
     };
-    let checkout = module_git::fetch(&reference, &basic("s3cret"), &cache).expect("fetched");
+    let checkout = module_git::fetch(&reference, None, &basic("s3cret"), &cache).expect("fetched");
     assert_eq!(checkout.commit, commit);
     assert_eq!(checkout.files, postgres_files());
-    for (auth, message) in [
-        (basic("wrong"), "the credentials were refused"),
-        (GitAuth::Anonymous, "the repository wants credentials"),
+    // Refused credentials are refused, also for a commit the mirror has: the server answered.
+    let at_commit = GitRef::parse(&format!("{url}?ref={commit}&path=postgres"), None);
+    for (reference, auth, message) in [
+        (&reference, basic("wrong"), "the credentials were refused"),
+        (
+            &reference,
+            GitAuth::Anonymous,
+            "the repository wants credentials",
+        ),
+        (&at_commit, basic("wrong"), "the credentials were refused"),
     ] {
-        let error = module_git::fetch(&reference, &auth, &cache).expect_err("refused");
+        let error = module_git::fetch(reference, None, &auth, &cache).expect_err("refused");
         assert_eq!(
             error.to_string(),
             format!("git fetch of {url} failed: {message}"),
@@ -484,4 +514,140 @@ fn http_repositories_take_basic_credentials() {
             "error: module: git fetch of {url} failed: the SSL certificate is invalid (not trusted here: add its CA to the system's certificates, or name a bundle in SSL_CERT_FILE)\n"
         )
     );
+
+    // The server stopped: the pinned commit comes from the mirror, saying so.
+    let url = format!("http://127.0.0.1:{}/git/platforms.git", server.http_port);
+    drop(server);
+    let served = module_git::fetch(&at_commit, None, &basic("s3cret"), &cache).expect("served");
+    assert_eq!((served.commit, served.files), (commit, postgres_files()));
+    assert_eq!(
+        served.stale,
+        Some(format!(
+            "served from the mirror: git fetch of {url} failed: failed to connect to 127.0.0.1: Connection refused"
+        ))
+    );
+}
+
+#[test]
+fn a_pinned_commit_in_the_mirror_is_served_when_the_server_is_down() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (repo, commit, daemon, url) = served_platforms(dir.path());
+    // The commit before: never fetched, the mirror being shallow.
+    let before = git(&repo, &["rev-parse", "HEAD~1"]);
+    let cache = dir.path().join("cache");
+    let fetch = |revision: &str, pin: Option<&str>| {
+        let reference = GitRef::parse(&format!("{url}?ref={revision}&path=postgres"), None);
+        module_git::fetch(&reference, pin, &GitAuth::Anonymous, &cache)
+    };
+    let fetched = fetch(&commit, None).expect("fetched");
+    assert_eq!((&fetched.commit, &fetched.stale), (&commit, &None));
+
+    drop(daemon);
+    let down =
+        format!("git fetch of {url} failed: failed to connect to 127.0.0.1: Connection refused");
+    let note = format!("served from the mirror: {down}");
+    // The commit by its SHA, or a tag with a digest pin naming it: from the mirror.
+    let pin = format!("{commit}:postgres");
+    for (revision, pin) in [(commit.as_str(), None), ("v1", Some(pin.as_str()))] {
+        let served = fetch(revision, pin).expect("served from the mirror");
+        assert_eq!(
+            (served.commit, served.files, served.stale),
+            (commit.clone(), postgres_files(), Some(note.clone())),
+            "{revision}"
+        );
+    }
+    // Tags and branches move: what they name now is the server's to say. A commit the
+    // mirror does not have cannot be served either.
+    for revision in ["v1", "main", &before] {
+        let error = fetch(revision, None).expect_err("the server is down");
+        assert_eq!(error.to_string(), down, "{revision}");
+    }
+    // The CLI renders the pinned commit, and warns; a branch fails.
+    let (code, out, stderr) = render(
+        json!({"type": "git", "ref": format!("{url}?ref={commit}&path=postgres")}),
+        dir.path(),
+        &cache,
+    );
+    assert_eq!(
+        (code, out),
+        (0, common::with_module_digest(&embedded_render(), &pin))
+    );
+    let warning = format!(" WARN pequod::module::source: {note} digest={pin}\n");
+    assert!(stderr.ends_with(&warning), "{stderr}");
+    let (code, _, stderr) = render(
+        json!({"type": "git", "ref": format!("{url}?ref=main&path=postgres")}),
+        dir.path(),
+        &cache,
+    );
+    assert_eq!((code, stderr), (4, format!("error: module: {down}\n")));
+}
+
+#[test]
+fn processes_sharing_a_cache_take_turns_on_a_mirror() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (repo, _, _daemon, url) = served_platforms(dir.path());
+    let cache = dir.path().join("cache");
+    // The test holds the mirror's lock, as another process fetching into it would.
+    let lock_path = mirror_of(&cache, &url).with_extension("lock");
+    std::fs::create_dir_all(lock_path.parent().expect("a directory")).expect("cache directory");
+    let lock = std::fs::File::create(&lock_path).expect("lock file");
+    lock.lock().expect("locked");
+    let module_ref = json!({"type": "git", "ref": format!("{url}?ref=main&path=postgres")});
+    let renders: Vec<Child> = (0..2)
+        .map(|_| {
+            render_command(module_ref.clone(), dir.path(), &cache)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("pequod starts")
+        })
+        .collect();
+    let pids: Vec<u32> = renders.iter().map(Child::id).collect();
+    wait_until_waiting_for_lock(&lock_path, &pids);
+    // A commit made while both wait: a render sees it only if it fetched after the lock was
+    // released.
+    commit_version(&repo, "0.3.0");
+    drop(lock);
+    for render in renders {
+        let out = render.wait_with_output().expect("pequod ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(version_of(&String::from_utf8_lossy(&out.stdout)), "0.3.0");
+    }
+}
+
+/// Waits until the kernel lists each of `pids` as waiting for the lock on the file at `path`
+/// (`/proc/locks`: `N: -> FLOCK ADVISORY WRITE PID MAJOR:MINOR:INODE 0 EOF`).
+fn wait_until_waiting_for_lock(path: &Path, pids: &[u32]) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path)
+        .expect("the lock file")
+        .ino()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+        let waiting: Vec<u32> = locks
+            .lines()
+            .filter_map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [_, "->", "FLOCK", _, _, pid, file, ..]
+                        if file.ends_with(&format!(":{inode}")) =>
+                    {
+                        pid.parse().ok()
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        if pids.iter().all(|pid| waiting.contains(pid)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pids:?} never waited for the lock on {}:\n{locks}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use pequod::module::ModuleBundle;
-use pequod::module::oci::{CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE, pack};
-use registry::TestRegistry;
+use pequod::api::{ModuleRef, ModuleType};
+use pequod::module::git::GitAuth;
+use pequod::module::oci::{CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE, Registry, pack};
+use pequod::module::{self, ModuleBundle, ModuleCache, Resolved, SourceError, Sources};
+use registry::{ENDLESS, HOSTILE_DIGEST, HostileRegistry, TestRegistry};
 use serde_json::{Value, json};
 
 /// `pequod ARGS`: (exit code, stdout, stderr).
@@ -333,7 +335,7 @@ fn a_registry_with_credentials_needs_them() {
     let credentials = dir.path().join("config.json");
     registry.docker_config(&credentials);
     let credentials = credentials.display().to_string();
-    let (code, _, stderr) = pequod(
+    let (code, digest, stderr) = pequod(
         &[
             &[
                 "module",
@@ -370,6 +372,39 @@ fn a_registry_with_credentials_needs_them() {
     );
     assert_eq!(code, 4);
     assert!(stderr.contains("refused access (401/403)"), "{stderr}");
+
+    // A digest in the cache is served only to those the registry lets see it: a registry that
+    // answers 401 is not one that is down.
+    let pinned = transform_with(
+        "testdata/transforms/webservice.yaml",
+        json!({"type": "oci", "ref": format!("{}/private/webservice@{}", registry.host, digest.trim())}),
+        dir.path(),
+    );
+    let cache = dir.path().join("cache").display().to_string();
+    let render = |docker_config: &str| {
+        pequod(
+            &[
+                &["render", "-f", &pinned, "--cache-dir", &cache],
+                &["--docker-config", docker_config][..],
+                &insecure,
+            ]
+            .concat(),
+        )
+    };
+    let (code, _, stderr) = render(&credentials);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = render(&nowhere);
+    assert_eq!(
+        (code, stderr),
+        (
+            4,
+            format!(
+                "error: module: registry {host} refused access (401/403): Not authorized: url http://{host}/v2/private/webservice/manifests/{}\n",
+                digest.trim(),
+                host = registry.host
+            )
+        )
+    );
 }
 
 #[test]
@@ -413,4 +448,160 @@ fn a_second_render_takes_the_module_from_the_disk_cache() {
         .expect("disk cache")
         .count();
     assert_eq!(stored, 1);
+}
+
+/// Resolves `module_ref` as the operator does, with `cache` and no credentials.
+fn resolve(
+    module_ref: Value,
+    registry: &Registry,
+    cache: &ModuleCache,
+) -> Result<Resolved, SourceError> {
+    let module_ref: ModuleRef = serde_json::from_value(module_ref).expect("a moduleRef");
+    let cache_dir = tempfile::tempdir().expect("temporary directory");
+    let sources = Sources {
+        registry,
+        cache,
+        cache_dir: cache_dir.path(),
+        git_auth: GitAuth::Anonymous,
+        allow_local_git: false,
+    };
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(module::resolve(&module_ref, None, &sources))
+}
+
+#[test]
+fn a_pinned_digest_in_the_cache_is_served_when_the_registry_is_down() {
+    let mut registry = TestRegistry::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let disk = dir.path().join("cache").display().to_string();
+    let host = registry.host.clone();
+    let insecure = ["--insecure-registry", host.as_str()];
+    let tagged = format!("{host}/platforms/webservice:1");
+    let (code, digest, stderr) = pequod(
+        &[
+            &["module", "publish", "platforms/webservice", &tagged][..],
+            &insecure,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let digest = digest.trim().to_string();
+    let pinned = format!("{host}/platforms/webservice@{digest}");
+    let by_digest = json!({"type": "oci", "ref": pinned});
+    let by_tag = json!({"type": "oci", "ref": tagged});
+    let tag_and_pin = json!({"type": "oci", "ref": tagged, "digest": digest});
+
+    // The registry answers: the module is pulled into memory (the library) and onto disk (the
+    // CLI), and nothing is stale.
+    let client = Registry::new(std::slice::from_ref(&host), None);
+    let memory = ModuleCache::new(64 << 20);
+    let fresh = resolve(by_digest.clone(), &client, &memory).expect("resolved");
+    assert_eq!(
+        (fresh.digest.as_str(), fresh.stale),
+        (digest.as_str(), None)
+    );
+    let transform = |module_ref: &Value| {
+        transform_with(
+            "testdata/transforms/webservice.yaml",
+            module_ref.clone(),
+            dir.path(),
+        )
+    };
+    let render = |module_ref: &Value, cache: &str| {
+        pequod(
+            &[
+                &["render", "-f", &transform(module_ref), "--cache-dir", cache][..],
+                &insecure,
+            ]
+            .concat(),
+        )
+    };
+    let (code, rendered, stderr) = render(&by_digest, &disk);
+    assert_eq!(code, 0, "{stderr}");
+
+    // The registry is down. A digest, by reference or pin, comes from the cache, saying so.
+    registry.stop();
+    let down = |reference: &str| {
+        format!(
+            "registry error for {reference}: error sending request for url (http://{host}/v2/): client error (Connect): tcp connect error: Connection refused (os error 111)"
+        )
+    };
+    for (module_ref, reference) in [(&by_digest, &pinned), (&tag_and_pin, &tagged)] {
+        let served = resolve(module_ref.clone(), &client, &memory).expect("served");
+        let note = format!("served from the module cache: {}", down(reference));
+        assert_eq!(served.digest, digest);
+        assert_eq!(served.bundle, fresh.bundle);
+        assert_eq!(served.stale.as_deref(), Some(note.as_str()));
+        assert_eq!(
+            served.summary(ModuleType::Oci),
+            format!("oci {digest} ({note})")
+        );
+    }
+    // A tag names what the registry says now: not served.
+    let refused = resolve(by_tag.clone(), &client, &memory).expect_err("the registry is down");
+    assert_eq!(
+        (refused.reason(), refused.to_string()),
+        ("RegistryUnavailable", down(&tagged))
+    );
+    // The CLI: from the disk cache, the same graph, with the note on stderr; a tag, or a
+    // digest the cache does not have, fails.
+    let (code, again, stderr) = render(&by_digest, &disk);
+    assert_eq!((code, again), (0, rendered));
+    let note = format!(
+        " WARN pequod::module::source: served from the module cache: {} digest={digest}\n",
+        down(&pinned)
+    );
+    assert!(stderr.ends_with(&note), "{stderr}");
+    let empty = dir.path().join("empty").display().to_string();
+    for (module_ref, reference, cache) in [(&by_tag, &tagged, &disk), (&by_digest, &pinned, &empty)]
+    {
+        let (code, _, stderr) = render(module_ref, cache);
+        assert_eq!(
+            (code, stderr),
+            (4, format!("error: module: {}\n", down(reference)))
+        );
+    }
+}
+
+#[test]
+fn a_manifest_over_the_limit_is_refused_before_it_is_read_whole() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // Without a digest in the HEAD answer the resolution reads the manifest; with one, the
+    // pull does: both stop at the limit.
+    for says_digest in [false, true] {
+        let hostile = HostileRegistry::start(says_digest);
+        let tagged = format!("{}/hostile/module:1", hostile.host);
+        let transform = transform_with(
+            "testdata/transforms/webservice.yaml",
+            json!({"type": "oci", "ref": tagged}),
+            dir.path(),
+        );
+        let cache = dir.path().join(format!("cache-{says_digest}"));
+        let (code, _, stderr) = pequod(&[
+            "render",
+            "-f",
+            &transform,
+            "--cache-dir",
+            &cache.display().to_string(),
+            "--insecure-registry",
+            &hostile.host,
+        ]);
+        let read = if says_digest {
+            format!("{}/hostile/module@{HOSTILE_DIGEST}", hostile.host)
+        } else {
+            tagged
+        };
+        assert_eq!(
+            (code, stderr),
+            (
+                4,
+                format!(
+                    "error: module: {read} is not a valid Pequod module artifact: the manifest is over the 1048576 byte limit\n"
+                )
+            )
+        );
+        let sent = hostile.manifest_bytes_sent();
+        assert!(sent < ENDLESS, "the whole manifest was sent: {sent} bytes");
+    }
 }

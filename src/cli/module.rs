@@ -336,6 +336,7 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
     let module = Resolved {
         digest: bundle.digest().to_string(),
         bundle,
+        stale: None,
     };
     let examples = examples(&args.dir)?;
     let renderer = args.eval.renderer()?;

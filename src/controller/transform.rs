@@ -248,8 +248,9 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 ModuleType::Git => true,
                 _ => false,
             };
-            if mutable {
-                // A tag or a branch may move: look again after --module-resync.
+            if mutable || module.stale.is_some() {
+                // A tag or a branch may move, and a copy served without its source is to be
+                // checked with it: look again after --module-resync.
                 Action::requeue(context.config.module_resync)
             } else {
                 Action::await_change()
@@ -362,9 +363,7 @@ async fn write_graph(
     status.violations = graph.spec.violations.clone();
     for step in STEPS {
         let message = match step {
-            types::MODULE_RESOLVED => {
-                format!("{} {}", transform.spec.module_ref.type_, module.digest)
-            }
+            types::MODULE_RESOLVED => module.summary(transform.spec.module_ref.type_),
             types::VALIDATED if graph.spec.violations.is_empty() => {
                 "input, graph and policies are valid".to_string()
             }

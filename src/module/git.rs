@@ -89,6 +89,10 @@ pub enum GitError {
         url: String,
         /// libgit2's message.
         message: String,
+        /// Whether the server could not be reached or failed (refused connection, unknown
+        /// host, timeout, a closed connection, a 5xx answer) rather than answered: only then
+        /// may a mirrored commit stand in for it.
+        unavailable: bool,
     },
     /// The revision names no branch, tag or commit.
     #[error("{url}: no branch, tag or commit `{revision}`")]
@@ -202,7 +206,9 @@ impl Revision {
 }
 
 /// Per-mirror locks: concurrent resolutions of one URL (two Transforms) take turns, since
-/// libgit2 would otherwise race on the mirror's refs and shallow file.
+/// libgit2 would otherwise race on the mirror's refs and shallow file. Other processes are
+/// kept out by the mirror's lock file ([`lock_mirror`]); this lock keeps out the process's own
+/// threads even where a file lock is the process's (POSIX locks, as over NFS).
 static MIRROR_LOCKS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
 > = std::sync::LazyLock::new(Default::default);
@@ -254,12 +260,37 @@ pub struct Checkout {
     pub commit: String,
     /// The module's files (relative to `path`).
     pub files: BTreeMap<String, String>,
+    /// Set when the server could not be asked and the mirror's copy of a pinned commit was
+    /// served: `served from the mirror: <the fetch error>`.
+    pub stale: Option<String>,
 }
 
 /// Where the bare mirror of `url` lives in `cache`.
 fn mirror_path(cache: &Path, url: &str) -> PathBuf {
     let name = hex::encode(Sha256::digest(url.as_bytes()));
     cache.join("git").join(&name[..32])
+}
+
+/// Takes the lock file beside the mirror at `path` (`<mirror>.lock`), waiting for any other
+/// process that holds it: processes sharing a cache directory (the CLI and an operator, two
+/// operators) fetch into one mirror in turn. Held until the returned file is dropped.
+fn lock_mirror(path: &Path) -> Result<std::fs::File, GitError> {
+    let lock = path.with_extension("lock");
+    let failed = |error: std::io::Error| GitError::Cache {
+        path: lock.display().to_string(),
+        message: error.to_string(),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(failed)?;
+    file.lock().map_err(failed)?;
+    Ok(file)
 }
 
 /// The bare mirror at `path`, created when missing.
@@ -491,8 +522,17 @@ fn set_timeouts() {
 /// costs one commit's objects, and a new commit costs what changed. An abbreviated SHA, or a
 /// SHA the server will not send alone, takes a fetch of every branch and tag with their
 /// history (the mirror is complete from then on). Every resolution asks the server, with
-/// the caller's credentials, even for a commit the mirror already has.
-pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkout, GitError> {
+/// the caller's credentials, even for a commit the mirror already has; only when the server
+/// cannot be reached or fails (not when it refuses) is a whole commit SHA — the revision, or
+/// the commit `pin` (a `moduleRef.digest`, `<sha>[:<path>]`) names — served from the
+/// mirror, saying so in [`Checkout::stale`]. Branches and tags move: they are never served
+/// without the server. The mirror is locked for the fetch and the read ([`lock_mirror`]).
+pub fn fetch(
+    reference: &GitRef,
+    pin: Option<&str>,
+    auth: &GitAuth,
+    cache: &Path,
+) -> Result<Checkout, GitError> {
     set_timeouts();
     let path = mirror_path(cache, &reference.url);
     let lock = MIRROR_LOCKS
@@ -504,6 +544,7 @@ pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkou
     let _turn = lock
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _other_processes_wait = lock_mirror(&path)?;
     let repository = mirror(&path)?;
     let session = Session {
         repository: &repository,
@@ -511,35 +552,33 @@ pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkou
         auth,
     };
     let revision = Revision::of(reference.revision.as_deref());
-    let commit = match &revision {
-        Revision::Head => {
-            session.fetch(&["+HEAD:refs/remotes/origin/HEAD".to_string()])?;
-            session.commit_at(&["refs/remotes/origin/HEAD".to_string()])
-        }
-        Revision::Named { refs, prefix } => {
-            session.fetch_refs(refs)?;
-            match (session.commit_at(refs), prefix) {
-                (Some(commit), _) => Some(commit),
-                (None, Some(prefix)) => {
-                    session.fetch_everything()?;
-                    session.commit_by_prefix(prefix)
-                }
-                (None, None) => None,
+    let (commit, stale) = match session.resolve(&revision) {
+        Ok(commit) => (commit, None),
+        // A local path has no server to be down: its errors are the disk's.
+        Err(
+            error @ GitError::Fetch {
+                unavailable: true, ..
+            },
+        ) if !reference.is_local() => {
+            let pinned = pin
+                .and_then(|digest| digest.split(':').next())
+                .map(|sha| Revision::of(Some(sha)));
+            let mirrored = [Some(&revision), pinned.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|revision| match revision {
+                    Revision::Commit(sha) => session.commit_by_prefix(sha),
+                    _ => None,
+                });
+            match mirrored {
+                Some(commit) => (
+                    Some(commit),
+                    Some(format!("served from the mirror: {error}")),
+                ),
+                None => return Err(error),
             }
         }
-        Revision::Commit(sha) => {
-            let refs = session.refs_pointing_at(sha)?;
-            if refs.is_empty() {
-                // libgit2 writes no ref for an object id: the commit is found by its SHA.
-                if let Err(error) = session.fetch(std::slice::from_ref(sha)) {
-                    tracing::debug!(%error, "the server did not send the commit alone");
-                    session.fetch_everything()?;
-                }
-            } else {
-                session.fetch_refs(&refs)?;
-            }
-            session.commit_by_prefix(sha)
-        }
+        Err(error) => return Err(error),
     };
     let commit = commit.ok_or_else(|| GitError::UnknownRevision {
         url: reference.url.clone(),
@@ -551,6 +590,7 @@ pub fn fetch(reference: &GitRef, auth: &GitAuth, cache: &Path) -> Result<Checkou
     Ok(Checkout {
         commit: commit.id().to_string(),
         files: read_tree(&repository, &commit, reference)?,
+        stale,
     })
 }
 
@@ -562,6 +602,41 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
+    /// Fetches what `revision` needs and finds its commit in the mirror (`None`: no such
+    /// branch, tag or commit).
+    fn resolve(&self, revision: &Revision) -> Result<Option<git2::Commit<'a>>, GitError> {
+        Ok(match revision {
+            Revision::Head => {
+                self.fetch(&["+HEAD:refs/remotes/origin/HEAD".to_string()])?;
+                self.commit_at(&["refs/remotes/origin/HEAD".to_string()])
+            }
+            Revision::Named { refs, prefix } => {
+                self.fetch_refs(refs)?;
+                match (self.commit_at(refs), prefix) {
+                    (Some(commit), _) => Some(commit),
+                    (None, Some(prefix)) => {
+                        self.fetch_everything()?;
+                        self.commit_by_prefix(prefix)
+                    }
+                    (None, None) => None,
+                }
+            }
+            Revision::Commit(sha) => {
+                let refs = self.refs_pointing_at(sha)?;
+                if refs.is_empty() {
+                    // libgit2 writes no ref for an object id: the commit is found by its SHA.
+                    if let Err(error) = self.fetch(std::slice::from_ref(sha)) {
+                        tracing::debug!(%error, "the server did not send the commit alone");
+                        self.fetch_everything()?;
+                    }
+                } else {
+                    self.fetch_refs(&refs)?;
+                }
+                self.commit_by_prefix(sha)
+            }
+        })
+    }
+
     /// Runs `connect` on the remote with this session's callbacks, turning libgit2's errors
     /// into [`GitError::Fetch`] with the callbacks' own reasons.
     fn with_remote<T>(
@@ -683,6 +758,28 @@ fn fetch_error(url: &str, error: &git2::Error, refusal: &RefCell<Option<String>>
     GitError::Fetch {
         url: url.to_string(),
         message,
+        unavailable: refusal.borrow().is_none() && server_unavailable(error),
+    }
+}
+
+/// Whether libgit2's error says the server could not be reached or failed, as opposed to an
+/// answer (refused credentials, an unknown repository, a host key or certificate not trusted):
+/// a socket error, an unknown host, a timeout, a connection closed mid-conversation, an SSH
+/// handshake that never started, an HTTP 5xx.
+fn server_unavailable(error: &git2::Error) -> bool {
+    let message = error.message();
+    match (error.code(), error.class()) {
+        (git2::ErrorCode::Timeout | git2::ErrorCode::Eof, _) | (_, git2::ErrorClass::Os) => true,
+        (_, git2::ErrorClass::Net) => {
+            message.starts_with("failed to resolve address")
+                || message.starts_with("failed to connect")
+        }
+        (_, git2::ErrorClass::Ssh) => message.starts_with("failed to start SSH session"),
+        (_, git2::ErrorClass::Http) => message
+            .strip_prefix("unexpected http status code: ")
+            .and_then(|code| code.parse::<u16>().ok())
+            .is_some_and(|code| (500..600).contains(&code)),
+        _ => false,
     }
 }
 
@@ -902,6 +999,63 @@ mod tests {
         ];
         for (revision, expected) in cases {
             assert_eq!(Revision::of(revision), expected, "{revision:?}");
+        }
+    }
+
+    /// libgit2's errors as the tests' servers give them: only a server that could not be
+    /// reached or failed lets a mirrored commit stand in.
+    #[test]
+    fn only_an_unavailable_server_lets_the_mirror_stand_in() {
+        use git2::{Error, ErrorClass as Class, ErrorCode as Code};
+        let generic = |class, message| Error::new(Code::GenericError, class, message);
+        let unavailable = [
+            generic(
+                Class::Os,
+                "failed to connect to 127.0.0.1: Connection refused",
+            ),
+            generic(
+                Class::Net,
+                "failed to resolve address for nonexistent.invalid: Name or service not known",
+            ),
+            Error::new(
+                Code::Eof,
+                Class::Net,
+                "could not read refs from remote repository",
+            ),
+            Error::new(Code::Timeout, Class::Net, "timed out"),
+            generic(
+                Class::Ssh,
+                "failed to start SSH session: Failed getting banner",
+            ),
+            generic(Class::Http, "unexpected http status code: 500"),
+            generic(Class::Http, "unexpected http status code: 503"),
+        ];
+        let answered = [
+            generic(
+                Class::Net,
+                "remote error: access denied or repository not exported: /missing.git",
+            ),
+            generic(Class::Net, "unsupported URL protocol"),
+            generic(Class::None, "the credentials were refused"),
+            generic(Class::Http, "unexpected http status code: 401"),
+            generic(Class::Http, "unexpected http status code: 403"),
+            generic(Class::Http, "unexpected http status code: 404"),
+            Error::new(
+                Code::Certificate,
+                Class::Ssh,
+                "invalid or unknown remote ssh hostkey",
+            ),
+            Error::new(
+                Code::Certificate,
+                Class::Ssl,
+                "the SSL certificate is invalid",
+            ),
+        ];
+        for error in unavailable {
+            assert!(server_unavailable(&error), "{error}");
+        }
+        for error in answered {
+            assert!(!server_unavailable(&error), "{error}");
         }
     }
 

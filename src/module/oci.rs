@@ -8,9 +8,13 @@ use std::io::Read;
 
 use flate2::Compression;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor};
+use oci_client::errors::{OciDistributionError, OciEnvelope};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -22,7 +26,21 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.pequod.module.config.v1+jso
 /// Media type of the content layer.
 pub const CONTENT_MEDIA_TYPE: &str = "application/vnd.pequod.module.content.v1.tar+gzip";
 /// Largest manifest or config accepted from a registry.
-const MAX_METADATA_BYTES: i64 = 1 << 20;
+const MAX_METADATA_BYTES: usize = 1 << 20;
+/// How much of a registry's error answer is read for its message.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+/// The manifests a registry may answer with: what oci-client asks for (a module artifact is an
+/// OCI image manifest; the others fail as not a module).
+const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    OCI_IMAGE_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+/// A registry that does not accept a connection in this time fails the request.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A registry that stops sending for this long fails the request instead of hanging it.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// A module's input JSON Schema, when it ships one: its digest goes into the config.
 const INPUT_SCHEMA_FILE: &str = "input.schema.json";
 
@@ -100,9 +118,12 @@ pub enum OciError {
 }
 
 /// A registry client: plain HTTP for the `insecure` registries, credentials from a docker
-/// config (`{"auths": {host: {auth | username, password}}}`).
+/// config (`{"auths": {host: {auth | username, password}}}`). Manifests are read with its own
+/// HTTP client, with a size bound (oci-client reads them whole); the rest with oci-client's.
 pub struct Registry {
     client: Client,
+    http: reqwest::Client,
+    insecure: Vec<String>,
     docker_config: Option<Value>,
 }
 
@@ -117,13 +138,19 @@ impl Registry {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
-            // A registry that stops answering fails the fetch instead of hanging it.
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         Registry {
             client: Client::new(config),
+            http,
+            insecure: insecure.to_vec(),
             docker_config,
         }
     }
@@ -175,12 +202,19 @@ impl Registry {
     /// that access is checked before a cached copy is used.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
         let parsed = parse(reference)?;
-        let auth = self.auth(&parsed);
-        let found = self
-            .client
-            .fetch_manifest_digest(&parsed, &auth)
-            .await
-            .map_err(|e| classify(reference, e))?;
+        let head = self
+            .manifest_request(&parsed, reqwest::Method::HEAD, reference)
+            .await?;
+        let said = head
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        let found = match said {
+            Some(digest) => digest,
+            // A registry that does not say: the digest of the manifest itself.
+            None => self.manifest(&parsed, reference).await?.1,
+        };
         match parsed.digest() {
             Some(pinned) if pinned != found => Err(OciError::Malformed {
                 reference: reference.to_string(),
@@ -194,21 +228,13 @@ impl Registry {
     /// files (the content layer's digest verified, sizes bounded).
     pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
         let parsed = parse(reference)?;
-        let auth = self.auth(&parsed);
         let malformed = |message: String| OciError::Malformed {
             reference: reference.to_string(),
             message,
         };
-        let (manifest_bytes, digest) = self
-            .client
-            .pull_manifest_raw(&parsed, &auth, &[OCI_IMAGE_MEDIA_TYPE])
-            .await
-            .map_err(|e| classify(reference, e))?;
-        if manifest_bytes.len() as i64 > MAX_METADATA_BYTES {
-            return Err(malformed("the manifest is too large".into()));
-        }
+        let (manifest_bytes, digest) = self.manifest(&parsed, reference).await?;
         if let Some(pinned) = parsed.digest()
-            && sha256(&manifest_bytes) != pinned
+            && digest != pinned
         {
             return Err(malformed(format!(
                 "the manifest's content does not match its digest {pinned}"
@@ -234,7 +260,8 @@ impl Registry {
                 layer.media_type
             )));
         }
-        if manifest.config.size > MAX_METADATA_BYTES || layer.size > MAX_BUNDLE_BYTES as i64 {
+        if manifest.config.size > MAX_METADATA_BYTES as i64 || layer.size > MAX_BUNDLE_BYTES as i64
+        {
             return Err(malformed(format!(
                 "the artifact is larger than the {MAX_BUNDLE_BYTES} byte limit of a module"
             )));
@@ -250,6 +277,78 @@ impl Registry {
             files,
             annotations: manifest.annotations,
         })
+    }
+
+    /// The manifest `parsed` names and its digest (of the bytes read), read chunk by chunk
+    /// and refused past [`MAX_METADATA_BYTES`]: a registry cannot make Pequod hold more.
+    async fn manifest(
+        &self,
+        parsed: &Reference,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String), OciError> {
+        let mut response = self
+            .manifest_request(parsed, reqwest::Method::GET, reference)
+            .await?;
+        let bytes = read_at_most(&mut response, MAX_METADATA_BYTES)
+            .await
+            .map_err(|e| classify(reference, e.into()))?
+            .ok_or_else(|| OciError::Malformed {
+                reference: reference.to_string(),
+                message: format!("the manifest is over the {MAX_METADATA_BYTES} byte limit"),
+            })?;
+        let digest = sha256(&bytes);
+        Ok((bytes, digest))
+    }
+
+    /// A `method` request of the manifest `parsed` names, answered 200, with the credentials
+    /// oci-client would send: a bearer token from the registry's token service, or basic
+    /// credentials. Any other answer is the error it says (401/403, 404, the registry's).
+    async fn manifest_request(
+        &self,
+        parsed: &Reference,
+        method: reqwest::Method,
+        reference: &str,
+    ) -> Result<reqwest::Response, OciError> {
+        let auth = self.auth(parsed);
+        let token = self
+            .client
+            .auth(parsed, &auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| classify(reference, e))?;
+        let registry = parsed.resolve_registry();
+        let scheme = if self.insecure.iter().any(|host| host == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let target = parsed.digest().or(parsed.tag()).unwrap_or("latest");
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{target}",
+            parsed.repository()
+        );
+        let request = self
+            .http
+            .request(method, &url)
+            .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+        let request = match (token, auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| classify(reference, e.into()))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::OK {
+            return Ok(response);
+        }
+        let body = read_at_most(&mut response, MAX_ERROR_BYTES)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Err(classify(reference, refusal(status, &body, url)))
     }
 
     async fn blob(
@@ -297,6 +396,46 @@ impl Registry {
             });
         }
         Ok(bytes)
+    }
+}
+
+/// At most `limit` bytes of the body of `response`, read chunk by chunk: `None` when it is
+/// longer (the rest is never read).
+async fn read_at_most(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// The error a registry's answer other than 200 is, as oci-client reads it: 401, an OCI
+/// error envelope for a 4xx, else the status and the body's text.
+fn refusal(status: reqwest::StatusCode, body: &[u8], url: String) -> OciDistributionError {
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return OciDistributionError::UnauthorizedError { url };
+    }
+    match serde_json::from_slice::<OciEnvelope>(body) {
+        Ok(envelope) if status.is_client_error() => {
+            OciDistributionError::RegistryError { envelope, url }
+        }
+        _ => OciDistributionError::ServerError {
+            code: status.as_u16(),
+            url,
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
     }
 }
 
@@ -581,9 +720,9 @@ fn same_registry(key_host: &str, registry: &str) -> bool {
             .all(|(pattern, label)| *pattern == "*" || pattern == label)
 }
 
-fn classify(reference: &str, error: oci_client::errors::OciDistributionError) -> OciError {
-    use oci_client::errors::OciDistributionError as E;
-    let message = error.to_string();
+fn classify(reference: &str, error: OciDistributionError) -> OciError {
+    use OciDistributionError as E;
+    let message = with_causes(&error);
     let registry = reference.split('/').next().unwrap_or(reference).to_string();
     match &error {
         E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
@@ -633,6 +772,22 @@ fn classify(reference: &str, error: oci_client::errors::OciDistributionError) ->
             message,
         },
     }
+}
+
+/// An error's message followed by those of its causes not already in it (`a: b: c`): a
+/// failed request says why (`tcp connect error: Connection refused`).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = next.source();
+    }
+    message
 }
 
 #[cfg(test)]

@@ -162,12 +162,18 @@ pub fn resolve_local(
         }
         (None, other) => return Err(SourceError::Unsupported(other)),
     };
+    check_pin(module_ref, bundle.digest())?;
+    Ok(bundle)
+}
+
+/// Refuses a resolved `digest` that is not the one `moduleRef.digest` pins, when it pins one.
+fn check_pin(module_ref: &ModuleRef, digest: &str) -> Result<(), SourceError> {
     match &module_ref.digest {
-        Some(expected) if expected != bundle.digest() => Err(SourceError::DigestMismatch {
+        Some(expected) if expected != digest => Err(SourceError::DigestMismatch {
             expected: expected.clone(),
-            actual: bundle.digest().to_string(),
+            actual: digest.to_string(),
         }),
-        _ => Ok(bundle),
+        _ => Ok(()),
     }
 }
 
@@ -179,6 +185,21 @@ pub struct Resolved {
     pub bundle: ModuleBundle,
     /// The digest a `moduleRef.digest` pin is compared with, shown in `status.resolvedModule`.
     pub digest: String,
+    /// Set when the source could not be reached or failed and a copy of a pinned commit or
+    /// digest was served without its word: `served from the mirror: <the fetch error>` (Git),
+    /// `served from the module cache: <the registry error>` (OCI).
+    pub stale: Option<String>,
+}
+
+impl Resolved {
+    /// What the `ModuleResolved` condition says of it: the type and digest, and the note of
+    /// a copy served without its source (`git 0123…:postgres (served from the mirror: …)`).
+    pub fn summary(&self, type_: ModuleType) -> String {
+        match &self.stale {
+            Some(note) => format!("{type_} {} ({note})", self.digest),
+            None => format!("{type_} {}", self.digest),
+        }
+    }
 }
 
 /// Fetched OCI modules by manifest digest (bounded, shared by every Transform), with
@@ -267,6 +288,68 @@ impl ModuleCache {
     pub fn stats(&self) -> &ModuleCacheStats {
         &self.stats
     }
+
+    /// The module under `key` (`repository@digest`), from memory or the disk cache, pulled
+    /// from `registry` when neither has it; concurrent calls for one key are one pull.
+    async fn get_or_pull(
+        &self,
+        key: String,
+        registry: &super::oci::Registry,
+    ) -> Result<std::sync::Arc<ModuleBundle>, SourceError> {
+        let fetched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = fetched.clone();
+        let disk = self.disk.clone();
+        let bundle = self
+            .bundles
+            .try_get_with(key.clone(), async move {
+                if let Some(bundle) = load(disk.clone(), key.clone()).await {
+                    return Ok(std::sync::Arc::new(bundle));
+                }
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                let pulled = registry.pull(&key).await?;
+                let bundle = ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint))?;
+                if let Some(disk) = disk {
+                    let stored = bundle.clone();
+                    let _ = tokio::task::spawn_blocking(move || disk.store(&key, &stored)).await;
+                }
+                Ok::<_, SourceError>(std::sync::Arc::new(bundle))
+            })
+            .await
+            .map_err(|error| match std::sync::Arc::try_unwrap(error) {
+                Ok(error) => error,
+                Err(shared) => SourceError::Shared(shared),
+            })?;
+        let counter = if fetched.load(std::sync::atomic::Ordering::Relaxed) {
+            &self.stats.misses
+        } else {
+            &self.stats.hits
+        };
+        counter.inc();
+        Ok(bundle)
+    }
+
+    /// The module under `key` when memory or the disk cache has it, without the registry.
+    async fn stored(&self, key: &str) -> Option<std::sync::Arc<ModuleBundle>> {
+        let bundle = match self.bundles.get(key).await {
+            Some(bundle) => bundle,
+            None => {
+                let bundle = std::sync::Arc::new(load(self.disk.clone(), key.to_string()).await?);
+                self.bundles.insert(key.to_string(), bundle.clone()).await;
+                bundle
+            }
+        };
+        self.stats.hits.inc();
+        Some(bundle)
+    }
+}
+
+/// The module under `key` in the disk cache, if there is one and it has it.
+async fn load(disk: Option<super::disk::DiskCache>, key: String) -> Option<ModuleBundle> {
+    let disk = disk?;
+    tokio::task::spawn_blocking(move || disk.load(&key))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// What resolving remote modules needs: a registry client, the module cache, a directory
@@ -290,76 +373,89 @@ pub struct Sources<'a> {
 /// credentials every time, so access is checked; the files come from the cache when it has
 /// that digest); Git repositories through their mirror (fetched every time, incrementally;
 /// the digest is the commit, plus the path). `path` selects a sub-directory; the `digest`
-/// pin is compared with the resolved digest.
+/// pin is compared with the resolved digest. A source that cannot be reached or fails (not
+/// one that refuses) does not stop a pinned module the cache or mirror has: a digest or full
+/// commit SHA named by the reference or the pin is served from there, with
+/// [`Resolved::stale`] saying why; tags and branches are not.
 pub async fn resolve(
     module_ref: &ModuleRef,
     module_dir: Option<&Path>,
     sources: &Sources<'_>,
 ) -> Result<Resolved, SourceError> {
-    if module_dir.is_none() && module_ref.type_ == ModuleType::Git {
-        return resolve_git(module_ref, sources).await;
+    let resolved = match (module_dir, module_ref.type_) {
+        (None, ModuleType::Git) => resolve_git(module_ref, sources).await?,
+        (None, ModuleType::Oci) => resolve_oci(module_ref, sources).await?,
+        _ => {
+            let bundle = resolve_local(module_ref, module_dir)?;
+            let digest = bundle.digest().to_string();
+            return Ok(Resolved {
+                bundle,
+                digest,
+                stale: None,
+            });
+        }
+    };
+    if let Some(note) = &resolved.stale {
+        tracing::warn!(digest = %resolved.digest, "{note}");
     }
-    let (registry, cache) = (sources.registry, sources.cache);
-    if module_dir.is_some() || module_ref.type_ != ModuleType::Oci {
-        let bundle = resolve_local(module_ref, module_dir)?;
-        let digest = bundle.digest().to_string();
-        return Ok(Resolved { bundle, digest });
-    }
-    let digest = registry.resolve(&module_ref.ref_).await?;
-    if let Some(expected) = &module_ref.digest
-        && expected != &digest
-    {
-        return Err(SourceError::DigestMismatch {
-            expected: expected.clone(),
-            actual: digest,
-        });
-    }
+    Ok(resolved)
+}
+
+async fn resolve_oci(
+    module_ref: &ModuleRef,
+    sources: &Sources<'_>,
+) -> Result<Resolved, SourceError> {
     let repository = module_ref
         .ref_
         .split_once('@')
         .map_or_else(|| strip_tag(&module_ref.ref_), |(repo, _)| repo.to_string());
-    let pinned = format!("{repository}@{digest}");
-    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = fetched.clone();
     // Keyed by repository and digest: a copy is served only to a caller that the registry
-    // just let see that digest in that repository.
-    let disk = cache.disk.clone();
-    let bundle = cache
-        .bundles
-        .try_get_with(pinned.clone(), async move {
-            if let Some(disk) = disk.clone() {
-                let key = pinned.clone();
-                if let Ok(Some(bundle)) = tokio::task::spawn_blocking(move || disk.load(&key)).await
-                {
-                    return Ok(std::sync::Arc::new(bundle));
-                }
-            }
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            let pulled = registry.pull(&pinned).await?;
-            let bundle = ModuleBundle::new(pulled.files, Some(&pulled.config.entrypoint))?;
-            if let Some(disk) = disk {
-                let stored = bundle.clone();
-                let _ = tokio::task::spawn_blocking(move || disk.store(&pinned, &stored)).await;
-            }
-            Ok::<_, SourceError>(std::sync::Arc::new(bundle))
-        })
-        .await
-        .map_err(|error| match std::sync::Arc::try_unwrap(error) {
-            Ok(error) => error,
-            Err(shared) => SourceError::Shared(shared),
-        })?;
-    let counter = if fetched.load(std::sync::atomic::Ordering::Relaxed) {
-        &cache.stats.misses
-    } else {
-        &cache.stats.hits
+    // just let see that digest in that repository, or, when the registry could not be
+    // reached or failed, for the digest the caller pinned.
+    let (digest, stored) = match sources.registry.resolve(&module_ref.ref_).await {
+        Ok(digest) => (digest, None),
+        Err(error @ OciError::Registry { .. }) => {
+            let pinned = module_ref
+                .ref_
+                .split_once('@')
+                .map(|(_, digest)| digest)
+                .or(module_ref.digest.as_deref());
+            let Some(digest) = pinned else {
+                return Err(error.into());
+            };
+            let Some(bundle) = sources
+                .cache
+                .stored(&format!("{repository}@{digest}"))
+                .await
+            else {
+                return Err(error.into());
+            };
+            let note = format!("served from the module cache: {error}");
+            (digest.to_string(), Some((bundle, note)))
+        }
+        Err(error) => return Err(error.into()),
     };
-    counter.inc();
+    check_pin(module_ref, &digest)?;
+    let (bundle, stale) = match stored {
+        Some((bundle, note)) => (bundle, Some(note)),
+        None => {
+            let key = format!("{repository}@{digest}");
+            (
+                sources.cache.get_or_pull(key, sources.registry).await?,
+                None,
+            )
+        }
+    };
     let bundle = select(
         &bundle,
         module_ref.path.as_deref(),
         module_ref.entrypoint.as_deref(),
     )?;
-    Ok(Resolved { bundle, digest })
+    Ok(Resolved {
+        bundle,
+        digest,
+        stale,
+    })
 }
 
 async fn resolve_git(
@@ -371,25 +467,24 @@ async fn resolve_git(
         return Err(SourceError::LocalGitRefused(reference.url));
     }
     let (auth, dir) = (sources.git_auth.clone(), sources.cache_dir.to_path_buf());
-    let wanted = reference.clone();
-    let checkout = tokio::task::spawn_blocking(move || super::git::fetch(&wanted, &auth, &dir))
-        .await
-        .map_err(|e| SourceError::Unavailable(format!("git fetch task failed: {e}")))??;
+    let (wanted, pin) = (reference.clone(), module_ref.digest.clone());
+    let checkout = tokio::task::spawn_blocking(move || {
+        super::git::fetch(&wanted, pin.as_deref(), &auth, &dir)
+    })
+    .await
+    .map_err(|e| SourceError::Unavailable(format!("git fetch task failed: {e}")))??;
     let digest = match &reference.path {
         Some(path) => format!("{}:{path}", checkout.commit),
         None => checkout.commit.clone(),
     };
-    if let Some(expected) = &module_ref.digest
-        && expected != &digest
-    {
-        return Err(SourceError::DigestMismatch {
-            expected: expected.clone(),
-            actual: digest,
-        });
-    }
+    check_pin(module_ref, &digest)?;
     // The mirror is the cache: the files were just read from it.
     let bundle = ModuleBundle::new(checkout.files, module_ref.entrypoint.as_deref())?;
-    Ok(Resolved { bundle, digest })
+    Ok(Resolved {
+        bundle,
+        digest,
+        stale: checkout.stale,
+    })
 }
 
 /// `registry/repo:tag` → `registry/repo` (a port's colon is not a tag's).
@@ -442,21 +537,39 @@ pub fn from_config_map(
         }
     }
     let digest = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher)));
-    if let Some(expected) = &module_ref.digest
-        && expected != &digest
-    {
-        return Err(SourceError::DigestMismatch {
-            expected: expected.clone(),
-            actual: digest,
-        });
-    }
+    check_pin(module_ref, &digest)?;
     let bundle = ModuleBundle::new(data.clone(), module_ref.entrypoint.as_deref())?;
-    Ok(Resolved { bundle, digest })
+    Ok(Resolved {
+        bundle,
+        digest,
+        stale: None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_says_when_a_copy_was_served_without_its_source() {
+        let files = BTreeMap::from([("main.ncl".to_string(), "{}".to_string())]);
+        let digest = format!("{}:postgres", "a".repeat(40));
+        let fresh = Resolved {
+            bundle: ModuleBundle::new(files, None).expect("a bundle"),
+            digest: digest.clone(),
+            stale: None,
+        };
+        assert_eq!(fresh.summary(ModuleType::Git), format!("git {digest}"));
+        let note = "served from the mirror: git fetch of git://git.example.com/p.git failed: failed to connect to git.example.com: Connection refused";
+        let stale = Resolved {
+            stale: Some(note.to_string()),
+            ..fresh
+        };
+        assert_eq!(
+            stale.summary(ModuleType::Git),
+            format!("git {digest} ({note})")
+        );
+    }
 
     #[test]
     fn a_shared_fetch_failure_keeps_its_reason() {

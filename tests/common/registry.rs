@@ -1,10 +1,14 @@
 //! A real OCI registry for the tests: the Debian `docker-registry` (distribution) on a
-//! loopback port, with its storage in a temporary directory, optionally behind htpasswd.
+//! loopback port, with its storage in a temporary directory, optionally behind htpasswd; and a
+//! hostile one, whose manifests never end.
 
 #![allow(dead_code)] // each suite uses part of this module
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::net::{free_port, wait_for_port};
@@ -91,11 +95,118 @@ impl TestRegistry {
         let config = serde_json::json!({"auths": {self.host.clone(): {"auth": auth}}});
         std::fs::write(path, config.to_string()).expect("docker config written");
     }
+
+    /// Stops the registry: from now on its port refuses connections.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for TestRegistry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// How long a manifest of a [`HostileRegistry`] would be: 1 GiB (of JSON whitespace).
+pub const ENDLESS: u64 = 1 << 30;
+
+/// The digest a [`HostileRegistry`] gives for every manifest, when it gives one.
+pub const HOSTILE_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A hostile registry on a loopback port: anonymous, and every manifest it serves is
+/// [`ENDLESS`] bytes long, chunked, without a length; it reports how much of one it sent
+/// before the client hung up.
+pub struct HostileRegistry {
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    sent: mpsc::Receiver<u64>,
+}
+
+impl HostileRegistry {
+    /// Starts one. With `says_digest`, a HEAD of a manifest names [`HOSTILE_DIGEST`] (a client
+    /// then pulls it by digest); without, it names none (a client must read the manifest to
+    /// know its digest).
+    pub fn start(says_digest: bool) -> HostileRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let host = listener.local_addr().expect("its address").to_string();
+        let (report, sent) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let report = report.clone();
+                std::thread::spawn(move || serve(stream, says_digest, &report));
+            }
+        });
+        HostileRegistry { host, sent }
+    }
+
+    /// How many bytes of a manifest the registry sent before the client hung up (waits for
+    /// the one manifest request to end).
+    pub fn manifest_bytes_sent(&self) -> u64 {
+        self.sent
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a manifest was asked for")
+    }
+}
+
+/// Answers the requests of one connection: `/v2/` 200, a manifest HEAD 200 (with
+/// [`HOSTILE_DIGEST`] when `says_digest`), a manifest GET an endless manifest.
+fn serve(stream: TcpStream, says_digest: bool, report: &mpsc::Sender<u64>) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut header = String::new();
+        while header != "\r\n" {
+            header.clear();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+        }
+        let manifest = request.contains("/manifests/");
+        let answer = match (request.split(' ').next(), manifest) {
+            (Some("GET"), true) => {
+                let _ = report.send(endless_manifest(&mut writer));
+                return;
+            }
+            (Some("HEAD"), true) if says_digest => format!(
+                "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {HOSTILE_DIGEST}\r\nContent-Length: 0\r\n\r\n"
+            ),
+            (Some("HEAD"), _) => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(),
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+        };
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends an [`ENDLESS`] manifest in 64 KiB chunks until the client hangs up; returns the
+/// bytes of it sent.
+fn endless_manifest(stream: &mut TcpStream) -> u64 {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let chunk = [b' '; 64 << 10];
+    let mut sent = 0;
+    while sent < ENDLESS {
+        let written = stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .and_then(|()| stream.write_all(&chunk))
+            .and_then(|()| stream.write_all(b"\r\n"));
+        if written.is_err() {
+            return sent;
+        }
+        sent += chunk.len() as u64;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    sent
 }
