@@ -11,7 +11,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+    OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -118,8 +118,9 @@ pub enum OciError {
 }
 
 /// A registry client: plain HTTP for the `insecure` registries, credentials from a docker
-/// config (`{"auths": {host: {auth | username, password}}}`). Manifests are read with its own
-/// HTTP client, with a size bound (oci-client reads them whole); the rest with oci-client's.
+/// config (`{"auths": {host: {auth | username, password}}}`). Pulls read manifests and blobs
+/// with its own HTTP client, each with a size bound (oci-client reads manifests whole);
+/// publishing and the registry's token service are oci-client's.
 pub struct Registry {
     client: Client,
     http: reqwest::Client,
@@ -143,6 +144,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         let http = reqwest::Client::builder()
+            .user_agent(concat!("pequod/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
@@ -203,7 +205,12 @@ impl Registry {
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
         let parsed = parse(reference)?;
         let head = self
-            .manifest_request(&parsed, reqwest::Method::HEAD, reference)
+            .request(
+                &parsed,
+                reqwest::Method::HEAD,
+                &manifest_path(&parsed),
+                reference,
+            )
             .await?;
         let said = head
             .headers()
@@ -279,19 +286,21 @@ impl Registry {
         })
     }
 
-    /// The manifest `parsed` names and its digest (of the bytes read), read chunk by chunk
-    /// and refused past [`MAX_METADATA_BYTES`]: a registry cannot make Pequod hold more.
+    /// The manifest `parsed` names and its digest (of the bytes read), refused past
+    /// [`MAX_METADATA_BYTES`]: a registry cannot make Pequod hold more.
     async fn manifest(
         &self,
         parsed: &Reference,
         reference: &str,
     ) -> Result<(Vec<u8>, String), OciError> {
-        let mut response = self
-            .manifest_request(parsed, reqwest::Method::GET, reference)
-            .await?;
-        let bytes = read_at_most(&mut response, MAX_METADATA_BYTES)
-            .await
-            .map_err(|e| classify(reference, e.into()))?
+        let bytes = self
+            .read(
+                parsed,
+                &manifest_path(parsed),
+                MAX_METADATA_BYTES,
+                reference,
+            )
+            .await?
             .ok_or_else(|| OciError::Malformed {
                 reference: reference.to_string(),
                 message: format!("the manifest is over the {MAX_METADATA_BYTES} byte limit"),
@@ -300,13 +309,65 @@ impl Registry {
         Ok((bytes, digest))
     }
 
-    /// A `method` request of the manifest `parsed` names, answered 200, with the credentials
-    /// oci-client would send: a bearer token from the registry's token service, or basic
-    /// credentials. Any other answer is the error it says (401/403, 404, the registry's).
-    async fn manifest_request(
+    /// The blob `descriptor` names, never more than the size it declares (itself bounded by
+    /// the caller), checked against its digest.
+    async fn blob(
+        &self,
+        parsed: &Reference,
+        descriptor: &Descriptor,
+        reference: &str,
+    ) -> Result<Vec<u8>, OciError> {
+        let malformed = |message: String| OciError::Malformed {
+            reference: reference.to_string(),
+            message,
+        };
+        let declared = usize::try_from(descriptor.size).unwrap_or(0);
+        let path = format!("blobs/{}", descriptor.digest);
+        let bytes = self
+            .read(parsed, &path, declared, reference)
+            .await?
+            .ok_or_else(|| {
+                malformed(format!(
+                    "blob {} is larger than its declared {declared} bytes",
+                    descriptor.digest
+                ))
+            })?;
+        if sha256(&bytes) != descriptor.digest {
+            return Err(malformed(format!(
+                "blob {} does not match its digest",
+                descriptor.digest
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The body of a GET of `path` in the repository of `parsed` ([`Registry::request`]),
+    /// read chunk by chunk: `None` past `limit` bytes, the rest never read.
+    async fn read(
+        &self,
+        parsed: &Reference,
+        path: &str,
+        limit: usize,
+        reference: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let mut response = self
+            .request(parsed, reqwest::Method::GET, path, reference)
+            .await?;
+        read_at_most(&mut response, limit)
+            .await
+            .map_err(|e| classify(reference, e.into()))
+    }
+
+    /// A `method` request of `path` (`manifests/…`, `blobs/…`) in the repository of `parsed`,
+    /// answered 200, with the credentials oci-client would send: a bearer token from the
+    /// registry's token service, or basic credentials. Any other answer is the error it says
+    /// (401/403, 404, the registry's). Pulls go through here, so that every body is read
+    /// with a bound (oci-client reads manifests and error answers whole).
+    async fn request(
         &self,
         parsed: &Reference,
         method: reqwest::Method,
+        path: &str,
         reference: &str,
     ) -> Result<reqwest::Response, OciError> {
         let auth = self.auth(parsed);
@@ -321,11 +382,7 @@ impl Registry {
         } else {
             "https"
         };
-        let target = parsed.digest().or(parsed.tag()).unwrap_or("latest");
-        let url = format!(
-            "{scheme}://{registry}/v2/{}/manifests/{target}",
-            parsed.repository()
-        );
+        let url = format!("{scheme}://{registry}/v2/{}/{path}", parsed.repository());
         let request = self
             .http
             .request(method, &url)
@@ -350,53 +407,12 @@ impl Registry {
             .unwrap_or_default();
         Err(classify(reference, refusal(status, &body, url)))
     }
+}
 
-    async fn blob(
-        &self,
-        parsed: &Reference,
-        descriptor: &Descriptor,
-        reference: &str,
-    ) -> Result<Vec<u8>, OciError> {
-        let oci = OciDescriptor {
-            media_type: descriptor.media_type.clone(),
-            digest: descriptor.digest.clone(),
-            size: descriptor.size,
-            ..OciDescriptor::default()
-        };
-        use futures::StreamExt;
-        let malformed = |message: String| OciError::Malformed {
-            reference: reference.to_string(),
-            message,
-        };
-        let mut stream = self
-            .client
-            .pull_blob_stream(parsed, &oci)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        // Never more than the descriptor declares (itself bounded by the caller).
-        let declared = usize::try_from(descriptor.size).unwrap_or(0);
-        let mut bytes = Vec::with_capacity(declared.min(MAX_BUNDLE_BYTES));
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| OciError::Registry {
-                reference: reference.to_string(),
-                message: e.to_string(),
-            })?;
-            if bytes.len() + chunk.len() > declared {
-                return Err(malformed(format!(
-                    "blob {} is larger than its declared {declared} bytes",
-                    descriptor.digest
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        if sha256(&bytes) != descriptor.digest {
-            return Err(OciError::Malformed {
-                reference: reference.to_string(),
-                message: format!("blob {} does not match its digest", descriptor.digest),
-            });
-        }
-        Ok(bytes)
-    }
+/// Where the manifest `parsed` names is: `manifests/` and its digest, else its tag.
+fn manifest_path(parsed: &Reference) -> String {
+    let target = parsed.digest().or(parsed.tag()).unwrap_or("latest");
+    format!("manifests/{target}")
 }
 
 /// At most `limit` bytes of the body of `response`, read chunk by chunk: `None` when it is
