@@ -203,14 +203,9 @@ impl Registry {
     /// asked of the registry with this client's credentials even for a digest reference, so
     /// that access is checked before a cached copy is used.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
-        let parsed = parse(reference)?;
-        let head = self
-            .request(
-                &parsed,
-                reqwest::Method::HEAD,
-                &manifest_path(&parsed),
-                reference,
-            )
+        let session = self.session(reference).await?;
+        let head = session
+            .request(reqwest::Method::HEAD, &session.manifest_path())
             .await?;
         let said = head
             .headers()
@@ -220,9 +215,9 @@ impl Registry {
         let found = match said {
             Some(digest) => digest,
             // A registry that does not say: the digest of the manifest itself.
-            None => self.manifest(&parsed, reference).await?.1,
+            None => session.manifest().await?.1,
         };
-        match parsed.digest() {
+        match session.parsed.digest() {
             Some(pinned) if pinned != found => Err(OciError::Malformed {
                 reference: reference.to_string(),
                 message: format!("the registry says its digest is {found}"),
@@ -234,13 +229,13 @@ impl Registry {
     /// Pulls and checks the module at `reference`: the manifest digest, the config and the
     /// files (the content layer's digest verified, sizes bounded).
     pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
-        let parsed = parse(reference)?;
+        let session = self.session(reference).await?;
         let malformed = |message: String| OciError::Malformed {
             reference: reference.to_string(),
             message,
         };
-        let (manifest_bytes, digest) = self.manifest(&parsed, reference).await?;
-        if let Some(pinned) = parsed.digest()
+        let (manifest_bytes, digest) = session.manifest().await?;
+        if let Some(pinned) = session.parsed.digest()
             && digest != pinned
         {
             return Err(malformed(format!(
@@ -273,10 +268,10 @@ impl Registry {
                 "the artifact is larger than the {MAX_BUNDLE_BYTES} byte limit of a module"
             )));
         }
-        let config_bytes = self.blob(&parsed, &manifest.config, reference).await?;
+        let config_bytes = session.blob(&manifest.config).await?;
         let config: ModuleConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| malformed(format!("the config is not a Pequod module config: {e}")))?;
-        let layer_bytes = self.blob(&parsed, layer, reference).await?;
+        let layer_bytes = session.blob(layer).await?;
         let files = unpack(&layer_bytes).map_err(malformed)?;
         Ok(Pulled {
             digest,
@@ -286,23 +281,56 @@ impl Registry {
         })
     }
 
-    /// The manifest `parsed` names and its digest (of the bytes read), refused past
-    /// [`MAX_METADATA_BYTES`]: a registry cannot make Pequod hold more.
-    async fn manifest(
-        &self,
-        parsed: &Reference,
-        reference: &str,
-    ) -> Result<(Vec<u8>, String), OciError> {
+    /// The requests of one pull or resolution of `reference`: its credentials from the
+    /// docker config, and a bearer token when the registry's token service gives one.
+    async fn session<'a>(&'a self, reference: &'a str) -> Result<Session<'a>, OciError> {
+        let parsed = parse(reference)?;
+        let auth = self.auth(&parsed);
+        let token = self
+            .client
+            .auth(&parsed, &auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| classify(reference, e))?;
+        Ok(Session {
+            registry: self,
+            parsed,
+            reference,
+            auth,
+            token,
+        })
+    }
+}
+
+/// Requests for one reference, with the credentials oci-client would send (a bearer token
+/// from the registry's token service, or basic credentials) but Pequod's own HTTP client, so
+/// that every body is read with a bound (oci-client reads manifests and error answers whole).
+struct Session<'a> {
+    registry: &'a Registry,
+    parsed: Reference,
+    reference: &'a str,
+    auth: RegistryAuth,
+    token: Option<String>,
+}
+
+impl Session<'_> {
+    /// Where the manifest is: `manifests/` and its digest, else its tag.
+    fn manifest_path(&self) -> String {
+        let target = self
+            .parsed
+            .digest()
+            .or(self.parsed.tag())
+            .unwrap_or("latest");
+        format!("manifests/{target}")
+    }
+
+    /// The manifest and its digest (of the bytes read), refused past [`MAX_METADATA_BYTES`]:
+    /// a registry cannot make Pequod hold more.
+    async fn manifest(&self) -> Result<(Vec<u8>, String), OciError> {
         let bytes = self
-            .read(
-                parsed,
-                &manifest_path(parsed),
-                MAX_METADATA_BYTES,
-                reference,
-            )
+            .read(&self.manifest_path(), MAX_METADATA_BYTES)
             .await?
             .ok_or_else(|| OciError::Malformed {
-                reference: reference.to_string(),
+                reference: self.reference.to_string(),
                 message: format!("the manifest is over the {MAX_METADATA_BYTES} byte limit"),
             })?;
         let digest = sha256(&bytes);
@@ -311,20 +339,14 @@ impl Registry {
 
     /// The blob `descriptor` names, never more than the size it declares (itself bounded by
     /// the caller), checked against its digest.
-    async fn blob(
-        &self,
-        parsed: &Reference,
-        descriptor: &Descriptor,
-        reference: &str,
-    ) -> Result<Vec<u8>, OciError> {
+    async fn blob(&self, descriptor: &Descriptor) -> Result<Vec<u8>, OciError> {
         let malformed = |message: String| OciError::Malformed {
-            reference: reference.to_string(),
+            reference: self.reference.to_string(),
             message,
         };
         let declared = usize::try_from(descriptor.size).unwrap_or(0);
-        let path = format!("blobs/{}", descriptor.digest);
         let bytes = self
-            .read(parsed, &path, declared, reference)
+            .read(&format!("blobs/{}", descriptor.digest), declared)
             .await?
             .ok_or_else(|| {
                 malformed(format!(
@@ -341,53 +363,38 @@ impl Registry {
         Ok(bytes)
     }
 
-    /// The body of a GET of `path` in the repository of `parsed` ([`Registry::request`]),
-    /// read chunk by chunk: `None` past `limit` bytes, the rest never read.
-    async fn read(
-        &self,
-        parsed: &Reference,
-        path: &str,
-        limit: usize,
-        reference: &str,
-    ) -> Result<Option<Vec<u8>>, OciError> {
-        let mut response = self
-            .request(parsed, reqwest::Method::GET, path, reference)
-            .await?;
+    /// The body of a GET of `path`, read chunk by chunk: `None` past `limit` bytes, the rest
+    /// never read.
+    async fn read(&self, path: &str, limit: usize) -> Result<Option<Vec<u8>>, OciError> {
+        let mut response = self.request(reqwest::Method::GET, path).await?;
         read_at_most(&mut response, limit)
             .await
-            .map_err(|e| classify(reference, e.into()))
+            .map_err(|e| classify(self.reference, e.into()))
     }
 
-    /// A `method` request of `path` (`manifests/…`, `blobs/…`) in the repository of `parsed`,
-    /// answered 200, with the credentials oci-client would send: a bearer token from the
-    /// registry's token service, or basic credentials. Any other answer is the error it says
-    /// (401/403, 404, the registry's). Pulls go through here, so that every body is read
-    /// with a bound (oci-client reads manifests and error answers whole).
+    /// A `method` request of `path` (`manifests/…`, `blobs/…`) in the repository, answered
+    /// 200; any other answer is the error it says (401/403, 404, the registry's).
     async fn request(
         &self,
-        parsed: &Reference,
         method: reqwest::Method,
         path: &str,
-        reference: &str,
     ) -> Result<reqwest::Response, OciError> {
-        let auth = self.auth(parsed);
-        let token = self
-            .client
-            .auth(parsed, &auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        let registry = parsed.resolve_registry();
-        let scheme = if self.insecure.iter().any(|host| host == registry) {
+        let registry = self.parsed.resolve_registry();
+        let scheme = if self.registry.insecure.iter().any(|host| host == registry) {
             "http"
         } else {
             "https"
         };
-        let url = format!("{scheme}://{registry}/v2/{}/{path}", parsed.repository());
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/{path}",
+            self.parsed.repository()
+        );
         let request = self
+            .registry
             .http
             .request(method, &url)
             .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = match (token, auth) {
+        let request = match (&self.token, &self.auth) {
             (Some(token), _) => request.bearer_auth(token),
             (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
             (None, _) => request,
@@ -395,7 +402,7 @@ impl Registry {
         let mut response = request
             .send()
             .await
-            .map_err(|e| classify(reference, e.into()))?;
+            .map_err(|e| classify(self.reference, e.into()))?;
         let status = response.status();
         if status == reqwest::StatusCode::OK {
             return Ok(response);
@@ -405,14 +412,8 @@ impl Registry {
             .ok()
             .flatten()
             .unwrap_or_default();
-        Err(classify(reference, refusal(status, &body, url)))
+        Err(classify(self.reference, refusal(status, &body, url)))
     }
-}
-
-/// Where the manifest `parsed` names is: `manifests/` and its digest, else its tag.
-fn manifest_path(parsed: &Reference) -> String {
-    let target = parsed.digest().or(parsed.tag()).unwrap_or("latest");
-    format!("manifests/{target}")
 }
 
 /// At most `limit` bytes of the body of `response`, read chunk by chunk: `None` when it is
