@@ -11,7 +11,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+    OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -118,8 +118,9 @@ pub enum OciError {
 }
 
 /// A registry client: plain HTTP for the `insecure` registries, credentials from a docker
-/// config (`{"auths": {host: {auth | username, password}}}`). Manifests are read with its own
-/// HTTP client, with a size bound (oci-client reads them whole); the rest with oci-client's.
+/// config (`{"auths": {host: {auth | username, password}}}`). Pulls read manifests and blobs
+/// with its own HTTP client, each with a size bound (oci-client reads manifests whole);
+/// publishing and the registry's token service are oci-client's.
 pub struct Registry {
     client: Client,
     http: reqwest::Client,
@@ -143,6 +144,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         let http = reqwest::Client::builder()
+            .user_agent(concat!("pequod/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
@@ -201,9 +203,9 @@ impl Registry {
     /// asked of the registry with this client's credentials even for a digest reference, so
     /// that access is checked before a cached copy is used.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
-        let parsed = parse(reference)?;
-        let head = self
-            .manifest_request(&parsed, reqwest::Method::HEAD, reference)
+        let session = self.session(reference).await?;
+        let head = session
+            .request(reqwest::Method::HEAD, &session.manifest_path())
             .await?;
         let said = head
             .headers()
@@ -213,9 +215,9 @@ impl Registry {
         let found = match said {
             Some(digest) => digest,
             // A registry that does not say: the digest of the manifest itself.
-            None => self.manifest(&parsed, reference).await?.1,
+            None => session.manifest().await?.1,
         };
-        match parsed.digest() {
+        match session.parsed.digest() {
             Some(pinned) if pinned != found => Err(OciError::Malformed {
                 reference: reference.to_string(),
                 message: format!("the registry says its digest is {found}"),
@@ -227,13 +229,13 @@ impl Registry {
     /// Pulls and checks the module at `reference`: the manifest digest, the config and the
     /// files (the content layer's digest verified, sizes bounded).
     pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
-        let parsed = parse(reference)?;
+        let session = self.session(reference).await?;
         let malformed = |message: String| OciError::Malformed {
             reference: reference.to_string(),
             message,
         };
-        let (manifest_bytes, digest) = self.manifest(&parsed, reference).await?;
-        if let Some(pinned) = parsed.digest()
+        let (manifest_bytes, digest) = session.manifest().await?;
+        if let Some(pinned) = session.parsed.digest()
             && digest != pinned
         {
             return Err(malformed(format!(
@@ -266,10 +268,10 @@ impl Registry {
                 "the artifact is larger than the {MAX_BUNDLE_BYTES} byte limit of a module"
             )));
         }
-        let config_bytes = self.blob(&parsed, &manifest.config, reference).await?;
+        let config_bytes = session.blob(&manifest.config).await?;
         let config: ModuleConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| malformed(format!("the config is not a Pequod module config: {e}")))?;
-        let layer_bytes = self.blob(&parsed, layer, reference).await?;
+        let layer_bytes = session.blob(layer).await?;
         let files = unpack(&layer_bytes).map_err(malformed)?;
         Ok(Pulled {
             digest,
@@ -279,58 +281,120 @@ impl Registry {
         })
     }
 
-    /// The manifest `parsed` names and its digest (of the bytes read), read chunk by chunk
-    /// and refused past [`MAX_METADATA_BYTES`]: a registry cannot make Pequod hold more.
-    async fn manifest(
-        &self,
-        parsed: &Reference,
-        reference: &str,
-    ) -> Result<(Vec<u8>, String), OciError> {
-        let mut response = self
-            .manifest_request(parsed, reqwest::Method::GET, reference)
-            .await?;
-        let bytes = read_at_most(&mut response, MAX_METADATA_BYTES)
+    /// The requests of one pull or resolution of `reference`: its credentials from the
+    /// docker config, and a bearer token when the registry's token service gives one.
+    async fn session<'a>(&'a self, reference: &'a str) -> Result<Session<'a>, OciError> {
+        let parsed = parse(reference)?;
+        let auth = self.auth(&parsed);
+        let token = self
+            .client
+            .auth(&parsed, &auth, RegistryOperation::Pull)
             .await
-            .map_err(|e| classify(reference, e.into()))?
+            .map_err(|e| classify(reference, e))?;
+        Ok(Session {
+            registry: self,
+            parsed,
+            reference,
+            auth,
+            token,
+        })
+    }
+}
+
+/// Requests for one reference, with the credentials oci-client would send (a bearer token
+/// from the registry's token service, or basic credentials) but Pequod's own HTTP client, so
+/// that every body is read with a bound (oci-client reads manifests and error answers whole).
+struct Session<'a> {
+    registry: &'a Registry,
+    parsed: Reference,
+    reference: &'a str,
+    auth: RegistryAuth,
+    token: Option<String>,
+}
+
+impl Session<'_> {
+    /// Where the manifest is: `manifests/` and its digest, else its tag.
+    fn manifest_path(&self) -> String {
+        let target = self
+            .parsed
+            .digest()
+            .or(self.parsed.tag())
+            .unwrap_or("latest");
+        format!("manifests/{target}")
+    }
+
+    /// The manifest and its digest (of the bytes read), refused past [`MAX_METADATA_BYTES`]:
+    /// a registry cannot make Pequod hold more.
+    async fn manifest(&self) -> Result<(Vec<u8>, String), OciError> {
+        let bytes = self
+            .read(&self.manifest_path(), MAX_METADATA_BYTES)
+            .await?
             .ok_or_else(|| OciError::Malformed {
-                reference: reference.to_string(),
+                reference: self.reference.to_string(),
                 message: format!("the manifest is over the {MAX_METADATA_BYTES} byte limit"),
             })?;
         let digest = sha256(&bytes);
         Ok((bytes, digest))
     }
 
-    /// A `method` request of the manifest `parsed` names, answered 200, with the credentials
-    /// oci-client would send: a bearer token from the registry's token service, or basic
-    /// credentials. Any other answer is the error it says (401/403, 404, the registry's).
-    async fn manifest_request(
-        &self,
-        parsed: &Reference,
-        method: reqwest::Method,
-        reference: &str,
-    ) -> Result<reqwest::Response, OciError> {
-        let auth = self.auth(parsed);
-        let token = self
-            .client
-            .auth(parsed, &auth, RegistryOperation::Pull)
+    /// The blob `descriptor` names, never more than the size it declares (itself bounded by
+    /// the caller), checked against its digest.
+    async fn blob(&self, descriptor: &Descriptor) -> Result<Vec<u8>, OciError> {
+        let malformed = |message: String| OciError::Malformed {
+            reference: self.reference.to_string(),
+            message,
+        };
+        let declared = usize::try_from(descriptor.size).unwrap_or(0);
+        let bytes = self
+            .read(&format!("blobs/{}", descriptor.digest), declared)
+            .await?
+            .ok_or_else(|| {
+                malformed(format!(
+                    "blob {} is larger than its declared {declared} bytes",
+                    descriptor.digest
+                ))
+            })?;
+        if sha256(&bytes) != descriptor.digest {
+            return Err(malformed(format!(
+                "blob {} does not match its digest",
+                descriptor.digest
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The body of a GET of `path`, read chunk by chunk: `None` past `limit` bytes, the rest
+    /// never read.
+    async fn read(&self, path: &str, limit: usize) -> Result<Option<Vec<u8>>, OciError> {
+        let mut response = self.request(reqwest::Method::GET, path).await?;
+        read_at_most(&mut response, limit)
             .await
-            .map_err(|e| classify(reference, e))?;
-        let registry = parsed.resolve_registry();
-        let scheme = if self.insecure.iter().any(|host| host == registry) {
+            .map_err(|e| classify(self.reference, e.into()))
+    }
+
+    /// A `method` request of `path` (`manifests/…`, `blobs/…`) in the repository, answered
+    /// 200; any other answer is the error it says (401/403, 404, the registry's).
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::Response, OciError> {
+        let registry = self.parsed.resolve_registry();
+        let scheme = if self.registry.insecure.iter().any(|host| host == registry) {
             "http"
         } else {
             "https"
         };
-        let target = parsed.digest().or(parsed.tag()).unwrap_or("latest");
         let url = format!(
-            "{scheme}://{registry}/v2/{}/manifests/{target}",
-            parsed.repository()
+            "{scheme}://{registry}/v2/{}/{path}",
+            self.parsed.repository()
         );
         let request = self
+            .registry
             .http
             .request(method, &url)
             .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = match (token, auth) {
+        let request = match (&self.token, &self.auth) {
             (Some(token), _) => request.bearer_auth(token),
             (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
             (None, _) => request,
@@ -338,7 +402,7 @@ impl Registry {
         let mut response = request
             .send()
             .await
-            .map_err(|e| classify(reference, e.into()))?;
+            .map_err(|e| classify(self.reference, e.into()))?;
         let status = response.status();
         if status == reqwest::StatusCode::OK {
             return Ok(response);
@@ -348,54 +412,7 @@ impl Registry {
             .ok()
             .flatten()
             .unwrap_or_default();
-        Err(classify(reference, refusal(status, &body, url)))
-    }
-
-    async fn blob(
-        &self,
-        parsed: &Reference,
-        descriptor: &Descriptor,
-        reference: &str,
-    ) -> Result<Vec<u8>, OciError> {
-        let oci = OciDescriptor {
-            media_type: descriptor.media_type.clone(),
-            digest: descriptor.digest.clone(),
-            size: descriptor.size,
-            ..OciDescriptor::default()
-        };
-        use futures::StreamExt;
-        let malformed = |message: String| OciError::Malformed {
-            reference: reference.to_string(),
-            message,
-        };
-        let mut stream = self
-            .client
-            .pull_blob_stream(parsed, &oci)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        // Never more than the descriptor declares (itself bounded by the caller).
-        let declared = usize::try_from(descriptor.size).unwrap_or(0);
-        let mut bytes = Vec::with_capacity(declared.min(MAX_BUNDLE_BYTES));
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| OciError::Registry {
-                reference: reference.to_string(),
-                message: e.to_string(),
-            })?;
-            if bytes.len() + chunk.len() > declared {
-                return Err(malformed(format!(
-                    "blob {} is larger than its declared {declared} bytes",
-                    descriptor.digest
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        if sha256(&bytes) != descriptor.digest {
-            return Err(OciError::Malformed {
-                reference: reference.to_string(),
-                message: format!("blob {} does not match its digest", descriptor.digest),
-            });
-        }
-        Ok(bytes)
+        Err(classify(self.reference, refusal(status, &body, url)))
     }
 }
 
