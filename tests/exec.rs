@@ -11,7 +11,8 @@ use pequod::api::{
 };
 use pequod::exec::inventory::{Deletion, Orphaning, delete_entry, deletion_waves};
 use pequod::exec::{
-    Applier, Appliers, ExecConfig, Executor, GraphId, Identity, NodeEvent, Pass, Write, execute,
+    Applier, Appliers, ExecConfig, Executor, GraphId, Identity, LiveObjects, NodeEvent, Pass,
+    Served, Write, execute,
 };
 use pequod_e2e::faults::{Fault, FaultAction, Rendezvous};
 use pequod_e2e::store::EventType;
@@ -75,11 +76,28 @@ impl Harness {
         applier: &Applier,
         identity: &Identity,
     ) -> Pass {
+        self.pass_reading(graph, applier, identity, None).await
+    }
+
+    /// One pass as the operator that finds copies of objects in `live` (a watch cache).
+    async fn pass_with_copies(&self, graph: &mut ResourceGraph, live: &dyn LiveObjects) -> Pass {
+        self.pass_reading(graph, &self.applier, &Identity::Operator, Some(live))
+            .await
+    }
+
+    async fn pass_reading(
+        &self,
+        graph: &mut ResourceGraph,
+        applier: &Applier,
+        identity: &Identity,
+        live: Option<&dyn LiveObjects>,
+    ) -> Pass {
         let executor = Executor {
             applier: applier.clone(),
             identity,
             config: &self.config,
             applies: &self.applies,
+            live,
         };
         let pass = execute(&executor, graph).await;
         graph.status = Some(pass.status.clone());
@@ -604,6 +622,103 @@ async fn a_graph_never_takes_or_deletes_another_graphs_object() {
     assert!(pass.events.is_empty(), "{:?}", pass.events);
     let stored = harness.stored("configmaps", "shared").expect("still there");
     assert_eq!(stored["data"]["value"], "one");
+    harness.server.stop().await;
+}
+
+/// A watch cache that is always up to date: the server's stored objects.
+struct StoredCopies<'a>(&'a TestApiServer);
+
+impl LiveObjects for StoredCopies<'_> {
+    fn get(&self, served: &Served, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let resource = &served.resource;
+        let registry = self.0.store().registry();
+        let ty = registry.lookup(&resource.group, &resource.version, &resource.plural)?;
+        let mut object = self
+            .0
+            .store()
+            .get(&ty, &resource.version, namespace.unwrap_or(""), name)
+            .ok()?;
+        object["apiVersion"] = Value::String(resource.api_version.clone());
+        object["kind"] = Value::String(resource.kind.clone());
+        Some(object)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_object_is_read_from_the_watch_cache_and_anything_else_from_the_server() {
+    let harness = Harness::start().await;
+    let copies = StoredCopies(&harness.server);
+    let mut first = sharing("owner-one", "one");
+    let pass = harness.pass_with_copies(&mut first, &copies).await;
+    assert_eq!(phase(&pass, "shared"), NodePhase::Ready);
+    assert_eq!(pass.applies.len(), 1);
+
+    // The object as the last write left it: no read, no write.
+    let before = harness.server.requests();
+    let quiet = harness.pass_with_copies(&mut first, &copies).await;
+    assert_eq!(phase(&quiet, "shared"), NodePhase::Ready);
+    assert!(quiet.applies.is_empty(), "{:?}", quiet.events);
+    let since = harness.server.requests().since(&before);
+    assert_eq!(since.total(), 0, "{since:?}");
+
+    // A hand edit moves the owned fields' fingerprint: the copy is not trusted, the
+    // object is read and the edit taken back.
+    let kubectl = pequod_e2e::testing::Kubectl::new(&harness.server);
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "shared",
+                "--type",
+                "merge",
+                "-p",
+                r#"{"data":{"value":"edited"}}"#,
+            ],
+            None,
+        )
+        .await;
+    let before = harness.server.requests();
+    let corrected = harness.pass_with_copies(&mut first, &copies).await;
+    assert_eq!(
+        corrected.events.first(),
+        Some(&NodeEvent::Applied {
+            node: "shared".to_string(),
+            write: Write::DriftCorrected,
+            edits_overridden: true
+        })
+    );
+    let since = harness.server.requests().since(&before);
+    assert_eq!(since.count("get", "configmaps"), 1, "{since:?}");
+    assert_eq!(
+        harness.stored("configmaps", "shared").expect("stored")["data"]["value"],
+        "one"
+    );
+
+    // Another graph whose status claims the same object as settled (a forged status) is
+    // not served the copy: the object is read, its labels name its owner, nothing is
+    // written.
+    let mut second = sharing("owner-two", "one");
+    second.status = first.status.clone();
+    let before = harness.server.requests();
+    let refused = harness.pass_with_copies(&mut second, &copies).await;
+    assert_eq!(phase(&refused, "shared"), NodePhase::Failed);
+    assert_eq!(
+        refused.status.nodes["shared"].reason.as_deref(),
+        Some("OwnedByAnotherGraph")
+    );
+    assert!(refused.applies.is_empty(), "nothing written");
+    let since = harness.server.requests().since(&before);
+    assert_eq!(since.count("get", "configmaps"), 1, "{since:?}");
+
+    // A changed desired object is always read first.
+    let mut changed = sharing("owner-one", "two");
+    changed.status = first.status.clone();
+    let before = harness.server.requests();
+    let updated = harness.pass_with_copies(&mut changed, &copies).await;
+    assert_eq!(updated.applies.len(), 1);
+    let since = harness.server.requests().since(&before);
+    assert_eq!(since.count("get", "configmaps"), 1, "{since:?}");
     harness.server.stop().await;
 }
 

@@ -1451,9 +1451,49 @@ async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_cond
         1.0,
         "one pull: {text}"
     );
+    // Every other resolution was served by the module cache (a digest already pulled) or
+    // reused from a resolution of the same reference less than --module-resync ago.
+    let served = metric(&text, "pequod_module_cache_hits_total")
+        + metric(
+            &text,
+            "pequod_module_fetch_total{result=\"recent\",type=\"oci\"}",
+        );
+    assert!(served >= 49.0, "{text}");
+    // Reconciles within --module-resync ask the registry nothing: an edited input
+    // re-renders without a manifest request.
+    let manifests = registry.manifest_requests("platforms/webservice");
     assert!(
-        metric(&text, "pequod_module_cache_hits_total") >= 49.0,
-        "{text}"
+        manifests <= 50,
+        "at most one manifest request per Transform: {}",
+        registry.log()
+    );
+    cluster
+        .ok(
+            &[
+                "patch",
+                "transform",
+                "api-7",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"input":{"replicas":2}}}"#,
+            ],
+            None,
+        )
+        .await;
+    cluster
+        .object_when(
+            "deployment",
+            "default",
+            "api-7",
+            "api-7 at 2 replicas",
+            |d| d["spec"]["replicas"] == 2,
+        )
+        .await;
+    assert_eq!(
+        registry.manifest_requests("platforms/webservice"),
+        manifests,
+        "no registry request within --module-resync: {}",
+        registry.log()
     );
     let layer_pulls = registry.blob_pulls("platforms/webservice");
     assert_eq!(

@@ -58,7 +58,7 @@ pub enum ScaleError {
     #[error("{0}")]
     Setup(String),
     /// Not every Transform was Ready in time.
-    #[error("{ready} of {total} Transforms Ready after {waited:?}")]
+    #[error("{ready} of {total} Transforms Ready after {waited:?}; {example}")]
     NotReady {
         /// How many were.
         ready: usize,
@@ -66,6 +66,8 @@ pub enum ScaleError {
         total: usize,
         /// How long the harness waited.
         waited: Duration,
+        /// One that was not, with its conditions.
+        example: String,
     },
 }
 
@@ -228,6 +230,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
             ready: ready.count(),
             total: scenario.transforms,
             waited,
+            example: not_ready_example(&store, &ready, &names),
         });
     }
     let objects = created_objects(&store);
@@ -237,6 +240,8 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     // Transform (graphs whose spec did not change are not reconciled for it).
     let before = server.requests();
     let reconciles_before = reconciles(&metrics).await;
+    // Compacted history: every watch resumes into 410 Gone and lists again.
+    store.compact();
     server.drop_watches();
     let wanted = reconciles_before + scenario.transforms as u64;
     let reconciles_after = wait_for_reconciles(&metrics, wanted, scenario.deadline).await;
@@ -301,6 +306,25 @@ fn create(
         .create(&ty, &version, namespace, body, &options)
         .map(|_| ())
         .map_err(|e| ScaleError::Setup(format!("creating {resource}: {}", e.message)))
+}
+
+/// The first Transform that is not Ready, and its conditions as the store holds them.
+fn not_ready_example(store: &Store, ready: &Readiness, names: &[(String, String)]) -> String {
+    let Some((namespace, name)) = names.iter().find(|key| !ready.contains(key)) else {
+        return "all Ready by now".to_string();
+    };
+    let conditions = store
+        .registry()
+        .all()
+        .find(|ty| ty.gr.resource == "transforms")
+        .cloned()
+        .and_then(|ty| {
+            let version = ty.storage_version().to_string();
+            store.get(&ty, &version, namespace, name).ok()
+        })
+        .map(|object| object["status"]["conditions"].to_string())
+        .unwrap_or_else(|| "not found".to_string());
+    format!("{namespace}/{name}: {conditions}")
 }
 
 /// How many objects of the graphs' kinds the graphs wrote (they carry Pequod's label).
@@ -456,6 +480,13 @@ impl Readiness {
 
     fn count(&self) -> usize {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn contains(&self, key: &(String, String)) -> bool {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
     }
 
     /// Waits until every Transform is Ready; how long it waited, if not within `deadline`.

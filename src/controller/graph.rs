@@ -181,6 +181,7 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
         identity: &identity,
         config: &context.config.exec,
         applies: &context.applies,
+        live: Some(&context.watches),
     };
     let pass = exec::execute(&executor, graph).await;
     for (ok, duration) in &pass.applies {

@@ -31,7 +31,7 @@ use crate::exec::{Appliers, ExecConfig, panic_message};
 use crate::metrics::{Metrics, ReadyState};
 use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
-use crate::module::{ModuleCache, ModuleSources};
+use crate::module::{ModuleCache, ModuleSources, RecentResolutions};
 use crate::render::Renderer;
 pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use watches::{WatchCount, Watches};
@@ -102,6 +102,9 @@ pub struct Context {
     pub registry: Registry,
     /// Fetched OCI modules by digest, shared by every Transform.
     pub modules: ModuleCache,
+    /// Remote modules resolved in the last `--module-resync`, reused without asking their
+    /// source again.
+    pub resolutions: RecentResolutions,
 }
 
 /// Why a reconcile failed; the controller retries with backoff.
@@ -169,11 +172,12 @@ impl Context {
             client,
             renderer,
             metrics,
-            config,
             reconcile_failures: Backoffs::default(),
             render_failures: Backoffs::default(),
             registry,
             modules,
+            resolutions: RecentResolutions::new(config.module_resync),
+            config,
         };
         let feeds = Feeds {
             transforms: writer,

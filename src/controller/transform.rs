@@ -483,7 +483,9 @@ async fn config_map_module(
     from_config_map(&found.data.unwrap_or_default(), &transform.spec.module_ref)
 }
 
-/// Resolves the Transform's module with its credentials, counting the fetch.
+/// Resolves the Transform's module with its credentials, counting the fetch; a remote
+/// module resolved less than `--module-resync` ago with the same reference and
+/// credentials is reused without asking its source.
 async fn resolve_module(transform: &Transform, context: &Context) -> Result<Resolved, Failure> {
     let module_ref = &transform.spec.module_ref;
     let sources = &context.config.module_sources;
@@ -494,7 +496,17 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
         }
         .into());
     }
+    let namespace = transform.namespace().unwrap_or_default();
+    let remote = matches!(module_ref.type_, ModuleType::Oci | ModuleType::Git);
     let type_label = module_ref.type_.to_string();
+    if remote && let Some(resolved) = context.resolutions.get(module_ref, &namespace).await {
+        context
+            .metrics
+            .module_fetch_total
+            .with_label_values(&[type_label.as_str(), "recent"])
+            .inc();
+        return Ok(resolved);
+    }
     let started = Instant::now();
     let credentials = pull_secret(transform, context).await?;
     let with_secret;
@@ -518,6 +530,12 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
     } else {
         resolve(module_ref, None, &sources).await
     };
+    if remote && let Ok(resolved) = &resolved {
+        context
+            .resolutions
+            .insert(module_ref, &namespace, resolved)
+            .await;
+    }
     let result = if resolved.is_ok() { "success" } else { "error" };
     context
         .metrics

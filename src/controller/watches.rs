@@ -17,13 +17,18 @@ use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject};
-use kube::runtime::reflector::ObjectRef;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
 use tokio::task::AbortHandle;
 
-use crate::api::{ResourceGraph, labels};
-use crate::exec::WatchTarget;
+use crate::api::{FIELD_MANAGER, ResourceGraph, labels};
+use crate::exec::{LiveObjects, Served, WatchTarget};
+
+/// kubectl's annotation holding the whole object it last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 type GraphRef = ObjectRef<ResourceGraph>;
 
@@ -56,6 +61,9 @@ struct State {
 struct Shared {
     task: AbortHandle,
     graphs: HashSet<GraphRef>,
+    /// What the watch saw, for [`LiveObjects`].
+    store: Store<DynamicObject>,
+    resource: ApiResource,
 }
 
 struct Observed {
@@ -80,8 +88,8 @@ pub struct WatchCount {
     pub observed: usize,
 }
 
-fn resource_key(target: &WatchTarget) -> String {
-    let resource = &target.served.resource;
+fn resource_key(served: &Served) -> String {
+    let resource = &served.resource;
     format!(
         "{}/{}/{}",
         resource.group, resource.version, resource.plural
@@ -91,7 +99,7 @@ fn resource_key(target: &WatchTarget) -> String {
 fn observed_key(target: &WatchTarget, namespace: Option<&str>, name: &str) -> String {
     format!(
         "{}/{}/{name}",
-        resource_key(target),
+        resource_key(&target.served),
         namespace.unwrap_or("")
     )
 }
@@ -131,11 +139,11 @@ impl Watches {
         for target in targets {
             match &target.observed {
                 None => {
-                    let key = resource_key(target);
-                    let shared = state.labelled.entry(key.clone()).or_insert_with(|| Shared {
-                        task: self.watch_labelled(target),
-                        graphs: HashSet::new(),
-                    });
+                    let key = resource_key(&target.served);
+                    let shared = state
+                        .labelled
+                        .entry(key.clone())
+                        .or_insert_with(|| self.watch_labelled(&target.served));
                     shared.graphs.insert(graph_ref.clone());
                     wanted.labelled.insert(key);
                 }
@@ -191,9 +199,9 @@ impl Watches {
         }
     }
 
-    fn watch_labelled(&self, target: &WatchTarget) -> AbortHandle {
-        let resource = &target.served.resource;
-        let api: Api<DynamicObject> = match (&self.namespace, target.served.namespaced) {
+    fn watch_labelled(&self, served: &Served) -> Shared {
+        let resource = &served.resource;
+        let api: Api<DynamicObject> = match (&self.namespace, served.namespaced) {
             (Some(namespace), true) => {
                 Api::namespaced_with(self.client.clone(), namespace, resource)
             }
@@ -201,9 +209,13 @@ impl Watches {
         };
         let config = watcher::Config::default().labels(labels::RESOURCE_GRAPH);
         let sender = self.sender.clone();
+        let writer = Writer::new(resource.clone());
+        let store = writer.as_reader();
         tracing::debug!(resource = %resource.plural, "watching applied objects");
-        tokio::spawn(
-            watcher(api, config)
+        // The store is written before the event wakes the graph: a pass it wakes reads a
+        // copy at least as new as the event.
+        let task = tokio::spawn(
+            reflector(writer, watcher(api, config).modify(slim))
                 .default_backoff()
                 .touched_objects()
                 .for_each(move |object| {
@@ -215,7 +227,13 @@ impl Watches {
                     futures::future::ready(())
                 }),
         )
-        .abort_handle()
+        .abort_handle();
+        Shared {
+            task,
+            graphs: HashSet::new(),
+            store,
+            resource: resource.clone(),
+        }
     }
 
     fn watch_observed(
@@ -272,6 +290,38 @@ impl Watches {
                     futures::future::ready(())
                 }),
         );
+    }
+}
+
+impl LiveObjects for Watches {
+    fn get(&self, served: &Served, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let (store, resource) = {
+            let state = lock(&self.state);
+            let shared = state.labelled.get(&resource_key(served))?;
+            (shared.store.clone(), shared.resource.clone())
+        };
+        let mut reference = ObjectRef::<DynamicObject>::new_with(name, resource.clone());
+        if let Some(namespace) = namespace {
+            reference = reference.within(namespace);
+        }
+        let object = store.get(&reference)?;
+        let mut value = serde_json::to_value(object.as_ref()).ok()?;
+        // Items of a list carry no type of their own.
+        value["apiVersion"] = Value::String(resource.api_version);
+        value["kind"] = Value::String(resource.kind);
+        Some(value)
+    }
+}
+
+/// What a copy needs no more: the field managers other than Pequod (drift compares only
+/// the fields Pequod owns) and kubectl's last applied configuration, a second copy
+/// of the object. The watch caches hold every applied object: this is most of their size.
+fn slim(object: &mut DynamicObject) {
+    if let Some(managed) = object.metadata.managed_fields.as_mut() {
+        managed.retain(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER));
+    }
+    if let Some(annotations) = object.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
     }
 }
 

@@ -8,8 +8,8 @@
 //! previous inventory that left the graph are pruned, dependents first.
 //!
 //! The files: [`node`] (one node: scope guards, ownership, write, readiness), [`cluster`]
-//! (the API calls and the discovery cache), [`identity`] (who a graph acts as),
-//! [`ownership`] (which graph owns an object), [`drift`], [`readiness`], [`inventory`]
+//! (the API calls and the discovery cache), [`live`] (copies from watch caches that spare
+//! a read), [`identity`] (who a graph acts as), [`ownership`] (which graph owns an object), [`drift`], [`readiness`], [`inventory`]
 //! (what a graph owns, pruning, deletion), [`status`] (node and graph status), [`error`]
 //! (what failed, what was written).
 
@@ -18,6 +18,7 @@ mod drift;
 mod error;
 mod identity;
 pub mod inventory;
+mod live;
 mod node;
 pub mod ownership;
 pub mod readiness;
@@ -26,6 +27,7 @@ pub mod status;
 pub use cluster::{ApiError, Applier, Served};
 pub use error::{NodeError, Write};
 pub use identity::{Appliers, Identity};
+pub use live::LiveObjects;
 pub use node::TRANSIENT_FAILURES_TOLERATED;
 pub use ownership::GraphId;
 
@@ -142,6 +144,9 @@ pub struct Executor<'a> {
     pub config: &'a ExecConfig,
     /// Bounds concurrent writes over all graphs.
     pub applies: &'a Arc<Semaphore>,
+    /// Objects as the operator's watches last saw them (None: every read asks the API
+    /// server).
+    pub live: Option<&'a dyn LiveObjects>,
 }
 
 /// The identity of `graph`: its namespace and name.

@@ -247,12 +247,16 @@ async fn step(
             .then(|| (target.namespace.clone(), target.name.clone())),
     });
     let hash = object_hash(&target.object);
-    let live = pass
-        .executor
-        .applier
-        .get(&target.served, target.namespace.as_deref(), &target.name)
-        .await
-        .map_err(|e| target.refused(pass, "get", e))?;
+    let same_hash = prior.and_then(|p| p.applied_hash.as_deref()) == Some(hash.as_str());
+    let live = match settled_copy(pass, node, prior, &target, same_hash) {
+        Some(copy) => Some(copy),
+        None => pass
+            .executor
+            .applier
+            .get(&target.served, target.namespace.as_deref(), &target.name)
+            .await
+            .map_err(|e| target.refused(pass, "get", e))?,
+    };
     let adopted_before = prior.is_some_and(|p| p.applied_hash.is_some());
     if node.adopted == Some(AdoptStrategy::TakeOwnership) && live.is_none() && !adopted_before {
         return Err(NodeError::NothingToAdopt {
@@ -260,7 +264,6 @@ async fn step(
             object: target.shown(),
         });
     }
-    let same_hash = prior.and_then(|p| p.applied_hash.as_deref()) == Some(hash.as_str());
     let (live, owned) = write(pass, node, prior, &target, live, same_hash, run).await?;
     if mode != ApplyMode::Observe {
         run.status.applied_hash = Some(hash);
@@ -276,6 +279,29 @@ async fn step(
         }
     }
     observe(pass, node, prior, &target, live.as_ref(), same_hash, run)
+}
+
+/// The watch's copy of the node's object, when it shows the object as this graph's last
+/// write of the same desired object left it (this graph's labels, the owned fields'
+/// fingerprint unchanged): then nothing is to be written and the copy is as good as a read.
+fn settled_copy(
+    pass: &PassContext<'_>,
+    node: &Node,
+    prior: Option<&NodeStatus>,
+    target: &Target,
+    same_hash: bool,
+) -> Option<Value> {
+    if !same_hash || node.apply_policy.mode == ApplyMode::Observe {
+        return None;
+    }
+    let baseline = prior?.owned_hash.as_deref()?;
+    let copy =
+        pass.executor
+            .live?
+            .get(&target.served, target.namespace.as_deref(), &target.name)?;
+    let settled = owner(&copy, pass.graph) == Owner::ThisGraph
+        && fingerprint(&copy).as_deref() == Some(baseline);
+    settled.then_some(copy)
 }
 
 /// Resolves the node's kind and settles its namespace, refusing what the operator's scope

@@ -88,6 +88,18 @@ impl TestRegistry {
             .count()
     }
 
+    /// How many manifest requests (GET or HEAD, by tag or digest) for `repository` the
+    /// registry answered.
+    pub fn manifest_requests(&self, repository: &str) -> usize {
+        let path = format!(" /v2/{repository}/manifests/");
+        self.log()
+            .lines()
+            .filter(|line| {
+                line.contains(&format!("\"GET{path}")) || line.contains(&format!("\"HEAD{path}"))
+            })
+            .count()
+    }
+
     /// A docker config file with the credentials of [`USER`] for this registry.
     pub fn docker_config(&self, path: &Path) {
         use base64::Engine;

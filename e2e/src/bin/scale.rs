@@ -27,6 +27,9 @@ struct Args {
     /// Only this order (operator-first or transforms-first); both by default.
     #[arg(long)]
     only: Option<String>,
+    /// How long to wait for every Transform to be Ready (and for the resync).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    deadline: Duration,
     /// Extra flags for `pequod run` (repeatable).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -51,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             namespaces: args.namespaces,
             readiness_delay: args.readiness_delay,
             start,
-            deadline: Duration::from_secs(900),
+            deadline: args.deadline,
         };
         let report = run(&scenario).await?;
         print!("{}", describe(&report));
