@@ -74,7 +74,7 @@ fn workload_manifests_pass_their_strict_schemas() {
     let mut problems = Vec::new();
     for file in [
         "base/namespace.yaml",
-        "base/deployment.yaml",
+        "base/operator/deployment.yaml",
         "base/rbac.yaml",
     ] {
         for object in documents(file) {
@@ -88,7 +88,7 @@ fn workload_manifests_pass_their_strict_schemas() {
         }
     }
     assert_eq!(problems, Vec::<String>::new());
-    let deployment = documents("base/deployment.yaml")
+    let deployment = documents("base/operator/deployment.yaml")
         .into_iter()
         .find(|d| d["kind"] == "Deployment")
         .expect("a Deployment");
@@ -201,7 +201,12 @@ fn role_of(objects: &[Value], name: &str) -> ClusterRole {
 }
 
 fn args(objects: &[Value]) -> Vec<String> {
-    named(objects, "Deployment", "pequod")["spec"]["template"]["spec"]["containers"][0]["args"]
+    args_of(objects, "pequod")
+}
+
+/// The operator's flags in Deployment `name`.
+fn args_of(objects: &[Value], name: &str) -> Vec<String> {
+    named(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .expect("args")
         .iter()
@@ -318,4 +323,57 @@ fn the_multi_tenant_overlay_locks_the_operator_down() {
             );
         }
     }
+}
+
+#[test]
+fn the_sharded_overlay_runs_a_replica_per_shard_beside_the_unsharded_one() {
+    let overlay = kustomized("deploy/overlays/sharded");
+    let deployments: Vec<&Value> = overlay
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .collect();
+    let names: Vec<&str> = deployments
+        .iter()
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pequod", "pequod-shard-0", "pequod-shard-1"]);
+    assert!(
+        !args(&overlay).iter().any(|a| a.starts_with("--shard")),
+        "the base's operator takes the unlabelled Transforms"
+    );
+    let mut selectors = BTreeSet::new();
+    for deployment in &deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap_or_default();
+        let flags = args_of(&overlay, name);
+        assert!(
+            flags.contains(&"--leader-elect".to_string()),
+            "{name}: {flags:?}"
+        );
+        if let Some(shard) = name.strip_prefix("pequod-") {
+            assert!(
+                flags.contains(&format!("--shard={shard}")),
+                "{name}: {flags:?}"
+            );
+        }
+        let spec = &deployment["spec"];
+        assert_eq!(spec["template"]["spec"]["serviceAccountName"], "pequod");
+        // Selectors that do not overlap: each Deployment owns its own Pods.
+        let selector = spec["selector"]["matchLabels"].to_string();
+        assert_eq!(
+            spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+            spec["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        );
+        assert!(selectors.insert(selector), "{name} shares a selector");
+        assert_eq!(
+            common::schema_errors(deployment),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+    let services: BTreeSet<String> = overlay
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .map(|s| s["spec"]["selector"].to_string())
+        .collect();
+    assert_eq!(services, selectors, "a metrics Service per replica");
 }

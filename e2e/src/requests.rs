@@ -55,6 +55,17 @@ impl Requests {
         self.counts.values().sum()
     }
 
+    /// The requests `user` sent.
+    pub fn of_user(&self, user: &str) -> Requests {
+        let counts = self
+            .counts
+            .iter()
+            .filter(|(key, _)| key.user == user)
+            .map(|(key, count)| (key.clone(), *count))
+            .collect();
+        Requests { counts }
+    }
+
     /// The requests made after `earlier` was taken (counters that did not move are left out).
     pub fn since(&self, earlier: &Requests) -> Requests {
         let counts = self

@@ -49,6 +49,38 @@ pub struct Scenario {
     pub start: Start,
     /// How long to wait for everything to be Ready before giving up.
     pub deadline: Duration,
+    /// Shard replicas besides the unsharded one: Transform `i` is labelled for shard
+    /// `shard-{i % (shards + 1)}`, except the last share, which stays unlabelled.
+    pub shards: usize,
+    /// The Transforms' `moduleRef`.
+    pub module_ref: Value,
+    /// The access log of the registry serving `module_ref`, to count its requests.
+    pub registry_log: Option<PathBuf>,
+}
+
+impl Scenario {
+    /// `transforms` Transforms of the embedded webservice module over 10 namespaces, 1 s
+    /// readiness delay, one replica, the operator first.
+    pub fn webservice(pequod: PathBuf, transforms: usize) -> Scenario {
+        Scenario {
+            pequod,
+            operator_args: Vec::new(),
+            transforms,
+            namespaces: 10,
+            readiness_delay: Duration::from_secs(1),
+            start: Start::OperatorFirst,
+            deadline: Duration::from_secs(15 * 60),
+            shards: 0,
+            module_ref: json!({"type": "embedded", "ref": "webservice"}),
+            registry_log: None,
+        }
+    }
+
+    /// The shard of Transform `i` (None: the unsharded replica's).
+    fn shard_of(&self, i: usize) -> Option<String> {
+        let slot = i % (self.shards + 1);
+        (slot < self.shards).then(|| format!("shard-{slot}"))
+    }
 }
 
 /// Why a run failed.
@@ -116,6 +148,39 @@ pub struct Report {
     pub resync_reconciles: u64,
     /// Memory and CPU at the end, after the resync.
     pub after_resync: Usage,
+    /// What each replica did, the unsharded one first.
+    pub replicas: Vec<ReplicaShare>,
+    /// Transforms rendered by a replica other than their shard's, or by more than one
+    /// (from the `Rendered` events and the replica each names): none, when sharding works.
+    pub rendered_elsewhere: Vec<String>,
+    /// Requests the registry answered up to every Transform Ready, and in the resync.
+    pub registry_requests: Option<(u64, u64)>,
+}
+
+/// One replica's share of the work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaShare {
+    /// `unsharded` or the shard's key (also its user and its Pod name).
+    pub name: String,
+    /// Transforms labelled for it.
+    pub transforms: usize,
+    /// Writes of graph objects it sent up to every Transform Ready.
+    pub graph_writes: u64,
+    /// ResourceGraph writes it sent up to every Transform Ready.
+    pub graph_applies: u64,
+}
+
+/// One running replica of the operator.
+struct Replica {
+    name: String,
+    shard: Option<String>,
+    metrics: String,
+    child: Option<tokio::process::Child>,
+}
+
+/// The user replica `name` authenticates as.
+fn replica_user(name: &str) -> String {
+    format!("pequod-{name}")
 }
 
 /// Resources whose objects the graphs write.
@@ -178,54 +243,80 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     for n in 0..scenario.namespaces {
         create(&store, "", "namespaces", "", namespace(n))?;
     }
-    let names: Vec<(String, String)> = (0..scenario.transforms)
-        .map(|i| {
-            (
-                format!("team-{}", i % scenario.namespaces),
-                format!("app-{i}"),
-            )
+    let transforms: Vec<Planned> = (0..scenario.transforms)
+        .map(|i| Planned {
+            namespace: format!("team-{}", i % scenario.namespaces),
+            name: format!("app-{i}"),
+            shard: scenario.shard_of(i),
         })
         .collect();
+    let names: Vec<(String, String)> = transforms
+        .iter()
+        .map(|t| (t.namespace.clone(), t.name.clone()))
+        .collect();
     let ready = Readiness::track(&store, &names);
-    let metrics = format!("127.0.0.1:{}", free_port().map_err(|e| setup("port")(&e))?);
+    let mut replicas = Vec::new();
+    for shard in
+        std::iter::once(None).chain((0..scenario.shards).map(|k| Some(format!("shard-{k}"))))
+    {
+        replicas.push(Replica {
+            name: shard.clone().unwrap_or_else(|| "unsharded".to_string()),
+            shard,
+            metrics: format!("127.0.0.1:{}", free_port().map_err(|e| setup("port")(&e))?),
+            child: None,
+        });
+    }
     let create_all = || -> Result<Duration, ScaleError> {
         let started = Instant::now();
-        for (namespace, name) in &names {
+        for planned in &transforms {
             create(
                 &store,
                 "platform.pequod.io",
                 "transforms",
-                namespace,
-                transform(namespace, name),
+                &planned.namespace,
+                transform(planned, &scenario.module_ref),
             )?;
         }
         Ok(started.elapsed())
     };
-    let (mut operator, started, creating) = match scenario.start {
+    let registry_before = registry_requests(scenario);
+    let (started, creating) = match scenario.start {
         Start::OperatorFirst => {
-            let operator = spawn(scenario, &server, &metrics, dir.path())?;
-            wait_ready(&metrics).await?;
+            for replica in &mut replicas {
+                replica.child = Some(spawn(scenario, &server, replica, dir.path())?);
+            }
+            for replica in &replicas {
+                wait_ready(&replica.metrics).await?;
+            }
             let started = Instant::now();
-            let creating = create_all()?;
-            (operator, started, creating)
+            (started, create_all()?)
         }
         Start::TransformsFirst => {
             let creating = create_all()?;
             let started = Instant::now();
-            let operator = spawn(scenario, &server, &metrics, dir.path())?;
-            (operator, started, creating)
+            for replica in &mut replicas {
+                replica.child = Some(spawn(scenario, &server, replica, dir.path())?);
+            }
+            (started, creating)
         }
     };
-    let pid = operator
-        .id()
-        .ok_or_else(|| ScaleError::Setup("the operator exited".into()))?;
-    let sampler = Sampler::start(pid);
+    let pids = replicas
+        .iter()
+        .map(|r| r.child.as_ref().and_then(tokio::process::Child::id))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(|| ScaleError::Setup("an operator exited".into()))?;
+    let sampler = Sampler::start(pids);
     let outcome = ready.all(scenario.deadline).await;
     let all_ready = started.elapsed();
     let first_pass = sampler.usage();
     let requests = server.requests();
+    let registry_first = registry_requests(scenario);
     if let Err(waited) = outcome {
-        let _ = operator.kill().await;
+        for replica in &mut replicas {
+            if let Some(child) = replica.child.as_mut() {
+                let _ = child.kill().await;
+            }
+        }
         return Err(ScaleError::NotReady {
             ready: ready.count(),
             total: scenario.transforms,
@@ -235,20 +326,42 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     }
     let objects = created_objects(&store);
     let writes = graph_writes(&requests);
+    let shares = replicas
+        .iter()
+        .map(|replica| {
+            let sent = requests.of_user(&replica_user(&replica.name));
+            ReplicaShare {
+                name: replica.name.clone(),
+                transforms: transforms
+                    .iter()
+                    .filter(|t| t.shard == replica.shard)
+                    .count(),
+                graph_writes: graph_writes(&sent),
+                graph_applies: sent.count("apply", "resourcegraphs"),
+            }
+        })
+        .collect();
+    let rendered_elsewhere = rendered_elsewhere(&store, &transforms);
 
     // A quiet resync: every watch ends, the operator lists again and reconciles every
     // Transform (graphs whose spec did not change are not reconciled for it).
     let before = server.requests();
-    let reconciles_before = reconciles(&metrics).await;
-    // Compacted history: every watch resumes into 410 Gone and lists again.
-    store.compact();
+    let reconciles_before = reconciles(&replicas).await;
+    // History compacted past every watcher: each resumes into 410 Gone and lists again
+    // (with a plain compaction, a watch that was sent the last revision would resume).
+    store.expire_history();
     server.drop_watches();
     let wanted = reconciles_before + scenario.transforms as u64;
-    let reconciles_after = wait_for_reconciles(&metrics, wanted, scenario.deadline).await;
+    let reconciles_after = wait_for_reconciles(&replicas, wanted, scenario.deadline).await;
     let resync_requests = server.requests().since(&before);
+    let registry_resync = registry_requests(scenario);
     let after_resync = sampler.usage();
     sampler.stop();
-    let _ = operator.kill().await;
+    for replica in &mut replicas {
+        if let Some(child) = replica.child.as_mut() {
+            let _ = child.kill().await;
+        }
+    }
     server.stop().await;
     Ok(Report {
         transforms: scenario.transforms,
@@ -266,7 +379,94 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
         resync_requests,
         resync_reconciles: reconciles_after.saturating_sub(reconciles_before),
         after_resync,
+        replicas: shares,
+        rendered_elsewhere,
+        registry_requests: match (registry_before, registry_first, registry_resync) {
+            (Some(before), Some(first), Some(resync)) => {
+                Some((first.saturating_sub(before), resync.saturating_sub(first)))
+            }
+            _ => None,
+        },
     })
+}
+
+/// A Transform the harness creates.
+struct Planned {
+    namespace: String,
+    name: String,
+    shard: Option<String>,
+}
+
+/// Requests in the registry's access log so far (a request line per answer).
+fn registry_requests(scenario: &Scenario) -> Option<u64> {
+    let log = std::fs::read_to_string(scenario.registry_log.as_ref()?).ok()?;
+    let count = log
+        .lines()
+        .filter(|line| line.contains("\"GET /v2/") || line.contains("\"HEAD /v2/"))
+        .count();
+    Some(count as u64)
+}
+
+/// Transforms whose `Rendered` events name a replica other than their shard's, or more
+/// than one.
+fn rendered_elsewhere(store: &Store, transforms: &[Planned]) -> Vec<String> {
+    let registry = store.registry();
+    let Some(ty) = registry
+        .all()
+        .find(|ty| ty.gr.group == "events.k8s.io" && ty.gr.resource == "events")
+        .cloned()
+    else {
+        return vec!["events.k8s.io is not served".to_string()];
+    };
+    let version = ty.storage_version().to_string();
+    let selection = crate::store::Selection {
+        namespace: None,
+        labels: None,
+        fields: None,
+    };
+    let events = store
+        .list(&ty, &version, &selection, None, None)
+        .map(|page| page.items)
+        .unwrap_or_default();
+    let mut renderers: BTreeMap<(String, String), HashSet<String>> = BTreeMap::new();
+    for event in &events {
+        if event["reason"] != "Rendered" || event["regarding"]["kind"] != "Transform" {
+            continue;
+        }
+        let key = (
+            event["regarding"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            event["regarding"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+        let instance = event["reportingInstance"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        renderers.entry(key).or_default().insert(instance);
+    }
+    transforms
+        .iter()
+        .filter_map(|t| {
+            let expected = t.shard.clone().unwrap_or_else(|| "unsharded".to_string());
+            let by = renderers
+                .get(&(t.namespace.clone(), t.name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            (by.len() != 1 || !by.contains(&expected)).then(|| {
+                let mut by: Vec<String> = by.into_iter().collect();
+                by.sort();
+                format!(
+                    "{}/{} (shard {expected}) rendered by {by:?}",
+                    t.namespace, t.name
+                )
+            })
+        })
+        .collect()
 }
 
 fn namespace(n: usize) -> Value {
@@ -274,13 +474,17 @@ fn namespace(n: usize) -> Value {
 }
 
 /// A webservice Transform: ServiceAccount, Deployment, Service, PodDisruptionBudget.
-fn transform(namespace: &str, name: &str) -> Value {
-    json!({
+fn transform(planned: &Planned, module_ref: &Value) -> Value {
+    let mut transform = json!({
         "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"moduleRef": {"type": "embedded", "ref": "webservice"},
-                 "input": {"name": name, "image": "ghcr.io/acme/app:1.0.0", "replicas": 2}},
-    })
+        "metadata": {"name": planned.name, "namespace": planned.namespace},
+        "spec": {"moduleRef": module_ref,
+                 "input": {"name": planned.name, "image": "ghcr.io/acme/app:1.0.0", "replicas": 2}},
+    });
+    if let Some(shard) = &planned.shard {
+        transform["metadata"]["labels"] = json!({"sharding.pequod.io/key": shard});
+    }
+    transform
 }
 
 fn create(
@@ -357,18 +561,31 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Starts `replica`, as its own user (the server counts its requests apart) and Pod name
+/// (its events name it).
 fn spawn(
     scenario: &Scenario,
     server: &TestApiServer,
-    metrics: &str,
+    replica: &Replica,
     dir: &Path,
 ) -> Result<tokio::process::Child, ScaleError> {
-    tokio::process::Command::new(&scenario.pequod)
+    let user = crate::auth::User::new(replica_user(&replica.name), ["system:masters"]);
+    let kubeconfig = server
+        .kubeconfig_for(&user)
+        .map_err(|e| ScaleError::Setup(format!("kubeconfig: {e}")))?;
+    let metrics = replica.metrics.as_str();
+    let mut command = tokio::process::Command::new(&scenario.pequod);
+    command
         .args(["run", "--metrics-addr", metrics, "--health-addr", metrics])
         .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .args(&scenario.operator_args)
-        .env("KUBECONFIG", server.kubeconfig())
+        .arg(dir.join(format!("cache-{}", replica.name)))
+        .args(&scenario.operator_args);
+    if let Some(shard) = &replica.shard {
+        command.args(["--shard", shard]);
+    }
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", &replica.name)
         .env(
             "RUST_LOG",
             std::env::var("PEQUOD_SCALE_LOG").unwrap_or_else(|_| "error".to_string()),
@@ -403,21 +620,26 @@ async fn wait_ready(metrics: &str) -> Result<(), ScaleError> {
     Err(ScaleError::Setup("the operator never became ready".into()))
 }
 
-/// The operator's Transform reconciles so far (any result).
-async fn reconciles(metrics: &str) -> u64 {
-    let Some(text) = http_get(metrics, "/metrics").await else {
-        return 0;
-    };
-    text.lines()
-        .filter(|line| line.starts_with("pequod_reconcile_total{controller=\"transform\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+/// The replicas' Transform reconciles so far (any result).
+async fn reconciles(replicas: &[Replica]) -> u64 {
+    let mut total = 0;
+    for replica in replicas {
+        let Some(text) = http_get(&replica.metrics, "/metrics").await else {
+            continue;
+        };
+        total += text
+            .lines()
+            .filter(|line| line.starts_with("pequod_reconcile_total{controller=\"transform\""))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    total
 }
 
-async fn wait_for_reconciles(metrics: &str, wanted: u64, deadline: Duration) -> u64 {
+async fn wait_for_reconciles(replicas: &[Replica], wanted: u64, deadline: Duration) -> u64 {
     let started = Instant::now();
     loop {
-        let seen = reconciles(metrics).await;
+        let seen = reconciles(replicas).await;
         if seen >= wanted || started.elapsed() > deadline {
             return seen;
         }
@@ -507,21 +729,27 @@ impl Readiness {
     }
 }
 
-/// Samples the memory of the operator and its workers every 100 ms.
+/// Samples the memory of the operator replicas and their workers every 100 ms (each
+/// figure is the sum over the replicas).
 struct Sampler {
-    pid: u32,
+    pids: Vec<u32>,
     peaks: Arc<std::sync::Mutex<(f64, f64, f64)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Sampler {
+    fn start(pids: Vec<u32>) -> Sampler {
         let peaks = Arc::new(std::sync::Mutex::new((0.0_f64, 0.0_f64, 0.0_f64)));
         let sink = peaks.clone();
+        let sampled = pids.clone();
         let task = tokio::spawn(async move {
             loop {
-                let operator = rss_mib(pid);
-                let workers: f64 = children(pid).iter().map(|child| rss_mib(*child)).sum();
+                let operator: f64 = sampled.iter().map(|pid| rss_mib(*pid)).sum();
+                let workers: f64 = sampled
+                    .iter()
+                    .flat_map(|pid| children(*pid))
+                    .map(rss_mib)
+                    .sum();
                 if let Ok(mut peak) = sink.lock() {
                     peak.0 = peak.0.max(operator);
                     peak.1 = peak.1.max(workers);
@@ -530,19 +758,27 @@ impl Sampler {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Sampler { pid, peaks, task }
+        Sampler { pids, peaks, task }
     }
 
     fn usage(&self) -> Usage {
         let (operator_peak_mib, workers_peak_mib, total_peak_mib) =
             self.peaks.lock().map(|p| *p).unwrap_or_default();
-        let (own, reaped) = cpu_seconds(self.pid);
-        let running: f64 = children(self.pid).iter().map(|c| cpu_seconds(*c).0).sum();
+        let (mut own, mut reaped, mut running) = (0.0, 0.0, 0.0);
+        for pid in &self.pids {
+            let (operator, workers) = cpu_seconds(*pid);
+            own += operator;
+            reaped += workers;
+            running += children(*pid)
+                .iter()
+                .map(|c| cpu_seconds(*c).0)
+                .sum::<f64>();
+        }
         Usage {
             operator_peak_mib,
             workers_peak_mib,
             total_peak_mib,
-            operator_end_mib: rss_mib(self.pid),
+            operator_end_mib: self.pids.iter().map(|pid| rss_mib(*pid)).sum(),
             operator_cpu: own,
             workers_cpu: reaped + running,
             server_cpu: cpu_seconds(std::process::id()).0,
@@ -641,5 +877,26 @@ pub fn describe(report: &Report) -> String {
         report.after_resync.operator_end_mib,
         report.first_pass.operator_end_mib,
         usage(&report.after_resync),
-    )
+    ) + &shares(report)
+}
+
+/// The registry's requests and, with shards, each replica's share.
+fn shares(report: &Report) -> String {
+    let mut text = String::new();
+    if let Some((first, resync)) = report.registry_requests {
+        text += &format!("  registry requests: {first} until all Ready, {resync} in the resync\n");
+    }
+    if report.replicas.len() > 1 {
+        for replica in &report.replicas {
+            text += &format!(
+                "  replica {}: {} Transforms, {} graph writes, {} ResourceGraph writes\n",
+                replica.name, replica.transforms, replica.graph_writes, replica.graph_applies
+            );
+        }
+        text += &format!(
+            "  Transforms rendered outside their shard: {}\n",
+            report.rendered_elsewhere.len()
+        );
+    }
+    text
 }

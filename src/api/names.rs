@@ -30,6 +30,9 @@ pub mod labels {
     pub const RESOURCE_GRAPH_NAMESPACE: &str = "platform.pequod.io/resource-graph-namespace";
     /// The node id of the object in its graph.
     pub const NODE_ID: &str = "platform.pequod.io/node-id";
+    /// The shard whose replica reconciles a Transform (`pequod run --shard KEY`); a
+    /// Transform's ResourceGraph carries its Transform's. Set by users, copied by Pequod.
+    pub const SHARD: &str = "sharding.pequod.io/key";
 }
 
 /// Longest Kubernetes label value; Pequod's labels carry the Transform's name.

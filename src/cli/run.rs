@@ -7,7 +7,7 @@ use clap::Args;
 use futures::FutureExt;
 
 use super::{CliError, EvalArgs, exit};
-use crate::controller::{self, Context, Feeds, LeaderConfig, Leadership, OperatorConfig};
+use crate::controller::{self, Context, Feeds, LeaderConfig, Leadership, OperatorConfig, Shard};
 use crate::exec::ExecConfig;
 use crate::metrics::{Metrics, ReadyState};
 use crate::module::ModuleSources;
@@ -39,9 +39,13 @@ pub struct RunArgs {
     /// Namespace of the leader Lease (default: $POD_NAMESPACE, else the kubeconfig's).
     #[arg(long)]
     pub leader_election_namespace: Option<String>,
-    /// Name of the leader Lease.
+    /// Name of the leader Lease (a shard's is this name, a dash and its key).
     #[arg(long, default_value = "pequod-leader")]
     pub leader_election_id: String,
+    /// Reconcile only the Transforms (and their ResourceGraphs) labelled
+    /// `sharding.pequod.io/key=KEY`; without it, only those without that label.
+    #[arg(long, value_name = "KEY")]
+    pub shard: Option<String>,
     /// How long a leader keeps the Lease without renewing it (e.g. 15s).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub leader_election_lease_duration: std::time::Duration,
@@ -94,6 +98,8 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let kube_config = kube::Config::infer().await.map_err(|e| unreachable(&e))?;
     let module_sources = ModuleSources::new(&args.module_sources)
         .map_err(|e| CliError::new(exit::USAGE, format!("--module-sources: {e}")))?;
+    let shard = Shard::new(args.shard.as_deref())
+        .map_err(|e| CliError::new(exit::USAGE, format!("--shard: {e}")))?;
     let metrics = Arc::new(Metrics::new());
     let config = OperatorConfig {
         namespace: args.namespace.clone(),
@@ -115,6 +121,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         allow_standalone_graphs: args.allow_standalone_graphs,
         module_sources,
         limits: args.eval.limits(),
+        shard: shard.clone(),
     };
     let (context, feeds) =
         Context::new(kube_config, args.eval.renderer()?, metrics.clone(), config)
@@ -127,7 +134,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| client.default_namespace().to_string()),
-        name: args.leader_election_id.clone(),
+        name: shard.lease_name(&args.leader_election_id),
         identity: identity(),
         duration_seconds: args.leader_election_lease_duration.as_secs(),
     };
@@ -153,7 +160,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         lead_then_run(client, &leader, context, feeds, ready, shutdown).await
     } else {
         context.metrics.leader.set(1);
-        tracing::info!("pequod operator started");
+        tracing::info!(share = %context.config.shard.selector(), "pequod operator started");
         controller::run(context, feeds, ready, shutdown).await;
         Ok(())
     };

@@ -4,6 +4,7 @@
 
 mod graph;
 mod leader;
+mod shard;
 mod transform;
 mod watches;
 
@@ -25,7 +26,7 @@ use kube::runtime::reflector::{ObjectRef, Store, reflector};
 use kube::runtime::{PredicateConfig, WatchStreamExt};
 
 use crate::api::condition::{self, types};
-use crate::api::{ModuleType, ResourceGraph, Transform};
+use crate::api::{GraphMetadata, ModuleType, ResourceGraph, Transform};
 use crate::backoff::retry_delay;
 use crate::exec::{Appliers, ExecConfig, panic_message};
 use crate::metrics::{Metrics, ReadyState};
@@ -34,10 +35,16 @@ use crate::module::oci::Registry;
 use crate::module::{ModuleCache, ModuleSources, RecentResolutions};
 use crate::render::Renderer;
 pub use leader::{LeaderConfig, LeaderError, Leadership};
+pub use shard::{InvalidShard, Shard};
 pub use watches::{WatchCount, Watches};
 
 /// Memory for fetched modules: a few hundred typical modules.
 const MODULE_CACHE_BYTES: u64 = 64 << 20;
+
+/// Graphs whose last write the Transform controller remembers, and for how long: long
+/// enough to outlast any watch's lag, few enough to stay small (a few hundred bytes each).
+const WRITTEN_GRAPHS: u64 = 100_000;
+const WRITTEN_GRAPHS_TTL: Duration = Duration::from_secs(600);
 
 /// What the operator was started with.
 #[derive(Clone, Debug)]
@@ -69,6 +76,8 @@ pub struct OperatorConfig {
     pub module_sources: ModuleSources,
     /// Bounds on what a render may produce.
     pub limits: crate::plan::Limits,
+    /// The Transforms and ResourceGraphs this replica reconciles.
+    pub shard: Shard,
 }
 
 /// Shared by every reconcile of both controllers.
@@ -105,6 +114,9 @@ pub struct Context {
     /// Remote modules resolved in the last `--module-resync`, reused without asking their
     /// source again.
     pub resolutions: RecentResolutions,
+    /// What the Transform controller last wrote of each graph (`namespace/name`), for the
+    /// moment before its watch brings the graph.
+    pub written_graphs: moka::future::Cache<String, GraphMetadata>,
 }
 
 /// Why a reconcile failed; the controller retries with backoff.
@@ -177,6 +189,10 @@ impl Context {
             registry,
             modules,
             resolutions: RecentResolutions::new(config.module_resync),
+            written_graphs: moka::future::Cache::builder()
+                .max_capacity(WRITTEN_GRAPHS)
+                .time_to_live(WRITTEN_GRAPHS_TTL)
+                .build(),
             config,
         };
         let feeds = Feeds {
@@ -255,10 +271,12 @@ pub async fn run(
     let transform_api: Api<Transform> = api(&context.client, namespace);
     let graph_api: Api<ResourceGraph> = api(&context.client, namespace);
     let config = kube::runtime::controller::Config::default().concurrency(CONCURRENCY);
+    // This replica's share: the API server sends it nothing else.
+    let share = watcher::Config::default().labels(&context.config.shard.selector());
 
     let (owners, owners_woken) = futures::channel::mpsc::unbounded();
     let mirrored = Mirrored::default();
-    let graph_events = reflector(graph_cache, watcher(graph_api, watcher::Config::default()))
+    let graph_events = reflector(graph_cache, watcher(graph_api, share.clone()))
         .default_backoff()
         .inspect_ok(move |event| mirrored.wake_owner(event, &owners))
         .applied_objects()
@@ -274,12 +292,9 @@ pub async fn run(
             }
         });
 
-    let transform_events = reflector(
-        transforms,
-        watcher(transform_api, watcher::Config::default()),
-    )
-    .default_backoff()
-    .applied_objects();
+    let transform_events = reflector(transforms, watcher(transform_api, share))
+        .default_backoff()
+        .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
     // Transforms are looked up in the controller's own cache.

@@ -322,18 +322,35 @@ async fn write_graph(
     let previous = transform.status.clone().unwrap_or_default();
     let mut graph = plan.graph;
     let rendered_hash = graph.spec.metadata.render_hash.clone();
-    let existing = cached_graph(context, &transform.namespace().unwrap_or_default(), &name);
+    let namespace = transform.namespace().unwrap_or_default();
+    let existing = cached_graph(context, &namespace, &name);
     let now = jiff::Timestamp::now();
     graph.spec.metadata.rendered_at = Some(Time(now));
-    if let Some(existing) = &existing
-        && existing.spec.metadata.render_hash == rendered_hash
-        && existing.spec.metadata.module_digest == graph.spec.metadata.module_digest
+    // Same render: keep its time, so an unchanged graph is not rewritten. The watch may
+    // not have brought a graph written a moment ago yet: this controller's own record of
+    // what it wrote answers then, so the write is repeated as it was (a no-op for the
+    // API server), not as a new generation that would run the graph again.
+    let previous_render = match &existing {
+        Some(existing) => Some(existing.spec.metadata.clone()),
+        None => {
+            context
+                .written_graphs
+                .get(&format!("{namespace}/{name}"))
+                .await
+        }
+    };
+    if let Some(previous) = previous_render
+        && previous.render_hash == rendered_hash
+        && previous.module_digest == graph.spec.metadata.module_digest
     {
-        // Same render: keep its time, so an unchanged graph is not rewritten.
-        graph.spec.metadata.rendered_at = existing.spec.metadata.rendered_at.clone();
+        graph.spec.metadata.rendered_at = previous.rendered_at;
     }
     if existing.as_ref().is_none_or(|e| e.spec != graph.spec) {
         apply_graph(graphs, &name, &graph, transform).await?;
+        context
+            .written_graphs
+            .insert(format!("{namespace}/{name}"), graph.spec.metadata.clone())
+            .await;
         let note = format!(
             "{}@{} rendered {} nodes ({rendered_hash})",
             graph.spec.metadata.module,

@@ -9,9 +9,11 @@ mod policy;
 
 pub use policy::{Enforcement, PolicyErrors, enforce};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 use serde_json::Value;
 
 use crate::api::condition::{reasons, types};
@@ -180,19 +182,22 @@ pub fn graph_metadata(transform: &Transform) -> ObjectMeta {
             block_owner_deletion: Some(true),
         }]
     });
-    ObjectMeta {
-        name: Some(name.clone()),
-        namespace: transform.metadata.namespace.clone(),
-        labels: Some(
-            [
-                (
-                    labels::MANAGED_BY.to_string(),
-                    labels::MANAGED_BY_PEQUOD.to_string(),
-                ),
-                (labels::TRANSFORM.to_string(), name),
-            ]
-            .into(),
+    let mut graph_labels: BTreeMap<String, String> = [
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_PEQUOD.to_string(),
         ),
+        (labels::TRANSFORM.to_string(), name.clone()),
+    ]
+    .into();
+    // The graph goes to the replica of its Transform's shard.
+    if let Some(shard) = transform.labels().get(labels::SHARD) {
+        graph_labels.insert(labels::SHARD.to_string(), shard.clone());
+    }
+    ObjectMeta {
+        name: Some(name),
+        namespace: transform.metadata.namespace.clone(),
+        labels: Some(graph_labels),
         owner_references: owner,
         ..ObjectMeta::default()
     }

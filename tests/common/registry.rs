@@ -76,7 +76,12 @@ impl TestRegistry {
 
     /// What the registry logged (its access log included).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The file the registry logs to.
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("registry.log")
     }
 
     /// How many blobs of `repository` the registry served (its access log's 200 GETs).

@@ -30,6 +30,9 @@ struct Args {
     /// How long to wait for every Transform to be Ready (and for the resync).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     deadline: Duration,
+    /// Shard replicas besides the unsharded one (the Transforms are spread evenly).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
     /// Extra flags for `pequod run` (repeatable).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -48,13 +51,13 @@ async fn main() -> anyhow::Result<()> {
     };
     for start in starts {
         let scenario = Scenario {
-            pequod: args.pequod.clone(),
             operator_args: args.operator_args.clone(),
-            transforms: args.transforms,
             namespaces: args.namespaces,
             readiness_delay: args.readiness_delay,
             start,
             deadline: args.deadline,
+            shards: args.shards,
+            ..Scenario::webservice(args.pequod.clone(), args.transforms)
         };
         let report = run(&scenario).await?;
         print!("{}", describe(&report));
