@@ -733,6 +733,8 @@ impl Readiness {
 /// figure is the sum over the replicas).
 struct Sampler {
     pids: Vec<u32>,
+    /// CPU seconds of this process before the run (earlier runs in the same process).
+    server_before: f64,
     peaks: Arc<std::sync::Mutex<(f64, f64, f64)>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -758,7 +760,12 @@ impl Sampler {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Sampler { pids, peaks, task }
+        Sampler {
+            pids,
+            server_before: cpu_seconds(std::process::id()).0,
+            peaks,
+            task,
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -781,7 +788,7 @@ impl Sampler {
             operator_end_mib: self.pids.iter().map(|pid| rss_mib(*pid)).sum(),
             operator_cpu: own,
             workers_cpu: reaped + running,
-            server_cpu: cpu_seconds(std::process::id()).0,
+            server_cpu: cpu_seconds(std::process::id()).0 - self.server_before,
         }
     }
 

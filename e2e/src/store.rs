@@ -10,7 +10,7 @@ use crate::schema::{self, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -177,6 +177,9 @@ struct State {
     rv: u64,
     registry: Registry,
     objects: HashMap<GroupResource, BTreeMap<ObjectKey, Value>>,
+    /// The stored objects with a deletionTimestamp: what settling looks at after every
+    /// write (scanning every object instead made each write cost the whole store).
+    terminating: BTreeSet<(GroupResource, ObjectKey)>,
     log: VecDeque<Arc<Event>>,
     log_capacity: usize,
     /// Events up to this resourceVersion are no longer in the log.
@@ -390,6 +393,7 @@ impl Store {
                 rv: 1,
                 registry: Registry::builtin(),
                 objects: HashMap::new(),
+                terminating: BTreeSet::new(),
                 log: VecDeque::new(),
                 log_capacity: log_capacity.max(1),
                 compacted: 0,
@@ -1314,10 +1318,16 @@ impl State {
         } else {
             EventType::Added
         };
+        let key = (namespace.to_owned(), name.to_owned());
+        if is_terminating(&object) {
+            self.terminating.insert((ty.gr.clone(), key.clone()));
+        } else {
+            self.terminating.remove(&(ty.gr.clone(), key.clone()));
+        }
         self.objects
             .entry(ty.gr.clone())
             .or_default()
-            .insert((namespace.to_owned(), name.to_owned()), object.clone());
+            .insert(key, object.clone());
         self.record(ty, namespace, kind, object.clone(), old);
         object
     }
@@ -1350,10 +1360,12 @@ impl State {
 
     /// Removes an object from the store (its finalizers are all gone).
     fn remove(&mut self, ty: &ResourceType, namespace: &str, name: &str) -> Option<Value> {
+        let key = (namespace.to_owned(), name.to_owned());
         let mut object = self
             .objects
             .get_mut(&ty.gr)
-            .and_then(|objects| objects.remove(&(namespace.to_owned(), name.to_owned())))?;
+            .and_then(|objects| objects.remove(&key))?;
+        self.terminating.remove(&(ty.gr.clone(), key));
         self.rv += 1;
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.record(ty, namespace, EventType::Deleted, object.clone(), None);
@@ -1363,6 +1375,7 @@ impl State {
         {
             self.registry.unregister(&served.gr);
             self.objects.remove(&served.gr);
+            self.terminating.retain(|(gr, _)| *gr != served.gr);
         }
         self.collect_garbage(&object);
         if is_cluster_roles(ty) {
@@ -1645,14 +1658,12 @@ impl State {
     fn settle_once(&mut self) -> bool {
         let mut progressed = false;
         let terminating: Vec<(Arc<ResourceType>, ObjectKey, Value)> = self
-            .objects
+            .terminating
             .iter()
-            .filter_map(|(gr, objects)| self.registry.get(gr).map(|ty| (ty, objects)))
-            .flat_map(|(ty, objects)| {
-                objects
-                    .iter()
-                    .filter(|(_, o)| is_terminating(o))
-                    .map(move |(key, o)| (ty.clone(), key.clone(), o.clone()))
+            .filter_map(|(gr, key)| {
+                let ty = self.registry.get(gr)?;
+                let object = self.objects.get(gr)?.get(key)?;
+                Some((ty, key.clone(), object.clone()))
             })
             .collect();
         for (ty, (namespace, name), object) in terminating {

@@ -114,9 +114,18 @@ pub struct Context {
     /// Remote modules resolved in the last `--module-resync`, reused without asking their
     /// source again.
     pub resolutions: RecentResolutions,
-    /// What the Transform controller last wrote of each graph (`namespace/name`), for the
-    /// moment before its watch brings the graph.
-    pub written_graphs: moka::future::Cache<String, GraphMetadata>,
+    /// What the Transform controller last wrote of each graph (`namespace/name`): for the
+    /// moment before its watch brings the graph, and to skip planning an unchanged one.
+    pub written_graphs: moka::future::Cache<String, WrittenGraph>,
+}
+
+/// A graph the Transform controller wrote (or found as planned).
+#[derive(Clone, Debug)]
+pub struct WrittenGraph {
+    /// Its module, version, digest, render hash and render time.
+    pub metadata: GraphMetadata,
+    /// The key of the Transform spec and module it was planned from.
+    pub planned_from: String,
 }
 
 /// Why a reconcile failed; the controller retries with backoff.

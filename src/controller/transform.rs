@@ -14,6 +14,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
+use super::WrittenGraph;
 use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
@@ -26,6 +27,7 @@ use crate::module::git::GitAuth;
 use crate::module::oci::Registry;
 use crate::module::{Resolved, SourceError, Sources, from_config_map, resolve};
 use crate::plan::{self, Plan, PlanError};
+use sha2::{Digest, Sha256};
 
 const CONTROLLER: &str = "transform";
 
@@ -139,9 +141,15 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     let key = render_key(transform);
 
     let planned = match resolve_module(transform, context).await {
-        Ok(module) => plan_graph(transform, &module, context)
-            .await
-            .map(|plan| (module, plan)),
+        Ok(module) => {
+            let planned_from = planned_from(transform, &module);
+            match unchanged_graph(transform, &planned_from, context).await {
+                Some(graph) => Ok((module, graph, planned_from)),
+                None => plan_graph(transform, &module, context)
+                    .await
+                    .map(|plan| (module, plan.graph, planned_from)),
+            }
+        }
         Err(failure) => Err(failure),
     };
     let action = match planned {
@@ -193,12 +201,12 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 Action::await_change()
             }
         }
-        Ok((module, plan)) => {
+        Ok((module, graph, planned_from)) => {
             let written = write_graph(
                 transform,
                 context,
                 &graphs,
-                plan,
+                (graph, planned_from),
                 &module,
                 &mut status,
                 &conditions,
@@ -307,20 +315,19 @@ fn record_failure(status: &mut TransformStatus, failure: &Failure, conditions: &
     );
 }
 
-/// Server-side applies the planned ResourceGraph when its spec changed, and records the
-/// successful steps in `status`.
+/// Server-side applies the planned ResourceGraph (and what it was planned from) when its
+/// spec changed, and records the successful steps in `status`.
 async fn write_graph(
     transform: &Transform,
     context: &Context,
     graphs: &Api<ResourceGraph>,
-    plan: Plan,
+    (mut graph, planned_from): (ResourceGraph, String),
     module: &Resolved,
     status: &mut TransformStatus,
     conditions: &ConditionWriter<'_>,
 ) -> Result<(), Error> {
     let name = transform.name_any();
     let previous = transform.status.clone().unwrap_or_default();
-    let mut graph = plan.graph;
     let rendered_hash = graph.spec.metadata.render_hash.clone();
     let namespace = transform.namespace().unwrap_or_default();
     let existing = cached_graph(context, &namespace, &name);
@@ -330,14 +337,14 @@ async fn write_graph(
     // not have brought a graph written a moment ago yet: this controller's own record of
     // what it wrote answers then, so the write is repeated as it was (a no-op for the
     // API server), not as a new generation that would run the graph again.
+    let written_key = format!("{namespace}/{name}");
     let previous_render = match &existing {
         Some(existing) => Some(existing.spec.metadata.clone()),
-        None => {
-            context
-                .written_graphs
-                .get(&format!("{namespace}/{name}"))
-                .await
-        }
+        None => context
+            .written_graphs
+            .get(&written_key)
+            .await
+            .map(|written| written.metadata),
     };
     if let Some(previous) = previous_render
         && previous.render_hash == rendered_hash
@@ -347,10 +354,6 @@ async fn write_graph(
     }
     if existing.as_ref().is_none_or(|e| e.spec != graph.spec) {
         apply_graph(graphs, &name, &graph, transform).await?;
-        context
-            .written_graphs
-            .insert(format!("{namespace}/{name}"), graph.spec.metadata.clone())
-            .await;
         let note = format!(
             "{}@{} rendered {} nodes ({rendered_hash})",
             graph.spec.metadata.module,
@@ -361,6 +364,16 @@ async fn write_graph(
             .event(transform, EventType::Normal, event_reasons::RENDERED, note)
             .await;
     }
+    context
+        .written_graphs
+        .insert(
+            written_key,
+            WrittenGraph {
+                metadata: graph.spec.metadata.clone(),
+                planned_from,
+            },
+        )
+        .await;
     status.resolved_module = Some(ResolvedModule {
         type_: transform.spec.module_ref.type_,
         ref_: short_ref(
@@ -565,6 +578,44 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
         .with_label_values(&[type_label.as_str()])
         .observe(started.elapsed().as_secs_f64());
     Ok(resolved?)
+}
+
+/// What a Transform's plan is made from: its spec (input, policies, adoptions), the
+/// module's content and where it renders (a plan is a function of these).
+fn planned_from(transform: &Transform, module: &Resolved) -> String {
+    let mut hasher = Sha256::new();
+    for part in [
+        module.bundle.digest(),
+        module.bundle.entrypoint(),
+        &serde_json::to_string(&transform.spec).unwrap_or_default(),
+        &transform.namespace().unwrap_or_default(),
+        &transform.name_any(),
+        transform.uid().as_deref().unwrap_or_default(),
+    ] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The graph this controller last wrote for `transform`, when it was planned from the same
+/// spec and module and the watch shows it as written: planning again would give the same
+/// graph, so reconciles that change nothing (a status write, a relist, the graph's
+/// readiness) neither render nor validate.
+async fn unchanged_graph(
+    transform: &Transform,
+    planned_from: &str,
+    context: &Context,
+) -> Option<ResourceGraph> {
+    let namespace = transform.namespace().unwrap_or_default();
+    let name = transform.name_any();
+    let written = context
+        .written_graphs
+        .get(&format!("{namespace}/{name}"))
+        .await?;
+    let existing = cached_graph(context, &namespace, &name)?;
+    (written.planned_from == planned_from && existing.spec.metadata == written.metadata)
+        .then(|| ResourceGraph::new(&name, existing.spec.clone()))
 }
 
 /// Plans the graph of the Transform from its resolved module.
