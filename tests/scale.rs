@@ -80,6 +80,7 @@ async fn fifty_transforms_of_an_oci_module_cost_bounded_requests_and_a_quiet_res
     // A quiet resync: every Transform reconciled again, nothing written, the registry
     // and the objects not asked.
     assert!(report.resync_reconciles >= 50, "{shown}");
+    assert_eq!(report.resync_renders, 0, "nothing planned again: {shown}");
     assert_eq!(writes(&report.resync_requests), 0, "{shown}");
     assert_eq!(resync, 0, "{shown}\n{}", registry.log());
     assert_eq!(

@@ -146,6 +146,10 @@ pub struct Report {
     pub resync_requests: Requests,
     /// Reconciles the quiet resync made.
     pub resync_reconciles: u64,
+    /// Renders (cache hits and evaluations) up to the resync.
+    pub first_pass_renders: u64,
+    /// Renders in the quiet resync (an unchanged Transform is not planned again).
+    pub resync_renders: u64,
     /// Memory and CPU at the end, after the resync.
     pub after_resync: Usage,
     /// What each replica did, the unsharded one first.
@@ -347,6 +351,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     // Transform (graphs whose spec did not change are not reconciled for it).
     let before = server.requests();
     let reconciles_before = reconciles(&replicas).await;
+    let renders_before = renders(&replicas).await;
     // History compacted past every watcher: each resumes into 410 Gone and lists again
     // (with a plain compaction, a watch that was sent the last revision would resume).
     store.expire_history();
@@ -354,6 +359,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     let wanted = reconciles_before + scenario.transforms as u64;
     let reconciles_after = wait_for_reconciles(&replicas, wanted, scenario.deadline).await;
     let resync_requests = server.requests().since(&before);
+    let resync_renders = renders(&replicas).await.saturating_sub(renders_before);
     let registry_resync = registry_requests(scenario);
     let after_resync = sampler.usage();
     sampler.stop();
@@ -378,6 +384,8 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
         },
         resync_requests,
         resync_reconciles: reconciles_after.saturating_sub(reconciles_before),
+        first_pass_renders: renders_before,
+        resync_renders,
         after_resync,
         replicas: shares,
         rendered_elsewhere,
@@ -622,6 +630,17 @@ async fn wait_ready(metrics: &str) -> Result<(), ScaleError> {
 
 /// The replicas' Transform reconciles so far (any result).
 async fn reconciles(replicas: &[Replica]) -> u64 {
+    metric_sum(replicas, "pequod_reconcile_total{controller=\"transform\"").await
+}
+
+/// Renders so far: from the render cache or evaluated.
+async fn renders(replicas: &[Replica]) -> u64 {
+    metric_sum(replicas, "pequod_render_cache_hits_total").await
+        + metric_sum(replicas, "pequod_render_cache_misses_total").await
+}
+
+/// The sum over the replicas of the samples whose line starts with `prefix`.
+async fn metric_sum(replicas: &[Replica], prefix: &str) -> u64 {
     let mut total = 0;
     for replica in replicas {
         let Some(text) = http_get(&replica.metrics, "/metrics").await else {
@@ -629,7 +648,7 @@ async fn reconciles(replicas: &[Replica]) -> u64 {
         };
         total += text
             .lines()
-            .filter(|line| line.starts_with("pequod_reconcile_total{controller=\"transform\""))
+            .filter(|line| line.starts_with(prefix))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64;
     }
@@ -864,7 +883,7 @@ pub fn describe(report: &Report) -> String {
         )
     };
     format!(
-        "{} Transforms ({:?}): all Ready in {:.1} s (creating them took {:.1} s)\n  {}\n  requests {} ({})\n  {} objects, {:.2} writes per object\n  quiet resync: {} reconciles, {} requests, {} writes\n  after resync: operator RSS {:.0} MiB (after the first pass {:.0} MiB); {}\n",
+        "{} Transforms ({:?}): all Ready in {:.1} s (creating them took {:.1} s)\n  {}\n  requests {} ({})\n  {} objects, {:.2} writes per object\n  {} renders; quiet resync: {} reconciles, {} renders, {} requests, {} writes\n  after resync: operator RSS {:.0} MiB (after the first pass {:.0} MiB); {}\n",
         report.transforms,
         report.start,
         report.all_ready.as_secs_f64(),
@@ -878,7 +897,9 @@ pub fn describe(report: &Report) -> String {
             .join(", "),
         report.objects,
         report.writes_per_object,
+        report.first_pass_renders,
         report.resync_reconciles,
+        report.resync_renders,
         report.resync_requests.total(),
         writes(&report.resync_requests),
         report.after_resync.operator_end_mib,

@@ -15,7 +15,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::plan::{DEFAULT_MAX_GRAPH_BYTES, Limits};
 use crate::render::worker::WorkerLimits;
-use crate::render::{DEFAULT_CACHE_MIB, MIN_MEMORY_MIB, PoolConfig, RenderError, Renderer};
+use crate::render::{
+    DEFAULT_CACHE_MIB, DEFAULT_RECYCLE_RESIDENT_MIB, MIN_MEMORY_MIB, PoolConfig, RenderError,
+    Renderer,
+};
 
 pub use output::OutputFormat;
 
@@ -75,6 +78,9 @@ pub struct EvalArgs {
     /// Number of evaluation worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub eval_workers: u64,
+    /// An evaluation worker is replaced once its resident memory passes this many MiB.
+    #[arg(long, default_value_t = DEFAULT_RECYCLE_RESIDENT_MIB, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    pub eval_recycle_mib: u64,
     /// Memory budget of the cache of rendered graphs, in MiB (estimated).
     #[arg(long, default_value_t = DEFAULT_CACHE_MIB)]
     pub render_cache_mib: u64,
@@ -110,6 +116,7 @@ impl EvalArgs {
         config.timeout = self.eval_timeout;
         config.memory_mib = self.eval_memory;
         config.workers = usize::try_from(self.eval_workers).unwrap_or(1);
+        config.recycle_resident_mib = self.eval_recycle_mib;
         Ok(config)
     }
 }

@@ -14,7 +14,7 @@ mod schema;
 pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
-pub use pool::{MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
+pub use pool::{DEFAULT_RECYCLE_RESIDENT_MIB, MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
 pub use protocol::{InputField, Presence, RenderContext};
 pub use sandbox::{SandboxLevel, SandboxProbe, SandboxReport, SandboxStatus};
 pub use schema::SchemaViolation;

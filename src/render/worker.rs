@@ -127,6 +127,11 @@ pub(super) fn address_space_bytes(pid: u32) -> u64 {
     status_bytes(&pid.to_string(), "VmSize:")
 }
 
+/// Resident set size of process `pid`, from /proc (0 where unavailable).
+pub(super) fn resident_bytes_of(pid: u32) -> u64 {
+    status_bytes(&pid.to_string(), "VmRSS:")
+}
+
 /// A `kB` figure of /proc/`process`/status, in bytes (0 where unavailable).
 fn status_bytes(process: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{process}/status"))
