@@ -851,6 +851,112 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabelled_transform_moves_to_its_shard_with_its_graph_and_objects_untouched() {
+    if skip_on_real_cluster("counts one replica's reconciles from its metrics") {
+        return;
+    }
+    // The cluster's operator is the unsharded replica; a second one serves shard-a.
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace().to_owned();
+    let shard_metrics = format!("127.0.0.1:{}", net::free_port());
+    let mut shard = cluster.spawn_operator(&shard_metrics, &["--shard", "shard-a"]);
+    let transform_reconciles = |addr: String| async move {
+        let text = http_get(&addr, "/metrics").await?;
+        Some(metric(
+            &text,
+            "pequod_reconcile_total{controller=\"transform\",result=\"success\"}",
+        ))
+    };
+    eventually(30, "the shard replica serves", || async {
+        transform_reconciles(shard_metrics.clone())
+            .await
+            .map(|_| ())
+    })
+    .await;
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&shapes("moving", serde_json::json!([{"id": "one"}]))),
+        )
+        .await;
+    cluster
+        .graph_when(&ns, "moving", "the unsharded replica runs it", |g| {
+            g["status"]["phase"] == "Ready"
+        })
+        .await;
+    assert_eq!(
+        transform_reconciles(shard_metrics.clone()).await,
+        Some(0.0),
+        "the shard replica never saw an unlabelled Transform"
+    );
+    let object = cluster
+        .json(&["get", "configmap", "one"])
+        .await
+        .expect("the node's ConfigMap");
+
+    cluster
+        .ok(
+            &[
+                "label",
+                "transform",
+                "moving",
+                "sharding.pequod.io/key=shard-a",
+            ],
+            None,
+        )
+        .await;
+    let graph = cluster
+        .graph_when(&ns, "moving", "the graph follows its Transform", |g| {
+            g["metadata"]["labels"]["sharding.pequod.io/key"] == "shard-a"
+        })
+        .await;
+    assert_eq!(graph["status"]["phase"], "Ready");
+    assert!(
+        transform_reconciles(shard_metrics.clone())
+            .await
+            .is_some_and(|n| n >= 1.0),
+        "the shard replica reconciled it"
+    );
+    let moved = cluster
+        .json(&["get", "configmap", "one"])
+        .await
+        .expect("still there");
+    assert_eq!(
+        moved["metadata"]["resourceVersion"], object["metadata"]["resourceVersion"],
+        "the move wrote nothing to the graph's objects"
+    );
+
+    // From now on the shard replica alone carries its changes.
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&shapes(
+                "moving",
+                serde_json::json!([{"id": "one"}, {"id": "two"}]),
+            )),
+        )
+        .await;
+    cluster
+        .graph_when(
+            &ns,
+            "moving",
+            "the shard replica applies the new node",
+            |g| g["status"]["phase"] == "Ready" && g["status"]["nodes"]["two"].is_object(),
+        )
+        .await;
+    let graph = cluster
+        .json(&["get", "resourcegraph", "moving"])
+        .await
+        .expect("the graph");
+    assert_eq!(
+        graph["metadata"]["labels"]["sharding.pequod.io/key"], "shard-a",
+        "a re-render keeps the shard: {graph}"
+    );
+    let _ = shard.kill().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_at_a_time_and_a_standby_takes_over() {
     let cluster = Cluster::start().await;
     let ns = cluster.namespace().to_owned();
