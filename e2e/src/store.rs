@@ -10,7 +10,7 @@ use crate::schema::{self, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -1290,7 +1290,9 @@ impl State {
         if !(ty.gr.group.is_empty() && ty.gr.resource == "services") {
             return;
         }
-        let (mut ips, mut ports) = (Vec::new(), Vec::new());
+        // Sets: a create looks for the first free address, which a list made quadratic in
+        // the number of Services.
+        let (mut ips, mut ports) = (HashSet::new(), HashSet::new());
         let others = self.objects.get(&ty.gr).into_iter().flatten();
         for ((ns, other), service) in others {
             if (ns.as_str(), other.as_str()) != (namespace, name) {

@@ -28,6 +28,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 
 const CONTROLLER: &str = "resourcegraph";
 
+/// How soon a graph whose cached copy predates this replica's last status write is looked
+/// at again (the watch brings the write within moments).
+const STALE_COPY_RETRY: Duration = Duration::from_millis(250);
+
 /// Reconciles one ResourceGraph.
 pub async fn reconcile(graph: Arc<ResourceGraph>, context: Arc<Context>) -> Result<Action, Error> {
     measured(
@@ -127,6 +131,7 @@ async fn refuse(
     graph: &ResourceGraph,
     api: &Api<ResourceGraph>,
     why: &str,
+    context: &Context,
 ) -> Result<Action, Error> {
     let previous = graph.status.clone().unwrap_or_default();
     let conditions = ConditionWriter::new(
@@ -146,7 +151,7 @@ async fn refuse(
         ..ResourceGraphStatus::default()
     };
     if graph.status.as_ref() != Some(&status) {
-        write_status(api, graph, &status).await?;
+        write_status(api, graph, &status, context).await?;
     }
     Ok(Action::await_change())
 }
@@ -154,12 +159,20 @@ async fn refuse(
 async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Action, Error> {
     let api = api(&context.client, graph);
     let name = graph.name_any();
+    let key = ObjectRef::from_obj(graph);
+    if let Some(superseded) = context.superseded.get(&key).map(|v| v.clone()) {
+        if graph.resource_version() == Some(superseded) {
+            // The cache has not brought this replica's last status write yet.
+            return Ok(Action::requeue(STALE_COPY_RETRY));
+        }
+        context.superseded.remove(&key);
+    }
     if graph.metadata.deletion_timestamp.is_some() {
         return cleanup(graph, context, &api).await;
     }
     if let Some(why) = untrusted(graph, context).await? {
         tracing::warn!(kind = "ResourceGraph", namespace = graph.namespace().unwrap_or_default(), name = %name, %why, "not executed");
-        return refuse(graph, &api, &why).await;
+        return refuse(graph, &api, &why, context).await;
     }
     if !graph.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = graph.finalizers().to_vec();
@@ -218,7 +231,7 @@ async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Act
         .metrics
         .record_graph(&graph_key(graph), Some(&pass.status));
     if graph.status.as_ref() != Some(&pass.status) {
-        write_status(&api, graph, &pass.status).await?;
+        write_status(&api, graph, &pass.status, context).await?;
     }
     publish(graph, context, &pass.events).await;
     Ok(Action::requeue(pass.requeue.unwrap_or(RESYNC).min(RESYNC)))
@@ -231,6 +244,7 @@ async fn write_status(
     api: &Api<ResourceGraph>,
     graph: &ResourceGraph,
     status: &ResourceGraphStatus,
+    context: &Context,
 ) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": API_VERSION,
@@ -238,12 +252,18 @@ async fn write_status(
         "metadata": {"resourceVersion": graph.resource_version()},
         "status": status,
     });
-    api.patch_status(
-        &graph.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &graph.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    if let Some(read) = graph.resource_version()
+        && written.resource_version().as_ref() != Some(&read)
+    {
+        context.superseded.insert(ObjectRef::from_obj(graph), read);
+    }
     Ok(())
 }
 
@@ -333,7 +353,7 @@ async fn cleanup(
         let waiting = remaining;
         let status = exec::status::deleting(graph, &waiting, jiff::Timestamp::now());
         if graph.status.as_ref() != Some(&status) {
-            write_status(api, graph, &status).await?;
+            write_status(api, graph, &status, context).await?;
         }
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -352,5 +372,6 @@ async fn cleanup(
     .await?;
     context.metrics.record_graph(&graph_key(graph), None);
     context.watches.forget(graph);
+    context.superseded.remove(&ObjectRef::from_obj(graph));
     Ok(Action::await_change())
 }

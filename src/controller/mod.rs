@@ -117,6 +117,10 @@ pub struct Context {
     /// What the Transform controller last wrote of each graph (`namespace/name`): for the
     /// moment before its watch brings the graph, and to skip planning an unchanged one.
     pub written_graphs: moka::future::Cache<String, WrittenGraph>,
+    /// Graphs whose status this replica wrote, with the resourceVersion each write
+    /// superseded: a cached copy still at that version predates the write (the watch
+    /// lags), and a pass from it would redo the writes the new status records.
+    pub superseded: DashMap<ObjectRef<ResourceGraph>, String>,
 }
 
 /// A graph the Transform controller wrote (or found as planned).
@@ -202,6 +206,7 @@ impl Context {
                 .max_capacity(WRITTEN_GRAPHS)
                 .time_to_live(WRITTEN_GRAPHS_TTL)
                 .build(),
+            superseded: DashMap::new(),
             config,
         };
         let feeds = Feeds {

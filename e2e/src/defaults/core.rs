@@ -1,6 +1,8 @@
 //! Services, Secrets, Namespaces, PersistentVolumeClaims (`pkg/apis/core/v1/defaults.go`)
 //! and RBAC bindings (`pkg/apis/rbac/v1/defaults.go`).
 
+use std::collections::HashSet;
+
 use super::{default, each, existing, object_at, unset};
 use serde_json::{Map, Value, json};
 
@@ -153,8 +155,8 @@ pub fn binding(object: &mut Value) {
 pub fn allocate_service(
     object: &mut Value,
     old: Option<&Value>,
-    used_ips: &[String],
-    used_ports: &[i64],
+    used_ips: &HashSet<String>,
+    used_ports: &HashSet<i64>,
 ) {
     let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
@@ -200,7 +202,7 @@ pub fn allocate_service(
         .and_then(Value::as_array)
         .map(|ports| ports.iter().collect())
         .unwrap_or_default();
-    let mut taken: Vec<i64> = used_ports.to_vec();
+    let mut taken = used_ports.clone();
     for port in each(spec, "ports") {
         if !unset(port, "nodePort") && port.get("nodePort") != Some(&json!(0)) {
             continue;
@@ -214,7 +216,7 @@ pub fn allocate_service(
             .and_then(Value::as_i64);
         let node_port = kept.or_else(|| (30000..=32767).find(|p| !taken.contains(p)));
         if let Some(node_port) = node_port {
-            taken.push(node_port);
+            taken.insert(node_port);
             port.insert("nodePort".into(), json!(node_port));
         }
     }

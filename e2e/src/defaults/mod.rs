@@ -194,7 +194,12 @@ mod tests {
             json!({"spec": {"type": "NodePort", "sessionAffinity": "ClientIP",
                             "ports": [{"port": 80, "targetPort": 0}]}}),
         );
-        core::allocate_service(&mut service, None, &["10.96.0.1".into()], &[30000]);
+        core::allocate_service(
+            &mut service,
+            None,
+            &["10.96.0.1".to_string()].into(),
+            &[30000].into(),
+        );
         assert_eq!(
             service["spec"],
             json!({
@@ -209,7 +214,12 @@ mod tests {
         // An update that leaves the allocations out keeps them.
         let mut update =
             json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
-        core::allocate_service(&mut update, Some(&service), &[], &[]);
+        core::allocate_service(
+            &mut update,
+            Some(&service),
+            &Default::default(),
+            &Default::default(),
+        );
         assert_eq!(
             (
                 &update["spec"]["clusterIP"],
