@@ -130,6 +130,8 @@ pub struct WrittenGraph {
     pub metadata: GraphMetadata,
     /// The key of the Transform spec and module it was planned from.
     pub planned_from: String,
+    /// When it was written (or found as planned).
+    pub written_at: std::time::Instant,
 }
 
 /// Why a reconcile failed; the controller retries with backoff.

@@ -4,7 +4,7 @@
 //! ResourceGraph.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -144,8 +144,10 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         Ok(module) => {
             let planned_from = planned_from(transform, &module);
             match unchanged_graph(transform, &planned_from, context).await {
-                Some(graph) => Ok((module, graph, planned_from)),
-                None => plan_graph(transform, &module, context)
+                Unchanged::Graph(graph) => Ok((module, graph, planned_from)),
+                // Its watch event wakes the Transform (or this retry does).
+                Unchanged::InFlight => return Ok(Action::requeue(IN_FLIGHT_RETRY)),
+                Unchanged::No => plan_graph(transform, &module, context)
                     .await
                     .map(|plan| (module, plan.graph, planned_from)),
             }
@@ -371,6 +373,7 @@ async fn write_graph(
             WrittenGraph {
                 metadata: graph.spec.metadata.clone(),
                 planned_from,
+                written_at: Instant::now(),
             },
         )
         .await;
@@ -598,24 +601,49 @@ fn planned_from(transform: &Transform, module: &Resolved) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The graph this controller last wrote for `transform`, when it was planned from the same
-/// spec and module and the watch shows it as written: planning again would give the same
-/// graph, so reconciles that change nothing (a status write, a relist, the graph's
-/// readiness) neither render nor validate.
+/// Whether a Transform's graph needs planning.
+enum Unchanged {
+    /// Planned from the same spec and module, and the watch shows it as written: planning
+    /// again would give the same graph.
+    Graph(ResourceGraph),
+    /// Planned from the same spec and module and written a moment ago; the watch has not
+    /// brought it yet.
+    InFlight,
+    /// Something changed, or this controller does not know what the graph came from.
+    No,
+}
+
+/// How long a graph just written is waited for before it is planned and written again (the
+/// watch brings it within moments; a graph deleted meanwhile is written again after this).
+const IN_FLIGHT: Duration = Duration::from_secs(5);
+
+/// How soon a Transform whose graph is in flight is looked at again.
+const IN_FLIGHT_RETRY: Duration = Duration::from_millis(500);
+
+/// Whether `transform`'s graph needs planning: reconciles that change nothing (a status
+/// write, a relist, the graph's readiness) neither render nor validate.
 async fn unchanged_graph(
     transform: &Transform,
     planned_from: &str,
     context: &Context,
-) -> Option<ResourceGraph> {
+) -> Unchanged {
     let namespace = transform.namespace().unwrap_or_default();
     let name = transform.name_any();
-    let written = context
+    let Some(written) = context
         .written_graphs
         .get(&format!("{namespace}/{name}"))
-        .await?;
-    let existing = cached_graph(context, &namespace, &name)?;
-    (written.planned_from == planned_from && existing.spec.metadata == written.metadata)
-        .then(|| ResourceGraph::new(&name, existing.spec.clone()))
+        .await
+        .filter(|written| written.planned_from == planned_from)
+    else {
+        return Unchanged::No;
+    };
+    match cached_graph(context, &namespace, &name) {
+        Some(existing) if existing.spec.metadata == written.metadata => {
+            Unchanged::Graph(ResourceGraph::new(&name, existing.spec.clone()))
+        }
+        None if written.written_at.elapsed() < IN_FLIGHT => Unchanged::InFlight,
+        _ => Unchanged::No,
+    }
 }
 
 /// Plans the graph of the Transform from its resolved module.
