@@ -18,8 +18,8 @@ use super::WrittenGraph;
 use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
-    API_VERSION, FIELD_MANAGER, LocalObjectReference, ModuleType, ResolvedModule, ResourceGraph,
-    Transform, TransformStatus, Violation, event_reasons,
+    API_VERSION, FIELD_MANAGER, GraphMetadata, LocalObjectReference, ModuleType, ResolvedModule,
+    ResourceGraph, Transform, TransformStatus, Violation, event_reasons,
 };
 use crate::backoff::retry_delay;
 use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
@@ -144,7 +144,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         Ok(module) => {
             let planned_from = planned_from(transform, &module);
             match unchanged_graph(transform, &planned_from, context).await {
-                Unchanged::Graph(graph) => Ok((module, graph, planned_from)),
+                Unchanged::Graph(graph) => Ok((module, *graph, planned_from)),
                 // Its watch event wakes the Transform (or this retry does).
                 Unchanged::InFlight => return Ok(Action::requeue(IN_FLIGHT_RETRY)),
                 Unchanged::No => plan_graph(transform, &module, context)
@@ -601,11 +601,19 @@ fn planned_from(transform: &Transform, module: &Resolved) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// Whether two graphs' metadata name the same render of the same module.
+fn same_render(a: &GraphMetadata, b: &GraphMetadata) -> bool {
+    a.render_hash == b.render_hash
+        && a.module_digest == b.module_digest
+        && a.module == b.module
+        && a.version == b.version
+}
+
 /// Whether a Transform's graph needs planning.
 enum Unchanged {
     /// Planned from the same spec and module, and the watch shows it as written: planning
     /// again would give the same graph.
-    Graph(ResourceGraph),
+    Graph(Box<ResourceGraph>),
     /// Planned from the same spec and module and written a moment ago; the watch has not
     /// brought it yet.
     InFlight,
@@ -638,8 +646,9 @@ async fn unchanged_graph(
         return Unchanged::No;
     };
     match cached_graph(context, &namespace, &name) {
-        Some(existing) if existing.spec.metadata == written.metadata => {
-            Unchanged::Graph(ResourceGraph::new(&name, existing.spec.clone()))
+        // (The stored render time has whole seconds: the rest is compared.)
+        Some(existing) if same_render(&existing.spec.metadata, &written.metadata) => {
+            Unchanged::Graph(Box::new(ResourceGraph::new(&name, existing.spec.clone())))
         }
         None if written.written_at.elapsed() < IN_FLIGHT => Unchanged::InFlight,
         _ => Unchanged::No,
