@@ -10,7 +10,7 @@ use crate::schema::{self, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -180,6 +180,9 @@ struct State {
     /// The stored objects with a deletionTimestamp: what settling looks at after every
     /// write (scanning every object instead made each write cost the whole store).
     terminating: BTreeSet<(GroupResource, ObjectKey)>,
+    /// The cluster IPs and node ports the stored Services hold (looked up by every
+    /// Service write: walking every Service made each write cost them all).
+    service_addresses: ServiceAddresses,
     log: VecDeque<Arc<Event>>,
     log_capacity: usize,
     /// Events up to this resourceVersion are no longer in the log.
@@ -394,6 +397,7 @@ impl Store {
                 registry: Registry::builtin(),
                 objects: HashMap::new(),
                 terminating: BTreeSet::new(),
+                service_addresses: ServiceAddresses::default(),
                 log: VecDeque::new(),
                 log_capacity: log_capacity.max(1),
                 compacted: 0,
@@ -1287,21 +1291,17 @@ impl State {
         old: Option<&Value>,
         object: &mut Value,
     ) {
-        if !(ty.gr.group.is_empty() && ty.gr.resource == "services") {
+        if !is_core_services(ty) {
             return;
         }
-        // Sets: a create looks for the first free address, which a list made quadratic in
-        // the number of Services.
-        let (mut ips, mut ports) = (HashSet::new(), HashSet::new());
-        let others = self.objects.get(&ty.gr).into_iter().flatten();
-        for ((ns, other), service) in others {
-            if (ns.as_str(), other.as_str()) != (namespace, name) {
-                let (service_ips, service_ports) = crate::defaults::core::allocations(service);
-                ips.extend(service_ips);
-                ports.extend(service_ports);
-            }
-        }
-        crate::defaults::core::allocate_service(object, old, &ips, &ports);
+        let key = (namespace.to_owned(), name.to_owned());
+        let addresses = &self.service_addresses;
+        crate::defaults::core::allocate_service(
+            object,
+            old,
+            &|ip| addresses.ip_held_by_another(&key, ip),
+            &|port| addresses.port_held_by_another(&key, port),
+        );
     }
 
     /// Writes an object under a new resourceVersion and records the event.
@@ -1321,6 +1321,9 @@ impl State {
             EventType::Added
         };
         let key = (namespace.to_owned(), name.to_owned());
+        if is_core_services(ty) {
+            self.service_addresses.set(&key, Some(&object));
+        }
         if is_terminating(&object) {
             self.terminating.insert((ty.gr.clone(), key.clone()));
         } else {
@@ -1367,6 +1370,9 @@ impl State {
             .objects
             .get_mut(&ty.gr)
             .and_then(|objects| objects.remove(&key))?;
+        if is_core_services(ty) {
+            self.service_addresses.set(&key, None);
+        }
         self.terminating.remove(&(ty.gr.clone(), key));
         self.rv += 1;
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
@@ -1783,5 +1789,70 @@ fn fits_in_etcd(object: &Value) -> Result<(), ApiError> {
         Err(ApiError::internal("etcdserver: request is too large"))
     } else {
         Ok(())
+    }
+}
+
+fn is_core_services(ty: &ResourceType) -> bool {
+    ty.gr.group.is_empty() && ty.gr.resource == "services"
+}
+
+/// The cluster IPs and node ports each stored Service holds, and how many hold each.
+#[derive(Default)]
+struct ServiceAddresses {
+    by_service: HashMap<ObjectKey, (Vec<String>, Vec<i64>)>,
+    ips: HashMap<String, usize>,
+    ports: HashMap<i64, usize>,
+}
+
+impl ServiceAddresses {
+    /// Records what Service `key` holds now (`None`: it is gone).
+    fn set(&mut self, key: &ObjectKey, service: Option<&Value>) {
+        if let Some((ips, ports)) = self.by_service.remove(key) {
+            for ip in ips {
+                release(&mut self.ips, ip);
+            }
+            for port in ports {
+                release(&mut self.ports, port);
+            }
+        }
+        let Some(service) = service else {
+            return;
+        };
+        let (ips, ports) = crate::defaults::core::allocations(service);
+        for ip in &ips {
+            *self.ips.entry(ip.clone()).or_default() += 1;
+        }
+        for port in &ports {
+            *self.ports.entry(*port).or_default() += 1;
+        }
+        self.by_service.insert(key.clone(), (ips, ports));
+    }
+
+    /// Whether a Service other than `key` holds `ip`.
+    fn ip_held_by_another(&self, key: &ObjectKey, ip: &str) -> bool {
+        let own = self
+            .by_service
+            .get(key)
+            .is_some_and(|(ips, _)| ips.iter().any(|held| held == ip));
+        self.ips.get(ip).copied().unwrap_or(0) > usize::from(own)
+    }
+
+    /// Whether a Service other than `key` holds node port `port`.
+    fn port_held_by_another(&self, key: &ObjectKey, port: i64) -> bool {
+        let own = self
+            .by_service
+            .get(key)
+            .is_some_and(|(_, ports)| ports.contains(&port));
+        self.ports.get(&port).copied().unwrap_or(0) > usize::from(own)
+    }
+}
+
+/// One holder fewer of `value`.
+fn release<T: std::hash::Hash + Eq>(counts: &mut HashMap<T, usize>, value: T) {
+    if let Some(count) = counts.get_mut(&value) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&value);
+        }
     }
 }

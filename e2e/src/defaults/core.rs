@@ -155,8 +155,8 @@ pub fn binding(object: &mut Value) {
 pub fn allocate_service(
     object: &mut Value,
     old: Option<&Value>,
-    used_ips: &HashSet<String>,
-    used_ports: &HashSet<i64>,
+    ip_in_use: &dyn Fn(&str) -> bool,
+    port_in_use: &dyn Fn(i64) -> bool,
 ) {
     let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
@@ -184,7 +184,7 @@ pub fn allocate_service(
     if unset(spec, "clusterIP") {
         let free = (1..=u32::from(u16::MAX))
             .map(|n| format!("10.96.{}.{}", n / 256, n % 256))
-            .find(|ip| !used_ips.contains(ip) && !ip.ends_with(".0"));
+            .find(|ip| !ip_in_use(ip) && !ip.ends_with(".0"));
         if let Some(ip) = free {
             spec.insert("clusterIP".into(), json!(ip));
         }
@@ -202,7 +202,7 @@ pub fn allocate_service(
         .and_then(Value::as_array)
         .map(|ports| ports.iter().collect())
         .unwrap_or_default();
-    let mut taken = used_ports.clone();
+    let mut taken = HashSet::new();
     for port in each(spec, "ports") {
         if !unset(port, "nodePort") && port.get("nodePort") != Some(&json!(0)) {
             continue;
@@ -214,7 +214,8 @@ pub fn allocate_service(
             })
             .and_then(|old| old.get("nodePort"))
             .and_then(Value::as_i64);
-        let node_port = kept.or_else(|| (30000..=32767).find(|p| !taken.contains(p)));
+        let node_port =
+            kept.or_else(|| (30000..=32767).find(|p| !taken.contains(p) && !port_in_use(*p)));
         if let Some(node_port) = node_port {
             taken.insert(node_port);
             port.insert("nodePort".into(), json!(node_port));

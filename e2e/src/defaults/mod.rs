@@ -194,12 +194,9 @@ mod tests {
             json!({"spec": {"type": "NodePort", "sessionAffinity": "ClientIP",
                             "ports": [{"port": 80, "targetPort": 0}]}}),
         );
-        core::allocate_service(
-            &mut service,
-            None,
-            &["10.96.0.1".to_string()].into(),
-            &[30000].into(),
-        );
+        core::allocate_service(&mut service, None, &|ip| ip == "10.96.0.1", &|port| {
+            port == 30000
+        });
         assert_eq!(
             service["spec"],
             json!({
@@ -214,12 +211,7 @@ mod tests {
         // An update that leaves the allocations out keeps them.
         let mut update =
             json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
-        core::allocate_service(
-            &mut update,
-            Some(&service),
-            &Default::default(),
-            &Default::default(),
-        );
+        core::allocate_service(&mut update, Some(&service), &|_| false, &|_| false);
         assert_eq!(
             (
                 &update["spec"]["clusterIP"],
