@@ -1491,26 +1491,7 @@ async fn fifty_transforms_of_one_oci_module_pull_it_once_and_a_bad_pin_is_a_cond
         .await
         .expect("registry starts");
     let reference = format!("{}/platforms/webservice:1", registry.host);
-    let published = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
-        .args([
-            "module",
-            "publish",
-            "platforms/webservice",
-            &reference,
-            "--insecure-registry",
-            &registry.host,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("pequod runs");
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
-    );
-    let digest = String::from_utf8_lossy(&published.stdout)
-        .trim()
-        .to_string();
+    let digest = registry.publish("platforms/webservice", &reference, &[]);
     let cluster = Cluster::start_with_flags(
         Duration::from_millis(300),
         &["--insecure-registry", &registry.host],
@@ -1799,17 +1780,10 @@ async fn a_private_registry_is_read_with_the_transforms_pull_secret() {
     let credentials = dir.path().join("config.json");
     registry.docker_config(&credentials);
     let reference = format!("{}/private/webservice:1", registry.host);
-    let published = std::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
-        .args(["module", "publish", "platforms/webservice", &reference])
-        .args(["--insecure-registry", &registry.host, "--docker-config"])
-        .arg(&credentials)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("pequod runs");
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
+    registry.publish(
+        "platforms/webservice",
+        &reference,
+        &["--docker-config".as_ref(), credentials.as_os_str()],
     );
     let cluster = Cluster::start_with_flags(
         Duration::from_millis(300),

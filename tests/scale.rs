@@ -18,29 +18,13 @@ fn pequod() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pequod"))
 }
 
-/// Publishes the webservice module to `registry`; its reference.
-fn publish(registry: &registry::TestRegistry) -> String {
-    let reference = format!("{}/platforms/webservice:1", registry.host);
-    let published = std::process::Command::new(pequod())
-        .args(["module", "publish", "platforms/webservice", &reference])
-        .args(["--insecure-registry", &registry.host])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("pequod runs");
-    assert!(
-        published.status.success(),
-        "{}",
-        String::from_utf8_lossy(&published.stderr)
-    );
-    reference
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_transforms_of_an_oci_module_cost_bounded_requests_and_a_quiet_resync_nothing() {
     let registry = tokio::task::spawn_blocking(registry::TestRegistry::start)
         .await
         .expect("registry starts");
-    let reference = publish(&registry);
+    let reference = format!("{}/platforms/webservice:1", registry.host);
+    registry.publish("platforms/webservice", &reference, &[]);
     let scenario = Scenario {
         operator_args: vec!["--insecure-registry".to_string(), registry.host.clone()],
         readiness_delay: Duration::from_millis(300),

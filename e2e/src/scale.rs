@@ -21,6 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::requests::Requests;
 use crate::store::{EventType, FieldValidation, Store, WriteOptions};
+use crate::testing::http_get;
 use crate::{Config, TestApiServer};
 
 /// When the operator starts, relative to the Transforms.
@@ -604,18 +605,6 @@ fn spawn(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| ScaleError::Setup(format!("pequod run: {e}")))
-}
-
-async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 2").then(|| body.to_string())
 }
 
 async fn wait_ready(metrics: &str) -> Result<(), ScaleError> {

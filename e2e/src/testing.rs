@@ -1,5 +1,6 @@
 //! Helpers for tests that drive a [`TestApiServer`](crate::TestApiServer) from outside: the
-//! installed `kubectl` with its own discovery cache, and polling until a condition holds.
+//! installed `kubectl` with its own discovery cache, polling until a condition holds, and
+//! plain HTTP GETs of an operator's metrics and probes.
 //! Shared by this crate's suites and Pequod's operator tests.
 
 use std::path::{Path, PathBuf};
@@ -121,4 +122,18 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The body of `GET path` from the plain-HTTP server at `addr` (an operator's metrics and
+/// probes), when it answers 2xx.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 2").then(|| body.to_string())
 }

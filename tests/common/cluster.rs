@@ -26,6 +26,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use pequod_e2e::store::{Event, EventType};
+pub use pequod_e2e::testing::http_get;
 use pequod_e2e::testing::{Kubectl, eventually};
 use pequod_e2e::{Config, TestApiServer, User};
 use serde_json::Value;
@@ -778,18 +779,6 @@ pub fn node<'a>(graph: &'a Value, id: &str) -> &'a Value {
 }
 
 /// A plain HTTP GET on loopback; the body of a 2xx answer.
-pub async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 2").then(|| body.to_string())
-}
-
 pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
     object["status"]["conditions"]
         .as_array()?

@@ -105,6 +105,27 @@ impl TestRegistry {
             .count()
     }
 
+    /// Publishes the module in `module` (a directory of this repository) as `reference`
+    /// with `pequod module publish` and `extra` flags (plain HTTP to this registry); the
+    /// digest it printed.
+    pub fn publish(&self, module: &str, reference: &str, extra: &[&std::ffi::OsStr]) -> String {
+        let published = Command::new(env!("CARGO_BIN_EXE_pequod"))
+            .args(["module", "publish", module, reference])
+            .args(["--insecure-registry", &self.host])
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("pequod runs");
+        assert!(
+            published.status.success(),
+            "{}",
+            String::from_utf8_lossy(&published.stderr)
+        );
+        String::from_utf8_lossy(&published.stdout)
+            .trim()
+            .to_string()
+    }
+
     /// A docker config file with the credentials of [`USER`] for this registry.
     pub fn docker_config(&self, path: &Path) {
         use base64::Engine;
