@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::requests::Requests;
+use crate::resources::ResourceType;
 use crate::store::{EventType, FieldValidation, Store, WriteOptions};
 use crate::testing::http_get;
 use crate::{Config, TestApiServer};
@@ -427,16 +428,7 @@ fn rendered_elsewhere(store: &Store, transforms: &[Planned]) -> Vec<String> {
     else {
         return vec!["events.k8s.io is not served".to_string()];
     };
-    let version = ty.storage_version().to_string();
-    let selection = crate::store::Selection {
-        namespace: None,
-        labels: None,
-        fields: None,
-    };
-    let events = store
-        .list(&ty, &version, &selection, None, None)
-        .map(|page| page.items)
-        .unwrap_or_default();
+    let events = every_object(store, &ty);
     let mut renderers: BTreeMap<(String, String), HashSet<String>> = BTreeMap::new();
     for event in &events {
         if event["reason"] != "Rendered" || event["regarding"]["kind"] != "Transform" {
@@ -543,25 +535,29 @@ fn not_ready_example(store: &Store, ready: &Readiness, names: &[(String, String)
 /// How many objects of the graphs' kinds the graphs wrote (they carry Pequod's label).
 fn created_objects(store: &Store) -> usize {
     let registry = store.registry();
-    let selection = crate::store::Selection {
-        namespace: None,
-        labels: None,
-        fields: None,
-    };
     GRAPH_RESOURCES
         .iter()
         .filter_map(|resource| registry.all().find(|t| t.gr.resource == *resource).cloned())
-        .filter_map(|ty| {
-            let version = ty.storage_version().to_string();
-            store.list(&ty, &version, &selection, None, None).ok()
-        })
-        .map(|page| {
-            page.items
+        .map(|ty| {
+            every_object(store, &ty)
                 .iter()
                 .filter(|o| !o["metadata"]["labels"]["platform.pequod.io/resource-graph"].is_null())
                 .count()
         })
         .sum()
+}
+
+/// Every stored object of `ty`, in its storage version.
+fn every_object(store: &Store, ty: &ResourceType) -> Vec<Value> {
+    let selection = crate::store::Selection {
+        namespace: None,
+        labels: None,
+        fields: None,
+    };
+    store
+        .list(ty, ty.storage_version(), &selection, None, None)
+        .map(|page| page.items)
+        .unwrap_or_default()
 }
 
 fn free_port() -> std::io::Result<u16> {

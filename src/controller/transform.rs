@@ -270,7 +270,8 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     finish(&transforms, &name, transform, status, action).await
 }
 
-/// The key of a Transform's transient render failures.
+/// A Transform's key (`namespace/name`) in the controller's records: its transient render
+/// failures, the graph it last wrote.
 fn render_key(transform: &Transform) -> String {
     format!(
         "{}/{}",
@@ -339,7 +340,7 @@ async fn write_graph(
     // not have brought a graph written a moment ago yet: this controller's own record of
     // what it wrote answers then, so the write is repeated as it was (a no-op for the
     // API server), not as a new generation that would run the graph again.
-    let written_key = format!("{namespace}/{name}");
+    let written_key = render_key(transform);
     let previous_render = match &existing {
         Some(existing) => Some(existing.spec.metadata.clone()),
         None => context
@@ -349,8 +350,7 @@ async fn write_graph(
             .map(|written| written.metadata),
     };
     if let Some(previous) = previous_render
-        && previous.render_hash == rendered_hash
-        && previous.module_digest == graph.spec.metadata.module_digest
+        && same_render(&previous, &graph.spec.metadata)
     {
         graph.spec.metadata.rendered_at = previous.rendered_at;
     }
@@ -639,7 +639,7 @@ async fn unchanged_graph(
     let name = transform.name_any();
     let Some(written) = context
         .written_graphs
-        .get(&format!("{namespace}/{name}"))
+        .get(&render_key(transform))
         .await
         .filter(|written| written.planned_from == planned_from)
     else {
