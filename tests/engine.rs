@@ -187,6 +187,23 @@ async fn workers_are_recycled_when_their_address_space_grows() {
 }
 
 #[tokio::test]
+async fn workers_are_recycled_when_their_private_memory_grows() {
+    // Any evaluating worker holds more than 1 MiB of its own: each one is replaced after
+    // its evaluation, and the pages of the binary it shares are not what is counted (a
+    // debug build's worker maps far more than the default threshold of them).
+    let renderer = renderer_with(|c| c.recycle_resident_mib = 1);
+    for i in 0..3 {
+        renderer
+            .render(&demo(), &json!({"name": format!("web-{i}")}), &context())
+            .await
+            .expect("renders");
+    }
+    let stats = renderer.pool().stats();
+    assert_eq!(stats.recycled.get(), 3);
+    assert_eq!(stats.spawned.get(), 3);
+}
+
+#[tokio::test]
 async fn repeat_render_is_a_cache_hit_that_never_reaches_a_worker() {
     let renderer = renderer();
     let input = json!({"name": "web"});
@@ -609,8 +626,10 @@ async fn non_mapping_input_and_long_names_are_refused_without_evaluation() {
 async fn workers_are_recycled_and_operator_memory_stays_flat() {
     let renderer = renderer_with(|c| {
         c.max_evaluations = 50;
-        // Only recycling may replace a worker here, never a deadline on a busy machine.
+        // Only the count of evaluations may replace a worker here: never a deadline on a
+        // busy machine, nor the memory of a debug build's worker.
         c.timeout = Duration::from_secs(120);
+        c.recycle_resident_mib = 1 << 20;
     });
     let before = pequod::render::worker::resident_bytes();
     for i in 0..300 {

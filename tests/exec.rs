@@ -11,11 +11,12 @@ use pequod::api::{
 };
 use pequod::exec::inventory::{Deletion, Orphaning, delete_entry, deletion_waves};
 use pequod::exec::{
-    Applier, Appliers, ExecConfig, Executor, GraphId, Identity, LiveObjects, NodeEvent, Pass,
+    Applier, Appliers, ExecConfig, Executor, GraphId, Identity, Live, LiveObjects, NodeEvent, Pass,
     Served, Write, execute,
 };
 use pequod_e2e::faults::{Fault, FaultAction, Rendezvous};
 use pequod_e2e::store::EventType;
+use pequod_e2e::testing::eventually;
 use pequod_e2e::{Config, TestApiServer};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -379,6 +380,13 @@ async fn a_node_not_ready_within_its_timeout_fails() {
         .requeue
         .expect("looked at again when the timeout expires");
     assert!(requeue.as_secs() <= 31, "{requeue:?}");
+    // The simulated controller reports on the Deployment (it reacts to the create).
+    eventually(10, "the Deployment's status", || async {
+        stored_deployment(&harness, "slow")
+            .pointer("/status/conditions")
+            .map(|_| ())
+    })
+    .await;
 
     // Thirty-one seconds later, as far as the graph's status knows.
     let earlier = waiting_since.0 - jiff::SignedDuration::from_secs(31);
@@ -629,7 +637,7 @@ async fn a_graph_never_takes_or_deletes_another_graphs_object() {
 struct StoredCopies<'a>(&'a TestApiServer);
 
 impl LiveObjects for StoredCopies<'_> {
-    fn get(&self, served: &Served, namespace: Option<&str>, name: &str) -> Option<Value> {
+    fn get(&self, served: &Served, namespace: Option<&str>, name: &str) -> Option<Live> {
         let resource = &served.resource;
         let registry = self.0.store().registry();
         let ty = registry.lookup(&resource.group, &resource.version, &resource.plural)?;
@@ -640,7 +648,7 @@ impl LiveObjects for StoredCopies<'_> {
             .ok()?;
         object["apiVersion"] = Value::String(resource.api_version.clone());
         object["kind"] = Value::String(resource.kind.clone());
-        Some(object)
+        Some(Live::new(object))
     }
 }
 
@@ -879,7 +887,7 @@ async fn drift_converges_against_a_server_that_normalizes_and_defaults() {
     let mut web = graph("g", json!([{"id": "web", "object": deployment}]));
     let pass = harness.pass(&mut web).await;
     assert_eq!(pass.applies.len(), 1);
-    let stored = || harness_deployment(&harness);
+    let stored = || stored_deployment(&harness, "web");
     let live = stored();
     assert_eq!(
         live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"],
@@ -959,8 +967,8 @@ async fn drift_converges_against_a_server_that_normalizes_and_defaults() {
     harness.server.stop().await;
 }
 
-/// Deployment `default/web` as the server stores it.
-fn harness_deployment(harness: &Harness) -> Value {
+/// Deployment `default/NAME` as the server stores it.
+fn stored_deployment(harness: &Harness, name: &str) -> Value {
     let registry = harness.server.store().registry();
     let ty = registry
         .lookup("apps", "v1", "deployments")
@@ -968,7 +976,7 @@ fn harness_deployment(harness: &Harness) -> Value {
     harness
         .server
         .store()
-        .get(&ty, "v1", "default", "web")
+        .get(&ty, "v1", "default", name)
         .expect("stored")
 }
 

@@ -114,6 +114,9 @@ pub struct Usage {
     pub workers_peak_mib: f64,
     /// Peak resident memory of the operator and its workers together, MiB.
     pub total_peak_mib: f64,
+    /// Peak proportional memory (PSS) of the operator and its workers together, MiB: the
+    /// pages of the one binary they share counted once, as the pod's memory counts them.
+    pub total_peak_pss_mib: f64,
     /// Resident memory of the operator at the end, MiB.
     pub operator_end_mib: f64,
     /// CPU seconds of the operator process.
@@ -739,27 +742,27 @@ struct Sampler {
     pids: Vec<u32>,
     /// CPU seconds of this process before the run (earlier runs in the same process).
     server_before: f64,
-    peaks: Arc<std::sync::Mutex<(f64, f64, f64)>>,
+    /// Operator, workers, both (RSS) and both (PSS).
+    peaks: Arc<std::sync::Mutex<(f64, f64, f64, f64)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
     fn start(pids: Vec<u32>) -> Sampler {
-        let peaks = Arc::new(std::sync::Mutex::new((0.0_f64, 0.0_f64, 0.0_f64)));
+        let peaks = Arc::new(std::sync::Mutex::new((0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64)));
         let sink = peaks.clone();
         let sampled = pids.clone();
         let task = tokio::spawn(async move {
             loop {
+                let workers: Vec<u32> = sampled.iter().flat_map(|pid| children(*pid)).collect();
                 let operator: f64 = sampled.iter().map(|pid| rss_mib(*pid)).sum();
-                let workers: f64 = sampled
-                    .iter()
-                    .flat_map(|pid| children(*pid))
-                    .map(rss_mib)
-                    .sum();
+                let resident: f64 = workers.iter().copied().map(rss_mib).sum();
+                let proportional: f64 = sampled.iter().chain(&workers).copied().map(pss_mib).sum();
                 if let Ok(mut peak) = sink.lock() {
                     peak.0 = peak.0.max(operator);
-                    peak.1 = peak.1.max(workers);
-                    peak.2 = peak.2.max(operator + workers);
+                    peak.1 = peak.1.max(resident);
+                    peak.2 = peak.2.max(operator + resident);
+                    peak.3 = peak.3.max(proportional);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -773,7 +776,7 @@ impl Sampler {
     }
 
     fn usage(&self) -> Usage {
-        let (operator_peak_mib, workers_peak_mib, total_peak_mib) =
+        let (operator_peak_mib, workers_peak_mib, total_peak_mib, total_peak_pss_mib) =
             self.peaks.lock().map(|p| *p).unwrap_or_default();
         let (mut own, mut reaped, mut running) = (0.0, 0.0, 0.0);
         for pid in &self.pids {
@@ -789,6 +792,7 @@ impl Sampler {
             operator_peak_mib,
             workers_peak_mib,
             total_peak_mib,
+            total_peak_pss_mib,
             operator_end_mib: self.pids.iter().map(|pid| rss_mib(*pid)).sum(),
             operator_cpu: own,
             workers_cpu: reaped + running,
@@ -803,12 +807,22 @@ impl Sampler {
 
 /// Resident memory of `pid`, MiB (0 when it is gone).
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS:") / 1024.0
+}
+
+/// Proportional memory of `pid` (its resident pages, each shared page divided among the
+/// processes sharing it), MiB (0 when it is gone).
+fn pss_mib(pid: u32) -> f64 {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:") / 1024.0
+}
+
+/// The `kB` figure of the line starting with `field` in a /proc file (0 when absent).
+fn kib_field(path: &str, field: &str) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+        .unwrap_or(0.0)
 }
 
 /// The child processes of `pid`.
@@ -858,10 +872,11 @@ pub fn describe(report: &Report) -> String {
             });
     let usage = |u: &Usage| {
         format!(
-            "peak RSS operator {:.0} MiB, workers {:.0} MiB, together {:.0} MiB; CPU s operator {:.1}, workers {:.1}, server {:.1}",
+            "peak RSS operator {:.0} MiB, workers {:.0} MiB, together {:.0} MiB (PSS {:.0} MiB); CPU s operator {:.1}, workers {:.1}, server {:.1}",
             u.operator_peak_mib,
             u.workers_peak_mib,
             u.total_peak_mib,
+            u.total_peak_pss_mib,
             u.operator_cpu,
             u.workers_cpu,
             u.server_cpu

@@ -78,7 +78,8 @@ pub struct EvalArgs {
     /// Number of evaluation worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub eval_workers: u64,
-    /// An evaluation worker is replaced once its resident memory passes this many MiB.
+    /// An evaluation worker is replaced once its private resident memory (not the pages of
+    /// the binary it shares with the operator) passes this many MiB.
     #[arg(long, default_value_t = DEFAULT_RECYCLE_RESIDENT_MIB, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
     pub eval_recycle_mib: u64,
     /// Memory budget of the cache of rendered graphs, in MiB (estimated).
@@ -274,7 +275,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         })
         .map_err(|e| CliError::new(exit::INTERNAL, format!("worker: {e}"))),
         Command::Crds => print_crds(),
-        Command::Run(args) => runtime()?.block_on(run::run(args)),
+        Command::Run(args) => {
+            crate::controller::memory::limit_allocator_arenas();
+            runtime()?.block_on(run::run(args))
+        }
         Command::Status(args) => runtime()?.block_on(status::run(args, status::View::Status)),
         Command::Tree(args) => runtime()?.block_on(status::run(args, status::View::Tree)),
         Command::Render(args) => runtime()?.block_on(render::run(args)),

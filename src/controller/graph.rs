@@ -14,6 +14,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
+use super::cached::{CachedGraph, graph_ref};
 use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{ConditionWriter, Status, reasons, types};
 use crate::api::{
@@ -33,18 +34,16 @@ const CONTROLLER: &str = "resourcegraph";
 const STALE_COPY_RETRY: Duration = Duration::from_millis(250);
 
 /// Reconciles one ResourceGraph.
-pub async fn reconcile(graph: Arc<ResourceGraph>, context: Arc<Context>) -> Result<Action, Error> {
-    measured(
-        &context,
-        CONTROLLER,
-        graph.as_ref(),
-        reconcile_graph(&graph, &context),
-    )
-    .await
+pub async fn reconcile(graph: Arc<CachedGraph>, context: Arc<Context>) -> Result<Action, Error> {
+    let pass = async {
+        let graph = graph.graph().map_err(Error::UnreadableGraph)?;
+        reconcile_graph(&graph, &context).await
+    };
+    measured(&context, CONTROLLER, graph.as_ref(), pass).await
 }
 
 /// Retries a failed reconcile after a backoff that grows with its failures in a row.
-pub fn error_policy(graph: Arc<ResourceGraph>, error: &Error, context: Arc<Context>) -> Action {
+pub fn error_policy(graph: Arc<CachedGraph>, error: &Error, context: Arc<Context>) -> Action {
     retry_later(CONTROLLER, graph.as_ref(), error, &context)
 }
 
@@ -159,7 +158,7 @@ async fn refuse(
 async fn reconcile_graph(graph: &ResourceGraph, context: &Context) -> Result<Action, Error> {
     let api = api(&context.client, graph);
     let name = graph.name_any();
-    let key = ObjectRef::from_obj(graph);
+    let key = graph_ref(graph);
     if let Some(superseded) = context.superseded.get(&key).map(|v| v.clone()) {
         if graph.resource_version() == Some(superseded) {
             // The cache has not brought this replica's last status write yet.
@@ -262,7 +261,7 @@ async fn write_status(
     if let Some(read) = graph.resource_version()
         && written.resource_version().as_ref() != Some(&read)
     {
-        context.superseded.insert(ObjectRef::from_obj(graph), read);
+        context.superseded.insert(graph_ref(graph), read);
     }
     Ok(())
 }
@@ -372,6 +371,6 @@ async fn cleanup(
     .await?;
     context.metrics.record_graph(&graph_key(graph), None);
     context.watches.forget(graph);
-    context.superseded.remove(&ObjectRef::from_obj(graph));
+    context.superseded.remove(&graph_ref(graph));
     Ok(Action::await_change())
 }

@@ -2,8 +2,10 @@
 //! ResourceGraph) and the ResourceGraph controller (execute the graph), sharing a
 //! [`Context`] with the client, the renderer, the applier, events and metrics.
 
+mod cached;
 mod graph;
 mod leader;
+pub mod memory;
 mod shard;
 mod transform;
 mod watches;
@@ -22,11 +24,11 @@ use tokio::sync::Semaphore;
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store, reflector};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt};
 
 use crate::api::condition::{self, types};
-use crate::api::{GraphMetadata, ModuleType, ResourceGraph, Transform};
+use crate::api::{GraphMetadata, ModuleType, Transform};
 use crate::backoff::retry_delay;
 use crate::exec::{Appliers, ExecConfig, panic_message};
 use crate::metrics::{Metrics, ReadyState};
@@ -34,6 +36,7 @@ use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
 use crate::module::{ModuleCache, ModuleSources, RecentResolutions};
 use crate::render::Renderer;
+use cached::{CachedGraph, GraphRef};
 pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use shard::{InvalidShard, Shard};
 pub use watches::{WatchCount, Watches};
@@ -90,7 +93,7 @@ pub struct Context {
     pub transforms: Store<Transform>,
     /// Every ResourceGraph, as the ResourceGraph controller's watch sees them: the
     /// Transform controller reads its graphs here, not from the API server.
-    pub graphs: Store<ResourceGraph>,
+    pub graphs: Store<CachedGraph>,
     /// The render engine (worker pool and render cache).
     pub renderer: Renderer,
     /// Prometheus metrics.
@@ -120,7 +123,7 @@ pub struct Context {
     /// Graphs whose status this replica wrote, with the resourceVersion each write
     /// superseded: a cached copy still at that version predates the write (the watch
     /// lags), and a pass from it would redo the writes the new status records.
-    pub superseded: DashMap<ObjectRef<ResourceGraph>, String>,
+    pub superseded: DashMap<GraphRef, String>,
 }
 
 /// A graph the Transform controller wrote (or found as planned).
@@ -152,14 +155,17 @@ pub enum Error {
     /// The API server refused to store a ResourceGraph.
     #[error("the API server refused the ResourceGraph: {0}")]
     GraphRejected(crate::exec::ApiError),
+    /// A cached ResourceGraph's spec does not parse (written by hand, against the schema).
+    #[error("the ResourceGraph's spec cannot be read: {0}")]
+    UnreadableGraph(serde_json::Error),
 }
 
 /// What feeds the controllers of a [`Context`], handed to [`run`]: the writers of the
 /// Transform and ResourceGraph caches, and the graphs woken by watched objects.
 pub struct Feeds {
     transforms: Writer<Transform>,
-    graph_cache: Writer<ResourceGraph>,
-    graphs: UnboundedReceiver<ObjectRef<ResourceGraph>>,
+    graph_cache: Writer<CachedGraph>,
+    graphs: UnboundedReceiver<GraphRef>,
 }
 
 impl Context {
@@ -285,14 +291,14 @@ pub async fn run(
     } = feeds;
     let namespace = context.config.namespace.as_deref();
     let transform_api: Api<Transform> = api(&context.client, namespace);
-    let graph_api: Api<ResourceGraph> = api(&context.client, namespace);
+    let graph_api: Api<CachedGraph> = api(&context.client, namespace);
     let config = kube::runtime::controller::Config::default().concurrency(CONCURRENCY);
     // This replica's share: the API server sends it nothing else.
     let share = watcher::Config::default().labels(&context.config.shard.selector());
 
     let (owners, owners_woken) = futures::channel::mpsc::unbounded();
     let mirrored = Mirrored::default();
-    let graph_events = reflector(graph_cache, watcher(graph_api, share.clone()))
+    let graph_events = cached::cache(graph_cache, watcher(graph_api, share.clone()))
         .default_backoff()
         .inspect_ok(move |event| mirrored.wake_owner(event, &owners))
         .applied_objects()
@@ -308,7 +314,7 @@ pub async fn run(
             }
         });
 
-    let transform_events = reflector(transforms, watcher(transform_api, share))
+    let transform_events = cached::cache(transforms, watcher(transform_api, share))
         .default_backoff()
         .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());
@@ -360,7 +366,7 @@ pub async fn run(
 
 /// What wakes the graph controller for a graph: a new generation (its spec), its deletion,
 /// its finalizers; not its status, which it writes itself.
-fn graph_trigger(graph: &ResourceGraph) -> Option<u64> {
+fn graph_trigger(graph: &CachedGraph) -> Option<u64> {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&graph.metadata.generation, &mut hasher);
     std::hash::Hash::hash(&graph.metadata.deletion_timestamp.is_some(), &mut hasher);
@@ -371,12 +377,12 @@ fn graph_trigger(graph: &ResourceGraph) -> Option<u64> {
 /// The readiness each graph last showed its Transform: a change (or the graph's deletion)
 /// wakes the Transform, which mirrors it.
 #[derive(Default)]
-struct Mirrored(DashMap<ObjectRef<ResourceGraph>, u64>);
+struct Mirrored(DashMap<GraphRef, u64>);
 
 impl Mirrored {
     fn wake_owner(
         &self,
-        event: &watcher::Event<ResourceGraph>,
+        event: &watcher::Event<CachedGraph>,
         owners: &futures::channel::mpsc::UnboundedSender<ObjectRef<Transform>>,
     ) {
         let (graph, deleted) = match event {
@@ -406,10 +412,10 @@ impl Mirrored {
 
 /// What of a graph its Transform mirrors: the generation the graph controller last saw and
 /// its Ready condition.
-fn readiness_hash(graph: &ResourceGraph) -> u64 {
+fn readiness_hash(graph: &CachedGraph) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&graph.metadata.generation, &mut hasher);
-    if let Some(status) = &graph.status {
+    if let Some(status) = graph.status() {
         std::hash::Hash::hash(&status.observed_generation, &mut hasher);
         if let Some(ready) = condition::find(&status.conditions, types::READY) {
             std::hash::Hash::hash(&(&ready.status, &ready.reason, &ready.message), &mut hasher);

@@ -15,6 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::WrittenGraph;
+use super::cached::CachedGraph;
 use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
@@ -121,7 +122,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             ),
         );
         // The graph stops too: no apply, no prune, no drift correction.
-        if let Some(existing) = cached_graph(context, &namespace, &name)
+        if let Some(existing) = cached_spec(context, &namespace, &name)
             && !existing.spec.suspend
         {
             let mut spec = existing.spec.clone();
@@ -333,7 +334,7 @@ async fn write_graph(
     let previous = transform.status.clone().unwrap_or_default();
     let rendered_hash = graph.spec.metadata.render_hash.clone();
     let namespace = transform.namespace().unwrap_or_default();
-    let existing = cached_graph(context, &namespace, &name);
+    let existing = cached_spec(context, &namespace, &name);
     let now = jiff::Timestamp::now();
     graph.spec.metadata.rendered_at = Some(Time(now));
     // Same render: keep its time, so an unchanged graph is not rewritten. The watch may
@@ -645,7 +646,7 @@ async fn unchanged_graph(
     else {
         return Unchanged::No;
     };
-    match cached_graph(context, &namespace, &name) {
+    match cached_spec(context, &namespace, &name) {
         // (The stored render time has whole seconds: the rest is compared.)
         Some(existing) if same_render(&existing.spec.metadata, &written.metadata) => {
             Unchanged::Graph(Box::new(ResourceGraph::new(&name, existing.spec.clone())))
@@ -665,8 +666,20 @@ async fn plan_graph(
 }
 
 /// The ResourceGraph `namespace/name` as the graph controller's watch last saw it.
-fn cached_graph(context: &Context, namespace: &str, name: &str) -> Option<Arc<ResourceGraph>> {
+fn cached_graph(context: &Context, namespace: &str, name: &str) -> Option<Arc<CachedGraph>> {
     context.graphs.get(&ObjectRef::new(name).within(namespace))
+}
+
+/// The cached ResourceGraph `namespace/name`, its spec parsed; None also when the spec
+/// cannot be read (the graph is written anew).
+fn cached_spec(context: &Context, namespace: &str, name: &str) -> Option<ResourceGraph> {
+    match cached_graph(context, namespace, name)?.graph() {
+        Ok(graph) => Some(graph),
+        Err(error) => {
+            tracing::warn!(namespace, name, %error, "the cached ResourceGraph's spec cannot be read");
+            None
+        }
+    }
 }
 
 /// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation.
@@ -679,7 +692,7 @@ fn mirror_ready(
 ) {
     let graph = cached_graph(context, namespace, name);
     let ready = graph.as_ref().and_then(|g| {
-        let status = g.status.as_ref()?;
+        let status = g.status()?;
         if status.observed_generation != g.metadata.generation {
             return None;
         }

@@ -19,18 +19,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store, reflector};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::Value;
 use tokio::task::AbortHandle;
 
-use crate::api::{FIELD_MANAGER, ResourceGraph, labels};
-use crate::exec::{LiveObjects, Served, WatchTarget};
-
-/// kubectl's annotation holding the whole object it last applied.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-type GraphRef = ObjectRef<ResourceGraph>;
+use super::cached::{CachedObject, GraphRef, graph_ref};
+use crate::api::{ResourceGraph, labels};
+use crate::exec::{Live, LiveObjects, Served, WatchTarget};
 
 /// A kind, by API group and kind name.
 pub type KindKey = (String, String);
@@ -62,7 +57,7 @@ struct Shared {
     task: AbortHandle,
     graphs: HashSet<GraphRef>,
     /// What the watch saw, for [`LiveObjects`].
-    store: Store<DynamicObject>,
+    store: Store<CachedObject>,
     resource: ApiResource,
 }
 
@@ -130,7 +125,7 @@ impl Watches {
     /// (`targets`) and of the kinds it waits for (`missing`) wake it; stops what it no
     /// longer needs.
     pub fn sync(&self, graph: &ResourceGraph, targets: &[WatchTarget], missing: &[KindKey]) {
-        let graph_ref = GraphRef::from_obj(graph);
+        let graph_ref = graph_ref(graph);
         let mut wanted = Uses {
             missing: missing.iter().cloned().collect(),
             ..Uses::default()
@@ -183,7 +178,7 @@ impl Watches {
 
     /// Forgets a graph that is gone: what only it used is stopped.
     pub fn forget(&self, graph: &ResourceGraph) {
-        let graph_ref = GraphRef::from_obj(graph);
+        let graph_ref = graph_ref(graph);
         let mut state = lock(&self.state);
         if let Some(before) = state.uses.remove(&graph_ref) {
             release(&mut state, &self.waiting, &graph_ref, before, None);
@@ -201,7 +196,7 @@ impl Watches {
 
     fn watch_labelled(&self, served: &Served) -> Shared {
         let resource = &served.resource;
-        let api: Api<DynamicObject> = match (&self.namespace, served.namespaced) {
+        let api: Api<CachedObject> = match (&self.namespace, served.namespaced) {
             (Some(namespace), true) => {
                 Api::namespaced_with(self.client.clone(), namespace, resource)
             }
@@ -215,7 +210,7 @@ impl Watches {
         // The store is written before the event wakes the graph: a pass it wakes reads a
         // copy at least as new as the event.
         let task = tokio::spawn(
-            reflector(writer, watcher(api, config).modify(slim))
+            super::cached::cache(writer, watcher(api, config))
                 .default_backoff()
                 .touched_objects()
                 .for_each(move |object| {
@@ -294,34 +289,17 @@ impl Watches {
 }
 
 impl LiveObjects for Watches {
-    fn get(&self, served: &Served, namespace: Option<&str>, name: &str) -> Option<Value> {
+    fn get(&self, served: &Served, namespace: Option<&str>, name: &str) -> Option<Live> {
         let (store, resource) = {
             let state = lock(&self.state);
             let shared = state.labelled.get(&resource_key(served))?;
             (shared.store.clone(), shared.resource.clone())
         };
-        let mut reference = ObjectRef::<DynamicObject>::new_with(name, resource.clone());
+        let mut reference = ObjectRef::<CachedObject>::new_with(name, resource.clone());
         if let Some(namespace) = namespace {
             reference = reference.within(namespace);
         }
-        let object = store.get(&reference)?;
-        let mut value = serde_json::to_value(object.as_ref()).ok()?;
-        // Items of a list carry no type of their own.
-        value["apiVersion"] = Value::String(resource.api_version);
-        value["kind"] = Value::String(resource.kind);
-        Some(value)
-    }
-}
-
-/// What a copy needs no more: the field managers other than Pequod (drift compares only
-/// the fields Pequod owns) and kubectl's last applied configuration, a second copy
-/// of the object. The watch caches hold every applied object: this is most of their size.
-fn slim(object: &mut DynamicObject) {
-    if let Some(managed) = object.metadata.managed_fields.as_mut() {
-        managed.retain(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER));
-    }
-    if let Some(annotations) = object.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
+        store.get(&reference)?.live(&resource)
     }
 }
 
@@ -373,7 +351,7 @@ fn release(
 }
 
 /// The graph that owns an object, from its labels.
-fn owner_of(object: &DynamicObject) -> Option<GraphRef> {
+fn owner_of(object: &CachedObject) -> Option<GraphRef> {
     let graph = object.labels().get(labels::RESOURCE_GRAPH)?;
     let namespace = object
         .labels()

@@ -27,7 +27,7 @@ pub mod status;
 pub use cluster::{ApiError, Applier, Served};
 pub use error::{NodeError, Write};
 pub use identity::{Appliers, Identity};
-pub use live::LiveObjects;
+pub use live::{Live, LiveObjects};
 pub use node::TRANSIENT_FAILURES_TOLERATED;
 pub use ownership::GraphId;
 

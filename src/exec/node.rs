@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
 use super::cluster::{ApiError, Served, type_of};
-use super::drift::fingerprint;
 use super::error::{NodeError, Write};
+use super::live::Live;
 use super::ownership::{GraphId, Owner, owner};
 use super::readiness::{self, Readiness};
 use super::status::{carried, settle};
@@ -255,7 +255,8 @@ async fn step(
             .applier
             .get(&target.served, target.namespace.as_deref(), &target.name)
             .await
-            .map_err(|e| target.refused(pass, "get", e))?,
+            .map_err(|e| target.refused(pass, "get", e))?
+            .map(Live::new),
     };
     let adopted_before = prior.is_some_and(|p| p.applied_hash.is_some());
     if node.adopted == Some(AdoptStrategy::TakeOwnership) && live.is_none() && !adopted_before {
@@ -269,16 +270,17 @@ async fn step(
         run.status.applied_hash = Some(hash);
     }
     if let Some(live) = &live {
-        run.status.object = Some(target.reference(live));
+        run.status.object = Some(target.reference(&live.object));
         if owned {
             run.inventory = Some(InventoryEntry {
-                object: target.reference(live),
+                object: target.reference(&live.object),
                 node_id: node.id.clone(),
                 deletion_policy: node.deletion_policy,
             });
         }
     }
-    observe(pass, node, prior, &target, live.as_ref(), same_hash, run)
+    let live = live.as_ref().map(|live| &live.object);
+    observe(pass, node, prior, &target, live, same_hash, run)
 }
 
 /// The watch's copy of the node's object, when it shows the object as this graph's last
@@ -290,7 +292,7 @@ fn settled_copy(
     prior: Option<&NodeStatus>,
     target: &Target,
     same_hash: bool,
-) -> Option<Value> {
+) -> Option<Live> {
     if !same_hash || node.apply_policy.mode == ApplyMode::Observe {
         return None;
     }
@@ -299,8 +301,8 @@ fn settled_copy(
         pass.executor
             .live?
             .get(&target.served, target.namespace.as_deref(), &target.name)?;
-    let settled = owner(&copy, pass.graph) == Owner::ThisGraph
-        && fingerprint(&copy).as_deref() == Some(baseline);
+    let settled = owner(&copy.object, pass.graph) == Owner::ThisGraph
+        && copy.owned_hash.as_deref() == Some(baseline);
     settled.then_some(copy)
 }
 
@@ -356,17 +358,17 @@ async fn write(
     node: &Node,
     prior: Option<&NodeStatus>,
     target: &Target,
-    live: Option<Value>,
+    live: Option<Live>,
     same_hash: bool,
     run: &mut NodeRun,
-) -> Result<(Option<Value>, bool), NodeError> {
+) -> Result<(Option<Live>, bool), NodeError> {
     let applier = &pass.executor.applier;
     let mode = node.apply_policy.mode;
     if mode == ApplyMode::Observe {
         return Ok((live, false));
     }
     if let Some(live) = &live {
-        match owner(live, pass.graph) {
+        match owner(&live.object, pass.graph) {
             Owner::ThisGraph => {}
             Owner::Another(graph) => {
                 return Err(NodeError::OwnedByAnotherGraph {
@@ -378,7 +380,7 @@ async fn write(
             Owner::Nobody if mode == ApplyMode::Create => return Ok((Some(live.clone()), false)),
             Owner::Nobody
                 if node.adopted == Some(AdoptStrategy::TakeOwnership)
-                    || owned_before(pass, target, live) => {}
+                    || owned_before(pass, target, &live.object) => {}
             Owner::Nobody => {
                 return Err(NodeError::AlreadyExists {
                     object: target.describe(),
@@ -395,16 +397,17 @@ async fn write(
             run.applies.push((created.is_ok(), started.elapsed()));
             run.status.attempts += 1;
             let live = match created.map_err(|e| target.refused(pass, "create", e))? {
-                Some(created) => created,
+                Some(created) => Live::new(created),
                 // Created a moment ago by someone else: this graph's only if it says so.
                 None => {
                     let live = applier
                         .get(&target.served, target.namespace.as_deref(), &target.name)
                         .await
-                        .map_err(|e| target.refused(pass, "get", e))?;
+                        .map_err(|e| target.refused(pass, "get", e))?
+                        .map(Live::new);
                     let owned = live
                         .as_ref()
-                        .is_some_and(|l| owner(l, pass.graph) == Owner::ThisGraph);
+                        .is_some_and(|l| owner(&l.object, pass.graph) == Owner::ThisGraph);
                     return Ok((live, owned));
                 }
             };
@@ -420,14 +423,14 @@ async fn write(
             // (an object without a recorded fingerprint takes the current one as it).
             let baseline = prior.and_then(|p| p.owned_hash.as_deref());
             let edited = match (&live, baseline) {
-                (Some(live), Some(baseline)) => fingerprint(live).as_deref() != Some(baseline),
+                (Some(live), Some(baseline)) => live.owned_hash.as_deref() != Some(baseline),
                 _ => false,
             };
             if same_hash
                 && !edited
                 && let Some(live) = live
             {
-                run.status.owned_hash = fingerprint(&live);
+                run.status.owned_hash = live.owned_hash.clone();
                 return Ok((Some(live), true));
             }
             let write = match (&live, same_hash) {
@@ -454,8 +457,8 @@ async fn write(
             }
             run.applies.push((applied.is_ok(), started.elapsed()));
             run.status.attempts += 1;
-            let applied = applied.map_err(|e| target.refused(pass, "patch", e))?;
-            run.status.owned_hash = fingerprint(&applied);
+            let applied = Live::new(applied.map_err(|e| target.refused(pass, "patch", e))?);
+            run.status.owned_hash = applied.owned_hash.clone();
             run.events.push(NodeEvent::Applied {
                 node: node.id.clone(),
                 write,

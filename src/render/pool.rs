@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use super::error::RenderError;
 use super::protocol::{EvalRequest, EvalResponse, WorkerHello, WorkerRequest};
 use super::sandbox::{SandboxLevel, SandboxProbe, SandboxReport, SandboxStatus};
-use super::worker::{OUT_OF_MEMORY, address_space_bytes, resident_bytes_of};
+use super::worker::{OUT_OF_MEMORY, address_space_bytes, private_resident_bytes_of};
 use crate::metrics::{self, Collectors};
 
 /// Largest response a worker may send.
@@ -38,10 +38,13 @@ const STDERR_TAIL_BYTES: usize = 4096;
 /// Smallest address-space limit a worker can run with (its stack and binary included).
 pub const MIN_MEMORY_MIB: u64 = 256;
 
-/// Resident memory past which a worker is replaced, by default (MiB): a fresh worker with
-/// a module prepared holds about 35 MiB; at 64 a worker serves about a hundred renders
-/// of the webservice module between restarts (a restart costs about 75 ms).
-pub const DEFAULT_RECYCLE_RESIDENT_MIB: u64 = 64;
+/// Private resident memory past which a worker is replaced, by default (MiB). Its resident
+/// memory is this plus the pages of the binary it shares with the operator (about 17 MiB of
+/// a release build). A fresh worker holds 4 MiB of its own, and a few more with the
+/// webservice module prepared; at 24 it serves a few dozen renders between restarts (a
+/// restart costs about 75 ms: at 1,000 renders the same CPU as at twice the threshold,
+/// within noise, and 45 MiB less for two workers; docs/performance.md).
+pub const DEFAULT_RECYCLE_RESIDENT_MIB: u64 = 24;
 
 /// Settings of the worker pool.
 #[derive(Clone, Debug)]
@@ -61,8 +64,8 @@ pub struct PoolConfig {
     /// A worker is replaced once its address space passes this share of `memory_mib`, in
     /// percent, so that leaked memory never makes a healthy module hit the limit.
     pub recycle_at_percent: u64,
-    /// A worker is replaced once its resident memory passes this many MiB: Nickel leaks
-    /// on every evaluation, and a worker's memory is the operator's memory.
+    /// A worker is replaced once its private resident memory passes this many MiB: Nickel
+    /// leaks on every evaluation, and a worker's memory is the operator's memory.
     pub recycle_resident_mib: u64,
 }
 
@@ -309,7 +312,7 @@ async fn exchange(
             worker.evaluations += 1;
             // Read by the parent: the sealed worker cannot open /proc.
             let vm_bytes = worker.child.id().map_or(0, address_space_bytes);
-            let resident = worker.child.id().map_or(0, resident_bytes_of);
+            let resident = worker.child.id().map_or(0, private_resident_bytes_of);
             let recycle = worker.evaluations >= config.max_evaluations
                 || vm_bytes >= config.recycle_threshold_bytes()
                 || resident >= config.recycle_resident_mib.saturating_mul(1 << 20);

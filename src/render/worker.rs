@@ -127,9 +127,10 @@ pub(super) fn address_space_bytes(pid: u32) -> u64 {
     status_bytes(&pid.to_string(), "VmSize:")
 }
 
-/// Resident set size of process `pid`, from /proc (0 where unavailable).
-pub(super) fn resident_bytes_of(pid: u32) -> u64 {
-    status_bytes(&pid.to_string(), "VmRSS:")
+/// Private resident memory of process `pid` (`RssAnon`: not the pages of the binary, which
+/// its workers share with the operator), from /proc (0 where unavailable).
+pub(super) fn private_resident_bytes_of(pid: u32) -> u64 {
+    status_bytes(&pid.to_string(), "RssAnon:")
 }
 
 /// A `kB` figure of /proc/`process`/status, in bytes (0 where unavailable).

@@ -1,0 +1,375 @@
+//! What the operator's watch caches keep of an object: less than the API server sends.
+//!
+//! Every applied object of every graph sits in a watch cache, and every Transform and
+//! ResourceGraph in another: at fleet scale they are most of the operator's memory. Parsed
+//! into `serde_json` values an object takes about ten times its JSON size, and most of it is
+//! what the operator never reads from a copy: every field manager's record of the fields it
+//! set (`metadata.managedFields`, a second tree as large as the object) and kubectl's
+//! last-applied configuration (a second copy of the object as text).
+
+use std::borrow::Cow;
+
+use futures::{Stream, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::ApiResource;
+use kube::core::{DynamicResourceScope, NamespaceResourceScope};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::api::{ResourceGraph, ResourceGraphStatus};
+use crate::exec::Live;
+
+/// kubectl's annotation holding the whole object it last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from a cached object's metadata what no reader of the cache uses: the managed
+/// fields and kubectl's last-applied copy.
+pub fn slim_metadata(metadata: &mut ObjectMeta) {
+    metadata.managed_fields = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The events of a watch, kept in `writer`'s cache without what no reader of the cache uses;
+/// once a relist has replaced the cache, the memory of the old copies is given back.
+pub fn cache<K>(
+    writer: Writer<K>,
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>>,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>>
+where
+    K: Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let events = events.modify(|object| slim_metadata(object.meta_mut()));
+    reflector(writer, events).inspect_ok(|event| {
+        if matches!(event, watcher::Event::InitDone) {
+            super::memory::release_freed_memory();
+        }
+    })
+}
+
+/// An applied object as the watch of its kind keeps it: the whole object (without managed
+/// fields or kubectl's copy) as JSON text, beside the few fields of its metadata the cache
+/// indexes and graph wakeups read (name, namespace, uid, resourceVersion, labels), and the
+/// fingerprint of the fields Pequod owns in it, taken from the whole object as it arrived.
+/// A pass that reads the copy parses the text again: a Deployment kept this way takes a
+/// tenth of the memory of its parsed form, in a few allocations instead of hundreds.
+#[derive(Clone, Debug)]
+pub struct CachedObject {
+    metadata: ObjectMeta,
+    /// The object without `apiVersion` and `kind`, as JSON.
+    body: Box<str>,
+    owned_hash: Option<String>,
+}
+
+impl CachedObject {
+    /// The compact copy of `object`, as the API server sent it.
+    fn compact(object: Value) -> Result<CachedObject, serde_json::Error> {
+        let Live {
+            mut object,
+            owned_hash,
+        } = Live::new(object);
+        let Some(fields) = object.as_object_mut() else {
+            return Err(serde::de::Error::custom("expected an object"));
+        };
+        fields.remove("apiVersion");
+        fields.remove("kind");
+        if let Some(metadata) = fields.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("managedFields");
+            if let Some(annotations) = metadata
+                .get_mut("annotations")
+                .and_then(Value::as_object_mut)
+            {
+                annotations.remove(LAST_APPLIED);
+            }
+        }
+        let sent = fields
+            .get("metadata")
+            .map(ObjectMeta::deserialize)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(CachedObject {
+            metadata: ObjectMeta {
+                name: sent.name,
+                namespace: sent.namespace,
+                uid: sent.uid,
+                resource_version: sent.resource_version,
+                labels: sent.labels,
+                ..ObjectMeta::default()
+            },
+            body: serde_json::to_string(&object)?.into_boxed_str(),
+            owned_hash,
+        })
+    }
+
+    /// The object again, with the `apiVersion` and `kind` of `resource` (items of a list
+    /// carry none of their own), and the fingerprint taken when it was whole.
+    pub fn live(&self, resource: &ApiResource) -> Option<Live> {
+        let mut object: Map<String, Value> = serde_json::from_str(&self.body).ok()?;
+        object.insert("apiVersion".into(), resource.api_version.clone().into());
+        object.insert("kind".into(), resource.kind.clone().into());
+        Some(Live {
+            object: Value::Object(object),
+            owned_hash: self.owned_hash.clone(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        CachedObject::compact(Value::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A cached object is of the kind its watch was started for, like a
+/// [`kube::api::DynamicObject`].
+impl Resource for CachedObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(resource: &ApiResource) -> Cow<'_, str> {
+        resource.group.as_str().into()
+    }
+
+    fn version(resource: &ApiResource) -> Cow<'_, str> {
+        resource.version.as_str().into()
+    }
+
+    fn kind(resource: &ApiResource) -> Cow<'_, str> {
+        resource.kind.as_str().into()
+    }
+
+    fn api_version(resource: &ApiResource) -> Cow<'_, str> {
+        resource.api_version.as_str().into()
+    }
+
+    fn plural(resource: &ApiResource) -> Cow<'_, str> {
+        resource.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A ResourceGraph as the operator's cache keeps it: its metadata (slimmed) parsed, its
+/// spec (every node's whole object: most of a graph's size) and its status as JSON text.
+/// The pass that runs the graph, or the Transform controller comparing it, parses them.
+#[derive(Clone, Debug)]
+pub struct CachedGraph {
+    /// The graph's metadata.
+    pub metadata: ObjectMeta,
+    /// The spec, as JSON.
+    spec: Box<str>,
+    /// The status, as JSON.
+    status: Option<Box<str>>,
+}
+
+/// A graph in the cache, and what wakes the graph controller.
+pub type GraphRef = ObjectRef<CachedGraph>;
+
+/// The reference of `graph` in the cache.
+pub fn graph_ref(graph: &ResourceGraph) -> GraphRef {
+    GraphRef::new(&graph.name_any()).within(&graph.namespace().unwrap_or_default())
+}
+
+impl CachedGraph {
+    /// The whole graph: its spec and status parsed.
+    pub fn graph(&self) -> Result<ResourceGraph, serde_json::Error> {
+        Ok(ResourceGraph {
+            metadata: self.metadata.clone(),
+            spec: serde_json::from_str(&self.spec)?,
+            status: self
+                .status
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?,
+        })
+    }
+
+    /// The graph's status; None also when it cannot be read.
+    pub fn status(&self) -> Option<ResourceGraphStatus> {
+        serde_json::from_str(self.status.as_deref()?).ok()
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedGraph {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A graph as the API server sends it, its spec and status left unparsed.
+        #[derive(Deserialize)]
+        struct Sent {
+            metadata: ObjectMeta,
+            #[serde(default)]
+            spec: Value,
+            #[serde(default)]
+            status: Option<Value>,
+        }
+        let Sent {
+            metadata,
+            spec,
+            status,
+        } = Sent::deserialize(deserializer)?;
+        Ok(CachedGraph {
+            metadata,
+            spec: spec.to_string().into_boxed_str(),
+            status: status.map(|status| status.to_string().into_boxed_str()),
+        })
+    }
+}
+
+impl Resource for CachedGraph {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn group(_: &()) -> Cow<'_, str> {
+        ResourceGraph::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        ResourceGraph::version(&())
+    }
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        ResourceGraph::kind(&())
+    }
+
+    fn api_version(_: &()) -> Cow<'_, str> {
+        ResourceGraph::api_version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        ResourceGraph::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployments() -> ApiResource {
+        ApiResource {
+            group: "apps".into(),
+            version: "v1".into(),
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            plural: "deployments".into(),
+        }
+    }
+
+    /// A Deployment as a list sends it: no type of its own, three field managers, kubectl's
+    /// copy.
+    fn sent() -> Value {
+        json!({
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
+                "labels": {"platform.pequod.io/resource-graph": "shop-api"},
+                "annotations": {LAST_APPLIED: "{\"a whole\": \"copy\"}", "team": "shop"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-0"}],
+                "managedFields": [
+                    {"manager": "pequod", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                    {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {"f:paused": {}}}},
+                ],
+            },
+            "spec": {"replicas": 2, "paused": false},
+            "status": {"availableReplicas": 2},
+        })
+    }
+
+    #[test]
+    fn a_cached_object_keeps_the_object_and_the_fingerprint_of_the_whole() {
+        let cached: CachedObject = serde_json::from_value(sent()).expect("deserializes");
+        let mut whole = sent();
+        whole["apiVersion"] = json!("apps/v1");
+        whole["kind"] = json!("Deployment");
+        let expected_hash = Live::new(whole.clone()).owned_hash;
+        assert!(expected_hash.is_some());
+
+        let live = cached.live(&deployments()).expect("parses");
+        assert_eq!(live.owned_hash, expected_hash);
+        let metadata = whole["metadata"].as_object_mut().expect("metadata");
+        metadata.remove("managedFields");
+        metadata["annotations"] = json!({"team": "shop"});
+        assert_eq!(live.object, whole);
+        // The index and the wakeups read only these.
+        assert_eq!(
+            cached.metadata,
+            ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("7".into()),
+                labels: Some(
+                    [(
+                        "platform.pequod.io/resource-graph".to_string(),
+                        "shop-api".to_string()
+                    )]
+                    .into()
+                ),
+                ..ObjectMeta::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_cached_object_that_is_not_an_object_is_refused() {
+        let error = serde_json::from_value::<CachedObject>(json!(["a"])).expect_err("refused");
+        assert_eq!(error.to_string(), "expected an object");
+    }
+
+    fn graph() -> Value {
+        json!({
+            "apiVersion": "platform.pequod.io/v1alpha1", "kind": "ResourceGraph",
+            "metadata": {"name": "shop-api", "namespace": "shop", "generation": 2,
+                "managedFields": [{"manager": "pequod", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {
+                "sourceRef": {"apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform", "name": "shop-api"},
+                "metadata": {"module": "webservice", "version": "1.0.0", "moduleDigest": "sha256:00", "renderHash": "sha256:11"},
+                "nodes": [{"id": "sa", "object": {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "shop-api"}}}],
+            },
+            "status": {"phase": "Ready", "observedGeneration": 2},
+        })
+    }
+
+    #[test]
+    fn a_cached_graph_parses_to_the_graph_the_api_server_sent() {
+        let cached: CachedGraph = serde_json::from_value(graph()).expect("deserializes");
+        let sent: ResourceGraph = serde_json::from_value(graph()).expect("a graph");
+        let parsed = cached.graph().expect("parses");
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("serializes"),
+            serde_json::to_value(&sent).expect("serializes")
+        );
+        assert_eq!(cached.status(), sent.status);
+        assert_eq!(cached.metadata.generation, Some(2));
+    }
+
+    #[test]
+    fn a_cached_graph_whose_spec_does_not_parse_fails_when_read() {
+        let mut broken = graph();
+        broken["spec"]["nodes"] = json!("not a list");
+        let cached: CachedGraph = serde_json::from_value(broken).expect("kept as text");
+        let error = cached.graph().expect_err("unreadable");
+        assert!(
+            error.to_string().contains("invalid type: string"),
+            "{error}"
+        );
+    }
+}
