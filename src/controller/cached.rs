@@ -8,6 +8,7 @@
 //! last-applied configuration (a second copy of the object as text).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -35,22 +36,44 @@ pub fn slim_metadata(metadata: &mut ObjectMeta) {
     }
 }
 
-/// The events of a watch, kept in `writer`'s cache without what no reader of the cache uses;
-/// once a relist has replaced the cache, the memory of the old copies is given back.
+/// The events of a watch, kept in `writer`'s cache without what no reader of the cache uses.
+///
+/// A relist sends every object again: one the cache already holds at the same
+/// resourceVersion (and uid) is replaced by a clone of the cached copy, which for the compact
+/// kinds shares its text, so a quiet relist leaves behind almost nothing new that lives
+/// (only the small index fields), and the pages of the copies it parsed can be handed back:
+/// which is done once a relist has replaced the cache.
 pub fn cache<K>(
     writer: Writer<K>,
+    dyntype: K::DynamicType,
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>>,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>>
 where
     K: Resource + Clone,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let events = events.modify(|object| slim_metadata(object.meta_mut()));
+    let cached = writer.as_reader();
+    let events = events.modify(move |object| {
+        slim_metadata(object.meta_mut());
+        if let Some(same) = cached
+            .get(&ObjectRef::from_obj_with(object, dyntype.clone()))
+            .filter(|copy| unchanged(copy.meta(), object.meta()))
+        {
+            *object = K::clone(&same);
+        }
+    });
     reflector(writer, events).inspect_ok(|event| {
         if matches!(event, watcher::Event::InitDone) {
             super::memory::release_freed_memory();
         }
     })
+}
+
+/// Whether an object sent again is the one cached: same uid, same resourceVersion.
+fn unchanged(cached: &ObjectMeta, sent: &ObjectMeta) -> bool {
+    cached.resource_version.is_some()
+        && cached.resource_version == sent.resource_version
+        && cached.uid == sent.uid
 }
 
 /// An applied object as the watch of its kind keeps it: the whole object (without managed
@@ -63,7 +86,7 @@ where
 pub struct CachedObject {
     metadata: ObjectMeta,
     /// The object without `apiVersion` and `kind`, as JSON.
-    body: Box<str>,
+    body: Arc<str>,
     owned_hash: Option<String>,
 }
 
@@ -102,7 +125,7 @@ impl CachedObject {
                 labels: sent.labels,
                 ..ObjectMeta::default()
             },
-            body: serde_json::to_string(&object)?.into_boxed_str(),
+            body: serde_json::to_string(&object)?.into(),
             owned_hash,
         })
     }
@@ -169,9 +192,9 @@ pub struct CachedGraph {
     /// The graph's metadata.
     pub metadata: ObjectMeta,
     /// The spec, as JSON.
-    spec: Box<str>,
+    spec: Arc<str>,
     /// The status, as JSON.
-    status: Option<Box<str>>,
+    status: Option<Arc<str>>,
 }
 
 /// A graph in the cache, and what wakes the graph controller.
@@ -220,8 +243,8 @@ impl<'de> Deserialize<'de> for CachedGraph {
         } = Sent::deserialize(deserializer)?;
         Ok(CachedGraph {
             metadata,
-            spec: spec.to_string().into_boxed_str(),
-            status: status.map(|status| status.to_string().into_boxed_str()),
+            spec: spec.to_string().into(),
+            status: status.map(|status| status.to_string().into()),
         })
     }
 }
@@ -326,6 +349,60 @@ mod tests {
                 ..ObjectMeta::default()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_relist_keeps_the_text_of_objects_that_did_not_change() {
+        use futures::StreamExt;
+        use watcher::Event;
+
+        let changed = || {
+            let mut object = sent();
+            object["metadata"]["name"] = json!("api");
+            object["metadata"]["resourceVersion"] = json!("8");
+            object
+        };
+        let parse =
+            |value: Value| -> CachedObject { serde_json::from_value(value).expect("parses") };
+        let writer = Writer::new(deployments());
+        let store = writer.as_reader();
+        let listed = vec![
+            Event::Init,
+            Event::InitApply(parse(sent())),
+            Event::InitApply(parse(changed())),
+            Event::InitDone,
+        ];
+        let mut relisted = changed();
+        relisted["metadata"]["resourceVersion"] = json!("9");
+        let relist = vec![
+            Event::Init,
+            Event::InitApply(parse(sent())),
+            Event::InitApply(parse(relisted)),
+            Event::InitDone,
+        ];
+        let all = listed.into_iter().chain(relist).map(Ok);
+        let mut events = Box::pin(cache(writer, deployments(), futures::stream::iter(all)));
+        while let Some(event) = events.next().await {
+            if matches!(event, Ok(Event::InitDone)) {
+                break;
+            }
+        }
+        let key = |name: &str| ObjectRef::new_with(name, deployments()).within("shop");
+        let web = store.get(&key("web")).expect("cached");
+        let api = store.get(&key("api")).expect("cached");
+        while events.next().await.is_some() {}
+
+        let web_again = store.get(&key("web")).expect("still cached");
+        assert!(
+            Arc::ptr_eq(&web.body, &web_again.body),
+            "an unchanged object keeps its text"
+        );
+        let api_again = store.get(&key("api")).expect("still cached");
+        assert!(
+            !Arc::ptr_eq(&api.body, &api_again.body),
+            "a changed one is the new copy"
+        );
+        assert_eq!(api_again.metadata.resource_version.as_deref(), Some("9"));
     }
 
     #[test]

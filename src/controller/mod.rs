@@ -298,7 +298,7 @@ pub async fn run(
 
     let (owners, owners_woken) = futures::channel::mpsc::unbounded();
     let mirrored = Mirrored::default();
-    let graph_events = cached::cache(graph_cache, watcher(graph_api, share.clone()))
+    let graph_events = cached::cache(graph_cache, (), watcher(graph_api, share.clone()))
         .default_backoff()
         .inspect_ok(move |event| mirrored.wake_owner(event, &owners))
         .applied_objects()
@@ -314,7 +314,7 @@ pub async fn run(
             }
         });
 
-    let transform_events = cached::cache(transforms, watcher(transform_api, share))
+    let transform_events = cached::cache(transforms, (), watcher(transform_api, share))
         .default_backoff()
         .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());

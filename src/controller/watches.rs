@@ -210,7 +210,7 @@ impl Watches {
         // The store is written before the event wakes the graph: a pass it wakes reads a
         // copy at least as new as the event.
         let task = tokio::spawn(
-            super::cached::cache(writer, watcher(api, config))
+            super::cached::cache(writer, resource.clone(), watcher(api, config))
                 .default_backoff()
                 .touched_objects()
                 .for_each(move |object| {
