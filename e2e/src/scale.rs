@@ -58,6 +58,9 @@ pub struct Scenario {
     pub module_ref: Value,
     /// The access log of the registry serving `module_ref`, to count its requests.
     pub registry_log: Option<PathBuf>,
+    /// Quiet resyncs after the first, each measured only by the operator's memory after it:
+    /// whether memory keeps growing with every relist or settles.
+    pub extra_resyncs: usize,
 }
 
 impl Scenario {
@@ -75,6 +78,7 @@ impl Scenario {
             shards: 0,
             module_ref: json!({"type": "embedded", "ref": "webservice"}),
             registry_log: None,
+            extra_resyncs: 0,
         }
     }
 
@@ -157,6 +161,8 @@ pub struct Report {
     pub resync_renders: u64,
     /// Memory and CPU at the end, after the resync.
     pub after_resync: Usage,
+    /// The operator's resident memory after each further resync, MiB.
+    pub after_extra_resyncs: Vec<f64>,
     /// What each replica did, the unsharded one first.
     pub replicas: Vec<ReplicaShare>,
     /// Transforms rendered by a replica other than their shard's, or by more than one
@@ -367,6 +373,14 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     let resync_renders = renders(&replicas).await.saturating_sub(renders_before);
     let registry_resync = registry_requests(scenario);
     let after_resync = sampler.usage();
+    let mut after_extra_resyncs = Vec::new();
+    for round in 2..=scenario.extra_resyncs + 1 {
+        store.expire_history();
+        server.drop_watches();
+        let wanted = reconciles_before + (round * scenario.transforms) as u64;
+        wait_for_reconciles(&replicas, wanted, scenario.deadline).await;
+        after_extra_resyncs.push(sampler.usage().operator_end_mib);
+    }
     sampler.stop();
     for replica in &mut replicas {
         if let Some(child) = replica.child.as_mut() {
@@ -392,6 +406,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
         first_pass_renders: renders_before,
         resync_renders,
         after_resync,
+        after_extra_resyncs,
         replicas: shares,
         rendered_elsewhere,
         registry_requests: match (registry_before, registry_first, registry_resync) {
@@ -913,6 +928,17 @@ fn shares(report: &Report) -> String {
     let mut text = String::new();
     if let Some((first, resync)) = report.registry_requests {
         text += &format!("  registry requests: {first} until all Ready, {resync} in the resync\n");
+    }
+    if !report.after_extra_resyncs.is_empty() {
+        let rss: Vec<String> = report
+            .after_extra_resyncs
+            .iter()
+            .map(|mib| format!("{mib:.0}"))
+            .collect();
+        text += &format!(
+            "  operator RSS after each further resync: {} MiB\n",
+            rss.join(", ")
+        );
     }
     if report.replicas.len() > 1 {
         for replica in &report.replicas {

@@ -33,6 +33,9 @@ struct Args {
     /// Shard replicas besides the unsharded one (the Transforms are spread evenly).
     #[arg(long, default_value_t = 0)]
     shards: usize,
+    /// Quiet resyncs after the first, each reported by the operator's memory after it.
+    #[arg(long, default_value_t = 0)]
+    extra_resyncs: usize,
     /// Extra flags for `pequod run` (repeatable).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             start,
             deadline: args.deadline,
             shards: args.shards,
+            extra_resyncs: args.extra_resyncs,
             ..Scenario::webservice(args.pequod.clone(), args.transforms)
         };
         let report = run(&scenario).await?;
