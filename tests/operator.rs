@@ -1856,5 +1856,27 @@ async fn a_private_registry_is_read_with_the_transforms_pull_secret() {
     );
     let found = cluster.exists(&["get", "resourcegraph", "anonymous"]).await;
     assert!(!found);
+    // Another tenant asks for the same reference right after, without credentials: the
+    // resolution the pull secret made (reused for --module-resync) is not reused for it.
+    let tenant = cluster.extra_namespace("team-b").await;
+    let mut late: serde_json::Value =
+        serde_json::from_str(&transform("late", None)).expect("a Transform");
+    late["metadata"]["namespace"] = serde_json::json!(tenant);
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&late.to_string()))
+        .await;
+    let refused = cluster
+        .transform_when(&tenant, "late", "ModuleResolved=False", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    assert_eq!(
+        condition(&refused, "ModuleResolved").expect("ModuleResolved")["reason"],
+        "Unauthorized"
+    );
+    let found = cluster
+        .exists(&["-n", &tenant, "get", "resourcegraph", "late"])
+        .await;
+    assert!(!found);
     cluster.stop().await;
 }
