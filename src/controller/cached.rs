@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::api::{ResourceGraph, ResourceGraphStatus};
+use crate::api::{ResourceGraph, ResourceGraphSpec, ResourceGraphStatus};
 use crate::exec::Live;
 
 /// kubectl's annotation holding the whole object it last applied.
@@ -210,13 +210,18 @@ impl CachedGraph {
     pub fn graph(&self) -> Result<ResourceGraph, serde_json::Error> {
         Ok(ResourceGraph {
             metadata: self.metadata.clone(),
-            spec: serde_json::from_str(&self.spec)?,
+            spec: self.spec()?,
             status: self
                 .status
                 .as_deref()
                 .map(serde_json::from_str)
                 .transpose()?,
         })
+    }
+
+    /// The graph's spec, parsed.
+    pub fn spec(&self) -> Result<ResourceGraphSpec, serde_json::Error> {
+        serde_json::from_str(&self.spec)
     }
 
     /// The graph's status; None also when it cannot be read.

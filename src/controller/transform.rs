@@ -20,7 +20,7 @@ use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
     API_VERSION, FIELD_MANAGER, GraphMetadata, LocalObjectReference, ModuleType, ResolvedModule,
-    ResourceGraph, Transform, TransformStatus, Violation, event_reasons,
+    ResourceGraph, ResourceGraphSpec, Transform, TransformStatus, Violation, event_reasons,
 };
 use crate::backoff::retry_delay;
 use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
@@ -122,10 +122,9 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             ),
         );
         // The graph stops too: no apply, no prune, no drift correction.
-        if let Some(existing) = cached_spec(context, &namespace, &name)
-            && !existing.spec.suspend
+        if let Some(mut spec) = cached_spec(context, &namespace, &name)
+            && !spec.suspend
         {
-            let mut spec = existing.spec.clone();
             spec.suspend = true;
             apply_graph(&graphs, &name, &ResourceGraph::new(&name, spec), transform).await?;
         }
@@ -343,7 +342,7 @@ async fn write_graph(
     // API server), not as a new generation that would run the graph again.
     let written_key = render_key(transform);
     let previous_render = match &existing {
-        Some(existing) => Some(existing.spec.metadata.clone()),
+        Some(existing) => Some(existing.metadata.clone()),
         None => context
             .written_graphs
             .get(&written_key)
@@ -355,7 +354,7 @@ async fn write_graph(
     {
         graph.spec.metadata.rendered_at = previous.rendered_at;
     }
-    if existing.as_ref().is_none_or(|e| e.spec != graph.spec) {
+    if existing.as_ref().is_none_or(|e| *e != graph.spec) {
         apply_graph(graphs, &name, &graph, transform).await?;
         let note = format!(
             "{}@{} rendered {} nodes ({rendered_hash})",
@@ -648,8 +647,8 @@ async fn unchanged_graph(
     };
     match cached_spec(context, &namespace, &name) {
         // (The stored render time has whole seconds: the rest is compared.)
-        Some(existing) if same_render(&existing.spec.metadata, &written.metadata) => {
-            Unchanged::Graph(Box::new(ResourceGraph::new(&name, existing.spec.clone())))
+        Some(existing) if same_render(&existing.metadata, &written.metadata) => {
+            Unchanged::Graph(Box::new(ResourceGraph::new(&name, existing)))
         }
         None if written.written_at.elapsed() < IN_FLIGHT => Unchanged::InFlight,
         _ => Unchanged::No,
@@ -670,11 +669,11 @@ fn cached_graph(context: &Context, namespace: &str, name: &str) -> Option<Arc<Ca
     context.graphs.get(&ObjectRef::new(name).within(namespace))
 }
 
-/// The cached ResourceGraph `namespace/name`, its spec parsed; None also when the spec
-/// cannot be read (the graph is written anew).
-fn cached_spec(context: &Context, namespace: &str, name: &str) -> Option<ResourceGraph> {
-    match cached_graph(context, namespace, name)?.graph() {
-        Ok(graph) => Some(graph),
+/// The spec of the cached ResourceGraph `namespace/name`; None also when it cannot be read
+/// (the graph is written anew).
+fn cached_spec(context: &Context, namespace: &str, name: &str) -> Option<ResourceGraphSpec> {
+    match cached_graph(context, namespace, name)?.spec() {
+        Ok(spec) => Some(spec),
         Err(error) => {
             tracing::warn!(namespace, name, %error, "the cached ResourceGraph's spec cannot be read");
             None
