@@ -1,6 +1,7 @@
 //! Failures a test injects into the API: errors, throttling and latency on chosen requests.
 
 use crate::status::ApiError;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +79,10 @@ pub struct Fault {
     pub every: u32,
     /// Matching requests seen so far, for `every`.
     pub seen: u32,
+    /// At most this many requests in a row for one object are hit; the next passes.
+    pub in_a_row: Option<u32>,
+    /// Hits in a row so far, by object name, for `in_a_row`.
+    pub streaks: HashMap<String, u32>,
 }
 
 impl Fault {
@@ -91,6 +96,8 @@ impl Fault {
             times: None,
             every: 1,
             seen: 0,
+            in_a_row: None,
+            streaks: HashMap::new(),
         }
     }
 
@@ -98,6 +105,14 @@ impl Fault {
     /// and goes, as an overloaded server's.
     pub fn every(mut self, n: u32) -> Self {
         self.every = n.max(1);
+        self
+    }
+
+    /// Never more than `n` hits in a row on requests for one object (by name): what a
+    /// client's bounded retries of that object ride out, however the hits of an `every`
+    /// fault happen to line up between concurrent clients.
+    pub fn at_most_in_a_row(mut self, n: u32) -> Self {
+        self.in_a_row = Some(n);
         self
     }
 
@@ -179,7 +194,15 @@ impl Faults {
                 continue;
             }
             rule.seen = rule.seen.wrapping_add(1);
-            if rule.seen % rule.every != 0 {
+            let hits = rule.seen % rule.every == 0;
+            if let (Some(limit), Some(name)) = (rule.in_a_row, name) {
+                let streak = rule.streaks.entry(name.to_owned()).or_default();
+                if !hits || *streak >= limit {
+                    *streak = 0;
+                    continue;
+                }
+                *streak += 1;
+            } else if !hits {
                 continue;
             }
             match &rule.action {
@@ -262,6 +285,25 @@ mod tests {
             })
             .collect();
         assert_eq!(failed, [false, false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn a_fault_hits_one_object_at_most_so_many_times_in_a_row() {
+        let faults = Faults::default();
+        faults.add(
+            Fault::new(FaultAction::InternalError)
+                .on("configmaps")
+                .at_most_in_a_row(2),
+        );
+        let failed = |name: &str| {
+            faults
+                .check("PATCH", Some("configmaps"), Some(name))
+                .error
+                .is_some()
+        };
+        let web: Vec<bool> = (0..4).map(|_| failed("web")).collect();
+        assert_eq!(web, [true, true, false, true]);
+        assert!(failed("api"), "another object's streak is its own");
     }
 
     #[tokio::test]

@@ -276,7 +276,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         .map_err(|e| CliError::new(exit::INTERNAL, format!("worker: {e}"))),
         Command::Crds => print_crds(),
         Command::Run(args) => {
-            crate::controller::memory::limit_allocator_arenas();
+            crate::controller::memory::tune_allocator();
             runtime()?.block_on(run::run(args))
         }
         Command::Status(args) => runtime()?.block_on(status::run(args, status::View::Status)),

@@ -39,10 +39,11 @@ pub fn slim_metadata(metadata: &mut ObjectMeta) {
 /// The events of a watch, kept in `writer`'s cache without what no reader of the cache uses.
 ///
 /// A relist sends every object again: one the cache already holds at the same
-/// resourceVersion (and uid) is replaced by a clone of the cached copy, which for the compact
-/// kinds shares its text, so a quiet relist leaves behind almost nothing new that lives
-/// (only the small index fields), and the pages of the copies it parsed can be handed back:
-/// which is done once a relist has replaced the cache.
+/// resourceVersion (and uid) is replaced by a clone of the cached copy, which for the kinds
+/// of this module ([`CachedObject`], [`CachedGraph`], [`Shared`]) shares its allocations,
+/// so a quiet relist leaves behind almost nothing new that lives (the reflector's keys),
+/// and the pages of the copies it parsed can be handed back: which is done once a relist
+/// has replaced the cache.
 pub fn cache<K>(
     writer: Writer<K>,
     dyntype: K::DynamicType,
@@ -84,7 +85,8 @@ fn unchanged(cached: &ObjectMeta, sent: &ObjectMeta) -> bool {
 /// tenth of the memory of its parsed form, in a few allocations instead of hundreds.
 #[derive(Clone, Debug)]
 pub struct CachedObject {
-    metadata: ObjectMeta,
+    /// Shared by the clones a relist takes of an unchanged copy.
+    metadata: Arc<ObjectMeta>,
     /// The object without `apiVersion` and `kind`, as JSON.
     body: Arc<str>,
     owned_hash: Option<String>,
@@ -117,14 +119,14 @@ impl CachedObject {
             .transpose()?
             .unwrap_or_default();
         Ok(CachedObject {
-            metadata: ObjectMeta {
+            metadata: Arc::new(ObjectMeta {
                 name: sent.name,
                 namespace: sent.namespace,
                 uid: sent.uid,
                 resource_version: sent.resource_version,
                 labels: sent.labels,
                 ..ObjectMeta::default()
-            },
+            }),
             body: serde_json::to_string(&object)?.into(),
             owned_hash,
         })
@@ -150,28 +152,29 @@ impl<'de> Deserialize<'de> for CachedObject {
 }
 
 /// A cached object is of the kind its watch was started for, like a
-/// [`kube::api::DynamicObject`].
+/// [`kube::api::DynamicObject`]; the kind is shared by every key of the cache (the reflector
+/// keeps one in each), not copied into it.
 impl Resource for CachedObject {
-    type DynamicType = ApiResource;
+    type DynamicType = Arc<ApiResource>;
     type Scope = DynamicResourceScope;
 
-    fn group(resource: &ApiResource) -> Cow<'_, str> {
+    fn group(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         resource.group.as_str().into()
     }
 
-    fn version(resource: &ApiResource) -> Cow<'_, str> {
+    fn version(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         resource.version.as_str().into()
     }
 
-    fn kind(resource: &ApiResource) -> Cow<'_, str> {
+    fn kind(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         resource.kind.as_str().into()
     }
 
-    fn api_version(resource: &ApiResource) -> Cow<'_, str> {
+    fn api_version(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         resource.api_version.as_str().into()
     }
 
-    fn plural(resource: &ApiResource) -> Cow<'_, str> {
+    fn plural(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         resource.plural.as_str().into()
     }
 
@@ -180,7 +183,67 @@ impl Resource for CachedObject {
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        Arc::make_mut(&mut self.metadata)
+    }
+}
+
+/// A typed object kept whole in a cache, behind one allocation its clones share: the copy
+/// a relist takes of an unchanged object is the cached one, not a second parse of it.
+/// Reads see the object through `Deref`; a change (only the cache's slimming of a new
+/// object) copies it first.
+#[derive(Debug)]
+pub struct Shared<K>(Arc<K>);
+
+impl<K> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<K> std::ops::Deref for Shared<K> {
+    type Target = K;
+
+    fn deref(&self) -> &K {
+        &self.0
+    }
+}
+
+impl<'de, K: Deserialize<'de>> Deserialize<'de> for Shared<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::deserialize(deserializer).map(|object| Shared(Arc::new(object)))
+    }
+}
+
+impl<K: Resource + Clone> Resource for Shared<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn group(dyntype: &K::DynamicType) -> Cow<'_, str> {
+        K::group(dyntype)
+    }
+
+    fn version(dyntype: &K::DynamicType) -> Cow<'_, str> {
+        K::version(dyntype)
+    }
+
+    fn kind(dyntype: &K::DynamicType) -> Cow<'_, str> {
+        K::kind(dyntype)
+    }
+
+    fn api_version(dyntype: &K::DynamicType) -> Cow<'_, str> {
+        K::api_version(dyntype)
+    }
+
+    fn plural(dyntype: &K::DynamicType) -> Cow<'_, str> {
+        K::plural(dyntype)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        self.0.meta()
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        Arc::make_mut(&mut self.0).meta_mut()
     }
 }
 
@@ -189,8 +252,8 @@ impl Resource for CachedObject {
 /// The pass that runs the graph, or the Transform controller comparing it, parses them.
 #[derive(Clone, Debug)]
 pub struct CachedGraph {
-    /// The graph's metadata.
-    pub metadata: ObjectMeta,
+    /// The graph's metadata, shared by the clones a relist takes of an unchanged copy.
+    pub metadata: Arc<ObjectMeta>,
     /// The spec, as JSON.
     spec: Arc<str>,
     /// The status, as JSON.
@@ -209,7 +272,7 @@ impl CachedGraph {
     /// The whole graph: its spec and status parsed.
     pub fn graph(&self) -> Result<ResourceGraph, serde_json::Error> {
         Ok(ResourceGraph {
-            metadata: self.metadata.clone(),
+            metadata: ObjectMeta::clone(&self.metadata),
             spec: self.spec()?,
             status: self
                 .status
@@ -247,7 +310,7 @@ impl<'de> Deserialize<'de> for CachedGraph {
             status,
         } = Sent::deserialize(deserializer)?;
         Ok(CachedGraph {
-            metadata,
+            metadata: Arc::new(metadata),
             spec: spec.to_string().into(),
             status: status.map(|status| status.to_string().into()),
         })
@@ -283,7 +346,7 @@ impl Resource for CachedGraph {
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        Arc::make_mut(&mut self.metadata)
     }
 }
 
@@ -292,14 +355,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn deployments() -> ApiResource {
-        ApiResource {
+    fn deployments() -> Arc<ApiResource> {
+        Arc::new(ApiResource {
             group: "apps".into(),
             version: "v1".into(),
             api_version: "apps/v1".into(),
             kind: "Deployment".into(),
             plural: "deployments".into(),
-        }
+        })
     }
 
     /// A Deployment as a list sends it: no type of its own, three field managers, kubectl's
@@ -338,7 +401,7 @@ mod tests {
         assert_eq!(live.object, whole);
         // The index and the wakeups read only these.
         assert_eq!(
-            cached.metadata,
+            *cached.metadata,
             ObjectMeta {
                 name: Some("web".into()),
                 namespace: Some("shop".into()),
@@ -399,8 +462,9 @@ mod tests {
 
         let web_again = store.get(&key("web")).expect("still cached");
         assert!(
-            Arc::ptr_eq(&web.body, &web_again.body),
-            "an unchanged object keeps its text"
+            Arc::ptr_eq(&web.body, &web_again.body)
+                && Arc::ptr_eq(&web.metadata, &web_again.metadata),
+            "an unchanged object keeps its text and metadata"
         );
         let api_again = store.get(&key("api")).expect("still cached");
         assert!(
@@ -408,6 +472,55 @@ mod tests {
             "a changed one is the new copy"
         );
         assert_eq!(api_again.metadata.resource_version.as_deref(), Some("9"));
+    }
+
+    #[tokio::test]
+    async fn a_relist_shares_a_typed_object_that_did_not_change() {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use watcher::Event;
+
+        let sent = |version: &str| -> Shared<ConfigMap> {
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "m", "namespace": "shop", "uid": "u-1", "resourceVersion": version,
+                    "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+                "data": {"main.ncl": "{}"},
+            }))
+            .expect("a ConfigMap")
+        };
+        let writer = Writer::<Shared<ConfigMap>>::default();
+        let store = writer.as_reader();
+        let list = |version: &str| {
+            vec![
+                Event::Init,
+                Event::InitApply(sent(version)),
+                Event::InitDone,
+            ]
+        };
+        let key = ObjectRef::new("m").within("shop");
+        let all = [list("1"), list("1"), list("2")].concat();
+        let mut events = Box::pin(cache(
+            writer,
+            (),
+            futures::stream::iter(all.into_iter().map(Ok)),
+        ));
+        let mut copies = Vec::new();
+        while let Some(event) = events.next().await {
+            if matches!(event, Ok(Event::InitDone)) {
+                copies.push(store.get(&key).expect("cached"));
+            }
+        }
+        assert_eq!(copies[0].metadata.managed_fields, None, "slimmed");
+        assert!(
+            Arc::ptr_eq(&copies[0].0, &copies[1].0),
+            "the same object is shared"
+        );
+        assert!(
+            !Arc::ptr_eq(&copies[1].0, &copies[2].0),
+            "a new version is not"
+        );
+        assert_eq!(copies[2].metadata.resource_version.as_deref(), Some("2"));
     }
 
     #[test]

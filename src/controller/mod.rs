@@ -36,7 +36,7 @@ use crate::module::disk::DiskCache;
 use crate::module::oci::Registry;
 use crate::module::{ModuleCache, ModuleSources, RecentResolutions};
 use crate::render::Renderer;
-use cached::{CachedGraph, GraphRef};
+use cached::{CachedGraph, GraphRef, Shared};
 pub use leader::{LeaderConfig, LeaderError, Leadership};
 pub use shard::{InvalidShard, Shard};
 pub use watches::{WatchCount, Watches};
@@ -87,10 +87,12 @@ pub struct OperatorConfig {
 pub struct Context {
     /// The API client (the operator's identity).
     pub client: kube::Client,
+    /// Hands freed memory back when a burst of reconciles is over.
+    pub reclaim: memory::AfterBursts,
     /// Read and write graph objects, as the operator or as a graph's service account.
     pub appliers: Appliers,
     /// Every Transform, as the Transform controller's watch sees them.
-    pub transforms: Store<Transform>,
+    pub transforms: Store<Shared<Transform>>,
     /// Every ResourceGraph, as the ResourceGraph controller's watch sees them: the
     /// Transform controller reads its graphs here, not from the API server.
     pub graphs: Store<CachedGraph>,
@@ -163,7 +165,7 @@ pub enum Error {
 /// What feeds the controllers of a [`Context`], handed to [`run`]: the writers of the
 /// Transform and ResourceGraph caches, and the graphs woken by watched objects.
 pub struct Feeds {
-    transforms: Writer<Transform>,
+    transforms: Writer<Shared<Transform>>,
     graph_cache: Writer<CachedGraph>,
     graphs: UnboundedReceiver<GraphRef>,
 }
@@ -215,6 +217,7 @@ impl Context {
                 .time_to_live(WRITTEN_GRAPHS_TTL)
                 .build(),
             superseded: DashMap::new(),
+            reclaim: memory::AfterBursts::default(),
             config,
         };
         let feeds = Feeds {
@@ -290,7 +293,7 @@ pub async fn run(
         graphs,
     } = feeds;
     let namespace = context.config.namespace.as_deref();
-    let transform_api: Api<Transform> = api(&context.client, namespace);
+    let transform_api: Api<Shared<Transform>> = api(&context.client, namespace);
     let graph_api: Api<CachedGraph> = api(&context.client, namespace);
     let config = kube::runtime::controller::Config::default().concurrency(CONCURRENCY);
     // This replica's share: the API server sends it nothing else.
@@ -383,7 +386,7 @@ impl Mirrored {
     fn wake_owner(
         &self,
         event: &watcher::Event<CachedGraph>,
-        owners: &futures::channel::mpsc::UnboundedSender<ObjectRef<Transform>>,
+        owners: &futures::channel::mpsc::UnboundedSender<ObjectRef<Shared<Transform>>>,
     ) {
         let (graph, deleted) = match event {
             watcher::Event::Apply(graph) | watcher::Event::InitApply(graph) => (graph, false),
@@ -477,6 +480,7 @@ async fn measured<K: Resource<DynamicType = ()>>(
     object: &K,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
+    let _running = context.reclaim.start();
     let started = std::time::Instant::now();
     let result = match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
         Ok(result) => result,

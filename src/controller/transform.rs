@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::WrittenGraph;
-use super::cached::CachedGraph;
+use super::cached::{CachedGraph, Shared};
 use super::{Context, Error, measured, retry_later};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
@@ -33,7 +33,10 @@ use sha2::{Digest, Sha256};
 const CONTROLLER: &str = "transform";
 
 /// Reconciles one Transform.
-pub async fn reconcile(transform: Arc<Transform>, context: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    transform: Arc<Shared<Transform>>,
+    context: Arc<Context>,
+) -> Result<Action, Error> {
     measured(
         &context,
         CONTROLLER,
@@ -44,7 +47,11 @@ pub async fn reconcile(transform: Arc<Transform>, context: Arc<Context>) -> Resu
 }
 
 /// Retries a failed reconcile after a backoff that grows with its failures in a row.
-pub fn error_policy(transform: Arc<Transform>, error: &Error, context: Arc<Context>) -> Action {
+pub fn error_policy(
+    transform: Arc<Shared<Transform>>,
+    error: &Error,
+    context: Arc<Context>,
+) -> Action {
     retry_later(CONTROLLER, transform.as_ref(), error, &context)
 }
 

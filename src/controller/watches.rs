@@ -58,7 +58,7 @@ struct Shared {
     graphs: HashSet<GraphRef>,
     /// What the watch saw, for [`LiveObjects`].
     store: Store<CachedObject>,
-    resource: ApiResource,
+    resource: Arc<ApiResource>,
 }
 
 struct Observed {
@@ -195,12 +195,12 @@ impl Watches {
     }
 
     fn watch_labelled(&self, served: &Served) -> Shared {
-        let resource = &served.resource;
+        let resource = Arc::new(served.resource.clone());
         let api: Api<CachedObject> = match (&self.namespace, served.namespaced) {
             (Some(namespace), true) => {
-                Api::namespaced_with(self.client.clone(), namespace, resource)
+                Api::namespaced_with(self.client.clone(), namespace, &resource)
             }
-            _ => Api::all_with(self.client.clone(), resource),
+            _ => Api::all_with(self.client.clone(), &resource),
         };
         let config = watcher::Config::default().labels(labels::RESOURCE_GRAPH);
         let sender = self.sender.clone();
@@ -227,7 +227,7 @@ impl Watches {
             task,
             graphs: HashSet::new(),
             store,
-            resource: resource.clone(),
+            resource,
         }
     }
 
@@ -295,7 +295,7 @@ impl LiveObjects for Watches {
             let shared = state.labelled.get(&resource_key(served))?;
             (shared.store.clone(), shared.resource.clone())
         };
-        let mut reference = ObjectRef::<CachedObject>::new_with(name, resource.clone());
+        let mut reference = ObjectRef::<CachedObject>::new_with(name, Arc::clone(&resource));
         if let Some(namespace) = namespace {
             reference = reference.within(namespace);
         }

@@ -41,10 +41,11 @@ pub const MIN_MEMORY_MIB: u64 = 256;
 /// Private resident memory past which a worker is replaced, by default (MiB). Its resident
 /// memory is this plus the pages of the binary it shares with the operator (about 17 MiB of
 /// a release build). A fresh worker holds 4 MiB of its own, and a few more with the
-/// webservice module prepared; at 24 it serves a few dozen renders between restarts (a
-/// restart costs about 75 ms: at 1,000 renders the same CPU as at twice the threshold,
-/// within noise, and 45 MiB less for two workers; docs/performance.md).
-pub const DEFAULT_RECYCLE_RESIDENT_MIB: u64 = 24;
+/// webservice module prepared (the postgres module's nine examples in a row stay under 16);
+/// at 16 it serves about two dozen renders between restarts (a restart costs about 70 ms:
+/// at 1,000 renders the same CPU as at 24 or 48, within noise, and 15 MiB less for two
+/// workers than at 24; docs/performance.md).
+pub const DEFAULT_RECYCLE_RESIDENT_MIB: u64 = 16;
 
 /// Settings of the worker pool.
 #[derive(Clone, Debug)]
@@ -321,6 +322,7 @@ async fn exchange(
                 tracing::debug!(
                     evaluations = old.evaluations,
                     vm_bytes,
+                    private_resident_bytes = resident,
                     "recycling evaluation worker"
                 );
                 old.retire();
@@ -483,16 +485,13 @@ impl Worker {
         }
     }
 
-    /// Lets the worker finish on its own: it exits when its stdin closes.
+    /// Ends an idle worker at once (it holds nothing to finish: a graceful exit would only
+    /// spend time dropping its heap while its successor already runs beside it), and reaps it.
     fn retire(self) {
         let Worker { mut child, .. } = self;
+        let _ = child.start_kill();
         tokio::spawn(async move {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+            let _ = child.wait().await;
         });
     }
 
