@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let cli = pequod::cli::Cli::parse();
     pequod::cli::init_logging(&cli);
     match pequod::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error}");
             if let Some(detail) = error.detail() {

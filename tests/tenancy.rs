@@ -7,7 +7,7 @@ mod cluster;
 #[path = "common/net.rs"]
 mod net;
 
-use cluster::{Cluster, condition, inline_in, node, skip_on_real_cluster};
+use cluster::{Cluster, condition, inline_in, node, role_for, skip_on_real_cluster};
 use pequod_e2e::testing::eventually;
 
 /// The base64 of the Secret value the attacks go after.
@@ -361,22 +361,6 @@ async fn a_module_from_a_source_the_platform_did_not_allow_is_refused() {
         "True"
     );
     cluster.stop().await;
-}
-
-/// A Role and RoleBinding giving service account `namespace/account` `rules`.
-fn role_for(namespace: &str, account: &str, rules: serde_json::Value) -> String {
-    [
-        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": account, "namespace": namespace}}),
-        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": account, "namespace": namespace}, "rules": rules}),
-        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": account, "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]}),
-    ]
-    .map(|object| object.to_string())
-    .join("\n---\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

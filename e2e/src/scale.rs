@@ -61,6 +61,9 @@ pub struct Scenario {
     /// Quiet resyncs after the first, each measured only by the operator's memory after it:
     /// whether memory keeps growing with every relist or settles.
     pub extra_resyncs: usize,
+    /// A module directory to run `pequod module impact` with over the Transforms, once
+    /// they are all Ready.
+    pub impact: Option<PathBuf>,
 }
 
 impl Scenario {
@@ -79,6 +82,7 @@ impl Scenario {
             module_ref: json!({"type": "embedded", "ref": "webservice"}),
             registry_log: None,
             extra_resyncs: 0,
+            impact: None,
         }
     }
 
@@ -168,8 +172,21 @@ pub struct Report {
     /// Transforms rendered by a replica other than their shard's, or by more than one
     /// (from the `Rendered` events and the replica each names): none, when sharding works.
     pub rendered_elsewhere: Vec<String>,
+    /// `pequod module impact` over the Transforms, when the scenario asked for it.
+    pub impact: Option<ImpactRun>,
     /// Requests the registry answered up to every Transform Ready, and in the resync.
     pub registry_requests: Option<(u64, u64)>,
+}
+
+/// A run of `pequod module impact` over every Transform.
+#[derive(Clone, Debug)]
+pub struct ImpactRun {
+    /// How long the command took.
+    pub took: Duration,
+    /// Its summary: how many unchanged, changed, fails.
+    pub summary: Value,
+    /// The API requests it made.
+    pub requests: u64,
 }
 
 /// One replica's share of the work.
@@ -357,6 +374,10 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
         })
         .collect();
     let rendered_elsewhere = rendered_elsewhere(&store, &transforms);
+    let impact = match &scenario.impact {
+        Some(module) => Some(impact(scenario, &server, module).await?),
+        None => None,
+    };
 
     // A quiet resync: every watch ends, the operator lists again and reconciles every
     // Transform (graphs whose spec did not change are not reconciled for it).
@@ -407,6 +428,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
         resync_renders,
         after_resync,
         after_extra_resyncs,
+        impact,
         replicas: shares,
         rendered_elsewhere,
         registry_requests: match (registry_before, registry_first, registry_resync) {
@@ -582,6 +604,41 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Runs `pequod module impact MODULE -o json` over every Transform, as its own user.
+async fn impact(
+    scenario: &Scenario,
+    server: &TestApiServer,
+    module: &Path,
+) -> Result<ImpactRun, ScaleError> {
+    const USER: &str = "impact";
+    let user = crate::auth::User::new(USER.to_string(), ["system:masters"]);
+    let kubeconfig = server
+        .kubeconfig_for(&user)
+        .map_err(|e| ScaleError::Setup(format!("kubeconfig: {e}")))?;
+    let before = server.requests().of_user(USER).total();
+    let started = Instant::now();
+    let output = tokio::process::Command::new(&scenario.pequod)
+        .args(["module", "impact"])
+        .arg(module)
+        .args(["-o", "json"])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .map_err(|e| ScaleError::Setup(format!("pequod module impact: {e}")))?;
+    let took = started.elapsed();
+    let report: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        ScaleError::Setup(format!(
+            "pequod module impact: {e}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    })?;
+    Ok(ImpactRun {
+        took,
+        summary: report["summary"].clone(),
+        requests: server.requests().of_user(USER).total() - before,
+    })
 }
 
 /// Starts `replica`, as its own user (the server counts its requests apart) and Pod name
@@ -928,6 +985,14 @@ fn shares(report: &Report) -> String {
     let mut text = String::new();
     if let Some((first, resync)) = report.registry_requests {
         text += &format!("  registry requests: {first} until all Ready, {resync} in the resync\n");
+    }
+    if let Some(impact) = &report.impact {
+        text += &format!(
+            "  module impact: {:.1} s, {} API requests; {}\n",
+            impact.took.as_secs_f64(),
+            impact.requests,
+            impact.summary
+        );
     }
     if !report.after_extra_resyncs.is_empty() {
         let rss: Vec<String> = report

@@ -2,6 +2,8 @@
 //! `pequod bench`, and the hidden worker.
 
 mod bench;
+mod diff;
+mod impact;
 mod module;
 mod output;
 mod render;
@@ -54,6 +56,10 @@ pub enum Command {
     Tree(status::StatusArgs),
     /// Render a Transform offline and print its ResourceGraph (or manifests, or a diagram).
     Render(render::RenderArgs),
+    /// Show what applying a Transform would change in the cluster: a server-side dry run of
+    /// every object as the Transform's identity, and what would be pruned. Exit 0: no
+    /// change, 1: changes, 2 or more: error.
+    Diff(diff::DiffArgs),
     /// Print the Transform and ResourceGraph CustomResourceDefinitions as YAML.
     Crds,
     /// Work with modules: check a module directory against its examples.
@@ -205,8 +211,13 @@ pub mod exit {
     /// Pequod itself could not do its job: no runtime, no worker binary, output failed,
     /// no connection to the API server.
     pub const INTERNAL: u8 = 5;
-    /// `pequod status`/`tree`: the Transform does not exist.
+    /// `pequod status`/`tree`/`diff`: the Transform does not exist.
     pub const NOT_FOUND: u8 = 6;
+    /// `pequod diff`: the change could not be previewed in full: the render failed, or the
+    /// API server refused a dry run (the pass would fail on that object).
+    pub const NOT_PREVIEWED: u8 = 7;
+    /// `pequod diff`: the cluster would change (as `kubectl diff`).
+    pub const CHANGES: u8 = 1;
 }
 
 impl CliError {
@@ -265,9 +276,10 @@ pub fn init_logging(cli: &Cli) {
     };
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<(), CliError> {
-    match cli.command {
+/// Runs a parsed command line; `Ok` carries the exit code (0, or [`exit::CHANGES`] when
+/// `pequod diff` finds changes).
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    let done = match cli.command {
         Command::Worker(args) => crate::render::worker::run(WorkerLimits {
             memory_bytes: args.memory_mib.saturating_mul(1 << 20),
             stack_bytes: usize::try_from(args.stack_mib.saturating_mul(1 << 20))
@@ -282,9 +294,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => runtime()?.block_on(status::run(args, status::View::Status)),
         Command::Tree(args) => runtime()?.block_on(status::run(args, status::View::Tree)),
         Command::Render(args) => runtime()?.block_on(render::run(args)),
+        Command::Diff(args) => return runtime()?.block_on(diff::run(args)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Module(command) => runtime()?.block_on(module::run(command)),
-    }
+    };
+    done.map(|()| 0)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

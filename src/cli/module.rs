@@ -27,6 +27,10 @@ pub enum ModuleCommand {
     /// Show a module's metadata and the fields of its Input contract (docs, defaults); for an
     /// artifact also its digest, config and annotations.
     Inspect(InspectArgs),
+    /// Render every Transform in the cluster that uses the same module (by name) with this
+    /// version of it, and compare with its current graph: unchanged, changed or fails.
+    /// Nothing is written.
+    Impact(super::impact::ImpactArgs),
 }
 
 /// Flags of `pequod module publish`.
@@ -116,6 +120,7 @@ pub async fn run(command: ModuleCommand) -> Result<(), CliError> {
         ModuleCommand::Publish(args) => publish(args).await,
         ModuleCommand::Pull(args) => pull(args).await,
         ModuleCommand::Inspect(args) => inspect(args).await,
+        ModuleCommand::Impact(args) => super::impact::run(args).await,
     }
 }
 

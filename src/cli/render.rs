@@ -6,11 +6,11 @@ use clap::Args;
 
 use super::output::{OutputFormat, print_graph};
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
-use crate::api::{API_VERSION, Transform};
+use crate::api::{API_VERSION, ModuleRef, Transform};
 use crate::module::disk::DiskCache;
 use crate::module::git::GitAuth;
-use crate::module::{ModuleCache, Sources, resolve};
-use crate::plan::{PlanError, plan};
+use crate::module::{ModuleCache, Resolved, Sources, resolve};
+use crate::plan::{Plan, PlanError, plan};
 
 /// Flags of `pequod render`.
 #[derive(Debug, Args)]
@@ -39,10 +39,70 @@ pub struct RenderArgs {
 /// Runs `pequod render`.
 pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
-    let registry = args.registry.registry()?;
-    let cache_dir = args
-        .cache_dir
-        .clone()
+    let planned = plan_offline(
+        &transform,
+        args.module_dir.as_deref(),
+        &args.registry,
+        args.cache_dir.as_deref(),
+        &args.eval,
+    )
+    .await
+    .map_err(|error| match error {
+        Unplanned::Module(error) | Unplanned::Eval(error) => error,
+        Unplanned::Render(error) => CliError::from(error),
+        Unplanned::Plan(other) => {
+            CliError::new(exit::RENDER_FAILED, format!("render failed: {other}"))
+        }
+    })?;
+    let text = print_graph(&planned.graph, args.output)
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
+    write_stdout(&text)
+}
+
+/// Why a Transform could not be planned offline.
+pub enum Unplanned {
+    /// The module could not be resolved, or the registry flags are wrong.
+    Module(CliError),
+    /// No renderer could be set up from the evaluation flags.
+    Eval(CliError),
+    /// The module did not render.
+    Render(crate::render::RenderError),
+    /// The render was refused (policies, size).
+    Plan(PlanError),
+}
+
+/// Resolves the module of `transform` (or the one in `module_dir`) and plans its graph as
+/// the operator would, with the user's registry credentials and cache.
+pub async fn plan_offline(
+    transform: &Transform,
+    module_dir: Option<&std::path::Path>,
+    registry: &RegistryArgs,
+    cache_dir: Option<&std::path::Path>,
+    eval: &EvalArgs,
+) -> Result<Plan, Unplanned> {
+    let resolved = resolve_offline(&transform.spec.module_ref, module_dir, registry, cache_dir)
+        .await
+        .map_err(Unplanned::Module)?;
+    let renderer = eval.renderer().map_err(Unplanned::Eval)?;
+    plan(transform, &resolved, &renderer, &eval.limits())
+        .await
+        .map_err(|error| match error {
+            PlanError::Render(error) => Unplanned::Render(error),
+            other => Unplanned::Plan(other),
+        })
+}
+
+/// Resolves `module_ref` (or loads `module_dir`) with the user's registry credentials, Git
+/// access and cache (`cache_dir`, default ~/.cache/pequod).
+pub async fn resolve_offline(
+    module_ref: &ModuleRef,
+    module_dir: Option<&std::path::Path>,
+    registry: &RegistryArgs,
+    cache_dir: Option<&std::path::Path>,
+) -> Result<Resolved, CliError> {
+    let registry = registry.registry()?;
+    let cache_dir = cache_dir
+        .map(std::path::Path::to_path_buf)
         .unwrap_or_else(crate::module::git::default_cache_dir);
     let cache = ModuleCache::new(64 << 20).with_disk(DiskCache::new(
         &cache_dir,
@@ -56,23 +116,9 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         git_auth: GitAuth::Ambient,
         allow_local_git: true,
     };
-    let resolved = resolve(
-        &transform.spec.module_ref,
-        args.module_dir.as_deref(),
-        &sources,
-    )
-    .await
-    .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))?;
-    let renderer = args.eval.renderer()?;
-    let planned = plan(&transform, &resolved, &renderer, &args.eval.limits())
+    resolve(module_ref, module_dir, &sources)
         .await
-        .map_err(|error| match error {
-            PlanError::Render(error) => CliError::from(error),
-            other => CliError::new(exit::RENDER_FAILED, format!("render failed: {other}")),
-        })?;
-    let text = print_graph(&planned.graph, args.output)
-        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
-    write_stdout(&text)
+        .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))
 }
 
 /// Reads and checks a Transform document.

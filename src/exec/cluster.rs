@@ -254,9 +254,31 @@ impl Applier {
         object: &Value,
         force: bool,
     ) -> Result<Value, ApiError> {
+        self.apply_with(served, object, force, false).await
+    }
+
+    /// What server-side applying `object` would leave, without changing anything
+    /// (`dryRun=All`: admission, defaulting and validation run, nothing is stored).
+    pub async fn apply_dry_run(
+        &self,
+        served: &Served,
+        object: &Value,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        self.apply_with(served, object, force, true).await
+    }
+
+    async fn apply_with(
+        &self,
+        served: &Served,
+        object: &Value,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let (namespace, name) = identity(object)?;
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = force;
+        params.dry_run = dry_run;
         let applied = self
             .api(served, namespace.as_deref())
             .patch(&name, &params, &Patch::Apply(object))
@@ -267,12 +289,31 @@ impl Applier {
 
     /// Creates `object`; `None` when it already exists (mode Create never updates).
     pub async fn create(&self, served: &Served, object: &Value) -> Result<Option<Value>, ApiError> {
+        self.create_with(served, object, false).await
+    }
+
+    /// What creating `object` would store, without creating it (`dryRun=All`); `None`
+    /// when it already exists.
+    pub async fn create_dry_run(
+        &self,
+        served: &Served,
+        object: &Value,
+    ) -> Result<Option<Value>, ApiError> {
+        self.create_with(served, object, true).await
+    }
+
+    async fn create_with(
+        &self,
+        served: &Served,
+        object: &Value,
+        dry_run: bool,
+    ) -> Result<Option<Value>, ApiError> {
         let (namespace, _) = identity(object)?;
         let typed: DynamicObject = serde_json::from_value(object.clone())
             .map_err(|e| ApiError::Malformed(format!("not a Kubernetes object: {e}")))?;
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PostParams::default()
+            dry_run,
         };
         match self
             .api(served, namespace.as_deref())

@@ -18,8 +18,19 @@ use crate::api::FIELD_MANAGER;
 /// The fingerprint of the fields Pequod owns by server-side apply in `live`, with their
 /// values; `None` when Pequod has applied none of them (no managedFields entry).
 pub fn fingerprint(live: &Value) -> Option<String> {
+    let fields = applied_fields(live)?;
+    let owned = project(live, fields);
+    let canonical = serde_json::json!({"fields": fields, "values": owned}).to_string();
+    Some(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    ))
+}
+
+/// The FieldsV1 set of the fields Pequod owns by server-side apply in `live`.
+pub fn applied_fields(live: &Value) -> Option<&Value> {
     let entries = live.pointer("/metadata/managedFields")?.as_array()?;
-    let fields = entries.iter().find(|entry| {
+    let entry = entries.iter().find(|entry| {
         entry.get("manager").and_then(Value::as_str) == Some(FIELD_MANAGER)
             && entry.get("operation").and_then(Value::as_str) == Some("Apply")
             && entry
@@ -27,13 +38,76 @@ pub fn fingerprint(live: &Value) -> Option<String> {
                 .and_then(Value::as_str)
                 .is_none_or(str::is_empty)
     })?;
-    let fields = fields.get("fieldsV1")?;
-    let owned = project(live, fields);
-    let canonical = serde_json::json!({"fields": fields, "values": owned}).to_string();
-    Some(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    ))
+    entry.get("fieldsV1")
+}
+
+/// The union of two FieldsV1 sets.
+pub fn union_of_fields(a: &Value, b: &Value) -> Value {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut union = a.clone();
+            for (path, children) in b {
+                let merged = match union.get(path) {
+                    Some(existing) => union_of_fields(existing, children),
+                    None => children.clone(),
+                };
+                union.insert(path.clone(), merged);
+            }
+            Value::Object(union)
+        }
+        (Some(_), None) => a.clone(),
+        _ => b.clone(),
+    }
+}
+
+/// `object` cut down to the fields of a FieldsV1 set, in the object's own shape: maps keep
+/// the owned keys, lists the owned elements in their order, an owned leaf its whole value.
+/// What a reader compares to see what an apply of those fields changes.
+pub fn restrict(object: &Value, fields: &Value) -> Value {
+    let Some(fields) = fields.as_object().filter(|fields| !fields.is_empty()) else {
+        return object.clone();
+    };
+    match object {
+        Value::Object(map) => Value::Object(
+            fields
+                .iter()
+                .filter_map(|(path, children)| {
+                    let name = path.strip_prefix("f:")?;
+                    Some((name.to_string(), restrict(map.get(name)?, children)))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    let children = fields
+                        .iter()
+                        .find(|(path, _)| owns_element(path, index, item))?
+                        .1;
+                    Some(restrict(item, children))
+                })
+                .collect(),
+        ),
+        leaf => leaf.clone(),
+    }
+}
+
+/// Whether the FieldsV1 path `path` names the list element `item` at `index`.
+fn owns_element(path: &str, index: usize, item: &Value) -> bool {
+    if let Some(key) = path.strip_prefix("k:") {
+        serde_json::from_str::<Map<String, Value>>(key).is_ok_and(|key| {
+            key.iter()
+                .all(|(field, value)| item.get(field) == Some(value))
+        })
+    } else if let Some(value) = path.strip_prefix("v:") {
+        serde_json::from_str::<Value>(value).is_ok_and(|value| &value == item)
+    } else if let Some(wanted) = path.strip_prefix("i:") {
+        wanted.parse::<usize>() == Ok(index)
+    } else {
+        false
+    }
 }
 
 /// The values of `live` at the fields of a FieldsV1 set: `f:<name>` a field of a map,
@@ -169,5 +243,29 @@ mod tests {
         let updated_only = json!({"metadata": {"managedFields": [
             {"manager": "pequod", "operation": "Update", "fieldsV1": {"f:data": {}}}]}});
         assert_eq!(fingerprint(&updated_only), None);
+    }
+
+    #[test]
+    fn an_object_restricted_to_its_applied_fields_keeps_its_shape() {
+        let live = applied(
+            json!({"replicas": 2, "paused": true, "template": {"spec": {"containers": [
+                {"name": "sidecar", "image": "envoy"},
+                {"name": "web", "image": "web:2", "ports": [{"containerPort": 80}]},
+            ]}}}),
+            json!({"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {
+                "k:{\"name\":\"web\"}": {".": {}, "f:name": {}, "f:image": {}},
+            }}}}}),
+        );
+        let fields = applied_fields(&live).expect("pequod's entry");
+        assert_eq!(
+            restrict(&live, fields),
+            json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [
+                {"name": "web", "image": "web:2"},
+            ]}}}})
+        );
+        let more = json!({"f:spec": {"f:paused": {}}});
+        let union = union_of_fields(fields, &more);
+        assert_eq!(restrict(&live, &union)["spec"]["paused"], json!(true));
+        assert_eq!(restrict(&live, &union)["spec"]["replicas"], json!(2));
     }
 }

@@ -181,29 +181,13 @@ pub async fn delete_entry(
     let Some(live) = applier.get(&served, namespace, &object.name).await? else {
         return Ok(Deletion::Gone);
     };
-    let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
-    if (object.uid.is_some() && uid != object.uid.as_deref())
-        || owner(&live, graph) != Owner::ThisGraph
-    {
-        return Ok(Deletion::NotOwned);
-    }
-    let annotation = live
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(PRUNE_ANNOTATION))
-        .and_then(Value::as_str);
-    let orphaning = if entry.deletion_policy == DeletionPolicy::Orphan {
-        Some(Orphaning::Policy)
-    } else if annotation == Some(PRUNE_DISABLED) {
-        Some(Orphaning::Annotation)
-    } else {
-        None
-    };
-    if let Some(why) = orphaning {
-        let _permit = applies.acquire().await;
-        return release(applier, &served, entry, why).await;
-    }
-    if live.pointer("/metadata/deletionTimestamp").is_some() {
-        return Ok(Deletion::Deleted);
+    match fate(entry, &live, graph) {
+        Deletion::Deleted if live.pointer("/metadata/deletionTimestamp").is_none() => {}
+        Deletion::Orphaned(why) => {
+            let _permit = applies.acquire().await;
+            return release(applier, &served, entry, why).await;
+        }
+        settled => return Ok(settled),
     }
     let _permit = applies.acquire().await;
     match applier
@@ -215,6 +199,30 @@ pub async fn delete_entry(
         // The uid precondition failed: the name belongs to another object now.
         Err(ApiError::Refused { code: 409, .. }) => Ok(Deletion::NotOwned),
         Err(error) => Err(error),
+    }
+}
+
+/// What deleting the inventory entry of the object found `live` comes to: `NotOwned` when
+/// it is not the graph's (another owner, or another object under the name), `Orphaned`
+/// when its node or the object itself says it stays, `Deleted` otherwise.
+pub fn fate(entry: &InventoryEntry, live: &Value, graph: &GraphId) -> Deletion {
+    let object = &entry.object;
+    let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
+    if (object.uid.is_some() && uid != object.uid.as_deref())
+        || owner(live, graph) != Owner::ThisGraph
+    {
+        return Deletion::NotOwned;
+    }
+    let annotation = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(PRUNE_ANNOTATION))
+        .and_then(Value::as_str);
+    if entry.deletion_policy == DeletionPolicy::Orphan {
+        Deletion::Orphaned(Orphaning::Policy)
+    } else if annotation == Some(PRUNE_DISABLED) {
+        Deletion::Orphaned(Orphaning::Annotation)
+    } else {
+        Deletion::Deleted
     }
 }
 

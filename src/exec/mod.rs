@@ -21,6 +21,7 @@ pub mod inventory;
 mod live;
 mod node;
 pub mod ownership;
+pub mod preview;
 pub mod readiness;
 pub mod status;
 

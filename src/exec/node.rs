@@ -61,15 +61,19 @@ impl NodeRun {
 pub const TRANSIENT_FAILURES_TOLERATED: u32 = 5;
 
 /// Where a node's object lives in the cluster.
-struct Target {
-    served: Served,
-    api_version: String,
-    kind: String,
+pub(super) struct Target {
+    /// How the API server serves its kind.
+    pub served: Served,
+    /// Its apiVersion.
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
     /// `None` for a cluster-scoped object.
-    namespace: Option<String>,
-    name: String,
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
     /// The object to write: the node's, with its namespace settled.
-    object: Value,
+    pub object: Value,
 }
 
 impl Target {
@@ -79,13 +83,18 @@ impl Target {
     }
 
     /// `Kind namespace/name`.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!("{} {}", self.kind, self.shown())
     }
 
     /// The error of a request the API server answered with `error`: a refusal names the
     /// identity, the verb and the resource.
-    fn refused(&self, pass: &PassContext<'_>, verb: &'static str, error: ApiError) -> NodeError {
+    pub(super) fn refused(
+        &self,
+        pass: &PassContext<'_>,
+        verb: &'static str,
+        error: ApiError,
+    ) -> NodeError {
         match error {
             ApiError::Refused {
                 code: 403, message, ..
@@ -107,7 +116,7 @@ impl Target {
         }
     }
 
-    fn reference(&self, live: &Value) -> ObjectRef {
+    pub(super) fn reference(&self, live: &Value) -> ObjectRef {
         ObjectRef {
             api_version: self.api_version.clone(),
             kind: self.kind.clone(),
@@ -308,7 +317,7 @@ fn settled_copy(
 
 /// Resolves the node's kind and settles its namespace, refusing what the operator's scope
 /// guards do not allow.
-async fn place(pass: &PassContext<'_>, node: &Node) -> Result<Target, NodeError> {
+pub(super) async fn place(pass: &PassContext<'_>, node: &Node) -> Result<Target, NodeError> {
     let (api_version, kind) = type_of(&node.object)?;
     let served = pass.executor.applier.served(&api_version, &kind).await?;
     let name = node.name().unwrap_or_default().to_string();
@@ -367,26 +376,10 @@ async fn write(
     if mode == ApplyMode::Observe {
         return Ok((live, false));
     }
-    if let Some(live) = &live {
-        match owner(&live.object, pass.graph) {
-            Owner::ThisGraph => {}
-            Owner::Another(graph) => {
-                return Err(NodeError::OwnedByAnotherGraph {
-                    object: target.describe(),
-                    owner: graph,
-                });
-            }
-            // Create never updates, and an object it did not create is not its to delete.
-            Owner::Nobody if mode == ApplyMode::Create => return Ok((Some(live.clone()), false)),
-            Owner::Nobody
-                if node.adopted == Some(AdoptStrategy::TakeOwnership)
-                    || owned_before(pass, target, &live.object) => {}
-            Owner::Nobody => {
-                return Err(NodeError::AlreadyExists {
-                    object: target.describe(),
-                });
-            }
-        }
+    if let Some(live) = &live
+        && may_write(pass, node, target, &live.object)? == MayWrite::LeaveAlone
+    {
+        return Ok((Some(live.clone()), false));
     }
     match (mode, live) {
         (ApplyMode::Create, Some(live)) => Ok((Some(live), true)),
@@ -466,6 +459,43 @@ async fn write(
             });
             Ok((Some(applied), true))
         }
+    }
+}
+
+/// What a node may do with the object it found live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MayWrite {
+    /// Write it: this graph's, adopted, or the one it owned before.
+    Write,
+    /// Leave it as it is: mode Create found an object no graph owns (Create never
+    /// updates, and an object it did not create is not its to delete).
+    LeaveAlone,
+}
+
+/// Whether the node may write the object found live: never one another graph owns, one no
+/// graph owns only when the Transform adopts it or it is the one this graph owned before.
+pub(super) fn may_write(
+    pass: &PassContext<'_>,
+    node: &Node,
+    target: &Target,
+    live: &Value,
+) -> Result<MayWrite, NodeError> {
+    match owner(live, pass.graph) {
+        Owner::ThisGraph => Ok(MayWrite::Write),
+        Owner::Another(graph) => Err(NodeError::OwnedByAnotherGraph {
+            object: target.describe(),
+            owner: graph,
+        }),
+        Owner::Nobody if node.apply_policy.mode == ApplyMode::Create => Ok(MayWrite::LeaveAlone),
+        Owner::Nobody
+            if node.adopted == Some(AdoptStrategy::TakeOwnership)
+                || owned_before(pass, target, live) =>
+        {
+            Ok(MayWrite::Write)
+        }
+        Owner::Nobody => Err(NodeError::AlreadyExists {
+            object: target.describe(),
+        }),
     }
 }
 

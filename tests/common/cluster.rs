@@ -584,18 +584,24 @@ impl Cluster {
 
     /// Runs a `pequod` command against this cluster; returns stdout.
     pub async fn pequod(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .await
-            .expect("pequod runs");
+        let output = self.pequod_output(args).await;
         assert!(
             output.status.success(),
             "pequod {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs a `pequod` command against this cluster, whatever its exit code.
+    pub async fn pequod_output(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pequod"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("NO_COLOR")
+            .output()
+            .await
+            .expect("pequod runs")
     }
 
     /// `metadata.resourceVersion` of an object in the test's namespace.
@@ -817,4 +823,20 @@ fn inline_transform(namespace: Option<&str>, name: &str, nodes: &str) -> String 
         transform["metadata"]["namespace"] = namespace.into();
     }
     transform.to_string()
+}
+
+/// A Role and RoleBinding giving service account `namespace/account` `rules`.
+pub fn role_for(namespace: &str, account: &str, rules: serde_json::Value) -> String {
+    [
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": namespace}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": account, "namespace": namespace}, "rules": rules}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": account, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]}),
+    ]
+    .map(|object| object.to_string())
+    .join("\n---\n")
 }

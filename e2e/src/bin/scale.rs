@@ -36,6 +36,9 @@ struct Args {
     /// Quiet resyncs after the first, each reported by the operator's memory after it.
     #[arg(long, default_value_t = 0)]
     extra_resyncs: usize,
+    /// Run `pequod module impact DIR` over the Transforms once they are Ready, and time it.
+    #[arg(long, value_name = "DIR")]
+    impact: Option<PathBuf>,
     /// Extra flags for `pequod run` (repeatable).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -61,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             deadline: args.deadline,
             shards: args.shards,
             extra_resyncs: args.extra_resyncs,
+            impact: args.impact.clone(),
             ..Scenario::webservice(args.pequod.clone(), args.transforms)
         };
         let report = run(&scenario).await?;
