@@ -42,6 +42,9 @@ pub struct Metrics {
     pub graph_execution_duration_seconds: Histogram,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: IntGauge,
+    /// Transforms a staged rollout holds back from a new digest, by module reference and
+    /// state (`waiting`, `halted`).
+    pub module_rollouts: IntGaugeVec,
     per_graph: DashMap<String, GraphRecord>,
 }
 
@@ -141,6 +144,18 @@ impl Metrics {
         )
         .expect("static metric definition");
         let graph_nodes = register(&r, graph_nodes);
+        let module_rollouts = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "module_rollouts",
+                    "Transforms a staged rollout holds back from a new digest, by module reference and state (waiting, halted)",
+                )
+                .namespace("pequod"),
+                &["module", "state"],
+            )
+            .expect("static metric definition"),
+        );
         for (_, phase) in PHASES {
             graph_nodes.with_label_values(&[phase]).set(0);
         }
@@ -191,6 +206,7 @@ impl Metrics {
                 ),
             ),
             leader: gauge(&r, "leader", "1 while this replica is the leader"),
+            module_rollouts,
             registry: r,
             per_graph: DashMap::new(),
         }

@@ -72,6 +72,7 @@ fn crds_declare_names_status_and_printer_columns() {
                 vec![
                     "Module=.status.resolvedModule.ref".to_string(),
                     "Ready=.status.conditions[?(@.type==\"Ready\")].status".to_string(),
+                    "Pending=.status.pendingModule.reason".to_string(),
                     "Age=.metadata.creationTimestamp".to_string(),
                 ],
             ),

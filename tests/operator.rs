@@ -191,7 +191,11 @@ async fn webservice_transform_becomes_ready_in_dependency_order() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(lines[0], ["NAME", "MODULE", "READY", "AGE"], "{table}");
+    assert_eq!(
+        lines[0],
+        ["NAME", "MODULE", "READY", "PENDING", "AGE"],
+        "{table}"
+    );
     assert_eq!(
         lines[1][..3],
         [

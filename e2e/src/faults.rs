@@ -79,10 +79,10 @@ pub struct Fault {
     pub every: u32,
     /// Matching requests seen so far, for `every`.
     pub seen: u32,
-    /// At most this many requests in a row for one object are hit; the next passes.
-    pub in_a_row: Option<u32>,
-    /// Hits in a row so far, by object name, for `in_a_row`.
-    pub streaks: HashMap<String, u32>,
+    /// At most this many requests for one object are hit; the later ones pass.
+    pub per_object: Option<u32>,
+    /// Hits so far, by object name, for `per_object`.
+    pub hits_by_object: HashMap<String, u32>,
 }
 
 impl Fault {
@@ -96,8 +96,8 @@ impl Fault {
             times: None,
             every: 1,
             seen: 0,
-            in_a_row: None,
-            streaks: HashMap::new(),
+            per_object: None,
+            hits_by_object: HashMap::new(),
         }
     }
 
@@ -108,11 +108,11 @@ impl Fault {
         self
     }
 
-    /// Never more than `n` hits in a row on requests for one object (by name): what a
-    /// client's bounded retries of that object ride out, however the hits of an `every`
-    /// fault happen to line up between concurrent clients.
-    pub fn at_most_in_a_row(mut self, n: u32) -> Self {
-        self.in_a_row = Some(n);
+    /// Never more than `n` hits on requests for one object (by name): what a client's
+    /// bounded retries of that object ride out, however the hits of an `every` fault (and
+    /// of other faults on the same object) happen to line up between concurrent clients.
+    pub fn at_most_per_object(mut self, n: u32) -> Self {
+        self.per_object = Some(n);
         self
     }
 
@@ -194,16 +194,15 @@ impl Faults {
                 continue;
             }
             rule.seen = rule.seen.wrapping_add(1);
-            let hits = rule.seen % rule.every == 0;
-            if let (Some(limit), Some(name)) = (rule.in_a_row, name) {
-                let streak = rule.streaks.entry(name.to_owned()).or_default();
-                if !hits || *streak >= limit {
-                    *streak = 0;
+            if rule.seen % rule.every != 0 {
+                continue;
+            }
+            if let (Some(limit), Some(name)) = (rule.per_object, name) {
+                let hits = rule.hits_by_object.entry(name.to_owned()).or_default();
+                if *hits >= limit {
                     continue;
                 }
-                *streak += 1;
-            } else if !hits {
-                continue;
+                *hits += 1;
             }
             match &rule.action {
                 FaultAction::Latency(delay) => verdict.delay += *delay,
@@ -288,12 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn a_fault_hits_one_object_at_most_so_many_times_in_a_row() {
+    fn a_fault_hits_one_object_at_most_so_many_times() {
         let faults = Faults::default();
         faults.add(
             Fault::new(FaultAction::InternalError)
                 .on("configmaps")
-                .at_most_in_a_row(2),
+                .at_most_per_object(2),
         );
         let failed = |name: &str| {
             faults
@@ -302,8 +301,8 @@ mod tests {
                 .is_some()
         };
         let web: Vec<bool> = (0..4).map(|_| failed("web")).collect();
-        assert_eq!(web, [true, true, false, true]);
-        assert!(failed("api"), "another object's streak is its own");
+        assert_eq!(web, [true, true, false, false]);
+        assert!(failed("api"), "another object has hits of its own");
     }
 
     #[tokio::test]

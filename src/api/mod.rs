@@ -25,7 +25,7 @@ pub use resource_graph::{
 };
 pub use transform::{
     AdoptSpec, AdoptStrategy, AdoptedResource, LocalObjectReference, ModuleRef, ModuleType,
-    PolicyOverride, ResolvedModule, Transform, TransformSpec, TransformStatus,
+    PendingModule, PolicyOverride, ResolvedModule, Transform, TransformSpec, TransformStatus,
 };
 
 /// `apiVersion` string of both resources.

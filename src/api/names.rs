@@ -60,6 +60,12 @@ pub mod event_reasons {
     pub const PRUNED: &str = "Pruned";
     /// ResourceGraph: an object that left the graph stays in the cluster.
     pub const ORPHANED: &str = "Orphaned";
+    /// Transform: a staged rollout holds it back from a new digest until the wave before
+    /// is Ready (also `status.pendingModule.reason`).
+    pub const ROLLOUT_WAITING: &str = "RolloutWaiting";
+    /// Transform: a staged rollout of a new digest stopped because a Transform failed on it
+    /// (also `status.pendingModule.reason`).
+    pub const ROLLOUT_HALTED: &str = "RolloutHalted";
 }
 
 /// Why a node failed or is blocked (`status.nodes[id].reason`).

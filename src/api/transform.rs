@@ -22,6 +22,7 @@ use super::schema::{free_form_object, optional_free_form_object};
     category = "pequod",
     printcolumn = r#"{"name": "Module", "type": "string", "jsonPath": ".status.resolvedModule.ref", "description": "The module reference that was resolved (inline modules show (inline))"}"#,
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Whether every object of the graph is ready"}"#,
+    printcolumn = r#"{"name": "Pending", "type": "string", "jsonPath": ".status.pendingModule.reason", "description": "A staged rollout holds a new digest of the module back (RolloutWaiting, RolloutHalted)"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -181,6 +182,23 @@ pub struct TransformStatus {
     /// ModuleResolved, Validated, Rendered and Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// A new digest of the module reference this Transform is held back from by a staged
+    /// rollout (it stays on `resolvedModule`), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_module: Option<PendingModule>,
+}
+
+/// A module digest a Transform waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingModule {
+    /// The digest the reference moved to.
+    pub digest: String,
+    /// `RolloutWaiting` (the wave before is not Ready yet) or `RolloutHalted` (a Transform
+    /// failed on the digest).
+    pub reason: String,
+    /// What the rollout waits for, or which Transform failed and how.
+    pub message: String,
 }
 
 /// The module a render used.

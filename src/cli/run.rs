@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// How often modules referenced by a tag are resolved again (a new digest re-renders).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub module_resync: std::time::Duration,
+    /// When a tag, branch or ConfigMap moves to a new digest, at most this many of the
+    /// Transforms using it (a count, or a percentage of them) are on the new digest and not
+    /// Ready at once; a Transform that fails on it halts the rollout.
+    #[arg(long, default_value = "25%", value_parser = clap::value_parser!(crate::controller::rollout::MaxUnavailable))]
+    pub rollout_max_unavailable: crate::controller::rollout::MaxUnavailable,
     /// Registries (`host:port`) spoken to over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
@@ -110,6 +115,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         },
         insecure_registries: args.insecure_registries.clone(),
         module_resync: args.module_resync,
+        rollout_max_unavailable: args.rollout_max_unavailable,
         cache_dir: args
             .cache_dir
             .clone()

@@ -118,6 +118,17 @@ fn headline(transform: &Transform, graph: Option<&ResourceGraph>) -> String {
         }
     }
     line.push('\n');
+    if let Some(pending) = transform
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_module.as_ref())
+    {
+        let _ = writeln!(
+            line,
+            "Pending module: {} ({}): {}",
+            pending.digest, pending.reason, pending.message
+        );
+    }
     line
 }
 
@@ -338,6 +349,27 @@ mod tests {
             }}
         }))
         .expect("a valid graph")
+    }
+
+    #[test]
+    fn a_held_back_module_version_is_shown_under_the_headline() {
+        let transform: Transform = serde_json::from_value(json!({
+            "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+            "metadata": {"name": "diamond", "namespace": "default"},
+            "spec": {"moduleRef": {"type": "oci", "ref": "r/shapes:stable"}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "AllNodesReady", "message": "",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "pendingModule": {"digest": "sha256:9", "reason": "RolloutHalted",
+                                  "message": "the rollout of sha256:9 is halted: default/x failed on it: boom"}
+            }
+        }))
+        .expect("a Transform");
+        assert_eq!(
+            headline(&transform, Some(&diamond())),
+            "Transform default/diamond  Ready=True AllNodesReady  shapes@0.1.0\n\
+             Pending module: sha256:9 (RolloutHalted): the rollout of sha256:9 is halted: default/x failed on it: boom\n"
+        );
     }
 
     #[test]

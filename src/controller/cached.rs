@@ -258,6 +258,8 @@ pub struct CachedGraph {
     spec: Arc<str>,
     /// The status, as JSON.
     status: Option<Arc<str>>,
+    /// `spec.metadata.moduleDigest`: the module version the graph was rendered from.
+    module_digest: Option<Arc<str>>,
 }
 
 /// A graph in the cache, and what wakes the graph controller.
@@ -287,6 +289,11 @@ impl CachedGraph {
         serde_json::from_str(&self.spec)
     }
 
+    /// The digest of the module the graph was rendered from.
+    pub fn module_digest(&self) -> Option<&str> {
+        self.module_digest.as_deref()
+    }
+
     /// The graph's status; None also when it cannot be read.
     pub fn status(&self) -> Option<ResourceGraphStatus> {
         serde_json::from_str(self.status.as_deref()?).ok()
@@ -309,8 +316,13 @@ impl<'de> Deserialize<'de> for CachedGraph {
             spec,
             status,
         } = Sent::deserialize(deserializer)?;
+        let module_digest = spec
+            .pointer("/metadata/moduleDigest")
+            .and_then(Value::as_str)
+            .map(Arc::from);
         Ok(CachedGraph {
             metadata: Arc::new(metadata),
+            module_digest,
             spec: spec.to_string().into(),
             status: status.map(|status| status.to_string().into()),
         })
@@ -554,6 +566,7 @@ mod tests {
         );
         assert_eq!(cached.status(), sent.status);
         assert_eq!(cached.metadata.generation, Some(2));
+        assert_eq!(cached.module_digest(), Some("sha256:00"));
     }
 
     #[test]

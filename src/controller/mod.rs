@@ -6,6 +6,7 @@ mod cached;
 mod graph;
 mod leader;
 pub mod memory;
+pub mod rollout;
 mod shard;
 mod transform;
 mod watches;
@@ -62,6 +63,8 @@ pub struct OperatorConfig {
     pub insecure_registries: Vec<String>,
     /// How often a module referenced by a tag (or a Git branch) is resolved again.
     pub module_resync: Duration,
+    /// How many Transforms of a staged rollout may be on a new digest and not Ready at once.
+    pub rollout_max_unavailable: rollout::MaxUnavailable,
     /// Where Git mirrors are kept.
     pub cache_dir: std::path::PathBuf,
     /// Git URLs may be local paths (they read the operator's own disk: for tests).
@@ -89,6 +92,8 @@ pub struct Context {
     pub client: kube::Client,
     /// Hands freed memory back when a burst of reconciles is over.
     pub reclaim: memory::AfterBursts,
+    /// Staged rollouts: the moves admitted that the cache does not show yet.
+    pub moves: rollout::Moves,
     /// Read and write graph objects, as the operator or as a graph's service account.
     pub appliers: Appliers,
     /// Every Transform, as the Transform controller's watch sees them.
@@ -218,6 +223,7 @@ impl Context {
                 .build(),
             superseded: DashMap::new(),
             reclaim: memory::AfterBursts::default(),
+            moves: rollout::Moves::default(),
             config,
         };
         let feeds = Feeds {

@@ -16,11 +16,12 @@ use serde_json::json;
 
 use super::WrittenGraph;
 use super::cached::{CachedGraph, Shared};
-use super::{Context, Error, measured, retry_later};
+use super::{Context, Error, measured, retry_later, rollout};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
-    API_VERSION, FIELD_MANAGER, GraphMetadata, LocalObjectReference, ModuleType, ResolvedModule,
-    ResourceGraph, ResourceGraphSpec, Transform, TransformStatus, Violation, event_reasons,
+    API_VERSION, FIELD_MANAGER, GraphMetadata, LocalObjectReference, ModuleType, PendingModule,
+    ResolvedModule, ResourceGraph, ResourceGraphSpec, Transform, TransformStatus, Violation,
+    event_reasons,
 };
 use crate::backoff::retry_delay;
 use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
@@ -147,7 +148,33 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     status.conditions.retain(|c| c.type_ != types::SUSPENDED);
     let key = render_key(transform);
 
-    let planned = match resolve_module(transform, context).await {
+    let resolved = match resolve_module(transform, context).await {
+        Ok(module) => match held_back(transform, &module, context) {
+            None => {
+                status.pending_module = None;
+                Ok(module)
+            }
+            Some(pending) => {
+                note_pending(transform, context, &mut status, pending).await;
+                let same_spec = previous.observed_generation == transform.metadata.generation;
+                if same_spec && previous.resource_graph_ref.is_some() {
+                    // Its graph stays as it is, on the digest it is on.
+                    mirror_ready(&mut status, context, (&namespace, &name, None), &conditions);
+                    let action = Action::requeue(ROLLOUT_RECHECK);
+                    return finish(&transforms, &name, transform, status, action).await;
+                }
+                // A changed input renders with the digest the Transform is on, when that
+                // can be fetched again (an OCI digest, a Git commit).
+                match held_module(transform, context).await {
+                    Some(held) => held,
+                    None => Ok(module),
+                }
+            }
+        },
+        Err(failure) => Err(failure),
+    };
+    let attempted = resolved.as_ref().ok().map(|module| module.digest.clone());
+    let planned = match resolved {
         Ok(module) => {
             let planned_from = planned_from(transform, &module);
             match unchanged_graph(transform, &planned_from, context).await {
@@ -177,6 +204,20 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 return Ok(Action::requeue(retry_delay(failures)));
             }
             record_failure(&mut status, &failure, &conditions);
+            // The digest it failed on is the one it is on: a staged rollout halts on it.
+            if let Some(digest) = attempted
+                && failure.condition != types::MODULE_RESOLVED
+            {
+                status.resolved_module = Some(ResolvedModule {
+                    type_: transform.spec.module_ref.type_,
+                    ref_: short_ref(
+                        &transform.spec.module_ref.ref_,
+                        transform.spec.module_ref.type_,
+                    ),
+                    digest,
+                    fetched_at: Some(Time(jiff::Timestamp::now())),
+                });
+            }
             let changed = previous
                 .conditions
                 .iter()
@@ -202,8 +243,12 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             );
             if failure.transient {
                 Action::requeue(retry_delay(failures))
-            } else if remote && failure.condition == types::MODULE_RESOLVED {
-                // A tag or a branch may be fixed upstream: look again at the next resync.
+            } else if remote
+                && (failure.condition == types::MODULE_RESOLVED
+                    || moves(&transform.spec.module_ref))
+            {
+                // A tag or a branch may be fixed upstream (a source that failed, or a
+                // version that does not render): look again at the next resync.
                 Action::requeue(context.config.module_resync)
             } else {
                 // The same input fails the same way: only a change is worth a new try.
@@ -211,6 +256,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             }
         }
         Ok((module, graph, planned_from)) => {
+            let rendered = graph.spec.metadata.clone();
             let written = write_graph(
                 transform,
                 context,
@@ -258,14 +304,13 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             }
             written?;
             context.render_failures.forget(&key);
-            mirror_ready(&mut status, context, &namespace, &name, &conditions);
-            let module_ref = &transform.spec.module_ref;
-            let mutable = match module_ref.type_ {
-                ModuleType::Oci => !module_ref.ref_.contains('@'),
-                ModuleType::Git => true,
-                _ => false,
-            };
-            if mutable || module.stale.is_some() {
+            mirror_ready(
+                &mut status,
+                context,
+                (&namespace, &name, Some(&rendered)),
+                &conditions,
+            );
+            if moves(&transform.spec.module_ref) || module.stale.is_some() {
                 // A tag or a branch may move, and a copy served without its source is to be
                 // checked with it: look again after --module-resync.
                 Action::requeue(context.config.module_resync)
@@ -275,6 +320,114 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         }
     };
     finish(&transforms, &name, transform, status, action).await
+}
+
+/// Whether the reference may move to other content: an OCI tag, a Git branch.
+fn moves(module_ref: &crate::api::ModuleRef) -> bool {
+    match module_ref.type_ {
+        ModuleType::Oci => !module_ref.ref_.contains('@'),
+        ModuleType::Git => true,
+        _ => false,
+    }
+}
+
+/// How often a Transform held back by a staged rollout looks at the wave before again.
+const ROLLOUT_RECHECK: Duration = Duration::from_secs(2);
+
+/// Whether a staged rollout holds `transform` back from `module`, a new digest of its moving
+/// reference: what it waits for, or `None` to move. New Transforms and pins never wait.
+fn held_back(transform: &Transform, module: &Resolved, context: &Context) -> Option<PendingModule> {
+    let group = rollout::group_of(transform)?;
+    let on = transform.status.as_ref()?.resolved_module.as_ref()?;
+    if on.digest == module.digest {
+        return None;
+    }
+    let members: Vec<rollout::Member> = context
+        .transforms
+        .state()
+        .iter()
+        .filter(|t| rollout::group_of(t).as_deref() == Some(group.as_str()))
+        .map(|t| {
+            let graph = cached_graph(context, &t.namespace().unwrap_or_default(), &t.name_any());
+            rollout::member(t, graph.as_ref().and_then(|g| g.module_digest()))
+        })
+        .collect();
+    let limit = context.config.rollout_max_unavailable.of(members.len());
+    let key = render_key(transform);
+    let decision = context
+        .moves
+        .admit(&group, &module.digest, &key, &members, limit);
+    let behind = members
+        .iter()
+        .filter(|m| m.digest.as_deref() != Some(module.digest.as_str()))
+        .count();
+    let gauge = |state: &str| {
+        context
+            .metrics
+            .module_rollouts
+            .with_label_values(&[transform.spec.module_ref.ref_.as_str(), state])
+    };
+    match decision {
+        rollout::Decision::Move => {
+            if behind <= 1 {
+                gauge("waiting").set(0);
+                gauge("halted").set(0);
+            }
+            None
+        }
+        rollout::Decision::Hold(pending) => {
+            let (state, other) = if pending.reason == rollout::ROLLOUT_HALTED {
+                ("halted", "waiting")
+            } else {
+                ("waiting", "halted")
+            };
+            gauge(state).set(i64::try_from(behind).unwrap_or(i64::MAX));
+            gauge(other).set(0);
+            Some(pending)
+        }
+    }
+}
+
+/// Records that a rollout holds `transform` back, with an event when that is news.
+async fn note_pending(
+    transform: &Transform,
+    context: &Context,
+    status: &mut TransformStatus,
+    pending: PendingModule,
+) {
+    let before = transform
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_module.as_ref());
+    if before.is_none_or(|b| b.digest != pending.digest || b.reason != pending.reason) {
+        let type_ = if pending.reason == rollout::ROLLOUT_HALTED {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        context
+            .event(transform, type_, &pending.reason, pending.message.clone())
+            .await;
+    }
+    status.pending_module = Some(pending);
+}
+
+/// The module at the digest `transform` is on, fetched again by digest (an OCI manifest
+/// digest, a Git commit); `None` when its source cannot serve an earlier version (a
+/// ConfigMap holds only its current content).
+async fn held_module(
+    transform: &Transform,
+    context: &Context,
+) -> Option<Result<Resolved, Failure>> {
+    let digest = &transform.status.as_ref()?.resolved_module.as_ref()?.digest;
+    let mut pinned = transform.clone();
+    let module_ref = &mut pinned.spec.module_ref;
+    module_ref.ref_ = match module_ref.type_ {
+        ModuleType::Oci => rollout::oci_at_digest(&module_ref.ref_, digest),
+        ModuleType::Git => rollout::git_at_commit(&module_ref.ref_, digest)?,
+        _ => return None,
+    };
+    Some(resolve_module(&pinned, context).await)
 }
 
 /// A Transform's key (`namespace/name`) in the controller's records: its transient render
@@ -688,18 +841,27 @@ fn cached_spec(context: &Context, namespace: &str, name: &str) -> Option<Resourc
     }
 }
 
-/// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation.
+/// `Ready` mirrors the ResourceGraph's, once the graph controller has seen its generation
+/// (and, after this reconcile wrote a render, `written`, once the cache shows that render).
 fn mirror_ready(
     status: &mut TransformStatus,
     context: &Context,
-    namespace: &str,
-    name: &str,
+    (namespace, name, written): (&str, &str, Option<&GraphMetadata>),
     conditions: &ConditionWriter<'_>,
 ) {
     let graph = cached_graph(context, namespace, name);
     let ready = graph.as_ref().and_then(|g| {
         let status = g.status()?;
         if status.observed_generation != g.metadata.generation {
+            return None;
+        }
+        // A graph written a moment ago that the cache does not show yet: its readiness is
+        // not known (the copy's is the render before's).
+        if let Some(written) = written
+            && g.spec()
+                .ok()
+                .is_none_or(|spec| !same_render(&spec.metadata, written))
+        {
             return None;
         }
         condition::find(&status.conditions, types::READY).cloned()
