@@ -192,6 +192,45 @@ async fn a_new_digest_rolls_out_in_waves_and_a_bad_one_halts() {
         message.contains("missing definition for `size`"),
         "{message}"
     );
+    // A held Transform whose input changes renders it with the digest it is on.
+    let name = held["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    cluster
+        .ok(
+            &[
+                "patch",
+                "transform",
+                &name,
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"input":{"note":"edited while held"}}}"#,
+            ],
+            None,
+        )
+        .await;
+    cluster
+        .transform_when(
+            cluster.namespace(),
+            &name,
+            "the edit rendered on the digest it is on",
+            |t| {
+                t["status"]["observedGeneration"] == 2
+                    && ready(t)
+                    && digest(t) == second
+                    && t["status"]["pendingModule"]["reason"] == "RolloutHalted"
+            },
+        )
+        .await;
+    let graph = cluster
+        .json(&["get", "resourcegraph", &name])
+        .await
+        .expect("its graph");
+    assert_eq!(graph["spec"]["metadata"]["moduleDigest"], second.as_str());
+    assert_eq!(graph["spec"]["metadata"]["version"], "1.0.2");
+
     let metrics = http_get(&cluster.metrics, "/metrics")
         .await
         .expect("metrics");
