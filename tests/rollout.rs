@@ -19,11 +19,11 @@ const TRANSFORMS: usize = 40;
 /// 25% of 40, the default `--rollout-max-unavailable`.
 const WAVE: usize = 10;
 
-/// A module rendering one Deployment whose pod template carries `release`; with `strict`,
-/// its Input wants a `size` no Transform gives (every render fails).
-fn module(dir: &std::path::Path, release: &str, strict: bool) -> String {
+/// The source of a module rendering one Deployment whose pod template carries `release`;
+/// with `strict`, its Input wants a `size` no Transform gives (every render fails).
+fn source(release: &str, strict: bool) -> String {
     let size = if strict { "size | Number," } else { "" };
-    let source = format!(
+    format!(
         r#"{{
   metadata = {{ name = "staged", version = "1.0.{release}" }},
   Input = {{ name | String, {size} .. }},
@@ -37,10 +37,14 @@ fn module(dir: &std::path::Path, release: &str, strict: bool) -> String {
   }},
 }}
 "#
-    );
+    )
+}
+
+/// [`source`] as a module directory in `dir`.
+fn module(dir: &std::path::Path, release: &str, strict: bool) -> String {
     let path = dir.join(format!("release-{release}"));
     std::fs::create_dir_all(&path).expect("module directory");
-    std::fs::write(path.join("main.ncl"), source).expect("main.ncl");
+    std::fs::write(path.join("main.ncl"), source(release, strict)).expect("main.ncl");
     path.display().to_string()
 }
 
@@ -261,5 +265,123 @@ async fn a_new_digest_rolls_out_in_waves_and_a_bad_one_halts() {
             .then_some(())
     })
     .await;
+    cluster.stop().await;
+}
+
+/// [`source`] in the ConfigMap `staged-module`.
+fn config_map(release: &str, strict: bool) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "staged-module"},
+        "data": {"main.ncl": source(release, strict)},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_config_map_rolls_out_and_a_held_transform_keeps_its_version() {
+    if skip_on_real_cluster("needs the readiness simulator") {
+        return;
+    }
+    let cluster = Cluster::start_with_flags(
+        Duration::from_millis(300),
+        &["--rollout-max-unavailable", "1"],
+    )
+    .await;
+    let ns = cluster.namespace().to_string();
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&config_map("1", false)))
+        .await;
+    let all: Vec<String> = (0..4)
+        .map(|i| {
+            serde_json::json!({
+                "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+                "metadata": {"name": format!("cm-{i}")},
+                "spec": {"moduleRef": {"type": "configmap", "ref": "staged-module"},
+                         "input": {"name": format!("cm-{i}")}}
+            })
+            .to_string()
+        })
+        .collect();
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&all.join("\n")))
+        .await;
+    let first = eventually(60, "every Transform Ready", || async {
+        let all = transforms(&cluster).await;
+        (all.len() == 4 && all.iter().all(ready)).then(|| digest(&all[0]).to_string())
+    })
+    .await;
+
+    // A bad edit: one Transform moves and fails, the three others are held on the first.
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&config_map("2", true)))
+        .await;
+    let held = eventually(60, "the rollout halted", || async {
+        let all = transforms(&cluster).await;
+        let failed = all
+            .iter()
+            .filter(|t| condition(t, "Rendered").is_some_and(|c| c["status"] == "False"))
+            .count();
+        let held: Vec<String> = all
+            .iter()
+            .filter(|t| {
+                digest(t) == first
+                    && ready(t)
+                    && t["status"]["pendingModule"]["reason"] == "RolloutHalted"
+            })
+            .map(|t| t["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (failed == 1 && held.len() == 3).then_some(held)
+    })
+    .await;
+    // A held Transform's new input renders with the version it is on, kept by the cache.
+    cluster
+        .ok(
+            &[
+                "patch",
+                "transform",
+                &held[0],
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"input":{"note":"edited while held"}}}"#,
+            ],
+            None,
+        )
+        .await;
+    cluster
+        .transform_when(
+            &ns,
+            &held[0],
+            "the edit rendered on the first version",
+            |t| t["status"]["observedGeneration"] == 2 && ready(t) && digest(t) == first,
+        )
+        .await;
+    let graph = cluster
+        .json(&["get", "resourcegraph", &held[0]])
+        .await
+        .expect("its graph");
+    assert_eq!(graph["spec"]["metadata"]["version"], "1.0.1");
+
+    // A fix: everyone moves.
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&config_map("3", false)))
+        .await;
+    eventually(60, "every Transform Ready on the fix", || async {
+        let all = transforms(&cluster).await;
+        all.iter()
+            .all(|t| {
+                ready(t)
+                    && t["status"]["pendingModule"].is_null()
+                    && t["status"]["resolvedModule"]["digest"] != first.as_str()
+            })
+            .then_some(())
+    })
+    .await;
+    let graph = cluster
+        .json(&["get", "resourcegraph", &held[0]])
+        .await
+        .expect("its graph");
+    assert_eq!(graph["spec"]["metadata"]["version"], "1.0.3");
     cluster.stop().await;
 }

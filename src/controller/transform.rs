@@ -27,7 +27,7 @@ use crate::backoff::retry_delay;
 use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
 use crate::module::git::GitAuth;
 use crate::module::oci::Registry;
-use crate::module::{Resolved, SourceError, Sources, from_config_map, resolve};
+use crate::module::{ModuleBundle, Resolved, SourceError, Sources, from_config_map, resolve};
 use crate::plan::{self, Plan, PlanError};
 use sha2::{Digest, Sha256};
 
@@ -413,8 +413,8 @@ async fn note_pending(
 }
 
 /// The module at the digest `transform` is on, fetched again by digest (an OCI manifest
-/// digest, a Git commit); `None` when its source cannot serve an earlier version (a
-/// ConfigMap holds only its current content).
+/// digest, a Git commit) or, for a ConfigMap (which holds only its current content), as the
+/// module cache kept it; `None` when it cannot be had (evicted from memory).
 async fn held_module(
     transform: &Transform,
     context: &Context,
@@ -425,9 +425,29 @@ async fn held_module(
     module_ref.ref_ = match module_ref.type_ {
         ModuleType::Oci => rollout::oci_at_digest(&module_ref.ref_, digest),
         ModuleType::Git => rollout::git_at_commit(&module_ref.ref_, digest)?,
+        ModuleType::Configmap => {
+            let kept = context
+                .modules
+                .kept(&config_map_key(transform, digest))
+                .await?;
+            return Some(Ok(Resolved {
+                bundle: ModuleBundle::clone(&kept),
+                digest: digest.clone(),
+                stale: None,
+            }));
+        }
         _ => return None,
     };
     Some(resolve_module(&pinned, context).await)
+}
+
+/// Where the module cache keeps a ConfigMap module's version.
+fn config_map_key(transform: &Transform, digest: &str) -> String {
+    format!(
+        "configmap {}/{}@{digest}",
+        transform.namespace().unwrap_or_default(),
+        transform.spec.module_ref.ref_
+    )
 }
 
 /// A Transform's key (`namespace/name`) in the controller's records: its transient render
@@ -719,7 +739,12 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
         allow_local_git: context.config.allow_local_git,
     };
     let resolved = if module_ref.type_ == ModuleType::Configmap {
-        config_map_module(transform, context).await
+        let resolved = config_map_module(transform, context).await;
+        if let Ok(module) = &resolved {
+            let key = config_map_key(transform, &module.digest);
+            context.modules.keep(&key, &module.bundle).await;
+        }
+        resolved
     } else {
         resolve(module_ref, None, &sources).await
     };

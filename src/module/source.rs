@@ -328,6 +328,21 @@ impl ModuleCache {
         Ok(bundle)
     }
 
+    /// Keeps `bundle` in memory under `key`: a module whose source holds only its current
+    /// content (a ConfigMap), for the Transforms a staged rollout keeps on this version.
+    pub async fn keep(&self, key: &str, bundle: &ModuleBundle) {
+        if !self.bundles.contains_key(key) {
+            self.bundles
+                .insert(key.to_string(), std::sync::Arc::new(bundle.clone()))
+                .await;
+        }
+    }
+
+    /// The module kept under `key`, while memory holds it.
+    pub async fn kept(&self, key: &str) -> Option<std::sync::Arc<ModuleBundle>> {
+        self.bundles.get(key).await
+    }
+
     /// The module under `key` when memory or the disk cache has it, without the registry.
     async fn stored(&self, key: &str) -> Option<std::sync::Arc<ModuleBundle>> {
         let bundle = match self.bundles.get(key).await {
