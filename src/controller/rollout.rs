@@ -11,7 +11,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
@@ -203,11 +204,36 @@ pub fn decide(digest: &str, members: &[Member], moving: usize, limit: usize) -> 
     Decision::Move
 }
 
-/// The moves admitted and not yet shown by the cache, by rollout and digest.
+/// How long the members of a rollout read from the cache serve the decisions of every
+/// Transform of it: a rollout of thousands held back reads them once a second, not once per
+/// Transform per recheck. A stale read only holds back longer (a member gone Ready counts
+/// as unavailable, a move admitted since counts until a read shows it), or notices a
+/// failure this much later.
+pub const MEMBERS_TTL: Duration = Duration::from_secs(1);
+
+/// The moves admitted and not yet shown by the cache, by rollout and digest, and the last
+/// read of each rollout's members.
 #[derive(Debug, Default)]
-pub struct Moves(Mutex<HashMap<(String, String), HashSet<String>>>);
+pub struct Moves {
+    admitted: Mutex<HashMap<(String, String), HashSet<String>>>,
+    members: Mutex<HashMap<String, MembersRead>>,
+}
+
+/// When a rollout's members were read, and what was read.
+type MembersRead = (Instant, Arc<Vec<Member>>);
 
 impl Moves {
+    /// The members of `group`: `read` from the cache, at most every [`MEMBERS_TTL`].
+    pub fn members(&self, group: &str, read: impl FnOnce() -> Vec<Member>) -> Arc<Vec<Member>> {
+        let mut all = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        all.retain(|_, (at, _)| now.duration_since(*at) < MEMBERS_TTL);
+        all.entry(group.to_string())
+            .or_insert_with(|| (now, Arc::new(read())))
+            .1
+            .clone()
+    }
+
     /// Decides whether `key` may move to `digest` in the rollout `group` of `members` (every
     /// Transform using the reference, as the cache shows them), with at most `limit`
     /// unavailable; a Transform admitted counts as moving until the cache shows it there.
@@ -219,7 +245,7 @@ impl Moves {
         members: &[Member],
         limit: usize,
     ) -> Decision {
-        let mut moves = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut moves = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
         let moving = moves
             .entry((group.to_string(), digest.to_string()))
             .or_default();

@@ -155,12 +155,18 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 Ok(module)
             }
             Some(pending) => {
+                // A halted rollout resumes only when the reference moves again.
+                let recheck = if pending.reason == rollout::ROLLOUT_HALTED {
+                    context.config.module_resync
+                } else {
+                    ROLLOUT_RECHECK
+                };
                 note_pending(transform, context, &mut status, pending).await;
                 let same_spec = previous.observed_generation == transform.metadata.generation;
                 if same_spec && previous.resource_graph_ref.is_some() {
                     // Its graph stays as it is, on the digest it is on.
                     mirror_ready(&mut status, context, (&namespace, &name, None), &conditions);
-                    let action = Action::requeue(ROLLOUT_RECHECK);
+                    let action = Action::requeue(recheck);
                     return finish(&transforms, &name, transform, status, action).await;
                 }
                 // A changed input renders with the digest the Transform is on, when that
@@ -342,16 +348,19 @@ fn held_back(transform: &Transform, module: &Resolved, context: &Context) -> Opt
     if on.digest == module.digest {
         return None;
     }
-    let members: Vec<rollout::Member> = context
-        .transforms
-        .state()
-        .iter()
-        .filter(|t| rollout::group_of(t).as_deref() == Some(group.as_str()))
-        .map(|t| {
-            let graph = cached_graph(context, &t.namespace().unwrap_or_default(), &t.name_any());
-            rollout::member(t, graph.as_ref().and_then(|g| g.module_digest()))
-        })
-        .collect();
+    let members = context.moves.members(&group, || {
+        context
+            .transforms
+            .state()
+            .iter()
+            .filter(|t| rollout::group_of(t).as_deref() == Some(group.as_str()))
+            .map(|t| {
+                let graph =
+                    cached_graph(context, &t.namespace().unwrap_or_default(), &t.name_any());
+                rollout::member(t, graph.as_ref().and_then(|g| g.module_digest()))
+            })
+            .collect()
+    });
     let limit = context.config.rollout_max_unavailable.of(members.len());
     let key = render_key(transform);
     let decision = context
