@@ -136,6 +136,10 @@ const BAD_TRANSFORMS: &[(&str, &str)] = &[
         "error: render failed: contract violation at input.image: contract broken by the value of `image`: image must be pinned to a tag or digest, not `latest` (got \"ghcr.io/acme/shop-api:latest\"); expected `k8s.PinnedImage` (main.ncl:36:9) (spec.input.json:2:12)",
     ),
     (
+        "webservice-misspelt-policy-override",
+        "error: render failed: policy violations: spec.policies[0]: the module has no policy `probe-set` (its policies: no-inline-credentials, pdb-for-replicas, pinned-images, probes-set, resources-set, run-as-non-root) (policy probe-set)",
+    ),
+    (
         "webservice-replicas-string",
         "error: render failed: contract violation at input.replicas: contract broken by the value of `replicas`: replicas must be an integer between 0 and 1000, got \"three\"; expected `k8s.IntBetween \"replicas\" 0 1000` (main.ncl:50:9) (spec.input.json:4:15)",
     ),

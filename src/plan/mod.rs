@@ -125,7 +125,12 @@ pub async fn plan(
     let rendered = renderer
         .render(&module.bundle, &transform.spec.input, &context)
         .await?;
-    let warnings = enforce(&rendered.findings, &transform.spec.policies).into_result()?;
+    let warnings = enforce(
+        &rendered.findings,
+        &rendered.policies,
+        &transform.spec.policies,
+    )
+    .into_result()?;
     let mut nodes = rendered.nodes.clone();
     adopt::adopt(&mut nodes, transform.spec.adopt.as_ref(), &context);
     let outputs = match &rendered.outputs {

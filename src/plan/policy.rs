@@ -41,11 +41,17 @@ impl Enforcement {
     }
 }
 
-/// Applies `overrides` (from `Transform.spec.policies`) to `findings`. An override to
-/// `Warning` (or `Warn`) lowers an overridable policy; `Error` raises any policy. Overrides
-/// naming no policy of the module, not allowed, or with an unknown enforcement are reported
-/// as warnings at `spec.policies[i]`.
-pub fn enforce(findings: &[Finding], overrides: &[PolicyOverride]) -> Enforcement {
+/// Applies `overrides` (from `Transform.spec.policies`) to `findings` of a module whose
+/// policies are named `policies`. An override to `Warning` (or `Warn`) lowers an
+/// overridable policy; `Error` raises any policy. An override naming no policy of the
+/// module is an error at `spec.policies[i]` (a misspelt name would otherwise lower
+/// nothing, silently); one that is not allowed, or with an unknown enforcement, is reported
+/// as a warning there.
+pub fn enforce(
+    findings: &[Finding],
+    policies: &[String],
+    overrides: &[PolicyOverride],
+) -> Enforcement {
     let mut out = Enforcement::default();
     for (index, wanted) in overrides.iter().enumerate() {
         let note = |message: String| Violation {
@@ -54,6 +60,21 @@ pub fn enforce(findings: &[Finding], overrides: &[PolicyOverride]) -> Enforcemen
             severity: Severity::Warning,
             policy: Some(wanted.name.clone()),
         };
+        if !policies.contains(&wanted.name) {
+            let known = if policies.is_empty() {
+                "it has none".to_string()
+            } else {
+                format!("its policies: {}", policies.join(", "))
+            };
+            out.errors.push(Violation {
+                severity: Severity::Error,
+                ..note(format!(
+                    "the module has no policy `{}` ({known})",
+                    wanted.name
+                ))
+            });
+            continue;
+        }
         let known = findings.iter().find(|f| f.policy == wanted.name);
         match (parse_enforcement(&wanted.enforcement), known) {
             (None, _) => out.warnings.push(note(format!(
@@ -112,6 +133,10 @@ mod tests {
         }
     }
 
+    fn names(policies: &[&str]) -> Vec<String> {
+        policies.iter().map(|p| p.to_string()).collect()
+    }
+
     fn lower(name: &str, enforcement: &str) -> PolicyOverride {
         PolicyOverride {
             name: name.into(),
@@ -125,12 +150,13 @@ mod tests {
             finding("require-backup", Severity::Error, false),
             finding("pg14-eol", Severity::Warning, false),
         ];
-        let result = enforce(&findings, &[]).into_result();
+        let policies = names(&["require-backup", "pg14-eol"]);
+        let result = enforce(&findings, &policies, &[]).into_result();
         assert_eq!(
             result.expect_err("blocked").to_string(),
             "policy violations: input.x: require-backup says no (policy require-backup)"
         );
-        let warnings = enforce(&findings[1..], &[])
+        let warnings = enforce(&findings[1..], &policies, &[])
             .into_result()
             .expect("only warnings");
         assert_eq!(warnings.len(), 1);
@@ -145,6 +171,7 @@ mod tests {
         ];
         let out = enforce(
             &findings,
+            &names(&["require-backup", "pinned-images", "pg14-eol"]),
             &[
                 lower("require-backup", "Warn"),
                 lower("pinned-images", "Warning"),
@@ -171,8 +198,31 @@ mod tests {
     #[test]
     fn error_overrides_raise_any_policy() {
         let findings = [finding("pg14-eol", Severity::Warning, false)];
-        let out = enforce(&findings, &[lower("pg14-eol", "Error")]);
+        let out = enforce(
+            &findings,
+            &names(&["pg14-eol"]),
+            &[lower("pg14-eol", "Error")],
+        );
         assert_eq!(out.errors.len(), 1);
         assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn an_override_of_a_policy_the_module_does_not_have_is_an_error() {
+        let findings = [finding("require-backup", Severity::Error, true)];
+        let out = enforce(
+            &findings,
+            &names(&["require-backup", "pinned-images"]),
+            &[lower("require-bakup", "Warn")],
+        );
+        assert_eq!(
+            out.into_result().expect_err("refused").to_string(),
+            "policy violations: spec.policies[0]: the module has no policy `require-bakup` (its policies: require-backup, pinned-images) (policy require-bakup); input.x: require-backup says no (policy require-backup)"
+        );
+        let out = enforce(&[], &[], &[lower("anything", "Warn")]);
+        assert_eq!(
+            out.errors[0].message,
+            "the module has no policy `anything` (it has none)"
+        );
     }
 }

@@ -111,6 +111,8 @@ pub struct RenderedGraph {
     pub render_hash: String,
     /// What the module's policies found, before the Transform's overrides.
     pub findings: Vec<Finding>,
+    /// The names of the module's policies (an override must name one of them).
+    pub policies: Vec<String>,
     /// The dependency DAG of the nodes.
     pub dag: Dag,
 }
@@ -140,6 +142,8 @@ struct RawOutput {
     rendered: RawRendered,
     #[serde(default)]
     violations: Vec<Finding>,
+    #[serde(default)]
+    policies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +416,7 @@ fn graph_from_output(
         outputs,
         render_hash,
         findings: raw.violations,
+        policies: raw.policies,
         dag,
     })
 }

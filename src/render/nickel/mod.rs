@@ -118,6 +118,7 @@ in
   input = checked_input,
   rendered = rendered_graph,
   violations = std.array.flat_map findings (std.record.to_array module.policies),
+  policies = std.record.fields module.policies,
 }}
 "#
     )
