@@ -47,6 +47,10 @@ pub const MIN_MEMORY_MIB: u64 = 256;
 /// workers than at 24; docs/performance.md).
 pub const DEFAULT_RECYCLE_RESIDENT_MIB: u64 = 16;
 
+/// How long a retired worker is waited for before its successor starts anyway (a killed
+/// process is gone in milliseconds).
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
+
 /// Settings of the worker pool.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -290,7 +294,7 @@ async fn exchange(
         (fresh && worker.evaluations > 0) || !matches!(worker.child.try_wait(), Ok(None))
     });
     if replace && let Some(old) = lease.worker.take() {
-        old.retire();
+        old.retire().await;
     }
     if lease.worker.is_none() {
         match start(&shared).await {
@@ -325,7 +329,7 @@ async fn exchange(
                     private_resident_bytes = resident,
                     "recycling evaluation worker"
                 );
-                old.retire();
+                old.retire().await;
             }
             return (result.map_err(RenderError::Evaluation), worn);
         }
@@ -486,13 +490,17 @@ impl Worker {
     }
 
     /// Ends an idle worker at once (it holds nothing to finish: a graceful exit would only
-    /// spend time dropping its heap while its successor already runs beside it), and reaps it.
-    fn retire(self) {
+    /// spend time dropping its heap) and waits until it is gone, so that it and its
+    /// successor never hold memory at the same time; one that takes longer than
+    /// [`RETIRE_WAIT`] is reaped in the background.
+    async fn retire(self) {
         let Worker { mut child, .. } = self;
         let _ = child.start_kill();
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        if tokio::time::timeout(RETIRE_WAIT, child.wait()).await.is_err() {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
     }
 
     /// Kills the worker.
