@@ -496,7 +496,10 @@ impl Worker {
     async fn retire(self) {
         let Worker { mut child, .. } = self;
         let _ = child.start_kill();
-        if tokio::time::timeout(RETIRE_WAIT, child.wait()).await.is_err() {
+        if tokio::time::timeout(RETIRE_WAIT, child.wait())
+            .await
+            .is_err()
+        {
             tokio::spawn(async move {
                 let _ = child.wait().await;
             });
