@@ -189,6 +189,18 @@ impl Node {
         })
     }
 
+    /// The object as the node renders it (its namespace as written, no uid): what reports
+    /// name before the object is placed in the cluster.
+    pub fn object_ref(&self) -> super::ObjectRef {
+        super::ObjectRef {
+            api_version: self.api_version().unwrap_or_default().to_string(),
+            kind: self.kind().unwrap_or_default().to_string(),
+            namespace: self.namespace().map(str::to_string),
+            name: self.name().unwrap_or_default().to_string(),
+            uid: None,
+        }
+    }
+
     /// A short human label: `Kind name`.
     pub fn describe(&self) -> String {
         format!(

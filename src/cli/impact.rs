@@ -262,16 +262,7 @@ async fn outcome(
         .filter_map(|node| {
             let before = serde_json::to_value(current.get(node.id.as_str())?).ok()?;
             let after = serde_json::to_value(node).ok()?;
-            (before != after).then(|| {
-                let object = ObjectRef {
-                    api_version: node.api_version().unwrap_or_default().to_string(),
-                    kind: node.kind().unwrap_or_default().to_string(),
-                    namespace: node.namespace().map(str::to_string),
-                    name: node.name().unwrap_or_default().to_string(),
-                    uid: None,
-                };
-                (node.id.clone(), object, before, after)
-            })
+            (before != after).then(|| (node.id.clone(), node.object_ref(), before, after))
         })
         .collect();
     if added.is_empty() && removed.is_empty() && modified.is_empty() {

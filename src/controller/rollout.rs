@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 
 use crate::api::condition::{self, reasons, types};
-use crate::api::{ModuleType, PendingModule, Transform};
+use crate::api::{ModuleRef, ModuleType, PendingModule, Transform};
 
 pub use crate::api::event_reasons::{ROLLOUT_HALTED, ROLLOUT_WAITING};
 
@@ -76,16 +76,25 @@ pub fn group_of(transform: &Transform) -> Option<String> {
         return None;
     }
     match module_ref.type_ {
-        ModuleType::Oci if !module_ref.ref_.contains('@') => {
-            Some(format!("oci {}", module_ref.ref_))
+        ModuleType::Oci | ModuleType::Git if moves(module_ref) => {
+            Some(format!("{} {}", module_ref.type_, module_ref.ref_))
         }
-        ModuleType::Git => Some(format!("git {}", module_ref.ref_)),
         ModuleType::Configmap => Some(format!(
             "configmap {}/{}",
             transform.namespace().unwrap_or_default(),
             module_ref.ref_
         )),
         _ => None,
+    }
+}
+
+/// Whether a remote reference may move to other content: an OCI tag (not a digest), a Git
+/// branch. (A ConfigMap moves too; its watch tells, not a resync.)
+pub fn moves(module_ref: &ModuleRef) -> bool {
+    match module_ref.type_ {
+        ModuleType::Oci => !module_ref.ref_.contains('@'),
+        ModuleType::Git => true,
+        _ => false,
     }
 }
 

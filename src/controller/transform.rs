@@ -251,7 +251,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 Action::requeue(retry_delay(failures))
             } else if remote
                 && (failure.condition == types::MODULE_RESOLVED
-                    || moves(&transform.spec.module_ref))
+                    || rollout::moves(&transform.spec.module_ref))
             {
                 // A tag or a branch may be fixed upstream (a source that failed, or a
                 // version that does not render): look again at the next resync.
@@ -316,7 +316,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
                 (&namespace, &name, Some(&rendered)),
                 &conditions,
             );
-            if moves(&transform.spec.module_ref) || module.stale.is_some() {
+            if rollout::moves(&transform.spec.module_ref) || module.stale.is_some() {
                 // A tag or a branch may move, and a copy served without its source is to be
                 // checked with it: look again after --module-resync.
                 Action::requeue(context.config.module_resync)
@@ -326,15 +326,6 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
         }
     };
     finish(&transforms, &name, transform, status, action).await
-}
-
-/// Whether the reference may move to other content: an OCI tag, a Git branch.
-fn moves(module_ref: &crate::api::ModuleRef) -> bool {
-    match module_ref.type_ {
-        ModuleType::Oci => !module_ref.ref_.contains('@'),
-        ModuleType::Git => true,
-        _ => false,
-    }
 }
 
 /// How often a Transform held back by a staged rollout looks at the wave before again.

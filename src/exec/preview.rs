@@ -144,19 +144,12 @@ pub async fn preview(
 }
 
 async fn preview_node(pass: &PassContext<'_>, node: &Node) -> NodePreview {
-    let unplaced = || ObjectRef {
-        api_version: node.api_version().unwrap_or_default().to_string(),
-        kind: node.kind().unwrap_or_default().to_string(),
-        namespace: node.namespace().map(str::to_string),
-        name: node.name().unwrap_or_default().to_string(),
-        uid: None,
-    };
     let target = match place(pass, node).await {
         Ok(target) => target,
         Err(error) => {
             return NodePreview {
                 id: node.id.clone(),
-                object: unplaced(),
+                object: node.object_ref(),
                 change: refused(&error),
             };
         }
