@@ -80,6 +80,8 @@ pub mod reasons {
     pub const NAME_TOO_LONG: &str = "NameTooLong";
     /// A policy reported an Error.
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    /// A cluster policy module could not check the graph, or could not be loaded.
+    pub const POLICY_MODULE_FAILED: &str = "PolicyModuleFailed";
 
     // Ready.
     /// Every node is Ready.

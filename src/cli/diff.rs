@@ -57,6 +57,9 @@ pub struct DiffArgs {
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
+    /// The cluster's policy modules.
+    #[command(flatten)]
+    pub policies: super::policy::PolicyArgs,
 }
 
 /// The headers of a diff of the live object and the dry run's.
@@ -90,6 +93,7 @@ pub async fn run(args: DiffArgs) -> Result<u8, CliError> {
         &args.registry,
         args.cache_dir.as_deref(),
         &args.eval,
+        &args.policies,
     )
     .await
     .map_err(|error| match error {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use futures::StreamExt;
@@ -17,9 +17,9 @@ use super::diff::{DiffFormat, colour_wanted, coloured, unified};
 use super::render::resolve_offline;
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::api::{ModuleRef, ModuleType, Node, ObjectRef, ResourceGraph, Transform};
-use crate::module::Resolved;
+use crate::module::{CommandLineRef, Resolved};
 use crate::plan::{Limits, plan};
-use crate::render::Renderer;
+use crate::render::{PolicyModule, Renderer};
 
 /// Flags of `pequod module impact`.
 #[derive(Debug, Args)]
@@ -49,6 +49,9 @@ pub struct ImpactArgs {
     /// Evaluation limits (`--eval-workers` renders that many Transforms at once).
     #[command(flatten)]
     pub eval: EvalArgs,
+    /// The cluster's policy modules: a Transform whose graph would break one fails.
+    #[command(flatten)]
+    pub policies: super::policy::PolicyArgs,
 }
 
 /// What the module version would do to one Transform.
@@ -124,10 +127,14 @@ pub async fn run(args: ImpactArgs) -> Result<(), CliError> {
         .collect();
     using.sort_by_key(|(transform, _)| (transform.namespace(), transform.name_any()));
 
-    let limits = args.eval.limits();
+    let policy_modules = args
+        .policies
+        .load(&args.registry, args.cache_dir.as_deref(), &renderer)
+        .await?;
+    let checks = (&policy_modules[..], &args.eval.limits());
     let concurrency = usize::try_from(args.eval.eval_workers).unwrap_or(1).max(1) * 2;
     let outcomes: Vec<Outcome> = futures::stream::iter(&using)
-        .map(|(transform, graph)| outcome(transform, graph, &resolved, &renderer, &limits))
+        .map(|(transform, graph)| outcome(transform, graph, &resolved, &renderer, checks))
         .buffered(concurrency)
         .collect()
         .await;
@@ -181,33 +188,34 @@ pub async fn run(args: ImpactArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The module `args.reference` names.
+/// The module `args.reference` names: a directory, `git+URL` or an OCI artifact.
 async fn resolve_reference(args: &ImpactArgs) -> Result<Resolved, CliError> {
-    let reference = args.reference.as_str();
-    let local = Path::new(reference);
-    let looks_like_path = [".", "/"].iter().any(|p| reference.starts_with(p));
-    if looks_like_path && !local.is_dir() {
-        return Err(CliError::new(
-            exit::MODULE_UNAVAILABLE,
-            format!("module: {reference} is not a module directory"),
-        ));
-    }
-    let (type_, ref_) = match reference.strip_prefix("git+") {
-        Some(url) => (ModuleType::Git, url.to_string()),
-        None => (ModuleType::Oci, reference.to_string()),
+    let unavailable = |message: String| CliError::new(exit::MODULE_UNAVAILABLE, message);
+    let reference = CommandLineRef::parse(&args.reference, args.entrypoint.as_deref())
+        .map_err(|e| unavailable(format!("module: {e}")))?;
+    let (module_ref, module_dir) = match reference {
+        CommandLineRef::Remote(module_ref) => (module_ref, None),
+        CommandLineRef::Directory(dir) => {
+            let module_ref = ModuleRef {
+                type_: ModuleType::Inline,
+                ref_: String::new(),
+                path: None,
+                entrypoint: args.entrypoint.clone(),
+                pull_secret_ref: None,
+                digest: None,
+            };
+            (module_ref, Some(dir))
+        }
+        CommandLineRef::Embedded(_) | CommandLineRef::ConfigMap(_) => {
+            return Err(unavailable(format!(
+                "module: {} is not a directory, a git+URL or an OCI reference",
+                args.reference
+            )));
+        }
     };
-    let module_ref = ModuleRef {
-        type_,
-        ref_,
-        path: None,
-        entrypoint: args.entrypoint.clone(),
-        pull_secret_ref: None,
-        digest: None,
-    };
-    let module_dir = local.is_dir().then_some(local);
     resolve_offline(
         &module_ref,
-        module_dir,
+        module_dir.as_deref(),
         &args.registry,
         args.cache_dir.as_deref(),
     )
@@ -220,9 +228,9 @@ async fn outcome(
     graph: &ResourceGraph,
     module: &Resolved,
     renderer: &Renderer,
-    limits: &Limits,
+    (policy_modules, limits): (&[PolicyModule], &Limits),
 ) -> Outcome {
-    let planned = match plan(transform, module, renderer, limits).await {
+    let planned = match plan(transform, module, renderer, policy_modules, limits).await {
         Ok(planned) => planned,
         Err(error) => return Outcome::Fails(error.to_string()),
     };

@@ -6,6 +6,7 @@ mod diff;
 mod impact;
 mod module;
 mod output;
+mod policy;
 mod render;
 mod run;
 mod status;

@@ -11,7 +11,7 @@ use super::render::read_transform;
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::module::{ModuleBundle, Resolved, oci};
 use crate::plan::{Limits, plan};
-use crate::render::{InputField, ModuleMetadata, Presence, Renderer};
+use crate::render::{InputField, ModuleMetadata, PolicyModule, Presence, Renderer};
 
 /// Subcommands of `pequod module`.
 #[derive(Debug, Subcommand)]
@@ -111,6 +111,15 @@ pub struct CheckArgs {
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
+    /// The cluster's policy modules, checked over every example.
+    #[command(flatten)]
+    pub policies: super::policy::PolicyArgs,
+    /// Registries for an OCI `--policy-module`.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Runs a `pequod module` command.
@@ -345,6 +354,10 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
     };
     let examples = examples(&args.dir)?;
     let renderer = args.eval.renderer()?;
+    let policy_modules = args
+        .policies
+        .load(&args.registry, args.cache_dir.as_deref(), &renderer)
+        .await?;
     let mut report = String::new();
     let mut failed = 0;
     for example in &examples {
@@ -353,7 +366,8 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
             .unwrap_or(example)
             .display()
             .to_string();
-        match check_example(&renderer, &module, &args.eval.limits(), example).await {
+        let checks = (&policy_modules[..], &args.eval.limits());
+        match check_example(&renderer, &module, checks, example).await {
             Ok(1) => report.push_str(&format!("ok    {shown}: 1 node\n")),
             Ok(nodes) => report.push_str(&format!("ok    {shown}: {nodes} nodes\n")),
             Err(problem) => {
@@ -413,11 +427,11 @@ fn examples(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
 async fn check_example(
     renderer: &Renderer,
     module: &Resolved,
-    limits: &Limits,
+    (policy_modules, limits): (&[PolicyModule], &Limits),
     example: &Path,
 ) -> Result<usize, String> {
     let transform = read_transform(example).map_err(|e| e.to_string())?;
-    let planned = plan(&transform, module, renderer, limits)
+    let planned = plan(&transform, module, renderer, policy_modules, limits)
         .await
         .map_err(|e| e.to_string())?;
     let warnings = &planned.graph.spec.violations;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::output::{OutputFormat, print_graph};
+use super::policy::PolicyArgs;
 use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
 use crate::api::{API_VERSION, ModuleRef, Transform};
 use crate::module::disk::DiskCache;
@@ -34,6 +35,9 @@ pub struct RenderArgs {
     /// Evaluation limits.
     #[command(flatten)]
     pub eval: EvalArgs,
+    /// The cluster's policy modules.
+    #[command(flatten)]
+    pub policies: PolicyArgs,
 }
 
 /// Runs `pequod render`.
@@ -45,6 +49,7 @@ pub async fn run(args: RenderArgs) -> Result<(), CliError> {
         &args.registry,
         args.cache_dir.as_deref(),
         &args.eval,
+        &args.policies,
     )
     .await
     .map_err(|error| match error {
@@ -72,24 +77,36 @@ pub enum Unplanned {
 }
 
 /// Resolves the module of `transform` (or the one in `module_dir`) and plans its graph as
-/// the operator would, with the user's registry credentials and cache.
+/// the operator would, with the user's registry credentials and cache, checked by the
+/// policy modules of `policies`.
 pub async fn plan_offline(
     transform: &Transform,
     module_dir: Option<&std::path::Path>,
     registry: &RegistryArgs,
     cache_dir: Option<&std::path::Path>,
     eval: &EvalArgs,
+    policies: &PolicyArgs,
 ) -> Result<Plan, Unplanned> {
     let resolved = resolve_offline(&transform.spec.module_ref, module_dir, registry, cache_dir)
         .await
         .map_err(Unplanned::Module)?;
     let renderer = eval.renderer().map_err(Unplanned::Eval)?;
-    plan(transform, &resolved, &renderer, &eval.limits())
+    let policy_modules = policies
+        .load(registry, cache_dir, &renderer)
         .await
-        .map_err(|error| match error {
-            PlanError::Render(error) => Unplanned::Render(error),
-            other => Unplanned::Plan(other),
-        })
+        .map_err(Unplanned::Module)?;
+    plan(
+        transform,
+        &resolved,
+        &renderer,
+        &policy_modules,
+        &eval.limits(),
+    )
+    .await
+    .map_err(|error| match error {
+        PlanError::Render(error) => Unplanned::Render(error),
+        other => Unplanned::Plan(other),
+    })
 }
 
 /// Resolves `module_ref` (or loads `module_dir`) with the user's registry credentials, Git

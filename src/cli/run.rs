@@ -7,7 +7,9 @@ use clap::Args;
 use futures::FutureExt;
 
 use super::{CliError, EvalArgs, exit};
-use crate::controller::{self, Context, Feeds, LeaderConfig, Leadership, OperatorConfig, Shard};
+use crate::controller::{
+    self, Context, Feeds, LeaderConfig, Leadership, OperatorConfig, PolicyFlags, Shard,
+};
 use crate::exec::ExecConfig;
 use crate::metrics::{Metrics, ReadyState};
 use crate::module::ModuleSources;
@@ -60,6 +62,17 @@ pub struct RunArgs {
     /// Registries (`host:port`) spoken to over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+    /// A cluster policy module whose policies every graph must pass (repeatable):
+    /// `embedded:NAME` (shipped: baseline), `configmap:NAME` (in the operator's namespace),
+    /// a directory, `git+URL` or an OCI artifact. Loaded again at every --module-resync and
+    /// when its ConfigMap changes.
+    #[arg(long = "policy-module", value_name = "REF")]
+    pub policy_modules: Vec<String>,
+    /// The configuration of the policy module named NAME (its metadata.name): a YAML or
+    /// JSON file, or `configmap:CM` (its `config.yaml`, in the operator's namespace)
+    /// (repeatable).
+    #[arg(long = "policy-config", value_name = "NAME=SOURCE", value_parser = policy_config)]
+    pub policy_configs: Vec<(String, String)>,
     /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
@@ -92,6 +105,18 @@ pub struct RunArgs {
     pub eval: EvalArgs,
 }
 
+/// `NAME=SOURCE` of `--policy-config`.
+fn policy_config(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, source)) if !name.is_empty() && !source.is_empty() => {
+            Ok((name.to_string(), source.to_string()))
+        }
+        _ => Err(format!(
+            "expected NAME=FILE or NAME=configmap:CM, found `{text}`"
+        )),
+    }
+}
+
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let unreachable = |e: &dyn std::fmt::Display| {
@@ -106,6 +131,15 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let shard = Shard::new(args.shard.as_deref())
         .map_err(|e| CliError::new(exit::USAGE, format!("--shard: {e}")))?;
     let metrics = Arc::new(Metrics::new());
+    // The operator's own namespace: its Lease and its policy modules' ConfigMaps.
+    let own_namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .unwrap_or_else(|| kube_config.default_namespace.clone());
+    let policies = PolicyFlags {
+        modules: args.policy_modules.clone(),
+        configs: args.policy_configs.clone(),
+        namespace: own_namespace.clone(),
+    };
     let config = OperatorConfig {
         namespace: args.namespace.clone(),
         max_concurrent_applies: usize::try_from(args.max_concurrent_applies).unwrap_or(16),
@@ -128,6 +162,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         module_sources,
         limits: args.eval.limits(),
         shard: shard.clone(),
+        policies,
     };
     let (context, feeds) =
         Context::new(kube_config, args.eval.renderer()?, metrics.clone(), config)
@@ -138,8 +173,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         namespace: args
             .leader_election_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| client.default_namespace().to_string()),
+            .unwrap_or(own_namespace),
         name: shard.lease_name(&args.leader_election_id),
         identity: identity(),
         duration_seconds: args.leader_election_lease_duration.as_secs(),

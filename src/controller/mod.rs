@@ -6,6 +6,7 @@ mod cached;
 mod graph;
 mod leader;
 pub mod memory;
+mod policies;
 pub mod rollout;
 mod shard;
 mod transform;
@@ -39,6 +40,7 @@ use crate::module::{ModuleCache, ModuleSources, RecentResolutions};
 use crate::render::Renderer;
 use cached::{CachedGraph, GraphRef, Shared};
 pub use leader::{LeaderConfig, LeaderError, Leadership};
+pub use policies::{ClusterPolicies, PoliciesUnavailable, PolicyFlags};
 pub use shard::{InvalidShard, Shard};
 pub use watches::{WatchCount, Watches};
 
@@ -84,6 +86,8 @@ pub struct OperatorConfig {
     pub limits: crate::plan::Limits,
     /// The Transforms and ResourceGraphs this replica reconciles.
     pub shard: Shard,
+    /// The cluster's policy modules.
+    pub policies: PolicyFlags,
 }
 
 /// Shared by every reconcile of both controllers.
@@ -103,6 +107,8 @@ pub struct Context {
     pub graphs: Store<CachedGraph>,
     /// The render engine (worker pool and render cache).
     pub renderer: Renderer,
+    /// The cluster's policy modules, as last loaded.
+    pub policies: ClusterPolicies,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes events.
@@ -224,6 +230,7 @@ impl Context {
             superseded: DashMap::new(),
             reclaim: memory::AfterBursts::default(),
             moves: rollout::Moves::default(),
+            policies: ClusterPolicies::new(config.policies.clone()),
             config,
         };
         let feeds = Feeds {
@@ -298,6 +305,9 @@ pub async fn run(
         graph_cache,
         graphs,
     } = feeds;
+    // No graph is planned without the policy modules: a Transform reconciled before they
+    // load would be refused (and retried).
+    context.policies.reload(&context).await;
     let namespace = context.config.namespace.as_deref();
     let transform_api: Api<Shared<Transform>> = api(&context.client, namespace);
     let graph_api: Api<CachedGraph> = api(&context.client, namespace);
@@ -328,15 +338,23 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
-    // Transforms are looked up in the controller's own cache.
+    // Transforms are looked up in the controller's own cache. Editing one that holds a
+    // policy module (or its configuration) loads the policy modules again.
     let store = controller.store();
     let config_maps: Api<ConfigMap> = api(&context.client, namespace);
+    let (reload, reloads) = futures::channel::mpsc::unbounded();
+    let (everyone, policies_changed) = futures::channel::mpsc::unbounded();
+    let policy_flags = context.config.policies.clone();
+    let woken = futures::stream::select(owners_woken, policies_changed);
     let transform_controller = controller
         .with_config(config)
-        .reconcile_on(owners_woken)
+        .reconcile_on(woken)
         .watches(config_maps, watcher::Config::default(), move |config_map| {
             let namespace = config_map.namespace();
             let name = config_map.name_any();
+            if policy_flags.reads_config_map(namespace.as_deref().unwrap_or_default(), &name) {
+                let _ = reload.unbounded_send(());
+            }
             store
                 .state()
                 .into_iter()
@@ -360,6 +378,7 @@ pub async fn run(
             }
         });
 
+    let policies = keep_policies_loaded(context.clone(), reloads, everyone);
     let transform_cache = context.transforms.clone();
     let graph_cache = context.graphs.clone();
     let synced = async move {
@@ -370,7 +389,43 @@ pub async fn run(
             ready.leading();
         }
     };
-    futures::join!(transform_controller, graph_controller, synced);
+    futures::future::select(
+        Box::pin(async {
+            futures::join!(transform_controller, graph_controller, synced);
+        }),
+        Box::pin(policies),
+    )
+    .await;
+}
+
+/// Loads the cluster's policy modules again at every `--module-resync` and when `reloads`
+/// says a ConfigMap of theirs changed; when what they are changed, every Transform is sent
+/// to `everyone` to be planned again. Runs until the controllers stop.
+async fn keep_policies_loaded(
+    context: Arc<Context>,
+    mut reloads: UnboundedReceiver<()>,
+    everyone: futures::channel::mpsc::UnboundedSender<ObjectRef<Shared<Transform>>>,
+) {
+    if context.config.policies.modules.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(context.config.module_resync) => {}
+            next = reloads.next() => {
+                if next.is_none() {
+                    return std::future::pending().await;
+                }
+                // One reload for a burst of changes.
+                while let Ok(()) = reloads.try_recv() {}
+            }
+        }
+        if context.policies.reload(&context).await {
+            for transform in context.transforms.state() {
+                let _ = everyone.unbounded_send(ObjectRef::from_obj(&*transform));
+            }
+        }
+    }
 }
 
 /// What wakes the graph controller for a graph: a new generation (its spec), its deletion,

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::WrittenGraph;
 use super::cached::{CachedGraph, Shared};
+use super::policies::PoliciesUnavailable;
 use super::{Context, Error, measured, retry_later, rollout};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
 use crate::api::{
@@ -81,6 +82,21 @@ impl From<SourceError> for Failure {
             violations: Vec::new(),
             before_render: false,
             transient: error.is_retryable(),
+        }
+    }
+}
+
+impl From<PoliciesUnavailable> for Failure {
+    fn from(error: PoliciesUnavailable) -> Failure {
+        Failure {
+            condition: types::VALIDATED,
+            reason: reasons::POLICY_MODULE_FAILED,
+            message: error.to_string(),
+            violations: Vec::new(),
+            before_render: false,
+            // The policy modules are loaded again at the resync, or when their ConfigMap
+            // changes, and every Transform is then planned again.
+            transient: true,
         }
     }
 }
@@ -182,7 +198,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
     let attempted = resolved.as_ref().ok().map(|module| module.digest.clone());
     let planned = match resolved {
         Ok(module) => {
-            let planned_from = planned_from(transform, &module);
+            let planned_from = planned_from(transform, &module, context);
             match unchanged_graph(transform, &planned_from, context).await {
                 Unchanged::Graph(graph) => Ok((module, *graph, planned_from)),
                 // Its watch event wakes the Transform (or this retry does).
@@ -769,10 +785,12 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
 }
 
 /// What a Transform's plan is made from: its spec (input, policies, adoptions), the
-/// module's content and where it renders (a plan is a function of these).
-fn planned_from(transform: &Transform, module: &Resolved) -> String {
+/// module's content, where it renders and the cluster's policy modules (a plan is a
+/// function of these).
+fn planned_from(transform: &Transform, module: &Resolved, context: &Context) -> String {
     let mut hasher = Sha256::new();
     for part in [
+        &context.policies.digest(),
         module.bundle.digest(),
         module.bundle.entrypoint(),
         &serde_json::to_string(&transform.spec).unwrap_or_default(),
@@ -846,7 +864,15 @@ async fn plan_graph(
     module: &Resolved,
     context: &Context,
 ) -> Result<Plan, Failure> {
-    Ok(plan::plan(transform, module, &context.renderer, &context.config.limits).await?)
+    let policy_modules = context.policies.current().map_err(Failure::from)?;
+    Ok(plan::plan(
+        transform,
+        module,
+        &context.renderer,
+        &policy_modules,
+        &context.config.limits,
+    )
+    .await?)
 }
 
 /// The ResourceGraph `namespace/name` as the graph controller's watch last saw it.

@@ -11,20 +11,34 @@ use super::ModuleBundle;
 static PLATFORMS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/platforms");
 static LIBRARY: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/schemas/pequod");
 
-static EMBEDDED: LazyLock<BTreeMap<String, ModuleBundle>> = LazyLock::new(|| {
-    PLATFORMS
-        .dirs()
-        .filter_map(|dir| {
-            let name = dir.path().file_name()?.to_str()?.to_string();
-            let mut files = BTreeMap::new();
-            collect(dir, dir.path(), &mut files);
-            let files = files.into_iter().map(|(k, v)| (k, v.to_string())).collect();
-            // A shipped module with unusable file names is a bug caught by the tests below;
-            // it is left out rather than taking the process down.
-            ModuleBundle::new(files, None).ok().map(|b| (name, b))
-        })
-        .collect()
+/// The directory of `platforms/` that holds cluster policy modules, not platform modules.
+const POLICIES_DIR: &str = "policies";
+
+static EMBEDDED: LazyLock<BTreeMap<String, ModuleBundle>> =
+    LazyLock::new(|| bundles(PLATFORMS.dirs().filter(|dir| dir.path() != POLICIES_DIR)));
+
+static EMBEDDED_POLICIES: LazyLock<BTreeMap<String, ModuleBundle>> = LazyLock::new(|| {
+    bundles(
+        PLATFORMS
+            .get_dir(POLICIES_DIR)
+            .into_iter()
+            .flat_map(Dir::dirs),
+    )
 });
+
+/// A module bundle of each directory, by the directory's name.
+fn bundles<'a>(dirs: impl Iterator<Item = &'a Dir<'static>>) -> BTreeMap<String, ModuleBundle> {
+    dirs.filter_map(|dir| {
+        let name = dir.path().file_name()?.to_str()?.to_string();
+        let mut files = BTreeMap::new();
+        collect(dir, dir.path(), &mut files);
+        let files = files.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        // A shipped module with unusable file names is a bug caught by the tests below;
+        // it is left out rather than taking the process down.
+        ModuleBundle::new(files, None).ok().map(|b| (name, b))
+    })
+    .collect()
+}
 
 /// Every UTF-8 file below `dir`, keyed by its `/`-separated path relative to `root`.
 fn collect(dir: &Dir<'static>, root: &std::path::Path, out: &mut BTreeMap<String, &'static str>) {
@@ -48,6 +62,16 @@ pub fn embedded_module_names() -> Vec<&'static str> {
     EMBEDDED.keys().map(String::as_str).collect()
 }
 
+/// The cluster policy module shipped in the binary under `name` (e.g. `baseline`).
+pub fn embedded_policy_module(name: &str) -> Option<&'static ModuleBundle> {
+    EMBEDDED_POLICIES.get(name)
+}
+
+/// Names of the shipped cluster policy modules.
+pub fn embedded_policy_module_names() -> Vec<&'static str> {
+    EMBEDDED_POLICIES.keys().map(String::as_str).collect()
+}
+
 /// The directory under which modules import the library: `import "pequod/graph.ncl"`.
 pub const LIBRARY_PREFIX: &str = "pequod";
 
@@ -68,6 +92,7 @@ mod tests {
     #[test]
     fn shipped_modules_and_library_are_embedded() {
         assert_eq!(embedded_module_names(), ["postgres", "webservice"]);
+        assert_eq!(embedded_policy_module_names(), ["baseline"]);
         let library: Vec<String> = library_files().into_keys().collect();
         assert_eq!(library, ["graph.ncl", "k8s.ncl", "policy.ncl", "ready.ncl"]);
     }

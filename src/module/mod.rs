@@ -9,12 +9,17 @@ mod embedded;
 pub mod git;
 pub mod oci;
 mod recent;
+mod reference;
 mod source;
 
 pub use allowlist::{BadPattern, ModuleSources};
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
-pub use embedded::{LIBRARY_PREFIX, embedded_module, embedded_module_names, library_files};
+pub use embedded::{
+    LIBRARY_PREFIX, embedded_module, embedded_module_names, embedded_policy_module,
+    embedded_policy_module_names, library_files,
+};
 pub use recent::RecentResolutions;
+pub use reference::{CommandLineRef, CommandLineRefError};
 pub use source::{
     ModuleCache, Resolved, SourceError, Sources, from_config_map, resolve, resolve_local,
 };

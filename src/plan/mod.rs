@@ -7,7 +7,7 @@
 mod adopt;
 mod policy;
 
-pub use policy::{Enforcement, PolicyErrors, enforce};
+pub use policy::{Applicable, Enforcement, PolicyErrors, Rule, enforce};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::api::{
     labels,
 };
 use crate::module::Resolved;
-use crate::render::{RenderContext, RenderError, RenderedGraph, Renderer};
+use crate::render::{PolicyModule, RenderContext, RenderError, RenderedGraph, Renderer};
 
 /// A planned graph: what to write, and the render it came from.
 #[derive(Clone, Debug)]
@@ -63,6 +63,15 @@ pub enum PlanError {
     /// A policy reported an error that the Transform did not (or may not) lower.
     #[error(transparent)]
     Policy(#[from] PolicyErrors),
+    /// A cluster policy module could not check the graph (it does not evaluate, its
+    /// configuration breaks its contract, its worker failed).
+    #[error("policy module {source_ref}: {error}")]
+    PolicyModule {
+        /// The policy module, as given to `--policy-module`.
+        source_ref: String,
+        /// What went wrong.
+        error: RenderError,
+    },
     /// The graph is larger than the API server would store.
     #[error(
         "the rendered ResourceGraph is {size} bytes, over the limit of {limit} bytes (--max-graph-bytes): render fewer or smaller objects"
@@ -81,6 +90,7 @@ impl PlanError {
         match self {
             PlanError::Render(error) => error.condition(),
             PlanError::Policy(_) => (types::VALIDATED, reasons::POLICY_VIOLATION),
+            PlanError::PolicyModule { .. } => (types::VALIDATED, reasons::POLICY_MODULE_FAILED),
             PlanError::TooLarge { .. } => (types::RENDERED, reasons::TOO_LARGE),
         }
     }
@@ -93,44 +103,61 @@ impl PlanError {
     /// Whether the same Transform and module may plan next time: a failure of the
     /// evaluation sandbox (deadline, memory, worker), not of the module or the input.
     pub fn is_transient(&self) -> bool {
-        matches!(self, PlanError::Render(error) if !error.is_deterministic())
+        match self {
+            PlanError::Render(error) | PlanError::PolicyModule { error, .. } => {
+                !error.is_deterministic()
+            }
+            PlanError::Policy(_) | PlanError::TooLarge { .. } => false,
+        }
     }
 
     /// The policy violations that refused the graph.
     pub fn violations(&self) -> &[Violation] {
         match self {
             PlanError::Policy(errors) => &errors.0,
-            PlanError::Render(_) | PlanError::TooLarge { .. } => &[],
+            PlanError::Render(_) | PlanError::PolicyModule { .. } | PlanError::TooLarge { .. } => {
+                &[]
+            }
         }
     }
 
     /// The multi-line report behind the one-line message, when there is one.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            PlanError::Render(error) => error.detail(),
+            PlanError::Render(error) | PlanError::PolicyModule { error, .. } => error.detail(),
             PlanError::Policy(_) | PlanError::TooLarge { .. } => None,
         }
     }
 }
 
-/// Plans the ResourceGraph of `transform` from `module`, rendered by `renderer`, within
-/// `limits`.
+/// Plans the ResourceGraph of `transform` from `module`, rendered by `renderer`, checked by
+/// the module's policies and the cluster's `policy_modules`, within `limits`.
 pub async fn plan(
     transform: &Transform,
     module: &Resolved,
     renderer: &Renderer,
+    policy_modules: &[PolicyModule],
     limits: &Limits,
 ) -> Result<Plan, PlanError> {
     let context = RenderContext::of(transform);
     let rendered = renderer
         .render(&module.bundle, &transform.spec.input, &context)
         .await?;
-    let warnings = enforce(
-        &rendered.findings,
-        &rendered.policies,
-        &transform.spec.policies,
-    )
-    .into_result()?;
+    let mut applicable = Applicable::of_module(&rendered.policies, &rendered.findings);
+    if !policy_modules.is_empty() {
+        let subject = crate::render::subject(&context, transform.labels(), &rendered);
+        for policy in policy_modules {
+            let report = renderer
+                .check_policies(policy, &subject)
+                .await
+                .map_err(|error| PlanError::PolicyModule {
+                    source_ref: policy.source.clone(),
+                    error,
+                })?;
+            applicable.add_cluster(&report, &context.namespace);
+        }
+    }
+    let warnings = enforce(&applicable, &transform.spec.policies).into_result()?;
     let mut nodes = rendered.nodes.clone();
     adopt::adopt(&mut nodes, transform.spec.adopt.as_ref(), &context);
     let outputs = match &rendered.outputs {

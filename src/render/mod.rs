@@ -7,6 +7,7 @@
 mod error;
 mod input_json;
 pub mod nickel;
+mod policy;
 mod pool;
 mod protocol;
 mod sandbox;
@@ -14,6 +15,7 @@ mod schema;
 pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
+pub use policy::{DeclaredPolicy, PolicyModule, PolicyReport, subject};
 pub use pool::{DEFAULT_RECYCLE_RESIDENT_MIB, MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
 pub use protocol::{InputField, Presence, RenderContext};
 pub use sandbox::{SandboxLevel, SandboxProbe, SandboxReport, SandboxStatus};
@@ -111,8 +113,8 @@ pub struct RenderedGraph {
     pub render_hash: String,
     /// What the module's policies found, before the Transform's overrides.
     pub findings: Vec<Finding>,
-    /// The names of the module's policies (an override must name one of them).
-    pub policies: Vec<String>,
+    /// The module's policies (an override must name one of them).
+    pub policies: Vec<DeclaredPolicy>,
     /// The dependency DAG of the nodes.
     pub dag: Dag,
 }
@@ -143,7 +145,7 @@ struct RawOutput {
     #[serde(default)]
     violations: Vec<Finding>,
     #[serde(default)]
-    policies: Vec<String>,
+    policies: Vec<DeclaredPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -200,10 +202,15 @@ impl RenderStats {
 /// A cached render: the graph, or a failure that the same input will always produce.
 type CachedOutcome = Result<Arc<RenderedGraph>, Arc<RenderError>>;
 
+/// A cached policy report, or a failure the same policy module and subject always produce.
+type CachedReport = Result<Arc<PolicyReport>, Arc<RenderError>>;
+
 /// Renders modules with a worker pool and a cache of rendered graphs.
 pub struct Renderer {
     pool: WorkerPool,
     cache: moka::future::Cache<String, CachedOutcome>,
+    /// Reports of cluster policy modules, by policy module and subject.
+    policy_reports: moka::future::Cache<String, CachedReport>,
     engine_version: String,
     stats: RenderStats,
 }
@@ -222,9 +229,17 @@ impl Renderer {
             })
             .max_capacity(cache_bytes)
             .build();
+        let policy_reports = moka::future::Cache::builder()
+            .weigher(|key: &String, report: &CachedReport| {
+                let weight = key.len() + policy::report_weight(report);
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            .max_capacity(cache_bytes / 4)
+            .build();
         Renderer {
             pool: WorkerPool::new(config),
             cache,
+            policy_reports,
             engine_version: engine_version(),
             stats: RenderStats::default(),
         }
@@ -278,6 +293,7 @@ impl Renderer {
             input: Cow::Borrowed(input),
             context: Cow::Borrowed(context),
             describe: false,
+            subject: None,
         };
         let output = self.pool.evaluate(&request).await?;
         // Schema validation compiles large validators on first use: keep it off the
@@ -303,6 +319,7 @@ impl Renderer {
             input: Cow::Owned(json!({})),
             context: Cow::Owned(context),
             describe: true,
+            subject: None,
         };
         let mut output = self.pool.evaluate(&request).await?;
         let metadata = serde_json::from_value(output["metadata"].take()).map_err(|e| {

@@ -72,6 +72,11 @@ pub struct EvalRequest<'a> {
     /// for publishing and inspecting a module.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub describe: bool,
+    /// Evaluate a policy module over this subject (`{ transform, input, rendered }`, a
+    /// Transform and its rendered graph); `input` is then the policy module's own
+    /// configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Cow<'a, Value>>,
 }
 
 /// One field of a module's `Input` contract, as the module's author wrote it.
@@ -110,8 +115,8 @@ pub enum Presence {
 /// The worker's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalResponse {
-    /// `{ metadata, input, rendered, violations }` (a describe request: `{ metadata,
-    /// inputFields? }`, the fields absent when `Input` is not a record),
-    /// or what went wrong.
+    /// `{ metadata, input, rendered, violations, policies }` (a describe request: `{ metadata,
+    /// inputFields? }`, the fields absent when `Input` is not a record; a policy request:
+    /// `{ metadata, violations, policies, overridableIn }`), or what went wrong.
     pub result: Result<Value, EvalFailure>,
 }

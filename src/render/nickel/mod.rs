@@ -45,6 +45,8 @@ const INPUT_FILE: &str = "spec.input.json";
 const CONTEXT_FILE: &str = "context.json";
 const ENTRY_FILE: &str = "entry.ncl";
 const CONTRACT_FILE: &str = "input-contract.ncl";
+const CONFIG_FILE: &str = "policy-config.json";
+const SUBJECT_FILE: &str = "subject.json";
 
 /// How many prepared modules one worker keeps warm.
 const PREPARED_CAPACITY: usize = 16;
@@ -84,9 +86,39 @@ impl Evaluator {
         let prepared = self.prepared.get(request.digest.as_ref()).ok_or_else(|| {
             EvalFailure::new(FailureKind::Request, "prepared module left the cache")
         })?;
-        evaluate_prepared(prepared, &request.input, &request.context, request.describe)
+        match &request.subject {
+            Some(subject) => evaluate_policy(prepared, &request.input, subject),
+            None => evaluate_prepared(prepared, &request.input, &request.context, request.describe),
+        }
     }
 }
+
+/// Nickel shared by the entries that run policies: `findings context entry` applies one
+/// policy (an entry of a `policies` record) to `context` and labels what it found;
+/// `declared policies` lists the policies' names and whether each is overridable.
+const POLICY_RUNNER: &str = r#"let findings = fun context entry =>
+  let rule = entry.value in
+  let level = if std.record.has_field "severity" rule then rule.severity else 'Error in
+  let lowerable = if std.record.has_field "overridable" rule then rule.overridable else false in
+  std.array.map
+    (fun found => {
+      path = found.path,
+      message = found.message,
+      policy = entry.field,
+      severity = level,
+      overridable = lowerable,
+    })
+    (rule.check context)
+in
+let declared = fun policies =>
+  std.array.map
+    (fun entry => {
+      name = entry.field,
+      overridable = std.record.has_field "overridable" entry.value && entry.value.overridable,
+    })
+    (std.record.to_array policies)
+in
+"#;
 
 /// The generated entry: the module merged with its context, the input checked by the
 /// module's `Input` contract (which fills defaults), the rendered graph checked by the
@@ -99,26 +131,43 @@ pub fn entry_source(graph: &str, main: &str, context: &str, input: &str) -> Stri
 let module = (import {main}) & {{ context = import {context}, policies | default = {{}} }} in
 let checked_input = (import {input}) | module.Input in
 let rendered_graph = (module.render checked_input) | graph.Rendered in
-let findings = fun entry =>
-  let rule = entry.value in
-  let level = if std.record.has_field "severity" rule then rule.severity else 'Error in
-  let lowerable = if std.record.has_field "overridable" rule then rule.overridable else false in
-  std.array.map
-    (fun found => {{
-      path = found.path,
-      message = found.message,
-      policy = entry.field,
-      severity = level,
-      overridable = lowerable,
-    }})
-    (rule.check {{ input = checked_input, rendered = rendered_graph }})
-in
+{POLICY_RUNNER}let context = {{ input = checked_input, rendered = rendered_graph }} in
 {{
   metadata = module.metadata,
   input = checked_input,
   rendered = rendered_graph,
-  violations = std.array.flat_map findings (std.record.to_array module.policies),
-  policies = std.record.fields module.policies,
+  violations = std.array.flat_map (findings context) (std.record.to_array module.policies),
+  policies = declared module.policies,
+}}
+"#
+    )
+}
+
+/// The entry of a policy module (docs/modules.md, "Cluster policy modules"): the module
+/// merged with its configuration as `config` (checked by the module's own `config | Input`
+/// declaration, when it has one), each policy's `check` applied to `{ transform, input,
+/// rendered, config }`, and the namespaces whose Transforms may lower its overridable
+/// policies.
+pub fn policy_source(main: &str, config: &str, subject: &str) -> String {
+    let [main, config, subject] = [main, config, subject].map(nickel_string);
+    format!(
+        r#"let module = (import {main}) & {{
+  config = import {config},
+  policies | default = {{}},
+  overridableIn | Array String | default = [],
+}} in
+let subject = import {subject} in
+{POLICY_RUNNER}let context = {{
+  transform = subject.transform,
+  input = subject.input,
+  rendered = subject.rendered,
+  config = module.config,
+}} in
+{{
+  metadata = module.metadata,
+  violations = std.array.flat_map (findings context) (std.record.to_array module.policies),
+  policies = declared module.policies,
+  overridableIn = module.overridableIn,
 }}
 "#
     )
@@ -247,71 +296,110 @@ fn evaluate_prepared(
             &input_path.display().to_string(),
         )
     };
-
-    let mut cache = prepared.cache.clone_for_eval();
-    let mut pos_table = prepared.pos_table.clone();
-    let mut known_files = prepared.known_files.clone();
-    known_files.insert(add_file(
-        &mut cache,
-        &input_path,
-        input_json.text().to_string(),
-    ));
-    known_files.insert(add_file(&mut cache, &context_path, context_json));
-    let entry_id = add_file(&mut cache, &Path::new(EVAL_ROOT).join(ENTRY_FILE), entry);
-    known_files.insert(entry_id);
-    let contract_id = describe.then(|| {
+    let mut entries = vec![(Path::new(EVAL_ROOT).join(ENTRY_FILE), entry)];
+    if describe {
         let source = input_contract_source(&main, &context_import);
-        let id = add_file(
-            &mut cache,
-            &Path::new(EVAL_ROOT).join(CONTRACT_FILE),
-            source,
-        );
-        known_files.insert(id);
-        id
-    });
-    for id in std::iter::once(entry_id).chain(contract_id) {
-        if let Err(error) = cache.prepare_eval_only(&mut pos_table, id) {
-            imports::ensure_only_known(&cache, &known_files)?;
-            return Err(failure(
-                cache.sources.files().clone(),
-                error,
-                Some(&input_json),
-            ));
-        }
+        entries.push((Path::new(EVAL_ROOT).join(CONTRACT_FILE), source));
     }
-    imports::ensure_only_known(&cache, &known_files)?;
-
-    let mut vm_context = VmContext::<CacheHub, CacheImpl>::new_with_pos_table(
-        cache,
-        pos_table,
-        std::io::sink(),
-        NullReporter {},
-    );
-    let files = vm_context.import_resolver.sources.files().clone();
-    let term = loaded_term(&mut vm_context, entry_id)?;
-    let evaluated = VirtualMachine::new(&mut vm_context).eval_full_for_export(term);
-    let value = match evaluated {
-        Ok(value) => value,
-        Err(error) => return Err(failure(files, error.into(), Some(&input_json))),
-    };
-    if let Err(error) = serialize::validate(ExportFormat::Json, &value) {
-        let error = NickelError::export_error(vm_context.pos_table.clone(), error);
-        return Err(failure(files, error, Some(&input_json)));
-    }
-    let mut output = serde_json::to_value(&value)
-        .map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))?;
-    if let Some(contract_id) = contract_id {
+    let data = [
+        (input_path, input_json.text().to_string()),
+        (context_path, context_json),
+    ];
+    let (mut vm_context, ids) = load(prepared, data, entries, &input_json)?;
+    let mut output = evaluate_entry(&mut vm_context, ids[0], &input_json)?;
+    if let Some(&contract_id) = ids.get(1) {
+        let files = vm_context.import_resolver.sources.files().clone();
         let contract = loaded_term(&mut vm_context, contract_id)?;
         // Evaluated here first so that a missing or broken `Input` is reported with its location.
         let contract = VirtualMachine::new(&mut vm_context)
             .eval_closure(contract.into())
-            .map_err(|error| failure(files.clone(), error.into(), None))?;
+            .map_err(|error| failure(files, error.into(), None))?;
         if let Some(fields) = inspect::input_fields(&mut vm_context, contract) {
             output["inputFields"] = serde_json::to_value(fields)
                 .map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))?;
         }
     }
     Ok(output)
+}
+
+/// Evaluates a policy module with its configuration `config` over `subject` (a Transform
+/// and its rendered graph): `{ metadata, violations, policies, overridableIn }`.
+fn evaluate_policy(
+    prepared: &PreparedModule,
+    config: &Value,
+    subject: &Value,
+) -> Result<Value, EvalFailure> {
+    let config_json = SpannedJson::new(config, "config");
+    let subject_json = serde_json::to_string(subject)
+        .map_err(|e| EvalFailure::new(FailureKind::Request, format!("subject: {e}")))?;
+    let config_path = Path::new(EVAL_ROOT).join(CONFIG_FILE);
+    let subject_path = Path::new(EVAL_ROOT).join(SUBJECT_FILE);
+    let entry = policy_source(
+        &prepared.entrypoint.display().to_string(),
+        &config_path.display().to_string(),
+        &subject_path.display().to_string(),
+    );
+    let data = [
+        (config_path, config_json.text().to_string()),
+        (subject_path, subject_json),
+    ];
+    let entries = vec![(Path::new(EVAL_ROOT).join(ENTRY_FILE), entry)];
+    let (mut vm_context, ids) = load(prepared, data, entries, &config_json)?;
+    evaluate_entry(&mut vm_context, ids[0], &config_json)
+}
+
+/// A VM over a copy of the prepared module plus the generated `data` files and `entries`
+/// (Nickel sources), prepared for evaluation: the VM and the entries' file ids. `located`
+/// names the paths of contract errors in the JSON data.
+fn load<const N: usize>(
+    prepared: &PreparedModule,
+    data: [(PathBuf, String); N],
+    entries: Vec<(PathBuf, String)>,
+    located: &SpannedJson,
+) -> Result<(VmContext<CacheHub, CacheImpl>, Vec<FileId>), EvalFailure> {
+    let mut cache = prepared.cache.clone_for_eval();
+    let mut pos_table = prepared.pos_table.clone();
+    let mut known_files = prepared.known_files.clone();
+    for (path, text) in data {
+        known_files.insert(add_file(&mut cache, &path, text));
+    }
+    let ids: Vec<FileId> = entries
+        .into_iter()
+        .map(|(path, source)| add_file(&mut cache, &path, source))
+        .collect();
+    known_files.extend(ids.iter().copied());
+    for &id in &ids {
+        if let Err(error) = cache.prepare_eval_only(&mut pos_table, id) {
+            imports::ensure_only_known(&cache, &known_files)?;
+            return Err(failure(cache.sources.files().clone(), error, Some(located)));
+        }
+    }
+    imports::ensure_only_known(&cache, &known_files)?;
+    let vm_context = VmContext::<CacheHub, CacheImpl>::new_with_pos_table(
+        cache,
+        pos_table,
+        std::io::sink(),
+        NullReporter {},
+    );
+    Ok((vm_context, ids))
+}
+
+/// Evaluates the generated file `entry` in full to JSON.
+fn evaluate_entry(
+    vm_context: &mut VmContext<CacheHub, CacheImpl>,
+    entry: FileId,
+    located: &SpannedJson,
+) -> Result<Value, EvalFailure> {
+    let files = vm_context.import_resolver.sources.files().clone();
+    let term = loaded_term(vm_context, entry)?;
+    let value = VirtualMachine::new(vm_context)
+        .eval_full_for_export(term)
+        .map_err(|error| failure(files.clone(), error.into(), Some(located)))?;
+    if let Err(error) = serialize::validate(ExportFormat::Json, &value) {
+        let error = NickelError::export_error(vm_context.pos_table.clone(), error);
+        return Err(failure(files, error, Some(located)));
+    }
+    serde_json::to_value(&value).map_err(|e| EvalFailure::new(FailureKind::Export, e.to_string()))
 }
 
 /// The term of a generated file, with its imports resolved.

@@ -1,0 +1,192 @@
+//! Cluster policy modules (docs/modules.md, "Cluster policy modules"): a platform team's
+//! policies over every rendered graph, whatever module rendered it. A policy module is
+//! evaluated in the worker pool like any module, with its own configuration and a subject
+//! naming the Transform and its render; its reports are cached like renders.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::protocol::EvalRequest;
+use super::{Finding, ModuleMetadata, RenderContext, RenderError, RenderedGraph, Renderer};
+use crate::module::ModuleBundle;
+
+/// A policy module as the operator (or `pequod render`) loaded it: its files and its
+/// configuration.
+#[derive(Clone, Debug)]
+pub struct PolicyModule {
+    /// Where it came from, as given (`embedded:baseline`, an OCI reference, ...): named in
+    /// messages.
+    pub source: String,
+    /// Its `metadata.name`: the first part of its policies' names (`baseline/no-privileged`)
+    /// and the key of its configuration.
+    pub name: String,
+    /// Its files.
+    pub bundle: ModuleBundle,
+    /// Its configuration, checked by its own `config | Input` (`{}` when none was given).
+    pub config: Value,
+}
+
+impl PolicyModule {
+    /// What the module's reports depend on: its content and its configuration.
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            self.bundle.digest(),
+            self.bundle.entrypoint(),
+            &self.config.to_string(),
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        format!("sha256:{}", hex::encode(hasher.finalize()))
+    }
+}
+
+/// A policy as declared: its name and whether a Transform may lower it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredPolicy {
+    /// The policy's name (a field of `policies`).
+    pub name: String,
+    /// Its `overridable`.
+    #[serde(default)]
+    pub overridable: bool,
+}
+
+/// What a policy module found in one Transform's render.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    /// The policy module's metadata.
+    pub metadata: ModuleMetadata,
+    /// Its findings, before the Transform's overrides.
+    #[serde(rename = "violations")]
+    pub findings: Vec<Finding>,
+    /// Its policies.
+    pub policies: Vec<DeclaredPolicy>,
+    /// The namespaces whose Transforms may lower its overridable policies.
+    pub overridable_in: Vec<String>,
+}
+
+/// Who and what a policy module checks: the Transform (namespace, name, labels, the
+/// module that rendered it), its input with defaults, and its rendered graph.
+pub fn subject(
+    context: &RenderContext,
+    labels: &std::collections::BTreeMap<String, String>,
+    rendered: &RenderedGraph,
+) -> Value {
+    json!({
+        "transform": {
+            "namespace": context.namespace,
+            "name": context.name,
+            "labels": labels,
+            "module": {
+                "name": rendered.module.name,
+                "version": rendered.module.version,
+                "digest": rendered.module_digest,
+            },
+        },
+        "input": rendered.input,
+        "rendered": { "nodes": rendered.nodes, "outputs": rendered.outputs },
+    })
+}
+
+impl Renderer {
+    /// The policy module in `bundle` (from `source`), with the configuration `configs` has
+    /// under its `metadata.name` (`{}` when none).
+    pub async fn policy_module(
+        &self,
+        source: &str,
+        bundle: ModuleBundle,
+        configs: &std::collections::BTreeMap<String, Value>,
+    ) -> Result<PolicyModule, RenderError> {
+        let name = self.describe(&bundle).await?.metadata.name;
+        let config = configs.get(&name).cloned().unwrap_or_else(|| json!({}));
+        Ok(PolicyModule {
+            source: source.to_string(),
+            name,
+            bundle,
+            config,
+        })
+    }
+
+    /// The report of `policy` over `subject` (see [`subject`]), evaluated in the worker
+    /// pool; reports and deterministic failures are cached by the policy module's content
+    /// and configuration and the subject.
+    pub async fn check_policies(
+        &self,
+        policy: &PolicyModule,
+        subject: &Value,
+    ) -> Result<Arc<PolicyReport>, RenderError> {
+        let key = {
+            let mut hasher = Sha256::new();
+            for part in [
+                self.engine_version.as_str(),
+                &policy.digest(),
+                &subject.to_string(),
+            ] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part.as_bytes());
+            }
+            hex::encode(hasher.finalize())
+        };
+        let evaluation = async {
+            match self.evaluate_policy(policy, subject).await {
+                Ok(report) => Ok(Ok(Arc::new(report))),
+                Err(error) if error.is_deterministic() => Ok(Err(Arc::new(error))),
+                Err(error) => Err(error),
+            }
+        };
+        let entry = self
+            .policy_reports
+            .entry(key)
+            .or_try_insert_with(evaluation)
+            .await
+            .map_err(|error| (*error).clone())?;
+        entry.into_value().map_err(|error| (*error).clone())
+    }
+
+    async fn evaluate_policy(
+        &self,
+        policy: &PolicyModule,
+        subject: &Value,
+    ) -> Result<PolicyReport, RenderError> {
+        let context = RenderContext {
+            name: String::new(),
+            namespace: String::new(),
+        };
+        let request = EvalRequest {
+            digest: Cow::Borrowed(policy.bundle.digest()),
+            files: Cow::Borrowed(policy.bundle.files()),
+            entrypoint: Cow::Borrowed(policy.bundle.entrypoint()),
+            input: Cow::Borrowed(&policy.config),
+            context: Cow::Owned(context),
+            describe: false,
+            subject: Some(Cow::Borrowed(subject)),
+        };
+        let output = self.pool.evaluate(&request).await?;
+        serde_json::from_value(output).map_err(|e| {
+            RenderError::InvalidOutput(format!(
+                "policy module {}: metadata must be {{ name, version }}, overridableIn an array of namespaces, and every policy a {{ description, severity, overridable, check }} whose check returns [{{ path, message }}]: {e}",
+                policy.source
+            ))
+        })
+    }
+}
+
+/// The reports cache's weight of a report: its findings' text.
+pub(super) fn report_weight(report: &Result<Arc<PolicyReport>, Arc<RenderError>>) -> usize {
+    match report {
+        Ok(report) => {
+            256 + report
+                .findings
+                .iter()
+                .map(|f| f.path.len() + f.message.len() + f.policy.len() + 64)
+                .sum::<usize>()
+        }
+        Err(error) => error.to_string().len() + error.detail().map_or(0, str::len),
+    }
+}
