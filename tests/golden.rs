@@ -115,6 +115,131 @@ fn shipped_modules_pass_their_own_examples() {
     }
 }
 
+/// The policies of the shipped baseline policy module, each refused by a Transform under
+/// `testdata/policies/baseline/refused/` named after it.
+const BASELINE_POLICIES: [&str; 9] = [
+    "allowed-registries",
+    "container-resources",
+    "no-external-services",
+    "no-host-namespaces",
+    "no-host-path",
+    "no-privilege-escalation",
+    "no-privileged",
+    "required-labels",
+    "run-as-non-root",
+];
+
+/// `pequod render` of a Transform of `testdata/modules/workload` under the baseline policy
+/// module, configured by `testdata/policies/baseline/config.yaml`.
+fn render_under_baseline(file: &str) -> std::process::Output {
+    common::pequod(&[
+        "render",
+        "-f",
+        file,
+        "--module-dir",
+        "testdata/modules/workload",
+        "--policy-module",
+        "embedded:baseline",
+        "--policy-config",
+        "baseline=testdata/policies/baseline/config.yaml",
+    ])
+}
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::repo().join(dir))
+        .expect("test data")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn baseline_policies_pass_and_refuse_as_their_golden_files_say() {
+    let mut problems = Vec::new();
+    for transform in yaml_files("testdata/policies/baseline/pass") {
+        let (file, stem) = (relative(&transform), stem(&transform));
+        let out = render_under_baseline(&file);
+        assert!(out.status.success(), "{file}: {out:?}");
+        let graph = String::from_utf8(out.stdout).expect("utf-8");
+        problems.extend(check_golden(
+            &format!("policies/baseline/pass-{stem}.yaml"),
+            &graph,
+        ));
+    }
+    let mut refused = Vec::new();
+    for transform in yaml_files("testdata/policies/baseline/refused") {
+        let (file, stem) = (relative(&transform), stem(&transform));
+        let out = render_under_baseline(&file);
+        assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
+        assert!(out.stdout.is_empty(), "{file}: nothing rendered");
+        let message = String::from_utf8(out.stderr).expect("utf-8");
+        problems.extend(check_golden(
+            &format!("policies/baseline/refused-{stem}.txt"),
+            &message,
+        ));
+        refused.push(stem);
+    }
+    for policy in BASELINE_POLICIES {
+        assert!(
+            refused.contains(&policy.to_string()),
+            "no Transform refused by {policy}"
+        );
+    }
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[test]
+fn module_check_shows_the_baseline_findings_of_the_shipped_modules() {
+    let out = common::pequod_ok(&[
+        "module",
+        "check",
+        "platforms/postgres",
+        "--policy-module",
+        "embedded:baseline",
+    ]);
+    assert!(out.ends_with(" passed, 0 failed\n"), "{out}");
+    // The webservice's full example exposes a LoadBalancer: the baseline allows that only
+    // in the namespaces its configuration names.
+    let out = common::pequod(&[
+        "module",
+        "check",
+        "platforms/webservice",
+        "--policy-module",
+        "embedded:baseline",
+    ]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  examples/full.yaml: policy violations: rendered.nodes.service.object.spec.type: Service checkout is of type LoadBalancer, which no namespace may use (externalServiceNamespaces is empty) (policy baseline/no-external-services)\n"),
+        "{report}"
+    );
+    assert!(report.ends_with("5 passed, 1 failed\n"), "{report}");
+    let out = common::pequod(&[
+        "module",
+        "check",
+        "testdata/modules/workload",
+        "--policy-module",
+        "embedded:baseline",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok    examples/compliant.yaml: 2 nodes\n\
+         FAIL  examples/privileged.yaml: policy violations: rendered.nodes.deployment.object.spec.template.spec.containers.app.securityContext.privileged: container app must not run privileged (policy baseline/no-privileged)\n\
+         1 passed, 1 failed\n"
+    );
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .expect("file name")
+        .to_string()
+}
+
 #[test]
 fn json_and_yaml_outputs_carry_the_same_graph() {
     let yaml = common::pequod_ok(&["render", "-f", "testdata/transforms/webservice.yaml"]);
