@@ -53,9 +53,10 @@ fn config_map(name: &str, data: Value) -> String {
         .to_string()
 }
 
-/// The baseline's configuration: images from `registries` only.
-fn baseline_config(registries: &[&str]) -> String {
-    let config = json!({"allowedRegistries": registries}).to_string();
+/// The baseline's configuration: images from `registries` only; Transforms of
+/// `namespace` may lower its overridable policies.
+fn baseline_config(registries: &[&str], namespace: &str) -> String {
+    let config = json!({"allowedRegistries": registries, "overridableIn": [namespace]}).to_string();
     config_map("baseline-config", json!({ "config.yaml": config }))
 }
 
@@ -145,8 +146,9 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
 }"#;
     // The operator started before its policy modules' ConfigMaps existed: their creation
     // loads them.
+    let namespace = cluster.namespace().to_string();
     let documents = [
-        baseline_config(&["ghcr.io"]),
+        baseline_config(&["ghcr.io"], &namespace),
         config_map("naming-rules", json!({ "main.ncl": naming_rules })),
         config_map("workload", json!({ "main.ncl": workload_module })),
         workload("good", json!({}), json!([])),
@@ -162,14 +164,56 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
             json!([{"name": "baseline/no-privileged", "enforcement": "Warning"}]),
         ),
         workload("tmp-app", json!({}), json!([])),
+        workload(
+            "lowered",
+            json!({"resources": {"limits": {"memory": "128Mi"}}}),
+            json!([{"name": "baseline/container-resources", "enforcement": "Warning"}]),
+        ),
     ];
     cluster
         .ok(&["apply", "-f", "-"], Some(&documents.join("\n")))
         .await;
-    let namespace = cluster.namespace().to_string();
     cluster
         .transform_when(&namespace, "good", "good Ready", |t| is(t, "Ready", "True"))
         .await;
+    // An overridable policy lowered where the policy module allows it: a warning, recorded
+    // on the graph and in an event.
+    let lowered = cluster
+        .transform_when(&namespace, "lowered", "lowered Ready", |t| {
+            is(t, "Ready", "True")
+        })
+        .await;
+    assert_eq!(message(&lowered, "Validated"), "1 policy warnings");
+    let graph = cluster
+        .json(&["get", "resourcegraph", "lowered"])
+        .await
+        .expect("lowered's graph");
+    assert_eq!(
+        graph["spec"]["violations"],
+        json!([{
+            "path": "rendered.nodes.deployment.object.spec.template.spec.containers.app.resources",
+            "message": "container app needs CPU and memory requests and a memory limit",
+            "severity": "Warning",
+            "policy": "baseline/container-resources",
+        }])
+    );
+    let events = cluster
+        .json(&["get", "events.events.k8s.io"])
+        .await
+        .expect("events");
+    assert!(
+        events["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|e| {
+                e["reason"] == "PolicyWarnings"
+                    && e["type"] == "Warning"
+                    && e["regarding"]["name"] == "lowered"
+                    && e["note"]
+                        .as_str()
+                        .is_some_and(|note| note.contains("(policy baseline/container-resources)"))
+            })),
+        "a PolicyWarnings event: {events}"
+    );
 
     let foreign = refused(
         &cluster,
@@ -245,7 +289,7 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
     cluster
         .ok(
             &["apply", "-f", "-"],
-            Some(&baseline_config(&["ghcr.io", "docker.io"])),
+            Some(&baseline_config(&["ghcr.io", "docker.io"], &namespace)),
         )
         .await;
     // (The house policy still wants a cost-center label of every object.)

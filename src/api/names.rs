@@ -66,6 +66,9 @@ pub mod event_reasons {
     /// Transform: a staged rollout of a new digest stopped because a Transform failed on it
     /// (also `status.pendingModule.reason`).
     pub const ROLLOUT_HALTED: &str = "RolloutHalted";
+    /// Transform: policies (the module's or the cluster's) reported warnings, recorded on
+    /// the ResourceGraph (sent when they change).
+    pub const POLICY_WARNINGS: &str = "PolicyWarnings";
 }
 
 /// Why a node failed or is blocked (`status.nodes[id].reason`).

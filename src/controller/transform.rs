@@ -589,6 +589,26 @@ async fn write_graph(
     });
     status.resource_graph_ref = Some(LocalObjectReference { name });
     status.outputs = graph.spec.outputs.clone();
+    if !graph.spec.violations.is_empty() && graph.spec.violations != previous.violations {
+        let warnings: Vec<String> = graph
+            .spec
+            .violations
+            .iter()
+            .map(|v| {
+                let policy = v.policy.as_deref().unwrap_or("-");
+                format!("{}: {} (policy {policy})", v.path, v.message)
+            })
+            .collect();
+        let note = format!("policy warnings: {}", warnings.join("; "));
+        context
+            .event(
+                transform,
+                EventType::Warning,
+                event_reasons::POLICY_WARNINGS,
+                note,
+            )
+            .await;
+    }
     status.violations = graph.spec.violations.clone();
     for step in STEPS {
         let message = match step {
