@@ -1,6 +1,6 @@
 //! End to end: cluster policy modules (`--policy-module`) with the operator and the test
 //! API server: the shipped baseline configured from a ConfigMap, a policy module from a real
-//! registry (Debian's docker-registry) and one held by a ConfigMap; refusals with their
+//! private registry (Debian's docker-registry, read with `--policy-pull-secret`) and one held by a ConfigMap; refusals with their
 //! messages, and tightened and loosened policies re-validating every Transform without
 //! touching what runs.
 
@@ -102,12 +102,19 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
     if skip_on_real_cluster("runs the operator with policy modules of its own") {
         return;
     }
-    let registry = tokio::task::spawn_blocking(registry::TestRegistry::start)
+    // A private registry: the operator reads it with --policy-pull-secret.
+    let registry = tokio::task::spawn_blocking(registry::TestRegistry::with_auth)
         .await
         .expect("registry starts");
     let dir = tempfile::tempdir().expect("temporary directory");
+    let docker_config = dir.path().join("docker-config.json");
+    registry.docker_config(&docker_config);
+    let login = [
+        std::ffi::OsStr::new("--docker-config"),
+        docker_config.as_os_str(),
+    ];
     let reference = format!("{}/policies/house:stable", registry.host);
-    registry.publish(&house(dir.path(), false), &reference, &[]);
+    registry.publish(&house(dir.path(), false), &reference, &login);
     let cluster = Cluster::start_with_flags(
         Duration::from_millis(300),
         &[
@@ -123,6 +130,8 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
             &reference,
             "--policy-module",
             "configmap:naming-rules",
+            "--policy-pull-secret",
+            "policy-registry",
         ],
     )
     .await;
@@ -147,7 +156,15 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
     // The operator started before its policy modules' ConfigMaps existed: their creation
     // loads them.
     let namespace = cluster.namespace().to_string();
+    use base64::Engine as _;
+    let pull_secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "policy-registry"},
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(&docker_config).expect("docker config"))},
+    });
     let documents = [
+        pull_secret.to_string(),
         baseline_config(&["ghcr.io"], &namespace),
         config_map("naming-rules", json!({ "main.ncl": naming_rules })),
         config_map("workload", json!({ "main.ncl": workload_module })),
@@ -260,7 +277,7 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
     // breaks it keeps its graph and its objects, and says why.
     let graph_before = cluster.resource_version("resourcegraph", "good").await;
     let deployment_before = cluster.resource_version("deployment", "good").await;
-    registry.publish(&house(dir.path(), true), &reference, &[]);
+    registry.publish(&house(dir.path(), true), &reference, &login);
     refused(
         &cluster,
         "good",

@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// (repeatable).
     #[arg(long = "policy-config", value_name = "NAME=SOURCE", value_parser = policy_config)]
     pub policy_configs: Vec<(String, String)>,
+    /// A Secret in the operator's namespace with the credentials of remote policy modules:
+    /// a `kubernetes.io/dockerconfigjson` for OCI, Git auth keys for Git (as a Transform's
+    /// pullSecretRef).
+    #[arg(long, value_name = "NAME")]
+    pub policy_pull_secret: Option<String>,
     /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
@@ -139,6 +144,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         modules: args.policy_modules.clone(),
         configs: args.policy_configs.clone(),
         namespace: own_namespace.clone(),
+        pull_secret: args.policy_pull_secret.clone(),
     };
     let config = OperatorConfig {
         namespace: args.namespace.clone(),

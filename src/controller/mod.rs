@@ -3,6 +3,7 @@
 //! [`Context`] with the client, the renderer, the applier, events and metrics.
 
 mod cached;
+mod credentials;
 mod graph;
 mod leader;
 pub mod memory;

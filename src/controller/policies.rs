@@ -20,6 +20,8 @@ use crate::module::{
 use crate::render::PolicyModule;
 
 use super::Context;
+use super::credentials::{Credentials, credentials};
+use crate::module::oci::Registry;
 
 /// The key of a policy module's configuration in a ConfigMap named by `--policy-config`.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -33,6 +35,9 @@ pub struct PolicyFlags {
     pub configs: Vec<(String, String)>,
     /// Where `configmap:` sources live: the operator's namespace.
     pub namespace: String,
+    /// `--policy-pull-secret`: the Secret (in `namespace`) with the credentials of remote
+    /// policy modules.
+    pub pull_secret: Option<String>,
 }
 
 impl PolicyFlags {
@@ -246,11 +251,29 @@ async fn bundle(
                 .map_err(|e| (e.to_string(), false))
         }
         CommandLineRef::Remote(module_ref) => {
+            let found = match &flags.pull_secret {
+                None => Credentials::None,
+                Some(name) => {
+                    let secrets = Api::namespaced(context.client.clone(), &flags.namespace);
+                    credentials(&secrets, name, module_ref.type_)
+                        .await
+                        .map_err(|message| (message, true))?
+                }
+            };
+            let with_secret;
+            let (registry, git_auth) = match found {
+                Credentials::DockerConfig(config) => {
+                    with_secret = Registry::new(&context.config.insecure_registries, Some(config));
+                    (&with_secret, GitAuth::Anonymous)
+                }
+                Credentials::Git(auth) => (&context.registry, auth),
+                Credentials::None => (&context.registry, GitAuth::Anonymous),
+            };
             let sources = Sources {
-                registry: &context.registry,
+                registry,
                 cache: &context.modules,
                 cache_dir: &context.config.cache_dir,
-                git_auth: GitAuth::Anonymous,
+                git_auth,
                 allow_local_git: context.config.allow_local_git,
             };
             resolve(&module_ref, None, &sources)
@@ -308,6 +331,7 @@ mod tests {
             modules: vec!["configmap:house-rules".into(), "embedded:baseline".into()],
             configs: vec![("baseline".into(), "configmap:baseline-config".into())],
             namespace: "pequod-system".into(),
+            pull_secret: None,
         };
         assert!(flags.reads_config_map("pequod-system", "house-rules"));
         assert!(flags.reads_config_map("pequod-system", "baseline-config"));

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::WrittenGraph;
 use super::cached::{CachedGraph, Shared};
+use super::credentials::{Credentials, credentials};
 use super::policies::PoliciesUnavailable;
 use super::{Context, Error, measured, retry_later, rollout};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
@@ -659,55 +660,24 @@ fn short_ref(reference: &str, type_: ModuleType) -> String {
     }
 }
 
-/// Credentials from the Transform's `pullSecretRef`, a Secret in its namespace.
-enum Credentials {
-    /// None given.
-    None,
-    /// A docker config (`kubernetes.io/dockerconfigjson`), for OCI.
-    DockerConfig(serde_json::Value),
-    /// Basic auth, a token or an SSH key, for Git.
-    Git(GitAuth),
-}
-
 async fn pull_secret(transform: &Transform, context: &Context) -> Result<Credentials, Failure> {
     let Some(reference) = &transform.spec.module_ref.pull_secret_ref else {
         return Ok(Credentials::None);
     };
     let namespace = transform.namespace().unwrap_or_default();
-    let shown = format!("Secret {namespace}/{}", reference.name);
-    let failed = |message: String| Failure {
-        condition: types::MODULE_RESOLVED,
-        reason: reasons::PULL_SECRET_UNAVAILABLE,
-        message,
-        violations: Vec::new(),
-        before_render: false,
-        transient: true,
-    };
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(context.client.clone(), &namespace);
-    let secret = secrets
-        .get_opt(&reference.name)
+    let type_ = transform.spec.module_ref.type_;
+    credentials(&secrets, &reference.name, type_)
         .await
-        .map_err(|e| failed(format!("cannot read {shown}: {e}")))?
-        .ok_or_else(|| failed(format!("pullSecretRef: {shown} not found")))?;
-    let data = secret.data.unwrap_or_default();
-    let text = |key: &str| {
-        data.get(key)
-            .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-    };
-    if transform.spec.module_ref.type_ == ModuleType::Git {
-        let auth =
-            GitAuth::from_secret_data(text).map_err(|lack| failed(format!("{shown} {lack}")))?;
-        return Ok(Credentials::Git(auth));
-    }
-    let config = text(".dockerconfigjson").ok_or_else(|| {
-        failed(format!(
-            "{shown} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
-        ))
-    })?;
-    serde_json::from_str(&config)
-        .map(Credentials::DockerConfig)
-        .map_err(|e| failed(format!("{shown}: .dockerconfigjson is not JSON: {e}")))
+        .map_err(|message| Failure {
+            condition: types::MODULE_RESOLVED,
+            reason: reasons::PULL_SECRET_UNAVAILABLE,
+            message,
+            violations: Vec::new(),
+            before_render: false,
+            transient: true,
+        })
 }
 
 /// The module in the ConfigMap `moduleRef.ref` of the Transform's namespace.
