@@ -640,3 +640,70 @@ fn module_inspect_of_a_module_without_input_fields_says_so() {
         )
     );
 }
+
+/// Bad `--policy-module` and `--policy-config` flags: the exit code and the exact message.
+#[test]
+fn bad_policy_module_flags_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let not_yaml = dir.path().join("config.yaml");
+    std::fs::write(&not_yaml, "allowedRegistries: [unclosed").expect("written");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("directory");
+    std::fs::write(broken.join("main.ncl"), "{ metadata = ").expect("written");
+    let not_yaml = format!("baseline={}", not_yaml.display());
+    let broken = broken.display().to_string();
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "render",
+            "-f",
+            "testdata/policies/baseline/pass/compliant.yaml",
+            "--module-dir",
+            "testdata/modules/workload",
+        ];
+        args.extend_from_slice(extra);
+        failing(&args)
+    };
+    let cases: [(&[&str], i32, String); 6] = [
+        (
+            &["--policy-module", "embedded:nope"],
+            4,
+            "error: policy module embedded:nope: no shipped policy module `nope` (shipped: baseline)".into(),
+        ),
+        (
+            &["--policy-module", "./no/such/dir"],
+            4,
+            "error: policy module ./no/such/dir: ./no/such/dir is not a module directory".into(),
+        ),
+        (
+            &["--policy-module", "configmap:rules"],
+            4,
+            "error: policy module configmap:rules: a ConfigMap is read by the operator; offline, name the module's directory".into(),
+        ),
+        (
+            &["--policy-module", "embedded:baseline", "--policy-config", "other=testdata/policies/baseline/config.yaml"],
+            2,
+            "error: --policy-config other: no policy module is named other (loaded: baseline)".into(),
+        ),
+        (
+            &["--policy-module", "embedded:baseline", "--policy-config", "baseline"],
+            2,
+            "error: --policy-config baseline: expected NAME=FILE".into(),
+        ),
+        (
+            &["--policy-module", "embedded:baseline", "--policy-config", &not_yaml],
+            3,
+            format!("error: {}: invalid YAML: ", &not_yaml["baseline=".len()..]),
+        ),
+    ];
+    for (extra, code, message) in cases {
+        let (exit, first, all) = render(extra);
+        assert_eq!(exit, code, "{extra:?}: {all}");
+        assert!(first.starts_with(&message), "{extra:?}: {first}");
+    }
+    let (exit, first, _) = render(&["--policy-module", &broken]);
+    assert_eq!(exit, 4);
+    assert!(
+        first.starts_with(&format!("error: policy module {broken}: ")),
+        "{first}"
+    );
+}
