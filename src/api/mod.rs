@@ -10,6 +10,7 @@ mod ready;
 mod resource_graph;
 pub mod schema;
 mod transform;
+pub mod yaml;
 
 pub use names::{
     FIELD_MANAGER, FINALIZER, MAX_LABEL_VALUE, PRUNE_ANNOTATION, PRUNE_DISABLED, event_reasons,

@@ -29,7 +29,7 @@ pub struct DiffArgs {
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Set a field of the Transform's input: `path=value`, the path dotted
-    /// (`resources.cpu=500m`), the value read as YAML (repeatable).
+    /// (`resources.cpu=500m`), the value read as YAML, as kubectl reads it (repeatable).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
     /// Output: text (a unified diff per object) or json.
@@ -250,8 +250,13 @@ fn set_input(transform: &mut Transform, assignment: &str) -> Result<(), CliError
     if keys.iter().any(|key| key.is_empty()) {
         return Err(bad("the path has an empty key".into()));
     }
-    let value: Value =
-        serde_yaml::from_str(value).map_err(|e| bad(format!("invalid value: {e}")))?;
+    // As kubectl would read it in the Transform's YAML.
+    let decoded = crate::api::yaml::from_str_at(value, &format!("spec.input.{path}"))
+        .map_err(|e| bad(format!("invalid value: {e}")))?;
+    for warning in &decoded.warnings {
+        eprintln!("warning: --set {assignment}: {warning}");
+    }
+    let value = decoded.value;
     let input = &mut transform.spec.input;
     if input.is_null() {
         *input = Value::Object(Default::default());
@@ -617,9 +622,12 @@ mod tests {
         set_input(&mut transform, "replicas=3").expect("set");
         set_input(&mut transform, "resources.memory=256Mi").expect("set");
         set_input(&mut transform, "labels.team=shop").expect("set");
+        // Values read as kubectl would read them in the file: YAML 1.1.
+        set_input(&mut transform, "debug=on").expect("set");
+        set_input(&mut transform, "mode=0644").expect("set");
         assert_eq!(
             transform.spec.input,
-            json!({"image": "web:1", "replicas": 3, "resources": {"cpu": "1", "memory": "256Mi"}, "labels": {"team": "shop"}})
+            json!({"image": "web:1", "replicas": 3, "resources": {"cpu": "1", "memory": "256Mi"}, "labels": {"team": "shop"}, "debug": true, "mode": 420})
         );
         let error = set_input(&mut transform, "image.tag=2").expect_err("not a record");
         assert_eq!(

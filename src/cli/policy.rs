@@ -108,10 +108,17 @@ impl PolicyArgs {
     }
 }
 
-/// A policy module's configuration file (YAML or JSON).
+/// A policy module's configuration file (YAML or JSON), read as kubectl reads YAML (the
+/// operator reads a ConfigMap's the same way); what a YAML 1.2 reader would read
+/// differently is reported on stderr.
 fn read_config(path: &Path) -> Result<Value, CliError> {
     let bad = |message: String| CliError::new(exit::BAD_INPUT_FILE, message);
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    serde_yaml::from_str(&text).map_err(|e| bad(format!("{}: invalid YAML: {e}", path.display())))
+    let decoded = crate::api::yaml::from_str(&text)
+        .map_err(|e| bad(format!("{}: invalid YAML: {e}", path.display())))?;
+    for warning in &decoded.warnings {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
+    Ok(decoded.value)
 }

@@ -138,7 +138,9 @@ pub async fn resolve_offline(
         .map_err(|e| CliError::new(exit::MODULE_UNAVAILABLE, format!("module: {e}")))
 }
 
-/// Reads and checks a Transform document.
+/// Reads and checks a Transform document, decoding its YAML as kubectl does (YAML 1.1
+/// scalars: docs/modules.md, "YAML as kubectl reads it"); each key or value that a YAML 1.2
+/// reader would read differently is reported on stderr.
 pub fn read_transform(path: &std::path::Path) -> Result<Transform, CliError> {
     let bad = |message: String| CliError::new(exit::BAD_INPUT_FILE, message);
     let shown = path.display();
@@ -147,23 +149,24 @@ pub fn read_transform(path: &std::path::Path) -> Result<Transform, CliError> {
     } else {
         std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {shown}: {e}")))?
     };
-    let document: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| bad(format!("{shown}: invalid YAML: {e}")))?;
-    let field = |name: &str| {
-        document
-            .get(name)
-            .and_then(serde_yaml::Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let decoded = crate::api::yaml::from_str(&text)
+        .map_err(|e| bad(format!("{shown}: invalid YAML: {e}")))?;
+    for warning in &decoded.warnings {
+        eprintln!("warning: {shown}: {warning}");
+    }
+    let document = decoded.value;
+    let field = |name: &str| document[name].as_str().unwrap_or("").to_string();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     if kind != "Transform" || api_version != API_VERSION {
         return Err(bad(format!(
             "{shown}: expected a Transform ({API_VERSION}), found kind `{kind}` apiVersion `{api_version}`"
         )));
     }
-    let transform: Transform =
-        serde_yaml::from_str(&text).map_err(|e| bad(format!("{shown}: invalid Transform: {e}")))?;
+    // JSON is YAML: serde_yaml's deserializer names the path of a field that does not fit
+    // (`spec: missing field `moduleRef``), and every string of the JSON text is quoted, so
+    // it reads the values exactly as decoded.
+    let transform: Transform = serde_yaml::from_str(&document.to_string())
+        .map_err(|e| bad(format!("{shown}: invalid Transform: {e}")))?;
     if transform.metadata.name.as_deref().unwrap_or("").is_empty() {
         return Err(bad(format!("{shown}: metadata.name is required")));
     }

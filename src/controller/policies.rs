@@ -302,7 +302,7 @@ async fn config_map(
 }
 
 /// A policy module's configuration: the YAML (or JSON) of a file or of a ConfigMap's
-/// `config.yaml`.
+/// `config.yaml`, read as kubectl reads YAML (as `pequod render --policy-config` does).
 async fn read_config(source: &str, config_maps: &Api<ConfigMap>) -> Result<Value, (String, bool)> {
     let text = match source.strip_prefix("configmap:") {
         Some(name) => {
@@ -318,7 +318,12 @@ async fn read_config(source: &str, config_maps: &Api<ConfigMap>) -> Result<Value
         None => std::fs::read_to_string(source)
             .map_err(|e| (format!("cannot read {source}: {e}"), false))?,
     };
-    serde_yaml::from_str(&text).map_err(|e| (format!("invalid YAML: {e}"), false))
+    let decoded =
+        crate::api::yaml::from_str(&text).map_err(|e| (format!("invalid YAML: {e}"), false))?;
+    for warning in &decoded.warnings {
+        tracing::warn!(%source, "policy configuration: {warning}");
+    }
+    Ok(decoded.value)
 }
 
 #[cfg(test)]
