@@ -45,6 +45,14 @@ pub enum YamlError {
     },
 }
 
+/// The deepest nesting read (a deeper document would exhaust the stack; serde_yaml stops
+/// at the same depth).
+const MAX_DEPTH: usize = 128;
+
+/// The most values a document may expand to, aliases included (an alias of an alias of
+/// ... is a "billion laughs").
+const MAX_VALUES: usize = 1_000_000;
+
 /// Reads the one YAML document in `text` as kubectl would.
 pub fn from_str(text: &str) -> Result<Decoded, YamlError> {
     from_str_at(text, "")
@@ -57,6 +65,8 @@ pub fn from_str_at(text: &str, path: &str) -> Result<Decoded, YamlError> {
         events: Parser::new_from_str(text),
         anchors: HashMap::new(),
         warnings: Vec::new(),
+        depth: 0,
+        values: 0,
     };
     let mut value = None;
     loop {
@@ -90,8 +100,13 @@ fn unsupported(span: Span, message: impl Into<String>) -> YamlError {
 
 struct Reader<'a> {
     events: Parser<'a, saphyr_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values, with how many values each holds.
+    anchors: HashMap<usize, (Value, usize)>,
     warnings: Vec<String>,
+    /// How deep the value being read is.
+    depth: usize,
+    /// How many values were read so far, aliases expanded.
+    values: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -103,8 +118,37 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Counts `count` more values; an error past [`MAX_VALUES`].
+    fn count(&mut self, count: usize, span: Span) -> Result<(), YamlError> {
+        self.values = self.values.saturating_add(count);
+        if self.values > MAX_VALUES {
+            return Err(unsupported(
+                span,
+                format!(
+                    "the document expands to more than {MAX_VALUES} values (through its aliases)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The value that starts with `event`, at `path` (`spec.input.n`).
     fn value(&mut self, event: Event<'a>, span: Span, path: &str) -> Result<Value, YamlError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(unsupported(
+                span,
+                format!("{}: nested deeper than {MAX_DEPTH} levels", shown(path)),
+            ));
+        }
+        self.depth += 1;
+        let value = self.nested(event, span, path);
+        self.depth -= 1;
+        value
+    }
+
+    fn nested(&mut self, event: Event<'a>, span: Span, path: &str) -> Result<Value, YamlError> {
+        let before = self.values;
+        self.count(1, span)?;
         let (value, anchor) = match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let scalar = scalar(&text, style, tag.as_deref(), span)?;
@@ -127,15 +171,17 @@ impl<'a> Reader<'a> {
             }
             Event::MappingStart(anchor, _) => (Value::Object(self.mapping(path)?), anchor),
             Event::Alias(id) => {
-                let value = self.anchors.get(&id).cloned().ok_or_else(|| {
+                let (value, count) = self.anchors.get(&id).cloned().ok_or_else(|| {
                     unsupported(span, "an alias to an anchor that is not defined before it")
                 })?;
+                self.count(count, span)?;
                 return Ok(value);
             }
             other => return Err(unsupported(span, format!("unexpected {other:?}"))),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, value.clone());
+            let count = self.values - before;
+            self.anchors.insert(anchor, (value.clone(), count));
         }
         Ok(value)
     }
@@ -598,6 +644,40 @@ mod tests {
             "line 3: a second document: give one object per file"
         );
         assert!(error("a: [1\n").contains("line 2"), "{}", error("a: [1\n"));
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_refused() {
+        let flow = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert_eq!(
+            from_str(&flow).expect_err("too deep").to_string(),
+            "recursion limit exceeded at byte 255 line 1 column 256"
+        );
+        let block: String = (0..2000)
+            .map(|level| format!("{}k:\n", " ".repeat(level)))
+            .collect();
+        let error = from_str(&block).expect_err("too deep").to_string();
+        assert!(
+            error.ends_with("nested deeper than 128 levels")
+                || error.starts_with("recursion limit exceeded"),
+            "{error}"
+        );
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..9 {
+            let previous = (b'a' + level - 1) as char;
+            let name = (b'a' + level) as char;
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"
+            ));
+        }
+        assert!(
+            from_str(&bomb)
+                .expect_err("a billion laughs")
+                .to_string()
+                .ends_with(
+                    "the document expands to more than 1000000 values (through its aliases)"
+                ),
+        );
     }
 
     #[test]
