@@ -10,6 +10,7 @@ pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod controller;
+pub mod digest;
 pub mod exec;
 pub mod graph;
 pub mod metrics;

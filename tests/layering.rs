@@ -1,6 +1,6 @@
 //! The modules of `src/` depend one way (CONTRIBUTING.md, "Layering"):
 //! api ← graph ← module ← render ← plan ← exec ← controller ← cli, with metrics and
-//! backoff beside api. A file may name `crate::X` only for an X to its left.
+//! backoff and digest beside api. A file may name `crate::X` only for an X to its left.
 
 mod common;
 
@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 0),
     ("metrics", 1),
     ("backoff", 1),
+    ("digest", 1),
     ("graph", 2),
     ("module", 3),
     ("render", 4),

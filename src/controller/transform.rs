@@ -31,7 +31,6 @@ use crate::module::git::GitAuth;
 use crate::module::oci::Registry;
 use crate::module::{ModuleBundle, Resolved, SourceError, Sources, from_config_map, resolve};
 use crate::plan::{self, Plan, PlanError};
-use sha2::{Digest, Sha256};
 
 const CONTROLLER: &str = "transform";
 
@@ -778,8 +777,7 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
 /// module's content, where it renders and the cluster's policy modules (a plan is a
 /// function of these).
 fn planned_from(transform: &Transform, module: &Resolved, context: &Context) -> String {
-    let mut hasher = Sha256::new();
-    for part in [
+    crate::digest::framed([
         &context.policies.digest(),
         module.bundle.digest(),
         module.bundle.entrypoint(),
@@ -787,11 +785,7 @@ fn planned_from(transform: &Transform, module: &Resolved, context: &Context) -> 
         &transform.namespace().unwrap_or_default(),
         &transform.name_any(),
         transform.uid().as_deref().unwrap_or_default(),
-    ] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hex::encode(hasher.finalize())
+    ])
 }
 
 /// Whether two graphs' metadata name the same render of the same module.

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 /// Upper bound on the total size of a module's files; a larger module is refused.
 pub const MAX_BUNDLE_BYTES: usize = 4 << 20;
 
@@ -186,19 +184,16 @@ fn read_dir_into(
     Ok(())
 }
 
-/// Length-prefixed framing so that no two different bundles hash the same.
+/// The entrypoint, then each file's name and content, framed ([`crate::digest`]) so that no
+/// two different bundles hash the same.
 fn content_digest(files: &BTreeMap<String, String>, entrypoint: &str) -> String {
-    let mut hasher = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
-    };
-    field(entrypoint.as_bytes());
-    for (name, content) in files {
-        field(name.as_bytes());
-        field(content.as_bytes());
-    }
-    format!("sha256:{}", hex::encode(hasher.finalize()))
+    let parts = files
+        .iter()
+        .flat_map(|(name, content)| [name.as_str(), content.as_str()]);
+    format!(
+        "sha256:{}",
+        crate::digest::framed(std::iter::once(entrypoint).chain(parts))
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use prometheus::IntCounter;
-use sha2::Digest as _;
 
 use super::git::GitError;
 use super::oci::OciError;
@@ -544,14 +543,10 @@ pub fn from_config_map(
     data: &BTreeMap<String, String>,
     module_ref: &ModuleRef,
 ) -> Result<Resolved, SourceError> {
-    let mut hasher = sha2::Sha256::new();
-    for (key, value) in data {
-        for part in [key, value] {
-            sha2::Digest::update(&mut hasher, (part.len() as u64).to_be_bytes());
-            sha2::Digest::update(&mut hasher, part.as_bytes());
-        }
-    }
-    let digest = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher)));
+    let parts = data
+        .iter()
+        .flat_map(|(key, value)| [key.as_str(), value.as_str()]);
+    let digest = format!("sha256:{}", crate::digest::framed(parts));
     check_pin(module_ref, &digest)?;
     let bundle = ModuleBundle::new(data.clone(), module_ref.entrypoint.as_deref())?;
     Ok(Resolved {

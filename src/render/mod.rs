@@ -353,19 +353,14 @@ impl Renderer {
     }
 
     fn cache_key(&self, bundle: &ModuleBundle, input: &Value, context: &RenderContext) -> String {
-        let mut hasher = Sha256::new();
-        for part in [
+        crate::digest::framed([
             self.engine_version.as_str(),
             bundle.digest(),
             bundle.entrypoint(),
             &input.to_string(),
             &context.namespace,
             &context.name,
-        ] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        hex::encode(hasher.finalize())
+        ])
     }
 }
 

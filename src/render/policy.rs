@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::protocol::EvalRequest;
 use super::{Finding, ModuleMetadata, RenderContext, RenderError, RenderedGraph, Renderer};
@@ -33,16 +32,12 @@ pub struct PolicyModule {
 impl PolicyModule {
     /// What the module's reports depend on: its content and its configuration.
     pub fn digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        for part in [
+        let parts = [
             self.bundle.digest(),
             self.bundle.entrypoint(),
             &self.config.to_string(),
-        ] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        format!("sha256:{}", hex::encode(hasher.finalize()))
+        ];
+        format!("sha256:{}", crate::digest::framed(parts))
     }
 }
 
@@ -121,18 +116,11 @@ impl Renderer {
         policy: &PolicyModule,
         subject: &Value,
     ) -> Result<Arc<PolicyReport>, RenderError> {
-        let key = {
-            let mut hasher = Sha256::new();
-            for part in [
-                self.engine_version.as_str(),
-                &policy.digest(),
-                &subject.to_string(),
-            ] {
-                hasher.update((part.len() as u64).to_be_bytes());
-                hasher.update(part.as_bytes());
-            }
-            hex::encode(hasher.finalize())
-        };
+        let key = crate::digest::framed([
+            self.engine_version.as_str(),
+            &policy.digest(),
+            &subject.to_string(),
+        ]);
         let evaluation = async {
             match self.evaluate_policy(policy, subject).await {
                 Ok(report) => Ok(Ok(Arc::new(report))),
