@@ -12,7 +12,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 
 use super::render::{Unplanned, plan_offline, read_transform};
-use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout, yaml};
+use super::{CliError, exit, write_stdout, yaml};
 use crate::api::{ObjectRef, ResourceGraph, Transform};
 use crate::exec::preview::{Change, Fate, Leaving, NodePreview, Preview, preview};
 use crate::exec::{Appliers, ExecConfig, Executor, Identity};
@@ -48,18 +48,9 @@ pub struct DiffArgs {
     /// The operator allows cluster-scoped objects.
     #[arg(long)]
     pub allow_cluster_scoped: bool,
-    /// Registries for `moduleRef.type: oci`.
+    /// Registries, cache, evaluation limits and policy modules.
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Evaluation limits.
-    #[command(flatten)]
-    pub eval: EvalArgs,
-    /// The cluster's policy modules.
-    #[command(flatten)]
-    pub policies: super::policy::PolicyArgs,
+    pub offline: super::render::OfflineArgs,
 }
 
 /// The headers of a diff of the live object and the dry run's.
@@ -87,20 +78,13 @@ pub async fn run(args: DiffArgs) -> Result<u8, CliError> {
         set_input(&mut transform, assignment)?;
     }
     let namespace = transform.metadata.namespace.clone().unwrap_or_default();
-    let planned = plan_offline(
-        &transform,
-        args.module_dir.as_deref(),
-        &args.registry,
-        args.cache_dir.as_deref(),
-        &args.eval,
-        &args.policies,
-    )
-    .await
-    .map_err(|error| match error {
-        Unplanned::Module(error) | Unplanned::Eval(error) => error,
-        Unplanned::Render(error) => not_previewed(format!("render failed: {error}")),
-        Unplanned::Plan(error) => not_previewed(format!("render failed: {error}")),
-    })?;
+    let planned = plan_offline(&transform, args.module_dir.as_deref(), &args.offline)
+        .await
+        .map_err(|error| match error {
+            Unplanned::Module(error) | Unplanned::Eval(error) => error,
+            Unplanned::Render(error) => not_previewed(format!("render failed: {error}")),
+            Unplanned::Plan(error) => not_previewed(format!("render failed: {error}")),
+        })?;
     let graph = planned.graph;
     let graph_name = graph.metadata.name.clone().unwrap_or_default();
     let failed = |e: kube::Error| CliError::new(exit::INTERNAL, format!("API request failed: {e}"));

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use clap::Args;
 use futures::StreamExt;
@@ -14,8 +13,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 use super::diff::{DiffFormat, colour_wanted, coloured, unified};
-use super::render::resolve_offline;
-use super::{CliError, EvalArgs, RegistryArgs, exit, write_stdout};
+use super::{CliError, exit, write_stdout};
 use crate::api::{ModuleRef, ModuleType, Node, ObjectRef, ResourceGraph, Transform};
 use crate::module::{CommandLineRef, Resolved};
 use crate::plan::{Limits, plan};
@@ -40,18 +38,10 @@ pub struct ImpactArgs {
     /// Entrypoint file of the module.
     #[arg(long)]
     pub entrypoint: Option<String>,
-    /// Registries for an OCI reference.
+    /// Registries, cache, evaluation limits (`--eval-workers` renders that many Transforms
+    /// at once) and policy modules (a Transform whose graph would break one fails).
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Evaluation limits (`--eval-workers` renders that many Transforms at once).
-    #[command(flatten)]
-    pub eval: EvalArgs,
-    /// The cluster's policy modules: a Transform whose graph would break one fails.
-    #[command(flatten)]
-    pub policies: super::policy::PolicyArgs,
+    pub offline: super::render::OfflineArgs,
 }
 
 /// What the module version would do to one Transform.
@@ -74,7 +64,7 @@ enum Outcome {
 /// 1 when some would.
 pub async fn run(args: ImpactArgs) -> Result<(), CliError> {
     let resolved = resolve_reference(&args).await?;
-    let renderer = args.eval.renderer()?;
+    let renderer = args.offline.eval.renderer()?;
     let module = renderer
         .describe(&resolved.bundle)
         .await
@@ -127,12 +117,12 @@ pub async fn run(args: ImpactArgs) -> Result<(), CliError> {
         .collect();
     using.sort_by_key(|(transform, _)| (transform.namespace(), transform.name_any()));
 
-    let policy_modules = args
-        .policies
-        .load(&args.registry, args.cache_dir.as_deref(), &renderer)
-        .await?;
-    let checks = (&policy_modules[..], &args.eval.limits());
-    let concurrency = usize::try_from(args.eval.eval_workers).unwrap_or(1).max(1) * 2;
+    let policy_modules = args.offline.policy_modules(&renderer).await?;
+    let checks = (&policy_modules[..], &args.offline.eval.limits());
+    let concurrency = usize::try_from(args.offline.eval.eval_workers)
+        .unwrap_or(1)
+        .max(1)
+        * 2;
     let outcomes: Vec<Outcome> = futures::stream::iter(&using)
         .map(|(transform, graph)| outcome(transform, graph, &resolved, &renderer, checks))
         .buffered(concurrency)
@@ -213,13 +203,9 @@ async fn resolve_reference(args: &ImpactArgs) -> Result<Resolved, CliError> {
             )));
         }
     };
-    resolve_offline(
-        &module_ref,
-        module_dir.as_deref(),
-        &args.registry,
-        args.cache_dir.as_deref(),
-    )
-    .await
+    args.offline
+        .resolve(&module_ref, module_dir.as_deref())
+        .await
 }
 
 /// Plans `transform` with `module` and compares the nodes with those of its graph.

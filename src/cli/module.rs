@@ -108,18 +108,9 @@ pub struct CheckArgs {
     /// Entrypoint file of the module.
     #[arg(long, default_value = "main.ncl")]
     pub entrypoint: String,
-    /// Evaluation limits.
+    /// Evaluation limits, and the cluster's policy modules (checked over every example).
     #[command(flatten)]
-    pub eval: EvalArgs,
-    /// The cluster's policy modules, checked over every example.
-    #[command(flatten)]
-    pub policies: super::policy::PolicyArgs,
-    /// Registries for an OCI `--policy-module`.
-    #[command(flatten)]
-    pub registry: RegistryArgs,
-    /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+    pub offline: super::render::OfflineArgs,
 }
 
 /// Runs a `pequod module` command.
@@ -353,11 +344,8 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
         stale: None,
     };
     let examples = examples(&args.dir)?;
-    let renderer = args.eval.renderer()?;
-    let policy_modules = args
-        .policies
-        .load(&args.registry, args.cache_dir.as_deref(), &renderer)
-        .await?;
+    let renderer = args.offline.eval.renderer()?;
+    let policy_modules = args.offline.policy_modules(&renderer).await?;
     let mut report = String::new();
     let mut failed = 0;
     for example in &examples {
@@ -366,7 +354,7 @@ async fn check(args: CheckArgs) -> Result<(), CliError> {
             .unwrap_or(example)
             .display()
             .to_string();
-        let checks = (&policy_modules[..], &args.eval.limits());
+        let checks = (&policy_modules[..], &args.offline.eval.limits());
         match check_example(&renderer, &module, checks, example).await {
             Ok(1) => report.push_str(&format!("ok    {shown}: 1 node\n")),
             Ok(nodes) => report.push_str(&format!("ok    {shown}: {nodes} nodes\n")),

@@ -12,6 +12,7 @@ use crate::module::disk::DiskCache;
 use crate::module::git::GitAuth;
 use crate::module::{ModuleCache, Resolved, Sources, resolve};
 use crate::plan::{Plan, PlanError, plan};
+use crate::render::{PolicyModule, Renderer};
 
 /// Flags of `pequod render`.
 #[derive(Debug, Args)]
@@ -26,7 +27,17 @@ pub struct RenderArgs {
     /// Use the module in this directory instead of the Transform's moduleRef.
     #[arg(long)]
     pub module_dir: Option<PathBuf>,
-    /// Registries for `moduleRef.type: oci`.
+    /// Registries, cache, evaluation limits and policy modules.
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+}
+
+/// How the commands that plan offline (`render`, `diff`, `module check`, `module impact`)
+/// reach and evaluate modules, as the operator would: registries, the cache, evaluation
+/// limits and the cluster's policy modules.
+#[derive(Debug, Args)]
+pub struct OfflineArgs {
+    /// Registries for OCI modules.
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Where Git mirrors and fetched OCI modules are kept (default: ~/.cache/pequod).
@@ -40,25 +51,42 @@ pub struct RenderArgs {
     pub policies: PolicyArgs,
 }
 
+impl OfflineArgs {
+    /// Resolves `module_ref` (or loads `module_dir`) with these registries and cache.
+    pub async fn resolve(
+        &self,
+        module_ref: &ModuleRef,
+        module_dir: Option<&std::path::Path>,
+    ) -> Result<Resolved, CliError> {
+        resolve_offline(
+            module_ref,
+            module_dir,
+            &self.registry,
+            self.cache_dir.as_deref(),
+        )
+        .await
+    }
+
+    /// The policy modules of `--policy-module`, evaluated by `renderer`.
+    pub async fn policy_modules(&self, renderer: &Renderer) -> Result<Vec<PolicyModule>, CliError> {
+        self.policies
+            .load(&self.registry, self.cache_dir.as_deref(), renderer)
+            .await
+    }
+}
+
 /// Runs `pequod render`.
 pub async fn run(args: RenderArgs) -> Result<(), CliError> {
     let transform = read_transform(&args.file)?;
-    let planned = plan_offline(
-        &transform,
-        args.module_dir.as_deref(),
-        &args.registry,
-        args.cache_dir.as_deref(),
-        &args.eval,
-        &args.policies,
-    )
-    .await
-    .map_err(|error| match error {
-        Unplanned::Module(error) | Unplanned::Eval(error) => error,
-        Unplanned::Render(error) => CliError::from(error),
-        Unplanned::Plan(other) => {
-            CliError::new(exit::RENDER_FAILED, format!("render failed: {other}"))
-        }
-    })?;
+    let planned = plan_offline(&transform, args.module_dir.as_deref(), &args.offline)
+        .await
+        .map_err(|error| match error {
+            Unplanned::Module(error) | Unplanned::Eval(error) => error,
+            Unplanned::Render(error) => CliError::from(error),
+            Unplanned::Plan(other) => {
+                CliError::new(exit::RENDER_FAILED, format!("render failed: {other}"))
+            }
+        })?;
     let text = print_graph(&planned.graph, args.output)
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot print the graph: {e}")))?;
     write_stdout(&text)
@@ -78,21 +106,19 @@ pub enum Unplanned {
 
 /// Resolves the module of `transform` (or the one in `module_dir`) and plans its graph as
 /// the operator would, with the user's registry credentials and cache, checked by the
-/// policy modules of `policies`.
+/// policy modules `offline` names.
 pub async fn plan_offline(
     transform: &Transform,
     module_dir: Option<&std::path::Path>,
-    registry: &RegistryArgs,
-    cache_dir: Option<&std::path::Path>,
-    eval: &EvalArgs,
-    policies: &PolicyArgs,
+    offline: &OfflineArgs,
 ) -> Result<Plan, Unplanned> {
-    let resolved = resolve_offline(&transform.spec.module_ref, module_dir, registry, cache_dir)
+    let resolved = offline
+        .resolve(&transform.spec.module_ref, module_dir)
         .await
         .map_err(Unplanned::Module)?;
-    let renderer = eval.renderer().map_err(Unplanned::Eval)?;
-    let policy_modules = policies
-        .load(registry, cache_dir, &renderer)
+    let renderer = offline.eval.renderer().map_err(Unplanned::Eval)?;
+    let policy_modules = offline
+        .policy_modules(&renderer)
         .await
         .map_err(Unplanned::Module)?;
     plan(
@@ -100,7 +126,7 @@ pub async fn plan_offline(
         &resolved,
         &renderer,
         &policy_modules,
-        &eval.limits(),
+        &offline.eval.limits(),
     )
     .await
     .map_err(|error| match error {
