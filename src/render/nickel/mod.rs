@@ -146,8 +146,9 @@ let rendered_graph = (module.render checked_input) | graph.Rendered in
 /// The entry of a policy module (docs/modules.md, "Cluster policy modules"): the module
 /// merged with its configuration as `config` (checked by the module's own `config | Input`
 /// declaration, when it has one), each policy's `check` applied to `{ transform, input,
-/// rendered, config }`, and the namespaces whose Transforms may lower its overridable
-/// policies.
+/// rendered, config }` (plus `facts`, the module's `facts` of that record, evaluated once
+/// for all its policies, when it has them), and the namespaces whose Transforms may lower
+/// its overridable policies.
 pub fn policy_source(main: &str, config: &str, subject: &str) -> String {
     let [main, config, subject] = [main, config, subject].map(nickel_string);
     format!(
@@ -157,11 +158,18 @@ pub fn policy_source(main: &str, config: &str, subject: &str) -> String {
   overridableIn | Array String | default = [],
 }} in
 let subject = import {subject} in
-{POLICY_RUNNER}let context = {{
+{POLICY_RUNNER}let checked = {{
   transform = subject.transform,
   input = subject.input,
   rendered = subject.rendered,
   config = module.config,
+}} in
+let context = {{
+  transform = checked.transform,
+  input = checked.input,
+  rendered = checked.rendered,
+  config = checked.config,
+  facts = if std.record.has_field "facts" module then module.facts checked else {{}},
 }} in
 {{
   metadata = module.metadata,
