@@ -826,7 +826,11 @@ impl Sampler {
         let sampled = pids.clone();
         let task = tokio::spawn(async move {
             loop {
-                let workers: Vec<u32> = sampled.iter().flat_map(|pid| children(*pid)).collect();
+                let workers: Vec<u32> = sampled
+                    .iter()
+                    .flat_map(|pid| children(*pid))
+                    .filter(|pid| is_worker(*pid))
+                    .collect();
                 let operator: f64 = sampled.iter().map(|pid| rss_mib(*pid)).sum();
                 let resident: f64 = workers.iter().copied().map(rss_mib).sum();
                 let proportional: f64 = sampled.iter().chain(&workers).copied().map(pss_mib).sum();
@@ -895,6 +899,14 @@ fn kib_field(path: &str, field: &str) -> f64 {
         .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
         .unwrap_or(0.0)
+}
+
+/// Whether `pid` runs an evaluation worker (`pequod __worker`). A child being started is
+/// not one yet: between its clone and its exec it shares the operator's address space
+/// (posix_spawn's CLONE_VM), and its VmRSS is the operator's, counted twice if summed.
+fn is_worker(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"__worker"))
 }
 
 /// The child processes of `pid`.
