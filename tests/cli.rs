@@ -706,4 +706,33 @@ fn bad_policy_module_flags_are_refused_with_a_clear_error() {
         first.starts_with(&format!("error: policy module {broken}: ")),
         "{first}"
     );
+
+    // A tenant's module cannot declare a policy named like a cluster policy, overridable,
+    // to lower the cluster's with an override of that name.
+    let impostor = dir.path().join("impostor");
+    std::fs::create_dir_all(&impostor).expect("directory");
+    std::fs::write(
+        impostor.join("main.ncl"),
+        r#"{
+  metadata = { name = "impostor", version = "1.0.0" },
+  Input = { .. },
+  policies = { "baseline/no-privileged" = { description = "no", overridable = true, check = fun ctx => [] } },
+  render = fun input => { nodes = [] },
+}"#,
+    )
+    .expect("written");
+    let (exit, first, _) = failing(&[
+        "render",
+        "-f",
+        "testdata/policies/baseline/refused/no-privileged-lowered.yaml",
+        "--module-dir",
+        &impostor.display().to_string(),
+        "--policy-module",
+        "embedded:baseline",
+    ]);
+    assert_eq!(exit, 1);
+    assert_eq!(
+        first,
+        "error: render failed: module output is not a valid graph: policy `baseline/no-privileged`: a module's policy names may not contain `/` (`module/policy` names a cluster policy)"
+    );
 }

@@ -125,7 +125,7 @@ impl<'a> Reader<'a> {
             return Err(unsupported(
                 span,
                 format!(
-                    "the document expands to more than {MAX_VALUES} values (through its aliases)"
+                    "the document expands to more than {MAX_VALUES} values (aliases and anchored copies included)"
                 ),
             ));
         }
@@ -180,7 +180,9 @@ impl<'a> Reader<'a> {
             other => return Err(unsupported(span, format!("unexpected {other:?}"))),
         };
         if anchor != 0 {
+            // The anchor keeps a copy: it counts too.
             let count = self.values - before;
+            self.count(count, span)?;
             self.anchors.insert(anchor, (value.clone(), count));
         }
         Ok(value)
@@ -369,9 +371,12 @@ impl Scalar {
             return Scalar::Float(float);
         }
         if let Some(binary) = digits.strip_prefix("-0b")
-            && let Ok(value) = i64::from_str_radix(binary, 2)
+            && !binary.is_empty()
+            && binary.bytes().all(|b| b == b'0' || b == b'1')
+            && let Ok(magnitude) = u64::from_str_radix(binary, 2)
+            && let Some(value) = negated(magnitude)
         {
-            return Scalar::Int(-value);
+            return Scalar::Int(value);
         }
         Scalar::Str(text.to_string())
     }
@@ -472,8 +477,16 @@ impl Scalar {
             }
             Scalar::Bool(b) => b.to_string(),
             Scalar::Int(i) => i.to_string(),
-            Scalar::Uint(u) => u.to_string(),
-            Scalar::Float(f) => go_float(f),
+            Scalar::Uint(u) => {
+                return Err(unsupported(
+                    span,
+                    format!(
+                        "{}: the key {u} is larger than kubectl takes as a key",
+                        shown(path)
+                    ),
+                ));
+            }
+            Scalar::Float(f) => float_key(f),
             Scalar::Str(s) => s,
         })
     }
@@ -504,13 +517,18 @@ fn go_integer(text: &str) -> Option<Scalar> {
     }
     let magnitude = u64::from_str_radix(digits, radix).ok()?;
     if negative {
-        let value = i64::try_from(magnitude)
-            .map(|m| -m)
-            .ok()
-            .or_else(|| (magnitude == 1 << 63).then_some(i64::MIN))?;
-        Some(Scalar::Int(value))
+        negated(magnitude).map(Scalar::Int)
     } else {
         Some(i64::try_from(magnitude).map_or(Scalar::Uint(magnitude), Scalar::Int))
+    }
+}
+
+/// `-magnitude`, when an i64 holds it.
+fn negated(magnitude: u64) -> Option<i64> {
+    if magnitude == 1 << 63 {
+        Some(i64::MIN)
+    } else {
+        i64::try_from(magnitude).ok().map(|m| -m)
     }
 }
 
@@ -529,6 +547,30 @@ fn is_float_syntax(text: &str) -> bool {
     };
     let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
     mantissa_ok && exponent_ok
+}
+
+/// A float key as sigs.k8s.io/yaml writes it: `.inf`, `-.inf`, `.nan`, else Go's
+/// `strconv.FormatFloat(f, 'g', -1, 32)`: the shortest form of the 32-bit float, with an
+/// exponent (`1e+06`) below 1e-4 or from 1e6 on.
+fn float_key(f: f64) -> String {
+    if f.is_nan() {
+        return ".nan".to_string();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { ".inf" } else { "-.inf" }.to_string();
+    }
+    let single = f as f32;
+    let exponent = format!("{single:e}");
+    let power = exponent
+        .split_once('e')
+        .and_then(|(_, power)| power.parse::<i32>().ok())
+        .unwrap_or(0);
+    if single != 0.0 && !(-4..6).contains(&power) {
+        let (mantissa, _) = exponent.split_once('e').unwrap_or((&exponent, ""));
+        let sign = if power < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", power.abs());
+    }
+    format!("{single}")
 }
 
 /// A float as Go's `strconv.FormatFloat(f, 'g', -1, 64)` writes it: the shortest
@@ -583,6 +625,10 @@ mod tests {
         assert_eq!(
             decoded.value,
             json!({"true": 5, "511": 2, "1000": 3, "1.5": 4, "n": 6})
+        );
+        assert_eq!(
+            read("3.14159265358979: a\n1e6: b\n1e3: c\n0.00001: d\n.inf: e\n").value,
+            json!({"3.1415927": "a", "1e+06": "b", "1000": "c", "1e-05": "d", ".inf": "e"})
         );
         assert_eq!(
             decoded.warnings,
@@ -670,12 +716,34 @@ mod tests {
                 "{name}: &{name} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"
             ));
         }
+        // Nested anchors each keep a copy of what they hold: the copies count.
+        let mut nested = String::new();
+        for level in 0..100 {
+            nested.push_str(&format!("{}- &a{level}\n", "  ".repeat(level)));
+        }
+        nested.push_str(&format!(
+            "{}- [{}]\n",
+            "  ".repeat(100),
+            vec!["x"; 20_000].join(", ")
+        ));
+        assert!(
+            from_str(&nested)
+                .expect_err("too many copies")
+                .to_string()
+                .ends_with(
+                    "the document expands to more than 1000000 values (aliases and anchored copies included)"
+                ),
+        );
+        assert_eq!(
+            read("a: -0b101\nb: -0b-1\nc: -0b+101\n").value,
+            json!({"a": -5, "b": "-0b-1", "c": "-0b+101"})
+        );
         assert!(
             from_str(&bomb)
                 .expect_err("a billion laughs")
                 .to_string()
                 .ends_with(
-                    "the document expands to more than 1000000 values (through its aliases)"
+                    "the document expands to more than 1000000 values (aliases and anchored copies included)"
                 ),
         );
     }

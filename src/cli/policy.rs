@@ -78,7 +78,11 @@ impl PolicyArgs {
             let module = renderer
                 .policy_module(reference, bundle, &configs)
                 .await
-                .map_err(|e| failed(&e))?;
+                .map_err(|e| CliError {
+                    // With Nickel's report of where the policy module broke.
+                    detail: e.detail().map(str::to_string),
+                    ..failed(&e)
+                })?;
             if let Some(twin) = loaded.iter().find(|m| m.name == module.name) {
                 return Err(failed(&format!(
                     "its name `{}` is also the name of {}",

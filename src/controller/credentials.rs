@@ -18,10 +18,11 @@ pub enum Credentials {
 }
 
 /// The credentials in Secret `name` of `secrets`' namespace for a module of `type_`: Git
-/// auth for Git, a docker config for OCI; what is wrong with it, otherwise.
+/// auth for Git, a docker config for OCI; what is wrong with it, otherwise (`named_by`: the
+/// field or flag that named the Secret, for the message).
 pub async fn credentials(
     secrets: &Api<Secret>,
-    name: &str,
+    (name, named_by): (&str, &str),
     type_: ModuleType,
 ) -> Result<Credentials, String> {
     let shown = format!("Secret {}/{name}", secrets.namespace().unwrap_or_default());
@@ -29,7 +30,7 @@ pub async fn credentials(
         .get_opt(name)
         .await
         .map_err(|e| format!("cannot read {shown}: {e}"))?
-        .ok_or_else(|| format!("pullSecretRef: {shown} not found"))?;
+        .ok_or_else(|| format!("{named_by}: {shown} not found"))?;
     let data = secret.data.unwrap_or_default();
     let text = |key: &str| {
         data.get(key)

@@ -410,9 +410,18 @@ async fn keep_policies_loaded(
     if context.config.policies.modules.is_empty() {
         return std::future::pending().await;
     }
+    let mut failures = 0;
     loop {
+        // Not loaded (a registry down at startup): try again soon, not at the resync.
+        let wait = if context.policies.current().is_ok() {
+            failures = 0;
+            context.config.module_resync
+        } else {
+            failures += 1;
+            crate::backoff::retry_delay(failures).min(context.config.module_resync)
+        };
         tokio::select! {
-            () = tokio::time::sleep(context.config.module_resync) => {}
+            () = tokio::time::sleep(wait) => {}
             next = reloads.next() => {
                 if next.is_none() {
                     return std::future::pending().await;

@@ -91,11 +91,6 @@ impl ClusterPolicies {
         }
     }
 
-    /// The flags.
-    pub fn flags(&self) -> &PolicyFlags {
-        &self.flags
-    }
-
     /// The policy modules as last loaded.
     pub fn current(&self) -> Result<Arc<Vec<PolicyModule>>, PoliciesUnavailable> {
         match self.loaded.read() {
@@ -255,7 +250,7 @@ async fn bundle(
                 None => Credentials::None,
                 Some(name) => {
                     let secrets = Api::namespaced(context.client.clone(), &flags.namespace);
-                    credentials(&secrets, name, module_ref.type_)
+                    credentials(&secrets, (name, "--policy-pull-secret"), module_ref.type_)
                         .await
                         .map_err(|message| (message, true))?
                 }

@@ -150,7 +150,9 @@ pub fn member(transform: &Transform, graph_digest: Option<&str>) -> Member {
                     || ready.reason == reasons::RESOURCE_GRAPH_REJECTED
             }),
         )
-        .find(|c| c.status == "False");
+        // The cluster's policy modules failing to load is the operator's problem, not the
+        // new digest's: it halts no rollout.
+        .find(|c| c.status == "False" && c.reason != reasons::POLICY_MODULE_FAILED);
     let current = status.observed_generation == transform.metadata.generation;
     let state = match failed {
         Some(failed) => State::Failed(failed.message.clone()),

@@ -229,6 +229,7 @@ async fn reconcile_transform(transform: &Transform, context: &Context) -> Result
             // The digest it failed on is the one it is on: a staged rollout halts on it.
             if let Some(digest) = attempted
                 && failure.condition != types::MODULE_RESOLVED
+                && failure.reason != reasons::POLICY_MODULE_FAILED
             {
                 status.resolved_module = Some(ResolvedModule {
                     type_: transform.spec.module_ref.type_,
@@ -667,7 +668,7 @@ async fn pull_secret(transform: &Transform, context: &Context) -> Result<Credent
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(context.client.clone(), &namespace);
     let type_ = transform.spec.module_ref.type_;
-    credentials(&secrets, &reference.name, type_)
+    credentials(&secrets, (&reference.name, "pullSecretRef"), type_)
         .await
         .map_err(|message| Failure {
             condition: types::MODULE_RESOLVED,

@@ -403,6 +403,14 @@ fn graph_from_output(
 ) -> Result<RenderedGraph, RenderError> {
     let raw: RawOutput =
         serde_json::from_value(output).map_err(|e| RenderError::InvalidOutput(e.to_string()))?;
+    // `MODULE/POLICY` names a cluster policy: a module's own policy named so could stand in
+    // for one in a Transform's overrides.
+    if let Some(policy) = raw.policies.iter().find(|p| p.name.contains('/')) {
+        return Err(RenderError::InvalidOutput(format!(
+            "policy `{}`: a module's policy names may not contain `/` (`module/policy` names a cluster policy)",
+            policy.name
+        )));
+    }
     let mut nodes = raw.rendered.nodes;
     for node in &mut nodes {
         place_and_label(node, context);
