@@ -316,6 +316,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_policy_modules_failing_to_load_is_no_failure_of_the_digest() {
+        let transform = |reason: &str| -> Transform {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+                "metadata": {"name": "a", "namespace": "team", "generation": 1},
+                "spec": {"moduleRef": {"type": "oci", "ref": "r.corp/m:stable"}, "input": {}},
+                "status": {
+                    "observedGeneration": 1,
+                    "resolvedModule": {"type": "oci", "ref": "r.corp/m:stable", "digest": "sha256:new"},
+                    "conditions": [{"type": "Validated", "status": "False", "reason": reason,
+                        "message": "no", "lastTransitionTime": "2026-12-05T00:00:00Z"}],
+                },
+            }))
+            .expect("a Transform")
+        };
+        let refused = member(&transform(reasons::POLICY_VIOLATION), Some("sha256:new"));
+        assert!(matches!(refused.state, State::Failed(_)));
+        let unavailable = member(
+            &transform(reasons::POLICY_MODULE_FAILED),
+            Some("sha256:new"),
+        );
+        assert!(!matches!(unavailable.state, State::Failed(_)));
+    }
+
+    #[test]
     fn max_unavailable_is_a_count_or_a_percentage() {
         assert_eq!("25%".parse(), Ok(MaxUnavailable::Percent(25)));
         assert_eq!("3".parse(), Ok(MaxUnavailable::Count(3)));
