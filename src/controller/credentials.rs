@@ -4,8 +4,11 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
-use crate::api::ModuleType;
+use super::Context;
+use crate::api::{ModuleRef, ModuleType};
 use crate::module::git::GitAuth;
+use crate::module::oci::Registry;
+use crate::module::{Resolved, SourceError, Sources, resolve};
 
 /// Credentials for one module source.
 pub enum Credentials {
@@ -46,4 +49,30 @@ pub async fn credentials(
     serde_json::from_str(&config)
         .map(Credentials::DockerConfig)
         .map_err(|e| format!("{shown}: .dockerconfigjson is not JSON: {e}"))
+}
+
+/// Resolves the OCI or Git `module_ref` with `credentials`: a registry client with their
+/// docker config, or their Git auth (else the operator's anonymous client).
+pub async fn resolve_with(
+    context: &Context,
+    module_ref: &ModuleRef,
+    credentials: Credentials,
+) -> Result<Resolved, SourceError> {
+    let with_secret;
+    let (registry, git_auth) = match credentials {
+        Credentials::DockerConfig(config) => {
+            with_secret = Registry::new(&context.config.insecure_registries, Some(config));
+            (&with_secret, GitAuth::Anonymous)
+        }
+        Credentials::Git(auth) => (&context.registry, auth),
+        Credentials::None => (&context.registry, GitAuth::Anonymous),
+    };
+    let sources = Sources {
+        registry,
+        cache: &context.modules,
+        cache_dir: &context.config.cache_dir,
+        git_auth,
+        allow_local_git: context.config.allow_local_git,
+    };
+    resolve(module_ref, None, &sources).await
 }

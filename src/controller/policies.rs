@@ -12,16 +12,14 @@ use kube::api::Api;
 use serde_json::Value;
 
 use crate::api::{ModuleRef, ModuleType};
-use crate::module::git::GitAuth;
 use crate::module::{
-    CommandLineRef, ModuleBundle, Sources, embedded_policy_module, embedded_policy_module_names,
-    from_config_map, resolve,
+    CommandLineRef, ModuleBundle, embedded_policy_module, embedded_policy_module_names,
+    from_config_map,
 };
 use crate::render::PolicyModule;
 
 use super::Context;
-use super::credentials::{Credentials, credentials};
-use crate::module::oci::Registry;
+use super::credentials::{Credentials, credentials, resolve_with};
 
 /// The key of a policy module's configuration in a ConfigMap named by `--policy-config`.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -255,23 +253,7 @@ async fn bundle(
                         .map_err(|message| (message, true))?
                 }
             };
-            let with_secret;
-            let (registry, git_auth) = match found {
-                Credentials::DockerConfig(config) => {
-                    with_secret = Registry::new(&context.config.insecure_registries, Some(config));
-                    (&with_secret, GitAuth::Anonymous)
-                }
-                Credentials::Git(auth) => (&context.registry, auth),
-                Credentials::None => (&context.registry, GitAuth::Anonymous),
-            };
-            let sources = Sources {
-                registry,
-                cache: &context.modules,
-                cache_dir: &context.config.cache_dir,
-                git_auth,
-                allow_local_git: context.config.allow_local_git,
-            };
-            resolve(&module_ref, None, &sources)
+            resolve_with(context, &module_ref, found)
                 .await
                 .map(|resolved| resolved.bundle)
                 .map_err(|e| (e.to_string(), e.is_retryable()))

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::WrittenGraph;
 use super::cached::{CachedGraph, Shared};
-use super::credentials::{Credentials, credentials};
+use super::credentials::{Credentials, credentials, resolve_with};
 use super::policies::PoliciesUnavailable;
 use super::{Context, Error, measured, retry_later, rollout};
 use crate::api::condition::{self, ConditionWriter, Status, reasons, types};
@@ -27,9 +27,7 @@ use crate::api::{
 };
 use crate::backoff::retry_delay;
 use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
-use crate::module::git::GitAuth;
-use crate::module::oci::Registry;
-use crate::module::{ModuleBundle, Resolved, SourceError, Sources, from_config_map, resolve};
+use crate::module::{ModuleBundle, Resolved, SourceError, from_config_map};
 use crate::plan::{self, Plan, PlanError};
 
 const CONTROLLER: &str = "transform";
@@ -728,22 +726,6 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
     }
     let started = Instant::now();
     let credentials = pull_secret(transform, context).await?;
-    let with_secret;
-    let (registry, git_auth) = match credentials {
-        Credentials::DockerConfig(config) => {
-            with_secret = Registry::new(&context.config.insecure_registries, Some(config));
-            (&with_secret, GitAuth::Anonymous)
-        }
-        Credentials::Git(auth) => (&context.registry, auth),
-        Credentials::None => (&context.registry, GitAuth::Anonymous),
-    };
-    let sources = Sources {
-        registry,
-        cache: &context.modules,
-        cache_dir: &context.config.cache_dir,
-        git_auth,
-        allow_local_git: context.config.allow_local_git,
-    };
     let resolved = if module_ref.type_ == ModuleType::Configmap {
         let resolved = config_map_module(transform, context).await;
         if let Ok(module) = &resolved {
@@ -752,7 +734,7 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
         }
         resolved
     } else {
-        resolve(module_ref, None, &sources).await
+        resolve_with(context, module_ref, credentials).await
     };
     if remote && let Ok(resolved) = &resolved {
         context
