@@ -8,15 +8,16 @@
 //! last-applied configuration (a second copy of the object as text).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ApiResource;
 use kube::core::{DynamicResourceScope, NamespaceResourceScope};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -38,35 +39,72 @@ pub fn slim_metadata(metadata: &mut ObjectMeta) {
 
 /// The events of a watch, kept in `writer`'s cache without what no reader of the cache uses.
 ///
-/// A relist sends every object again: one the cache already holds at the same
-/// resourceVersion (and uid) is replaced by a clone of the cached copy, which for the kinds
-/// of this module ([`CachedObject`], [`CachedGraph`], [`Shared`]) shares its allocations,
-/// so a quiet relist leaves behind almost nothing new that lives (the reflector's keys),
-/// and the pages of the copies it parsed can be handed back: which is done once a relist
-/// has replaced the cache.
+/// Like kube's `reflector`, except for a relist of a cache that is already filled: kube's
+/// builds a new cache beside the old one (a new key and entry for every object, the old ones
+/// dropped once it is complete), which leaves the long-lived allocations of the new cache
+/// scattered among the pages of the copies the relist parsed, and the process larger after
+/// every relist. Here a relist changes the cache only where the list differs from it: an
+/// object sent again at the same uid and resourceVersion keeps its entry (and the event
+/// carries a clone of the cached copy, which for the kinds of this module
+/// ([`CachedObject`], [`CachedGraph`], [`Shared`]) shares its allocations), a changed or new
+/// one is written, and the entries the list no longer holds are removed when it is complete.
+/// A quiet relist then leaves nothing new that lives, and the pages of what it parsed are
+/// handed back once it is complete. Every event is passed on as the watch sent it.
 pub fn cache<K>(
-    writer: Writer<K>,
+    mut writer: Writer<K>,
     dyntype: K::DynamicType,
     events: impl Stream<Item = watcher::Result<watcher::Event<K>>>,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>>
 where
-    K: Resource + Clone,
+    K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let cached = writer.as_reader();
-    let events = events.modify(move |object| {
-        slim_metadata(object.meta_mut());
-        if let Some(same) = cached
-            .get(&ObjectRef::from_obj_with(object, dyntype.clone()))
-            .filter(|copy| unchanged(copy.meta(), object.meta()))
-        {
-            *object = K::clone(&same);
+    // The entries a relist of the filled cache has sent so far; None outside one.
+    let mut relisted: Option<HashSet<ObjectRef<K>>> = None;
+    let mut filled = false;
+    events.map_ok(move |mut event| {
+        match &mut event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                slim_metadata(object.meta_mut());
+            }
+            watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => {}
         }
-    });
-    reflector(writer, events).inspect_ok(|event| {
-        if matches!(event, watcher::Event::InitDone) {
-            super::memory::release_freed_memory();
+        if !filled {
+            writer.apply_watcher_event(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                filled = true;
+                super::memory::release_freed_memory();
+            }
+            return event;
         }
+        match &mut event {
+            watcher::Event::Init => relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
+                let key = ObjectRef::from_obj_with(object, dyntype.clone());
+                match cached.get(&key) {
+                    Some(same) if unchanged(same.meta(), object.meta()) => {
+                        *object = K::clone(&same)
+                    }
+                    _ => writer.apply_watcher_event(&watcher::Event::Apply(object.clone())),
+                }
+                if let Some(relisted) = relisted.as_mut() {
+                    relisted.insert(key);
+                }
+            }
+            watcher::Event::Delete(_) => writer.apply_watcher_event(&event),
+            watcher::Event::InitDone => {
+                let relisted = relisted.take().unwrap_or_default();
+                for gone in cached.state() {
+                    if !relisted.contains(&ObjectRef::from_obj_with(&*gone, dyntype.clone())) {
+                        writer.apply_watcher_event(&watcher::Event::Delete(K::clone(&gone)));
+                    }
+                }
+                drop(relisted);
+                super::memory::release_freed_memory();
+            }
+        }
+        event
     })
 }
 
@@ -484,6 +522,86 @@ mod tests {
             "a changed one is the new copy"
         );
         assert_eq!(api_again.metadata.resource_version.as_deref(), Some("9"));
+    }
+
+    #[tokio::test]
+    async fn a_relist_of_a_filled_cache_changes_only_what_differs() {
+        use futures::StreamExt;
+        use watcher::Event;
+
+        let object = |name: &str, version: &str| -> CachedObject {
+            let mut object = sent();
+            object["metadata"]["name"] = json!(name);
+            object["metadata"]["uid"] = json!(format!("u-{name}"));
+            object["metadata"]["resourceVersion"] = json!(version);
+            serde_json::from_value(object).expect("parses")
+        };
+        let writer = Writer::new(deployments());
+        let store = writer.as_reader();
+        let list = vec![
+            Event::Init,
+            Event::InitApply(object("web", "1")),
+            Event::InitApply(object("api", "2")),
+            Event::InitApply(object("old", "3")),
+            Event::InitDone,
+        ];
+        let relist = vec![
+            Event::Init,
+            Event::InitApply(object("web", "1")),
+            Event::InitApply(object("api", "9")),
+            Event::InitApply(object("new", "10")),
+            Event::InitDone,
+        ];
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        let mut events = Box::pin(cache(writer, deployments(), receiver));
+        for event in list {
+            sender.unbounded_send(Ok(event)).expect("sent");
+        }
+        for _ in 0..5 {
+            events.next().await.expect("an event").expect("no error");
+        }
+        let key = |name: &str| ObjectRef::new_with(name, deployments()).within("shop");
+        let web = store.get(&key("web")).expect("cached");
+        for event in relist {
+            sender.unbounded_send(Ok(event)).expect("sent");
+        }
+        let mut passed_on = Vec::new();
+        for _ in 0..5 {
+            match events.next().await.expect("an event").expect("no error") {
+                Event::InitApply(object) => passed_on.push(object.name_any()),
+                Event::Init | Event::InitDone => {}
+                other => panic!("not passed on as sent: {other:?}"),
+            }
+            if passed_on.len() == 1 {
+                assert!(
+                    store.get(&key("old")).is_some(),
+                    "nothing is removed before the relist is complete"
+                );
+            }
+        }
+        assert_eq!(passed_on, ["web", "api", "new"]);
+
+        assert!(
+            Arc::ptr_eq(&web, &store.get(&key("web")).expect("still cached")),
+            "an unchanged object keeps its very entry"
+        );
+        let version = |name: &str| {
+            store
+                .get(&key(name))
+                .and_then(|object| object.metadata.resource_version.clone())
+        };
+        assert_eq!(
+            version("api").as_deref(),
+            Some("9"),
+            "a changed one is written"
+        );
+        assert_eq!(version("new").as_deref(), Some("10"), "a new one is added");
+        assert_eq!(
+            version("old"),
+            None,
+            "one the list no longer holds is removed"
+        );
+        assert_eq!(store.state().len(), 3);
     }
 
     #[tokio::test]
