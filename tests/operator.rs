@@ -1259,7 +1259,7 @@ async fn a_suspended_transform_is_left_alone_and_events_tell_what_happened() {
         .await;
     assert_eq!(transform["status"]["observedGeneration"], 3);
 
-    // Events on the Transform and its graph (events.k8s.io, as kube's recorder writes them).
+    // Events on the Transform and its graph (events.k8s.io).
     let reasons = eventually(30, "the events", || async {
         let events = cluster.json(&["get", "events.events.k8s.io"]).await?;
         let reasons: Vec<String> = events["items"]

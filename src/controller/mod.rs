@@ -4,6 +4,7 @@
 
 mod cached;
 mod credentials;
+mod events;
 mod graph;
 mod leader;
 pub mod memory;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::{Controller, controller::Action, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::Semaphore;
@@ -113,7 +114,7 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes events.
-    pub recorder: Recorder,
+    pub events: events::Publisher,
     /// Bounds concurrent object writes.
     pub applies: Arc<Semaphore>,
     /// Watches of applied and observed objects, waking their graphs.
@@ -194,10 +195,6 @@ impl Context {
         let (graphs, woken) = futures::channel::mpsc::unbounded();
         let client = kube::Client::try_from(kube_config.clone())?;
         let appliers = Appliers::new(kube_config)?;
-        let reporter = Reporter {
-            controller: "pequod".to_string(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let registry = Registry::new(&config.insecure_registries, None);
         let modules = ModuleCache::new(MODULE_CACHE_BYTES).with_disk(DiskCache::new(
             &config.cache_dir,
@@ -213,7 +210,11 @@ impl Context {
             appliers,
             transforms: writer.as_reader(),
             graphs: graph_cache.as_reader(),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Publisher::new(
+                client.clone(),
+                "pequod",
+                std::env::var("POD_NAME").ok(),
+            ),
             watches: Watches::new(client.clone(), config.namespace.clone(), graphs),
             applies: Arc::new(Semaphore::new(config.max_concurrent_applies.max(1))),
             client,
@@ -250,14 +251,13 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let event = Event {
+        let note = truncate(note, 1000);
+        let event = events::Note {
             type_,
-            reason: reason.to_string(),
-            note: Some(truncate(note, 1000)),
-            action: reason.to_string(),
-            secondary: None,
+            reason,
+            note: &note,
         };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(error) = self.events.publish(&object.object_ref(&()), &event).await {
             tracing::warn!(%error, name = %object.name_any(), reason, "cannot publish event");
         }
     }
