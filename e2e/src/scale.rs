@@ -165,7 +165,12 @@ pub struct Report {
     pub resync_renders: u64,
     /// Memory and CPU at the end, after the resync.
     pub after_resync: Usage,
-    /// The operator's resident memory after each further resync, MiB.
+    /// The operator's resident memory once it went quiet after the first pass, MiB.
+    pub settled_first_pass_mib: f64,
+    /// The same once it went quiet after the resync, MiB: what it keeps, without what the
+    /// last reconciles and relists still hold.
+    pub settled_after_resync_mib: f64,
+    /// The operator's resident memory once quiet after each further resync, MiB.
     pub after_extra_resyncs: Vec<f64>,
     /// What each replica did, the unsharded one first.
     pub replicas: Vec<ReplicaShare>,
@@ -356,6 +361,7 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
             example: not_ready_example(&store, &ready, &names),
         });
     }
+    let settled_first_pass_mib = sampler.settled_operator_mib().await;
     let objects = created_objects(&store);
     let writes = graph_writes(&requests);
     let shares = replicas
@@ -394,13 +400,14 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     let resync_renders = renders(&replicas).await.saturating_sub(renders_before);
     let registry_resync = registry_requests(scenario);
     let after_resync = sampler.usage();
+    let settled_after_resync_mib = sampler.settled_operator_mib().await;
     let mut after_extra_resyncs = Vec::new();
     for round in 2..=scenario.extra_resyncs + 1 {
         store.expire_history();
         server.drop_watches();
         let wanted = reconciles_before + (round * scenario.transforms) as u64;
         wait_for_reconciles(&replicas, wanted, scenario.deadline).await;
-        after_extra_resyncs.push(sampler.usage().operator_end_mib);
+        after_extra_resyncs.push(sampler.settled_operator_mib().await);
     }
     sampler.stop();
     for replica in &mut replicas {
@@ -427,6 +434,8 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
         first_pass_renders: renders_before,
         resync_renders,
         after_resync,
+        settled_first_pass_mib,
+        settled_after_resync_mib,
         after_extra_resyncs,
         impact,
         replicas: shares,
@@ -876,6 +885,24 @@ impl Sampler {
         }
     }
 
+    /// The operator's resident memory once it has gone quiet: its CPU time grew by less
+    /// than 10 ms in half a second (the end of its last burst of work, after which it hands
+    /// freed memory back), or after 30 s.
+    async fn settled_operator_mib(&self) -> f64 {
+        let cpu = || -> f64 { self.pids.iter().map(|pid| cpu_seconds(*pid).0).sum() };
+        let started = Instant::now();
+        let mut last = cpu();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = cpu();
+            if now - last < 0.01 || started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            last = now;
+        }
+        self.pids.iter().map(|pid| rss_mib(*pid)).sum()
+    }
+
     fn stop(self) {
         self.task.abort();
     }
@@ -967,7 +994,7 @@ pub fn describe(report: &Report) -> String {
         )
     };
     format!(
-        "{} Transforms ({:?}): all Ready in {:.1} s (creating them took {:.1} s)\n  {}\n  requests {} ({})\n  {} objects, {:.2} writes per object\n  {} renders; quiet resync: {} reconciles, {} renders, {} requests, {} writes\n  after resync: operator RSS {:.0} MiB (after the first pass {:.0} MiB); {}\n",
+        "{} Transforms ({:?}): all Ready in {:.1} s (creating them took {:.1} s)\n  {}\n  requests {} ({})\n  {} objects, {:.2} writes per object\n  {} renders; quiet resync: {} reconciles, {} renders, {} requests, {} writes\n  after resync: operator RSS {:.0} MiB at the last reconcile, {:.0} MiB once quiet (after the first pass {:.0}, once quiet {:.0} MiB); {}\n",
         report.transforms,
         report.start,
         report.all_ready.as_secs_f64(),
@@ -987,7 +1014,9 @@ pub fn describe(report: &Report) -> String {
         report.resync_requests.total(),
         writes(&report.resync_requests),
         report.after_resync.operator_end_mib,
+        report.settled_after_resync_mib,
         report.first_pass.operator_end_mib,
+        report.settled_first_pass_mib,
         usage(&report.after_resync),
     ) + &shares(report)
 }
@@ -1013,7 +1042,7 @@ fn shares(report: &Report) -> String {
             .map(|mib| format!("{mib:.0}"))
             .collect();
         text += &format!(
-            "  operator RSS after each further resync: {} MiB\n",
+            "  operator RSS once quiet after each further resync: {} MiB\n",
             rss.join(", ")
         );
     }
