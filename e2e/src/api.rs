@@ -646,11 +646,15 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
                 ));
             }
             let body = match patch_type {
-                PatchType::Apply { .. } => {
-                    serde_yaml::from_slice::<Value>(request.body).map_err(|error| {
+                // YAML, of which JSON (what clients send) is read by the JSON parser, many
+                // times faster; a key given twice keeps the last value, as Kubernetes'
+                // decoder does unless asked for strict field validation.
+                PatchType::Apply { .. } => match serde_json::from_slice::<Value>(request.body) {
+                    Ok(body) => body,
+                    Err(_) => serde_yaml::from_slice::<Value>(request.body).map_err(|error| {
                         ApiError::bad_request(format!("error decoding YAML: {error}"))
-                    })?
-                }
+                    })?,
+                },
                 _ => serde_json::from_slice(request.body).map_err(|error| {
                     ApiError::bad_request(format!("error decoding patch: {error}"))
                 })?,
