@@ -92,6 +92,16 @@ pub struct OperatorConfig {
     pub policies: PolicyFlags,
 }
 
+/// Objects in a page of a watch's list. A list (at start, and at every relist) holds a page
+/// of text and the objects parsed from it at once: kube's default of 500 is megabytes for
+/// ResourceGraphs, and every watch relists at the same moment after a lost connection.
+const LIST_PAGE: u32 = 100;
+
+/// How every watch of the operator lists.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE)
+}
+
 /// Shared by every reconcile of both controllers.
 pub struct Context {
     /// The API client (the operator's identity).
@@ -314,7 +324,7 @@ pub async fn run(
     let graph_api: Api<CachedGraph> = api(&context.client, namespace);
     let config = kube::runtime::controller::Config::default().concurrency(CONCURRENCY);
     // This replica's share: the API server sends it nothing else.
-    let share = watcher::Config::default().labels(&context.config.shard.selector());
+    let share = watch_config().labels(&context.config.shard.selector());
 
     let (owners, owners_woken) = futures::channel::mpsc::unbounded();
     let mirrored = Mirrored::default();
@@ -350,7 +360,7 @@ pub async fn run(
     let transform_controller = controller
         .with_config(config)
         .reconcile_on(woken)
-        .watches(config_maps, watcher::Config::default(), move |config_map| {
+        .watches(config_maps, watch_config(), move |config_map| {
             let namespace = config_map.namespace();
             let name = config_map.name_any();
             if policy_flags.reads_config_map(namespace.as_deref().unwrap_or_default(), &name) {

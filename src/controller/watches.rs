@@ -202,7 +202,7 @@ impl Watches {
             }
             _ => Api::all_with(self.client.clone(), &resource),
         };
-        let config = watcher::Config::default().labels(labels::RESOURCE_GRAPH);
+        let config = super::watch_config().labels(labels::RESOURCE_GRAPH);
         let sender = self.sender.clone();
         let writer = Writer::new(resource.clone());
         let store = writer.as_reader();
@@ -243,7 +243,7 @@ impl Watches {
             Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, resource),
             None => Api::all_with(self.client.clone(), resource),
         };
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let config = super::watch_config().fields(&format!("metadata.name={name}"));
         let sender = self.sender.clone();
         tracing::debug!(resource = %resource.plural, name, "watching an observed object");
         tokio::spawn(
@@ -270,7 +270,7 @@ impl Watches {
         let waiting = self.waiting.clone();
         tracing::debug!("watching CustomResourceDefinitions for kinds graphs wait for");
         tokio::spawn(
-            watcher(api, watcher::Config::default())
+            watcher(api, super::watch_config())
                 .default_backoff()
                 .applied_objects()
                 .for_each(move |crd| {
