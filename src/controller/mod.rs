@@ -261,7 +261,6 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let note = truncate(note, 1000);
         let event = events::Note {
             type_,
             reason,
@@ -271,17 +270,6 @@ impl Context {
             tracing::warn!(%error, name = %object.name_any(), reason, "cannot publish event");
         }
     }
-}
-
-fn truncate(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
