@@ -73,41 +73,43 @@ where
             watcher::Event::Init | watcher::Event::InitDone => {}
         }
         if !filled {
+            // The first list fills the cache as kube's reflector does: its InitDone marks
+            // the store ready for the readers that wait for it.
             writer.apply_watcher_event(&event);
-            if matches!(event, watcher::Event::InitDone) {
-                filled = true;
-                super::memory::release_freed_memory();
-            }
-            return event;
-        }
-        match &mut event {
-            watcher::Event::Init => relisted = Some(HashSet::new()),
-            watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
-                let key = ObjectRef::from_obj_with(object, dyntype.clone());
-                match cached.get(&key) {
-                    Some(same) if unchanged(same.meta(), object.meta()) => {
-                        *object = K::clone(&same)
+            filled = matches!(event, watcher::Event::InitDone);
+        } else {
+            match &mut event {
+                watcher::Event::Init => relisted = Some(HashSet::new()),
+                watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
+                    let key = ObjectRef::from_obj_with(object, dyntype.clone());
+                    match cached.get(&key) {
+                        Some(same) if unchanged(same.meta(), object.meta()) => {
+                            *object = K::clone(&same)
+                        }
+                        _ => writer.apply_watcher_event(&watcher::Event::Apply(object.clone())),
                     }
-                    _ => writer.apply_watcher_event(&watcher::Event::Apply(object.clone())),
+                    if let Some(relisted) = relisted.as_mut() {
+                        relisted.insert(key);
+                    }
                 }
-                if let Some(relisted) = relisted.as_mut() {
-                    relisted.insert(key);
-                }
-            }
-            watcher::Event::Delete(_) => writer.apply_watcher_event(&event),
-            watcher::Event::InitDone => {
-                // (A watch always starts a relist with Init: without one, nothing was relisted
-                // and nothing is removed.)
-                if let Some(relisted) = relisted.take() {
-                    for gone in cached.state() {
-                        let key = ObjectRef::from_obj_with(&*gone, dyntype.clone());
-                        if !relisted.contains(&key) {
-                            writer.apply_watcher_event(&watcher::Event::Delete(K::clone(&gone)));
+                watcher::Event::Delete(_) => writer.apply_watcher_event(&event),
+                // (A watch always starts a relist with Init: without one, nothing was
+                // relisted and nothing is removed.)
+                watcher::Event::InitDone => {
+                    if let Some(relisted) = relisted.take() {
+                        for gone in cached.state() {
+                            let key = ObjectRef::from_obj_with(&*gone, dyntype.clone());
+                            if !relisted.contains(&key) {
+                                let gone = watcher::Event::Delete(K::clone(&gone));
+                                writer.apply_watcher_event(&gone);
+                            }
                         }
                     }
                 }
-                super::memory::release_freed_memory();
             }
+        }
+        if matches!(event, watcher::Event::InitDone) {
+            super::memory::release_freed_memory();
         }
         event
     })

@@ -39,14 +39,14 @@ const REMEMBERED: NonZeroUsize = NonZeroUsize::new(4096).expect("not zero");
 
 /// Events of one object, type and reason with different notes that are each an Event of
 /// their own within [`SIMILAR_WINDOW`]; more are counted on one combined Event.
-pub const MAX_SIMILAR: u32 = 10;
+const MAX_SIMILAR: u32 = 10;
 
 /// The window in which similar events are counted (client-go's, too).
-pub const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
+const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
 
 /// The note of the Event that counts the similar events past [`MAX_SIMILAR`], followed by
 /// the first of their notes.
-pub const COMBINED: &str = "(combined from similar events)";
+const COMBINED: &str = "(combined from similar events)";
 
 /// The longest note an Event may have (bytes).
 const NOTE_LIMIT: usize = 1024;
