@@ -596,6 +596,16 @@ fn created_objects(store: &Store) -> usize {
         .sum()
 }
 
+/// Whether a Transform's status says Ready.
+fn is_ready(transform: &Value) -> bool {
+    transform["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
 /// Every stored object of `ty`, in its storage version.
 fn every_object(store: &Store, ty: &ResourceType) -> Vec<Value> {
     let selection = crate::store::Selection {
@@ -752,40 +762,69 @@ impl Readiness {
         };
         let mut events = store.events();
         let sink = readiness.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             loop {
                 let event = match events.recv().await {
                     Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Lagged(_)) => {
+                        // Events were dropped: count again from what the store holds. The
+                        // events still to come follow on from before this count, in order,
+                        // so each Transform ends as its latest event says.
+                        sink.recount(&store);
+                        continue;
+                    }
                     Err(RecvError::Closed) => return,
                 };
                 if event.gr.resource != "transforms" || event.kind == EventType::Deleted {
                     continue;
                 }
-                let ready = event.object["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    });
-                let key = (
-                    event.namespace.clone(),
-                    event.object["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                );
-                let mut set = sink.ready.lock().unwrap_or_else(|p| p.into_inner());
-                if ready {
-                    set.insert(key);
-                } else {
-                    set.remove(&key);
-                }
-                drop(set);
-                sink.changed.notify_waiters();
+                sink.set(&event.namespace, &event.object);
             }
         });
         readiness
+    }
+
+    /// Records whether the Transform `object` in `namespace` is Ready.
+    fn set(&self, namespace: &str, object: &Value) {
+        let key = (
+            namespace.to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+        let mut set = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        if is_ready(object) {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+        drop(set);
+        self.changed.notify_waiters();
+    }
+
+    /// Counts the Ready Transforms again from the store.
+    fn recount(&self, store: &Store) {
+        let Some(ty) = store
+            .registry()
+            .all()
+            .find(|ty| ty.gr.resource == "transforms")
+            .cloned()
+        else {
+            return;
+        };
+        let ready: HashSet<(String, String)> = every_object(store, &ty)
+            .iter()
+            .filter(|object| is_ready(object))
+            .map(|object| {
+                let name =
+                    |field: &str| object["metadata"][field].as_str().unwrap_or("").to_string();
+                (name("namespace"), name("name"))
+            })
+            .collect();
+        *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = ready;
+        self.changed.notify_waiters();
     }
 
     fn count(&self) -> usize {
@@ -1077,4 +1116,87 @@ fn shares(report: &Report) -> String {
         );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PatchType;
+
+    /// The Transform type, with Pequod's CRDs as deployed.
+    fn store_with_transforms() -> (Arc<Store>, Arc<ResourceType>) {
+        let store = Arc::new(Store::new(100));
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds.yaml");
+        crate::load_crds(&store, &crds).expect("Pequod's CRDs");
+        let ty = store
+            .registry()
+            .all()
+            .find(|ty| ty.gr.resource == "transforms")
+            .cloned()
+            .expect("the Transform type");
+        (store, ty)
+    }
+
+    fn make_ready(store: &Store, ty: &ResourceType, name: &str) {
+        let options = WriteOptions {
+            manager: "test".to_string(),
+            validation: FieldValidation::Strict,
+            dry_run: false,
+        };
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "Succeeded", "message": "ready", "lastTransitionTime": "2026-12-05T00:00:00Z"}]}});
+        store
+            .patch(
+                ty,
+                ty.storage_version(),
+                "default",
+                name,
+                PatchType::Merge,
+                status,
+                true,
+                &options,
+            )
+            .expect("status written");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn readiness_counts_again_from_the_store_when_it_missed_events() {
+        let (store, ty) = store_with_transforms();
+        let planned = |name: &str| Planned {
+            namespace: "default".to_string(),
+            name: name.to_string(),
+            shard: None,
+        };
+        let names = [
+            ("default".to_string(), "a".to_string()),
+            ("default".to_string(), "b".to_string()),
+        ];
+        let ready = Readiness::track(&store, &names);
+        let module = json!({"type": "inline", "ref": "{}"});
+        for name in ["a", "b"] {
+            create(
+                &store,
+                "platform.pequod.io",
+                "transforms",
+                "default",
+                transform(&planned(name), &module),
+            )
+            .expect("created");
+        }
+        make_ready(&store, &ty, "a");
+        // The tracker's task has not run yet (one thread, no await so far): these changes
+        // overflow its channel, and `a` going Ready is among the events it never gets.
+        for n in 0..5_000 {
+            let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("filler-{n}")}});
+            create(&store, "", "configmaps", "default", config_map).expect("created");
+        }
+        // A change after the gap is counted too.
+        make_ready(&store, &ty, "b");
+        ready
+            .all(Duration::from_secs(30))
+            .await
+            .expect("both Transforms counted Ready");
+        assert_eq!(ready.count(), 2);
+    }
 }

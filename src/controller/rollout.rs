@@ -109,8 +109,23 @@ pub struct Member {
     /// status, so a move whose status write has not landed (the operator stopped between
     /// the two) still counts.
     pub graph_digest: Option<String>,
-    /// How it is doing there.
+    /// How it is doing on `digest`, as its status says.
     pub state: State,
+}
+
+impl Member {
+    /// How it is doing on `digest`, or `None` when it is not on it. A Transform whose graph
+    /// moved to `digest` and whose status does not say so yet is on its way there: what its
+    /// status says (a failure or readiness on the digest before) is not about `digest`.
+    fn on(&self, digest: &str) -> Option<&State> {
+        if self.digest.as_deref() == Some(digest) {
+            Some(&self.state)
+        } else if self.graph_digest.as_deref() == Some(digest) {
+            Some(&State::InProgress)
+        } else {
+            None
+        }
+    }
 }
 
 /// How a Transform is doing on its digest.
@@ -186,12 +201,12 @@ pub enum Decision {
 /// the digest and not Ready at once.
 pub fn decide(digest: &str, members: &[Member], moving: usize, limit: usize) -> Decision {
     let on_digest = || {
-        members.iter().filter(|m| {
-            m.digest.as_deref() == Some(digest) || m.graph_digest.as_deref() == Some(digest)
-        })
+        members
+            .iter()
+            .filter_map(|m| m.on(digest).map(|state| (&m.key, state)))
     };
-    if let Some((key, message)) = on_digest().find_map(|m| match &m.state {
-        State::Failed(message) => Some((&m.key, message)),
+    if let Some((key, message)) = on_digest().find_map(|(key, state)| match state {
+        State::Failed(message) => Some((key, message)),
         _ => None,
     }) {
         return Decision::Hold(PendingModule {
@@ -200,7 +215,10 @@ pub fn decide(digest: &str, members: &[Member], moving: usize, limit: usize) -> 
             message: format!("the rollout of {digest} is halted: {key} failed on it: {message}"),
         });
     }
-    let unavailable = on_digest().filter(|m| m.state != State::Ready).count() + moving;
+    let unavailable = on_digest()
+        .filter(|(_, state)| **state != State::Ready)
+        .count()
+        + moving;
     if unavailable >= limit {
         let moved = on_digest().count() + moving;
         return Decision::Hold(PendingModule {
@@ -371,14 +389,13 @@ mod tests {
         members[1] = at("b", "sha256:new", State::InProgress);
         assert_eq!(decide("sha256:new", &members, 0, 2), Decision::Move);
         // A graph already on the new digest whose Transform's status does not say so yet
-        // counts as moved.
+        // counts as moved, and not Ready there (its status is Ready on the old digest).
         let mut unwritten = members.clone();
         unwritten[2].graph_digest = Some("sha256:new".into());
-        unwritten[2].state = State::InProgress;
-        assert!(matches!(
-            decide("sha256:new", &unwritten, 0, 2),
-            Decision::Hold(_)
-        ));
+        let Decision::Hold(pending) = decide("sha256:new", &unwritten, 0, 2) else {
+            panic!("held")
+        };
+        assert_eq!(pending.reason, ROLLOUT_WAITING);
         // One failed: nobody else moves, whatever the room.
         members[1] = at(
             "b",
@@ -394,6 +411,15 @@ mod tests {
             "the rollout of sha256:new is halted: b failed on it: contract violation at input.x"
         );
         // A failure on another digest does not halt this one.
+        assert_eq!(decide("sha256:fix", &members, 0, 2), Decision::Move);
+        // Nor does the failure of a Transform on its way to this one: its graph is on the
+        // fix, its status still says how it failed on the digest before. It is not Ready
+        // on the fix yet.
+        members[1].graph_digest = Some("sha256:fix".into());
+        let Decision::Hold(pending) = decide("sha256:fix", &members, 0, 1) else {
+            panic!("held")
+        };
+        assert_eq!(pending.reason, ROLLOUT_WAITING);
         assert_eq!(decide("sha256:fix", &members, 0, 2), Decision::Move);
     }
 
