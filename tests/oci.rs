@@ -17,7 +17,9 @@ use pequod::api::{ModuleRef, ModuleType};
 use pequod::module::git::GitAuth;
 use pequod::module::oci::{CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE, Registry, pack};
 use pequod::module::{self, ModuleBundle, ModuleCache, Resolved, SourceError, Sources};
-use registry::{ENDLESS, HOSTILE_DIGEST, HostileRegistry, TestRegistry};
+use registry::{
+    ENDLESS, FOREIGN_PAGE_SECRET, HOSTILE_DIGEST, HostileRegistry, Hostility, TestRegistry,
+};
 use serde_json::{Value, json};
 
 /// `pequod ARGS`: (exit code, stdout, stderr).
@@ -522,9 +524,14 @@ fn a_pinned_digest_in_the_cache_is_served_when_the_registry_is_down() {
 
     // The registry is down. A digest, by reference or pin, comes from the cache, saying so.
     registry.stop();
+    // The first request of a resolution is for the manifest (a registry is not pinged).
     let down = |reference: &str| {
+        let target = match reference.rsplit_once('@') {
+            Some((_, digest)) => digest,
+            None => reference.rsplit_once(':').map_or("latest", |(_, tag)| tag),
+        };
         format!(
-            "registry error for {reference}: error sending request for url (http://{host}/v2/): client error (Connect): tcp connect error: Connection refused (os error 111)"
+            "registry error for {reference}: error sending request for url (http://{host}/v2/platforms/webservice/manifests/{target}): client error (Connect): tcp connect error: Connection refused (os error 111)"
         )
     };
     for (module_ref, reference) in [(&by_digest, &pinned), (&tag_and_pin, &tagged)] {
@@ -570,7 +577,7 @@ fn a_manifest_over_the_limit_is_refused_before_it_is_read_whole() {
     // Without a digest in the HEAD answer the resolution reads the manifest; with one, the
     // pull does: both stop at the limit.
     for says_digest in [false, true] {
-        let hostile = HostileRegistry::start(says_digest);
+        let hostile = HostileRegistry::start(Hostility::EndlessManifest { says_digest });
         let tagged = format!("{}/hostile/module:1", hostile.host);
         let transform = transform_with(
             "testdata/transforms/webservice.yaml",
@@ -601,7 +608,53 @@ fn a_manifest_over_the_limit_is_refused_before_it_is_read_whole() {
                 )
             )
         );
-        let sent = hostile.manifest_bytes_sent();
+        let sent = hostile.endless_bytes_sent();
         assert!(sent < ENDLESS, "the whole manifest was sent: {sent} bytes");
+    }
+}
+
+#[test]
+fn a_token_service_is_read_with_a_bound_and_another_page_is_never_shown() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for (hostility, answered) in [
+        (
+            Hostility::EndlessToken,
+            "answered more than 65536 bytes".to_string(),
+        ),
+        (
+            Hostility::ForeignRealm,
+            "answered 403 Forbidden".to_string(),
+        ),
+    ] {
+        let hostile = HostileRegistry::start(hostility);
+        let transform = transform_with(
+            "testdata/transforms/webservice.yaml",
+            json!({"type": "oci", "ref": format!("{}/hostile/module:1", hostile.host)}),
+            dir.path(),
+        );
+        let (code, _, stderr) = pequod(&[
+            "render",
+            "-f",
+            &transform,
+            "--cache-dir",
+            &dir.path().join("cache").display().to_string(),
+            "--insecure-registry",
+            &hostile.host,
+        ]);
+        let host = &hostile.host;
+        assert_eq!(
+            (code, stderr),
+            (
+                4,
+                format!(
+                    "error: module: registry {host} refused access (401/403): the registry's token service http://{host}/token {answered}\n"
+                )
+            ),
+            "{hostility:?}: the page's text ({FOREIGN_PAGE_SECRET}) is never shown"
+        );
+        if let Hostility::EndlessToken = hostility {
+            let sent = hostile.endless_bytes_sent();
+            assert!(sent < ENDLESS, "the whole answer was sent: {sent} bytes");
+        }
     }
 }

@@ -6,9 +6,12 @@
 mod cluster;
 #[path = "common/net.rs"]
 mod net;
+#[path = "common/registry.rs"]
+mod registry;
 
 use cluster::{Cluster, condition, inline_in, node, role_for, skip_on_real_cluster};
 use pequod_e2e::testing::eventually;
+use registry::{ENDLESS, FOREIGN_PAGE_SECRET, HostileRegistry, Hostility};
 
 /// The base64 of the Secret value the attacks go after.
 const SECRET_VALUE: &str = "U1VQRVJTRUNSRVQtNDI=";
@@ -581,5 +584,75 @@ async fn a_module_cannot_read_the_operators_token_or_environment() {
         assert!(!cluster.exists(&["get", "resourcegraph", name]).await);
         assert!(!cluster.exists(&["get", "configmap", name]).await);
     }
+    cluster.stop().await;
+}
+
+/// A tenant names a registry of its own whose token service never stops answering, or whose
+/// challenge sends the operator to a page only the operator can reach: the operator reads
+/// neither whole, shows neither page, and goes on serving everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_registry_cannot_exhaust_the_operator_nor_show_it_another_page() {
+    let endless = HostileRegistry::start(Hostility::EndlessToken);
+    let foreign = HostileRegistry::start(Hostility::ForeignRealm);
+    let cluster = Cluster::start_with_flags(
+        std::time::Duration::from_millis(300),
+        &[
+            "--insecure-registry",
+            &endless.host,
+            "--insecure-registry",
+            &foreign.host,
+        ],
+    )
+    .await;
+    let ns = cluster.namespace().to_owned();
+    for (name, registry, answered) in [
+        ("endless", &endless, "answered more than 65536 bytes"),
+        ("foreign", &foreign, "answered 403 Forbidden"),
+    ] {
+        let transform = serde_json::json!({
+            "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+            "metadata": {"name": name},
+            "spec": {"moduleRef": {"type": "oci", "ref": format!("{}/team/module:1", registry.host)},
+                     "input": {}},
+        });
+        cluster
+            .ok(&["apply", "-f", "-"], Some(&transform.to_string()))
+            .await;
+        let refused = cluster
+            .transform_when(&ns, name, "ModuleResolved=False", |t| {
+                condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+            })
+            .await;
+        let resolved = condition(&refused, "ModuleResolved").expect("ModuleResolved");
+        let host = &registry.host;
+        assert_eq!(resolved["reason"], "Unauthorized");
+        assert_eq!(
+            resolved["message"],
+            format!(
+                "registry {host} refused access (401/403): the registry's token service http://{host}/token {answered}"
+            )
+        );
+        assert!(!cluster.exists(&["get", "resourcegraph", name]).await);
+    }
+    let sent = endless.endless_bytes_sent();
+    assert!(sent < ENDLESS, "the whole answer was sent: {sent} bytes");
+    let shown = everything_shown(&cluster, &ns, "foreign").await;
+    assert!(!shown.contains(FOREIGN_PAGE_SECRET), "{shown}");
+    // The operator goes on: a Transform created after them renders and is Ready.
+    cluster
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&inline_in(
+                &ns,
+                "after",
+                r#"[{ id = "cm", object = { apiVersion = "v1", kind = "ConfigMap", metadata.name = "after", data.ok = "yes" } }]"#,
+            )),
+        )
+        .await;
+    cluster
+        .transform_when(&ns, "after", "Ready", |t| {
+            condition(t, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
     cluster.stop().await;
 }

@@ -3,6 +3,7 @@
 //! Remote sources (OCI, Git, ConfigMap) resolve to the same [`ModuleBundle`].
 
 mod allowlist;
+mod bounded;
 mod bundle;
 pub mod disk;
 mod embedded;
@@ -11,6 +12,7 @@ pub mod oci;
 mod recent;
 mod reference;
 mod source;
+mod token;
 
 pub use allowlist::{BadPattern, ModuleSources};
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};

@@ -14,12 +14,13 @@ use oci_client::manifest::{
     OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{MAX_BUNDLE_BYTES, ModuleBundle};
+use super::bounded::read_at_most;
+use super::{MAX_BUNDLE_BYTES, ModuleBundle, token};
 
 /// Media type of the config blob, also the manifest's `artifactType`.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.pequod.module.config.v1+json";
@@ -119,8 +120,9 @@ pub enum OciError {
 
 /// A registry client: plain HTTP for the `insecure` registries, credentials from a docker
 /// config (`{"auths": {host: {auth | username, password}}}`). Pulls read manifests and blobs
-/// with its own HTTP client, each with a size bound (oci-client reads manifests whole);
-/// publishing and the registry's token service are oci-client's.
+/// with its own HTTP client, each with a size bound (oci-client reads manifests and token
+/// answers whole), and asks the registry's token service itself ([`super::token`]);
+/// publishing is oci-client's.
 pub struct Registry {
     client: Client,
     http: reqwest::Client,
@@ -203,7 +205,7 @@ impl Registry {
     /// asked of the registry with this client's credentials even for a digest reference, so
     /// that access is checked before a cached copy is used.
     pub async fn resolve(&self, reference: &str) -> Result<String, OciError> {
-        let session = self.session(reference).await?;
+        let session = self.session(reference)?;
         let head = session
             .request(reqwest::Method::HEAD, &session.manifest_path())
             .await?;
@@ -229,7 +231,7 @@ impl Registry {
     /// Pulls and checks the module at `reference`: the manifest digest, the config and the
     /// files (the content layer's digest verified, sizes bounded).
     pub async fn pull(&self, reference: &str) -> Result<Pulled, OciError> {
-        let session = self.session(reference).await?;
+        let session = self.session(reference)?;
         let malformed = |message: String| OciError::Malformed {
             reference: reference.to_string(),
             message,
@@ -281,35 +283,33 @@ impl Registry {
         })
     }
 
-    /// The requests of one pull or resolution of `reference`: its credentials from the
-    /// docker config, and a bearer token when the registry's token service gives one.
-    async fn session<'a>(&'a self, reference: &'a str) -> Result<Session<'a>, OciError> {
+    /// The requests of one pull or resolution of `reference`, with its credentials from the
+    /// docker config.
+    fn session<'a>(&'a self, reference: &'a str) -> Result<Session<'a>, OciError> {
         let parsed = parse(reference)?;
         let auth = self.auth(&parsed);
-        let token = self
-            .client
-            .auth(&parsed, &auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| classify(reference, e))?;
         Ok(Session {
             registry: self,
             parsed,
             reference,
             auth,
-            token,
+            token: std::sync::Mutex::new(None),
         })
     }
 }
 
-/// Requests for one reference, with the credentials oci-client would send (a bearer token
-/// from the registry's token service, or basic credentials) but Pequod's own HTTP client, so
-/// that every body is read with a bound (oci-client reads manifests and error answers whole).
+/// Requests for one reference, with the credentials oci-client would send (basic
+/// credentials, or a bearer token from the registry's token service once the registry asks
+/// for one) but Pequod's own HTTP client, so that every body is read with a bound
+/// (oci-client reads manifests, token and error answers whole). A registry that needs no
+/// token is asked nothing more than the requests themselves.
 struct Session<'a> {
     registry: &'a Registry,
     parsed: Reference,
     reference: &'a str,
     auth: RegistryAuth,
-    token: Option<String>,
+    /// The token service's token, once a request was answered 401 with a Bearer challenge.
+    token: std::sync::Mutex<Option<String>>,
 }
 
 impl Session<'_> {
@@ -389,20 +389,31 @@ impl Session<'_> {
             "{scheme}://{registry}/v2/{}/{path}",
             self.parsed.repository()
         );
-        let request = self
-            .registry
-            .http
-            .request(method, &url)
-            .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = match (&self.token, &self.auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, _) => request,
-        };
-        let mut response = request
-            .send()
+        let mut response = self.send(method.clone(), &url).await?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && self.token().is_none()
+            && let Some(challenge) = token::Challenge::of(response.headers())
+        {
+            let token = token::pull_token(
+                &self.registry.http,
+                &challenge,
+                self.parsed.repository(),
+                &self.auth,
+            )
             .await
-            .map_err(|e| classify(self.reference, e.into()))?;
+            .map_err(|e| match e {
+                token::TokenError::Unreachable { .. } => OciError::Registry {
+                    reference: self.reference.to_string(),
+                    message: e.to_string(),
+                },
+                token::TokenError::Refused { .. } => OciError::Unauthorized {
+                    registry: registry.to_string(),
+                    message: e.to_string(),
+                },
+            })?;
+            *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+            response = self.send(method, &url).await?;
+        }
         let status = response.status();
         if status == reqwest::StatusCode::OK {
             return Ok(response);
@@ -414,47 +425,65 @@ impl Session<'_> {
             .unwrap_or_default();
         Err(classify(self.reference, refusal(status, &body, url)))
     }
-}
 
-/// At most `limit` bytes of the body of `response`, read chunk by chunk: `None` when it is
-/// longer (the rest is never read).
-async fn read_at_most(
-    response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit as u64)
-    {
-        return Ok(None);
+    /// The token had from the registry's token service, if any.
+    fn token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
+
+    /// Sends a `method` request of `url` with the session's credentials: its token, else
+    /// the basic credentials.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::Response, OciError> {
+        let request = self
+            .registry
+            .http
+            .request(method, url)
+            .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+        let request = match (self.token(), &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        request
+            .send()
+            .await
+            .map_err(|e| classify(self.reference, e.into()))
     }
-    Ok(Some(body))
 }
 
 /// The error a registry's answer other than 200 is, as oci-client reads it: 401, an OCI
-/// error envelope for a 4xx, else the status and the body's text.
+/// error envelope for a 4xx, else the status and the envelope's messages. An answer that is
+/// no registry's error is not shown: the host is the Transform's to name, and what some
+/// other server answers the operator is not for its author to read.
 fn refusal(status: reqwest::StatusCode, body: &[u8], url: String) -> OciDistributionError {
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return OciDistributionError::UnauthorizedError { url };
     }
-    match serde_json::from_slice::<OciEnvelope>(body) {
+    let message = match serde_json::from_slice::<OciEnvelope>(body) {
         Ok(envelope) if status.is_client_error() => {
-            OciDistributionError::RegistryError { envelope, url }
+            return OciDistributionError::RegistryError { envelope, url };
         }
-        _ => OciDistributionError::ServerError {
-            code: status.as_u16(),
-            url,
-            message: String::from_utf8_lossy(body).into_owned(),
-        },
+        Ok(envelope) => envelope
+            .errors
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(_) => NOT_A_REGISTRY_ERROR.to_string(),
+    };
+    OciDistributionError::ServerError {
+        code: status.as_u16(),
+        url,
+        message,
     }
 }
+
+/// What is said of an error answer that is not a registry's.
+const NOT_A_REGISTRY_ERROR: &str = "(the answer is not a registry's error; it is not shown)";
 
 /// A pulled module.
 #[derive(Clone, Debug)]
@@ -894,5 +923,217 @@ mod tests {
             credentials(None, "ghcr.io", "acme/x"),
             RegistryAuth::Anonymous
         ));
+    }
+
+    /// What the fake registry's token service answers.
+    #[derive(Clone, Copy)]
+    enum TokenService {
+        /// A token.
+        Grants,
+        /// Spaces, without end.
+        Endless,
+        /// 401 with a distribution error.
+        Denies,
+        /// 403 with a page that is not the token service's (another URL the realm names).
+        SomeOtherPage,
+        /// 200 without a token.
+        NoToken,
+    }
+
+    /// A registry serving the module `m:1` to whoever holds the token `t0k3n`, with its
+    /// token service at `/token`; its requests are logged (method, path and query, and
+    /// whether they carried basic credentials).
+    async fn fake_registry(
+        service: TokenService,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::body::{Body, Bytes};
+        use axum::http::{Response, StatusCode};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let host = listener.local_addr().expect("its address").to_string();
+        let bundle = ModuleBundle::new(files(), None).expect("a bundle");
+        let config = ModuleConfig {
+            name: "m".into(),
+            version: "1.0.0".into(),
+            entrypoint: "main.ncl".into(),
+            description: String::new(),
+            input_schema_digest: None,
+        };
+        let provenance = Provenance {
+            created: "2026-12-05T00:00:00Z".into(),
+            ..Provenance::default()
+        };
+        let artifact = artifact(&bundle, &config, &provenance).expect("an artifact");
+        let served = std::sync::Arc::new(BTreeMap::from([
+            ("/v2/m/manifests/1".to_string(), artifact.manifest),
+            (
+                format!("/v2/m/blobs/{}", artifact.config_digest),
+                artifact.config,
+            ),
+            (
+                format!("/v2/m/blobs/{}", artifact.layer_digest),
+                artifact.layer,
+            ),
+        ]));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let logged = log.clone();
+        let realm = format!("http://{host}/token");
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let served = served.clone();
+            let logged = logged.clone();
+            let realm = realm.clone();
+            async move {
+                let authorization = request
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let basic = if authorization.starts_with("Basic ") { " (basic)" } else { "" };
+                logged.lock().expect("the log").push(format!(
+                    "{} {}{basic}",
+                    request.method(),
+                    request.uri()
+                ));
+                let answer = |status: StatusCode, body: Body| {
+                    Response::builder().status(status).body(body).expect("a response")
+                };
+                if request.uri().path() == "/token" {
+                    return match service {
+                        TokenService::Grants => {
+                            answer(StatusCode::OK, Body::from(r#"{"token":"t0k3n"}"#))
+                        }
+                        TokenService::Endless => answer(
+                            StatusCode::OK,
+                            Body::from_stream(futures::stream::repeat_with(|| {
+                                Ok::<_, std::convert::Infallible>(Bytes::from_static(&[b' '; 4096]))
+                            })),
+                        ),
+                        TokenService::Denies => answer(
+                            StatusCode::UNAUTHORIZED,
+                            Body::from(
+                                r#"{"errors":[{"code":"UNAUTHORIZED","message":"incorrect username or password"}]}"#,
+                            ),
+                        ),
+                        TokenService::SomeOtherPage => answer(
+                            StatusCode::FORBIDDEN,
+                            Body::from("<html>internal admin page: the secret is 42</html>"),
+                        ),
+                        TokenService::NoToken => answer(StatusCode::OK, Body::from("{}")),
+                    };
+                }
+                if authorization != "Bearer t0k3n" {
+                    let mut response = answer(StatusCode::UNAUTHORIZED, Body::empty());
+                    let challenge = format!(r#"Bearer realm="{realm}",service="fake""#);
+                    response.headers_mut().insert(
+                        "www-authenticate",
+                        challenge.parse().expect("a header value"),
+                    );
+                    return response;
+                }
+                match served.get(request.uri().path()) {
+                    Some(bytes) => answer(StatusCode::OK, Body::from(bytes.clone())),
+                    None => answer(StatusCode::NOT_FOUND, Body::empty()),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (host, log)
+    }
+
+    #[tokio::test]
+    async fn a_token_is_asked_of_the_token_service_the_registry_names() {
+        let (host, log) = fake_registry(TokenService::Grants).await;
+        let auths = serde_json::json!({"auths": {&host: {"username": "u", "password": "p"}}});
+        let registry = Registry::new(std::slice::from_ref(&host), Some(auths));
+        let pulled = registry
+            .pull(&format!("{host}/m:1"))
+            .await
+            .expect("pulled with the token");
+        assert_eq!(pulled.files, files());
+        let log = log.lock().expect("the log").clone();
+        let config = log[3].clone();
+        let layer = log[4].clone();
+        assert_eq!(
+            log,
+            [
+                "GET /v2/m/manifests/1 (basic)".to_string(),
+                "GET /token?scope=repository%3Am%3Apull&service=fake (basic)".to_string(),
+                "GET /v2/m/manifests/1".to_string(),
+                config,
+                layer,
+            ],
+            "no ping of /v2/; the credentials go to the token service, then the token is used"
+        );
+        assert!(log[3].starts_with("GET /v2/m/blobs/sha256:") && !log[3].ends_with("(basic)"));
+    }
+
+    #[tokio::test]
+    async fn a_token_service_that_does_not_give_a_token_fails_the_pull_with_its_reason() {
+        let cases = [
+            (
+                TokenService::Endless,
+                "answered more than 65536 bytes".to_string(),
+            ),
+            (
+                TokenService::Denies,
+                "answered 401 Unauthorized: incorrect username or password".to_string(),
+            ),
+            (
+                TokenService::SomeOtherPage,
+                "answered 403 Forbidden".to_string(),
+            ),
+            (
+                TokenService::NoToken,
+                "answered without a token".to_string(),
+            ),
+        ];
+        for (service, said) in cases {
+            let (host, _) = fake_registry(service).await;
+            let registry = Registry::new(std::slice::from_ref(&host), None);
+            let error = registry
+                .pull(&format!("{host}/m:1"))
+                .await
+                .expect_err("no token, no module");
+            assert!(matches!(error, OciError::Unauthorized { .. }), "{error}");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "registry {host} refused access (401/403): the registry's token service http://{host}/token {said}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_registrys_own_error_answer_is_shown() {
+        let url = || "http://10.0.0.1/v2/x/manifests/1".to_string();
+        let envelope = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+        let not_found = refusal(reqwest::StatusCode::NOT_FOUND, envelope, url());
+        assert!(matches!(
+            not_found,
+            OciDistributionError::RegistryError { .. }
+        ));
+        let unavailable = refusal(
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"errors":[{"code":"UNAVAILABLE","message":"storage is down"}]}"#,
+            url(),
+        );
+        assert_eq!(
+            unavailable.to_string(),
+            "Server error: url http://10.0.0.1/v2/x/manifests/1, code: 503, message: storage is down"
+        );
+        let page = refusal(
+            reqwest::StatusCode::NOT_FOUND,
+            b"<html>internal wiki: the password is 42</html>",
+            url(),
+        );
+        assert_eq!(
+            page.to_string(),
+            format!(
+                "Server error: url http://10.0.0.1/v2/x/manifests/1, code: 404, message: {NOT_A_REGISTRY_ERROR}"
+            )
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! A real OCI registry for the tests: the Debian `docker-registry` (distribution) on a
 //! loopback port, with its storage in a temporary directory, optionally behind htpasswd; and a
-//! hostile one, whose manifests never end.
+//! hostile one, whose manifests or token service never end, or whose token service is a
+//! page of someone else's.
 
 #![allow(dead_code)] // each suite uses part of this module
 
@@ -147,15 +148,36 @@ impl Drop for TestRegistry {
     }
 }
 
-/// How long a manifest of a [`HostileRegistry`] would be: 1 GiB (of JSON whitespace).
+/// How long an endless answer of a [`HostileRegistry`] would be: 1 GiB (of JSON whitespace).
 pub const ENDLESS: u64 = 1 << 30;
 
 /// The digest a [`HostileRegistry`] gives for every manifest, when it gives one.
 pub const HOSTILE_DIGEST: &str =
     "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
-/// A hostile registry on a loopback port: anonymous, and every manifest it serves is
-/// [`ENDLESS`] bytes long, chunked, without a length; it reports how much of one it sent
+/// What the page a [`Hostility::ForeignRealm`] registry sends the operator to holds.
+pub const FOREIGN_PAGE_SECRET: &str = "internal-admin-password-42";
+
+/// How a [`HostileRegistry`] attacks.
+#[derive(Clone, Copy, Debug)]
+pub enum Hostility {
+    /// Every manifest is [`ENDLESS`] bytes long. With `says_digest`, a HEAD of a manifest
+    /// names [`HOSTILE_DIGEST`] (a client then pulls it by digest); without, it names none
+    /// (a client must read the manifest to know its digest).
+    EndlessManifest {
+        /// Whether a HEAD names a digest.
+        says_digest: bool,
+    },
+    /// Every manifest wants a token (`401` with a Bearer challenge), and the token service
+    /// answers [`ENDLESS`] bytes.
+    EndlessToken,
+    /// Every manifest wants a token, and the challenge's realm is a page that is no token
+    /// service: `403` with [`FOREIGN_PAGE_SECRET`] in its text (as an internal service the
+    /// operator can reach and the tenant cannot would answer).
+    ForeignRealm,
+}
+
+/// A hostile registry on a loopback port; it reports how much of an endless answer it sent
 /// before the client hung up.
 pub struct HostileRegistry {
     /// `127.0.0.1:PORT`.
@@ -164,34 +186,34 @@ pub struct HostileRegistry {
 }
 
 impl HostileRegistry {
-    /// Starts one. With `says_digest`, a HEAD of a manifest names [`HOSTILE_DIGEST`] (a client
-    /// then pulls it by digest); without, it names none (a client must read the manifest to
-    /// know its digest).
-    pub fn start(says_digest: bool) -> HostileRegistry {
+    /// Starts one.
+    pub fn start(hostility: Hostility) -> HostileRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let host = listener.local_addr().expect("its address").to_string();
         let (report, sent) = mpsc::channel();
+        let realm = format!("http://{host}/token");
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let report = report.clone();
-                std::thread::spawn(move || serve(stream, says_digest, &report));
+                let realm = realm.clone();
+                std::thread::spawn(move || serve(stream, hostility, &realm, &report));
             }
         });
         HostileRegistry { host, sent }
     }
 
-    /// How many bytes of a manifest the registry sent before the client hung up (waits for
-    /// the one manifest request to end).
-    pub fn manifest_bytes_sent(&self) -> u64 {
+    /// How many bytes of an endless answer the registry sent before the client hung up
+    /// (waits for the one such request to end).
+    pub fn endless_bytes_sent(&self) -> u64 {
         self.sent
             .recv_timeout(Duration::from_secs(60))
-            .expect("a manifest was asked for")
+            .expect("an endless answer was asked for")
     }
 }
 
-/// Answers the requests of one connection: `/v2/` 200, a manifest HEAD 200 (with
-/// [`HOSTILE_DIGEST`] when `says_digest`), a manifest GET an endless manifest.
-fn serve(stream: TcpStream, says_digest: bool, report: &mpsc::Sender<u64>) {
+/// Answers the requests of one connection: `/v2/` 200; a manifest as `hostility` says; a
+/// token request (`/token`) an endless answer or the foreign page.
+fn serve(stream: TcpStream, hostility: Hostility, realm: &str, report: &mpsc::Sender<u64>) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -208,16 +230,29 @@ fn serve(stream: TcpStream, says_digest: bool, report: &mpsc::Sender<u64>) {
                 return;
             }
         }
+        let method = request.split(' ').next().unwrap_or("");
         let manifest = request.contains("/manifests/");
-        let answer = match (request.split(' ').next(), manifest) {
-            (Some("GET"), true) => {
-                let _ = report.send(endless_manifest(&mut writer));
+        let token = request.contains(" /token?");
+        let answer = match (hostility, method, manifest, token) {
+            (Hostility::EndlessManifest { .. }, "GET", true, _)
+            | (Hostility::EndlessToken, "GET", _, true) => {
+                let _ = report.send(endless_answer(&mut writer));
                 return;
             }
-            (Some("HEAD"), true) if says_digest => format!(
+            (Hostility::EndlessManifest { says_digest: true }, "HEAD", true, _) => format!(
                 "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {HOSTILE_DIGEST}\r\nContent-Length: 0\r\n\r\n"
             ),
-            (Some("HEAD"), _) => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(),
+            (Hostility::EndlessToken | Hostility::ForeignRealm, _, true, _) => format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"hostile\"\r\nContent-Length: 0\r\n\r\n"
+            ),
+            (Hostility::ForeignRealm, "GET", _, true) => {
+                let page = format!("<html>admin console; password: {FOREIGN_PAGE_SECRET}</html>");
+                format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                )
+            }
+            (_, "HEAD", _, _) => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string(),
             _ => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_string(),
         };
         if writer.write_all(answer.as_bytes()).is_err() {
@@ -226,9 +261,9 @@ fn serve(stream: TcpStream, says_digest: bool, report: &mpsc::Sender<u64>) {
     }
 }
 
-/// Sends an [`ENDLESS`] manifest in 64 KiB chunks until the client hangs up; returns the
+/// Sends an [`ENDLESS`] JSON answer in 64 KiB chunks until the client hangs up; returns the
 /// bytes of it sent.
-fn endless_manifest(stream: &mut TcpStream) -> u64 {
+fn endless_answer(stream: &mut TcpStream) -> u64 {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\n\r\n";
     if stream.write_all(head.as_bytes()).is_err() {
         return 0;
