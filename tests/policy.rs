@@ -326,3 +326,70 @@ async fn cluster_policies_refuse_what_they_forbid_and_tightening_them_keeps_what
         )
         .await;
 }
+
+/// An operator that watches the Transforms of one namespace (`--namespace`) keeps its
+/// policy modules' ConfigMaps in its own: an edit of one is seen at once, not at the next
+/// `--module-resync` (ten minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_operator_loads_its_policy_modules_again_when_their_config_map_changes() {
+    if skip_on_real_cluster("runs the operator with policy modules of its own") {
+        return;
+    }
+    let cluster = Cluster::start_with_flags(
+        Duration::from_millis(300),
+        &[
+            "--namespace",
+            "team-x",
+            "--policy-module",
+            "configmap:naming-rules",
+        ],
+    )
+    .await;
+    let team = cluster.extra_namespace("team-x").await;
+    let rules = |pattern: &str| {
+        let module = format!(
+            r#"{{
+  metadata = {{ name = "naming-rules", version = "1.0.0" }},
+  Input = {{}},
+  policies = {{
+    "no-such-names" = {{
+      description = "Transforms are not named {pattern}.",
+      check = fun ctx =>
+        if std.string.is_match "{pattern}" ctx.transform.name then
+          [{{ path = "metadata.name", message = "%{{ctx.transform.name}} matches {pattern}" }}]
+        else [],
+    }},
+  }},
+}}"#
+        );
+        config_map("naming-rules", json!({ "main.ncl": module }))
+    };
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&rules("^tmp-")))
+        .await;
+    let transform = cluster::inline_in(
+        &team,
+        "tmp-app",
+        r#"[{ id = "cm", object = { apiVersion = "v1", kind = "ConfigMap", metadata.name = "tmp-app", data.ok = "yes" } }]"#,
+    );
+    cluster.ok(&["apply", "-f", "-"], Some(&transform)).await;
+    let refused = cluster
+        .transform_when(&team, "tmp-app", "refused by the naming rule", |t| {
+            is(t, "Validated", "False") && message(t, "Validated").contains("matches")
+        })
+        .await;
+    assert_eq!(
+        message(&refused, "Validated"),
+        "policy violations: metadata.name: tmp-app matches ^tmp- (policy naming-rules/no-such-names)"
+    );
+    // The rule changes in the operator's namespace: the Transform is validated again.
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&rules("^never-")))
+        .await;
+    cluster
+        .transform_when(&team, "tmp-app", "Ready under the new rule", |t| {
+            is(t, "Ready", "True")
+        })
+        .await;
+    cluster.stop().await;
+}

@@ -26,6 +26,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
 use futures::channel::mpsc::UnboundedReceiver;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -337,13 +338,10 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
-    // Transforms are looked up in the controller's own cache. Editing one that holds a
-    // policy module (or its configuration) loads the policy modules again.
+    // Transforms are looked up in the controller's own cache.
     let store = controller.store();
     let config_maps: Api<ConfigMap> = api(&context.client, namespace);
-    let (reload, reloads) = futures::channel::mpsc::unbounded();
     let (everyone, policies_changed) = futures::channel::mpsc::unbounded();
-    let policy_flags = context.config.policies.clone();
     let woken = futures::stream::select(owners_woken, policies_changed);
     let transform_controller = controller
         .with_config(config)
@@ -351,9 +349,6 @@ pub async fn run(
         .watches(config_maps, watch_config(), move |config_map| {
             let namespace = config_map.namespace();
             let name = config_map.name_any();
-            if policy_flags.reads_config_map(namespace.as_deref().unwrap_or_default(), &name) {
-                let _ = reload.unbounded_send(());
-            }
             store
                 .state()
                 .into_iter()
@@ -377,6 +372,7 @@ pub async fn run(
             }
         });
 
+    let reloads = policy_config_map_changes(&context);
     let policies = keep_policies_loaded(context.clone(), reloads, everyone);
     let transform_cache = context.transforms.clone();
     let graph_cache = context.graphs.clone();
@@ -397,12 +393,33 @@ pub async fn run(
     .await;
 }
 
+/// Each change (and each listing) of a ConfigMap that holds a policy module or its
+/// configuration. They live in the operator's own namespace, which a watch of its own
+/// follows, wherever the Transforms are (`--namespace` may name another).
+fn policy_config_map_changes(context: &Context) -> BoxStream<'static, ()> {
+    let flags = context.config.policies.clone();
+    if !flags.reads_config_maps() {
+        return futures::stream::pending().boxed();
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), &flags.namespace);
+    watcher(config_maps, watch_config())
+        .default_backoff()
+        .touched_objects()
+        .filter_map(move |config_map| {
+            let policy = config_map.ok().is_some_and(|config_map| {
+                flags.reads_config_map(&flags.namespace, &config_map.name_any())
+            });
+            futures::future::ready(policy.then_some(()))
+        })
+        .boxed()
+}
+
 /// Loads the cluster's policy modules again at every `--module-resync` and when `reloads`
 /// says a ConfigMap of theirs changed; when what they are changed, every Transform is sent
 /// to `everyone` to be planned again. Runs until the controllers stop.
 async fn keep_policies_loaded(
     context: Arc<Context>,
-    mut reloads: UnboundedReceiver<()>,
+    mut reloads: BoxStream<'static, ()>,
     everyone: futures::channel::mpsc::UnboundedSender<ObjectRef<Shared<Transform>>>,
 ) {
     if context.config.policies.modules.is_empty() {
@@ -425,7 +442,7 @@ async fn keep_policies_loaded(
                     return std::future::pending().await;
                 }
                 // One reload for a burst of changes.
-                while let Ok(()) = reloads.try_recv() {}
+                while let Some(Some(())) = reloads.next().now_or_never() {}
             }
         }
         if context.policies.reload(&context).await {

@@ -39,6 +39,14 @@ pub struct PolicyFlags {
 }
 
 impl PolicyFlags {
+    /// Whether a policy module or its configuration is read from a ConfigMap.
+    pub fn reads_config_maps(&self) -> bool {
+        self.modules
+            .iter()
+            .chain(self.configs.iter().map(|(_, source)| source))
+            .any(|source| source.starts_with("configmap:"))
+    }
+
     /// Whether a change of ConfigMap `namespace/name` changes the policy modules.
     pub fn reads_config_map(&self, namespace: &str, name: &str) -> bool {
         let named = |source: &str| source.strip_prefix("configmap:") == Some(name);
@@ -315,6 +323,15 @@ mod tests {
             namespace: "pequod-system".into(),
             pull_secret: None,
         };
+        assert!(flags.reads_config_maps());
+        assert!(
+            !PolicyFlags {
+                modules: vec!["embedded:baseline".into()],
+                configs: vec![("baseline".into(), "/etc/baseline.yaml".into())],
+                ..flags.clone()
+            }
+            .reads_config_maps()
+        );
         assert!(flags.reads_config_map("pequod-system", "house-rules"));
         assert!(flags.reads_config_map("pequod-system", "baseline-config"));
         assert!(!flags.reads_config_map("team-a", "house-rules"));
