@@ -706,6 +706,31 @@ fn bad_policy_module_flags_are_refused_with_a_clear_error() {
         first.starts_with(&format!("error: policy module {broken}: ")),
         "{first}"
     );
+    // Two policy modules of one name: their configurations and reports would mix.
+    let twin = dir.path().join("twin");
+    std::fs::create_dir_all(&twin).expect("directory");
+    std::fs::write(
+        twin.join("main.ncl"),
+        r#"{ metadata = { name = "baseline", version = "9.9.9" }, Input = {}, policies = {} }"#,
+    )
+    .expect("written");
+    let twin = twin.display().to_string();
+    let (exit, first, all) = render(&[
+        "--policy-module",
+        "embedded:baseline",
+        "--policy-module",
+        &twin,
+    ]);
+    assert_eq!(
+        (exit, first),
+        (
+            4,
+            format!(
+                "error: policy module {twin}: its name `baseline` is also the name of embedded:baseline"
+            )
+        ),
+        "{all}"
+    );
 
     // A tenant's module cannot declare a policy named like a cluster policy, overridable,
     // to lower the cluster's with an override of that name.

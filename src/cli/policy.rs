@@ -10,10 +10,8 @@ use serde_json::Value;
 
 use super::render::resolve_offline;
 use super::{CliError, RegistryArgs, exit};
-use crate::module::{
-    CommandLineRef, ModuleBundle, embedded_policy_module, embedded_policy_module_names,
-};
-use crate::render::{PolicyModule, Renderer};
+use crate::module::{CommandLineRef, ModuleBundle, shipped_policy_module};
+use crate::render::{PolicyModule, PolicyModulesError, Renderer};
 
 /// Flags naming the cluster's policy modules.
 #[derive(Debug, Default, Args)]
@@ -37,7 +35,6 @@ impl PolicyArgs {
         cache_dir: Option<&Path>,
         renderer: &Renderer,
     ) -> Result<Vec<PolicyModule>, CliError> {
-        let bad = |message: String| CliError::new(exit::MODULE_UNAVAILABLE, message);
         let mut configs = BTreeMap::new();
         for pair in &self.configs {
             let (name, file) = pair.split_once('=').ok_or_else(|| {
@@ -48,67 +45,55 @@ impl PolicyArgs {
             })?;
             configs.insert(name.to_string(), read_config(Path::new(file))?);
         }
-        let mut loaded: Vec<PolicyModule> = Vec::new();
-        for reference in &self.modules {
-            let failed = |e: &dyn std::fmt::Display| bad(format!("policy module {reference}: {e}"));
-            let bundle = match CommandLineRef::parse(reference, None).map_err(|e| failed(&e))? {
-                CommandLineRef::Embedded(name) => {
-                    embedded_policy_module(&name).cloned().ok_or_else(|| {
-                        failed(&format!(
-                            "no shipped policy module `{name}` (shipped: {})",
-                            embedded_policy_module_names().join(", ")
-                        ))
-                    })?
+        let files = |reference: &str| {
+            let reference = reference.to_string();
+            async move { offline_bundle(&reference, registry, cache_dir).await }
+        };
+        renderer
+            .policy_modules(&self.modules, &configs, files)
+            .await
+            .map_err(|error| match &error {
+                PolicyModulesError::UnusedConfig { .. } => {
+                    CliError::new(exit::USAGE, error.to_string())
                 }
-                CommandLineRef::ConfigMap(_) => {
-                    return Err(failed(
-                        &"a ConfigMap is read by the operator; offline, name the module's directory",
-                    ));
-                }
-                CommandLineRef::Directory(dir) => {
-                    ModuleBundle::from_dir(&dir, None).map_err(|e| failed(&e))?
-                }
-                CommandLineRef::Remote(module_ref) => {
-                    resolve_offline(&module_ref, None, registry, cache_dir)
-                        .await
-                        .map_err(|e| failed(&e.message))?
-                        .bundle
-                }
-            };
-            let module = renderer
-                .policy_module(reference, bundle, &configs)
-                .await
-                .map_err(|e| CliError {
+                PolicyModulesError::Module { error: cause, .. } => CliError {
                     // With Nickel's report of where the policy module broke.
-                    detail: e.detail().map(str::to_string),
-                    ..failed(&e)
-                })?;
-            if let Some(twin) = loaded.iter().find(|m| m.name == module.name) {
-                return Err(failed(&format!(
-                    "its name `{}` is also the name of {}",
-                    module.name, twin.source
-                )));
-            }
-            loaded.push(module);
+                    detail: cause.detail().map(str::to_string),
+                    ..CliError::new(exit::MODULE_UNAVAILABLE, error.to_string())
+                },
+                _ => CliError::new(exit::MODULE_UNAVAILABLE, error.to_string()),
+            })
+    }
+}
+
+/// Why the files of a policy module could not be had offline.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unavailable(String);
+
+/// The files of the policy module `reference`, as the user can have them: shipped, a
+/// directory, or remote (with the user's registry credentials and cache); a ConfigMap only
+/// the operator reads.
+async fn offline_bundle(
+    reference: &str,
+    registry: &RegistryArgs,
+    cache_dir: Option<&Path>,
+) -> Result<ModuleBundle, Unavailable> {
+    let failed = |e: &dyn std::fmt::Display| Unavailable(e.to_string());
+    match CommandLineRef::parse(reference, None).map_err(|e| failed(&e))? {
+        CommandLineRef::Embedded(name) => shipped_policy_module(&name).map_err(|e| failed(&e)),
+        CommandLineRef::ConfigMap(_) => Err(failed(
+            &"a ConfigMap is read by the operator; offline, name the module's directory",
+        )),
+        CommandLineRef::Directory(dir) => {
+            ModuleBundle::from_dir(&dir, None).map_err(|e| failed(&e))
         }
-        if let Some(name) = configs
-            .keys()
-            .find(|n| loaded.iter().all(|m| &m.name != *n))
-        {
-            let names: Vec<&str> = loaded.iter().map(|m| m.name.as_str()).collect();
-            return Err(CliError::new(
-                exit::USAGE,
-                format!(
-                    "--policy-config {name}: no policy module is named {name} (loaded: {})",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-            ));
+        CommandLineRef::Remote(module_ref) => {
+            resolve_offline(&module_ref, None, registry, cache_dir)
+                .await
+                .map(|resolved| resolved.bundle)
+                .map_err(|e| failed(&e.message))
         }
-        Ok(loaded)
     }
 }
 

@@ -12,11 +12,8 @@ use kube::api::Api;
 use serde_json::Value;
 
 use crate::api::{ModuleRef, ModuleType};
-use crate::module::{
-    CommandLineRef, ModuleBundle, embedded_policy_module, embedded_policy_module_names,
-    from_config_map,
-};
-use crate::render::PolicyModule;
+use crate::module::{CommandLineRef, ModuleBundle, from_config_map, shipped_policy_module};
+use crate::render::{PolicyModule, PolicyModulesError};
 
 use super::Context;
 use super::credentials::{Credentials, credentials, resolve_with};
@@ -179,41 +176,37 @@ async fn load(flags: &PolicyFlags, context: &Context) -> Result<Vec<PolicyModule
             })?;
         configs.insert(name.clone(), config);
     }
-    let mut modules: Vec<PolicyModule> = Vec::new();
-    for reference in &flags.modules {
-        let failed = |(message, retryable): (String, bool)| Failure {
-            message: format!("policy module {reference}: {message}"),
-            retryable,
-        };
-        let bundle = bundle(reference, flags, &config_maps, context)
-            .await
-            .map_err(failed)?;
-        let module = context
-            .renderer
-            .policy_module(reference, bundle, &configs)
-            .await
-            .map_err(|e| failed((e.to_string(), !e.is_deterministic())))?;
-        if let Some(twin) = modules.iter().find(|m| m.name == module.name) {
-            return Err(failed((
-                format!(
-                    "its name `{}` is also the name of {}",
-                    module.name, twin.source
-                ),
-                false,
-            )));
+    let files = |reference: &str| {
+        let reference = reference.to_string();
+        let config_maps = &config_maps;
+        async move {
+            bundle(&reference, flags, config_maps, context)
+                .await
+                .map_err(|(message, retryable)| SourceFailure { message, retryable })
         }
-        modules.push(module);
-    }
-    if let Some(name) = configs
-        .keys()
-        .find(|n| modules.iter().all(|m| &m.name != *n))
-    {
-        return Err(Failure {
-            message: format!("--policy-config {name}: no policy module is named {name}"),
-            retryable: false,
-        });
-    }
-    Ok(modules)
+    };
+    context
+        .renderer
+        .policy_modules(&flags.modules, &configs, files)
+        .await
+        .map_err(|error| Failure {
+            retryable: match &error {
+                PolicyModulesError::Source { error, .. } => error.retryable,
+                PolicyModulesError::Module { error, .. } => !error.is_deterministic(),
+                PolicyModulesError::SameName { .. } | PolicyModulesError::UnusedConfig { .. } => {
+                    false
+                }
+            },
+            message: error.to_string(),
+        })
+}
+
+/// Why the files of a policy module could not be had, and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct SourceFailure {
+    message: String,
+    retryable: bool,
 }
 
 /// The files of the policy module `reference`, and on failure whether to try again.
@@ -225,15 +218,9 @@ async fn bundle(
 ) -> Result<ModuleBundle, (String, bool)> {
     let parsed = CommandLineRef::parse(reference, None).map_err(|e| (e.to_string(), false))?;
     match parsed {
-        CommandLineRef::Embedded(name) => embedded_policy_module(&name).cloned().ok_or_else(|| {
-            (
-                format!(
-                    "no shipped policy module `{name}` (shipped: {})",
-                    embedded_policy_module_names().join(", ")
-                ),
-                false,
-            )
-        }),
+        CommandLineRef::Embedded(name) => {
+            shipped_policy_module(&name).map_err(|e| (e.to_string(), false))
+        }
         CommandLineRef::Directory(dir) => {
             ModuleBundle::from_dir(&dir, None).map_err(|e| (e.to_string(), false))
         }

@@ -67,6 +67,19 @@ pub fn embedded_policy_module(name: &str) -> Option<&'static ModuleBundle> {
     EMBEDDED_POLICIES.get(name)
 }
 
+/// No cluster policy module is shipped under this name.
+#[derive(Debug, thiserror::Error)]
+#[error("no shipped policy module `{0}` (shipped: {shipped})", shipped = embedded_policy_module_names().join(", "))]
+pub struct UnknownPolicyModule(pub String);
+
+/// The files of the cluster policy module shipped under `name`, or the error naming the
+/// shipped ones.
+pub fn shipped_policy_module(name: &str) -> Result<ModuleBundle, UnknownPolicyModule> {
+    embedded_policy_module(name)
+        .cloned()
+        .ok_or_else(|| UnknownPolicyModule(name.to_string()))
+}
+
 /// Names of the shipped cluster policy modules.
 pub fn embedded_policy_module_names() -> Vec<&'static str> {
     EMBEDDED_POLICIES.keys().map(String::as_str).collect()
@@ -93,6 +106,13 @@ mod tests {
     fn shipped_modules_and_library_are_embedded() {
         assert_eq!(embedded_module_names(), ["postgres", "webservice"]);
         assert_eq!(embedded_policy_module_names(), ["baseline"]);
+        assert!(shipped_policy_module("baseline").is_ok());
+        assert_eq!(
+            shipped_policy_module("nope")
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err("no shipped policy module `nope` (shipped: baseline)".to_string())
+        );
         let library: Vec<String> = library_files().into_keys().collect();
         assert_eq!(library, ["graph.ncl", "k8s.ncl", "policy.ncl", "ready.ncl"]);
     }

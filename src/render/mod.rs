@@ -15,7 +15,7 @@ mod schema;
 pub mod worker;
 
 pub use error::{EvalFailure, FailureKind, RenderError};
-pub use policy::{DeclaredPolicy, PolicyModule, PolicyReport, subject};
+pub use policy::{DeclaredPolicy, PolicyModule, PolicyModulesError, PolicyReport, subject};
 pub use pool::{DEFAULT_RECYCLE_RESIDENT_MIB, MIN_MEMORY_MIB, PoolConfig, PoolStats, WorkerPool};
 pub use protocol::{InputField, Presence, RenderContext};
 pub use sandbox::{SandboxLevel, SandboxProbe, SandboxReport, SandboxStatus};

@@ -89,10 +89,101 @@ pub fn subject(
     })
 }
 
+/// Why the policy modules could not be put together; `E` is why a module's files could not
+/// be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyModulesError<E: std::error::Error + 'static> {
+    /// The files of `reference` could not be had.
+    #[error("policy module {reference}: {error}")]
+    Source {
+        /// The `--policy-module` reference.
+        reference: String,
+        /// Why.
+        #[source]
+        error: E,
+    },
+    /// `reference` is not a policy module Nickel can read.
+    #[error("policy module {reference}: {error}")]
+    Module {
+        /// The `--policy-module` reference.
+        reference: String,
+        /// Why.
+        #[source]
+        error: RenderError,
+    },
+    /// Two modules share a `metadata.name`: their configurations and reports would mix.
+    #[error("policy module {reference}: its name `{name}` is also the name of {other}")]
+    SameName {
+        /// The second module's reference.
+        reference: String,
+        /// The name.
+        name: String,
+        /// The first module's reference.
+        other: String,
+    },
+    /// A configuration names no loaded module.
+    #[error("--policy-config {name}: no policy module is named {name} (loaded: {})", if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") })]
+    UnusedConfig {
+        /// The configuration's name.
+        name: String,
+        /// The names of the modules loaded.
+        loaded: Vec<String>,
+    },
+}
+
 impl Renderer {
+    /// The policy modules `references` name, in order, their files had from `bundle`, each
+    /// with the configuration `configs` has under its name. `pequod run` and the commands
+    /// that render offline differ only in where the files come from.
+    pub async fn policy_modules<E, Found>(
+        &self,
+        references: &[String],
+        configs: &std::collections::BTreeMap<String, Value>,
+        mut bundle: impl FnMut(&str) -> Found,
+    ) -> Result<Vec<PolicyModule>, PolicyModulesError<E>>
+    where
+        E: std::error::Error + 'static,
+        Found: std::future::Future<Output = Result<ModuleBundle, E>>,
+    {
+        let mut modules: Vec<PolicyModule> = Vec::new();
+        for reference in references {
+            let files = bundle(reference)
+                .await
+                .map_err(|error| PolicyModulesError::Source {
+                    reference: reference.clone(),
+                    error,
+                })?;
+            let module = self
+                .policy_module(reference, files, configs)
+                .await
+                .map_err(|error| PolicyModulesError::Module {
+                    reference: reference.clone(),
+                    error,
+                })?;
+            if let Some(twin) = modules.iter().find(|m| m.name == module.name) {
+                return Err(PolicyModulesError::SameName {
+                    reference: reference.clone(),
+                    name: module.name,
+                    other: twin.source.clone(),
+                });
+            }
+            modules.push(module);
+        }
+        if let Some(name) = configs
+            .keys()
+            .find(|n| modules.iter().all(|m| &m.name != *n))
+        {
+            return Err(PolicyModulesError::UnusedConfig {
+                name: name.clone(),
+                loaded: modules.iter().map(|m| m.name.clone()).collect(),
+            });
+        }
+        Ok(modules)
+    }
+
     /// The policy module in `bundle` (from `source`), with the configuration `configs` has
     /// under its `metadata.name` (`{}` when none).
-    pub async fn policy_module(
+    async fn policy_module(
         &self,
         source: &str,
         bundle: ModuleBundle,
