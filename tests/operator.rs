@@ -1766,6 +1766,22 @@ async fn a_module_in_a_config_map_re_renders_when_the_config_map_changes() {
         .await
         .expect("Transform");
     assert_ne!(second["status"]["resolvedModule"]["digest"], first_digest);
+
+    // Deleted: the Transform reads it again (its content is not served from memory) and
+    // says so; the graph it has keeps running.
+    cluster
+        .ok(&["delete", "configmap", "shapes-module"], None)
+        .await;
+    let gone = cluster
+        .transform_when(&ns, "from-cm", "the module is gone", |t| {
+            condition(t, "ModuleResolved").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
+    assert_eq!(
+        condition(&gone, "ModuleResolved").expect("ModuleResolved")["message"],
+        format!("ConfigMap {ns}/shapes-module not found")
+    );
+    assert!(cluster.exists(&["get", "configmap", "cfg"]).await);
     cluster.stop().await;
 }
 

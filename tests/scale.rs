@@ -78,6 +78,38 @@ async fn fifty_transforms_of_an_oci_module_cost_bounded_requests_and_a_quiet_res
     );
 }
 
+/// Transforms of a ConfigMap module read their ConfigMap from the API server once, not at
+/// every reconcile: the ConfigMap watch says when it changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_transforms_of_a_config_map_module_read_it_once_and_a_quiet_resync_not_at_all() {
+    let module = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("platforms/webservice");
+    let scenario = Scenario {
+        readiness_delay: Duration::from_millis(300),
+        deadline: Duration::from_secs(300),
+        ..Scenario::webservice(pequod(), 50)
+    }
+    .with_config_map_module("webservice", &module)
+    .expect("the module's files");
+    let report = run(&scenario).await.expect("every Transform Ready");
+    let shown = describe(&report);
+    eprintln!("{shown}");
+    assert_eq!(report.objects, 200, "{shown}");
+    // At most one read per Transform (its first reconcile, before any read of its
+    // namespace's ConfigMap is recorded); its later reconciles (its status, its graph's
+    // readiness) read nothing.
+    let reads = report.requests.count("get", "configmaps");
+    eprintln!("ConfigMap reads: {reads} in the first pass");
+    assert!(reads <= 50, "{reads} reads: {shown}");
+    assert!(report.resync_reconciles >= 50, "{shown}");
+    assert_eq!(
+        report.resync_requests.count("get", "configmaps"),
+        0,
+        "{shown}"
+    );
+    assert_eq!(writes(&report.resync_requests), 0, "{shown}");
+    assert_eq!(report.resync_renders, 0, "{shown}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_shards_and_an_unsharded_replica_split_three_hundred_transforms() {
     let scenario = Scenario {

@@ -64,6 +64,9 @@ pub struct Scenario {
     /// A module directory to run `pequod module impact` with over the Transforms, once
     /// they are all Ready.
     pub impact: Option<PathBuf>,
+    /// ConfigMaps created in every namespace before the Transforms (the module of a
+    /// `configmap` moduleRef: [`config_map_module`]).
+    pub config_maps: Vec<Value>,
 }
 
 impl Scenario {
@@ -83,7 +86,29 @@ impl Scenario {
             registry_log: None,
             extra_resyncs: 0,
             impact: None,
+            config_maps: Vec::new(),
         }
+    }
+
+    /// This scenario with its Transforms' module in the ConfigMap `name` of every namespace,
+    /// holding the files at the top of the module directory `dir`.
+    pub fn with_config_map_module(self, name: &str, dir: &Path) -> std::io::Result<Scenario> {
+        let mut data = serde_json::Map::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if let (true, Some(file)) = (path.is_file(), path.file_name()) {
+                let file = file.to_string_lossy().into_owned();
+                data.insert(file, Value::String(std::fs::read_to_string(&path)?));
+            }
+        }
+        Ok(Scenario {
+            module_ref: json!({"type": "configmap", "ref": name}),
+            config_maps: vec![json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name}, "data": data,
+            })],
+            ..self
+        })
     }
 
     /// The shard of Transform `i` (None: the unsharded replica's).
@@ -279,6 +304,15 @@ pub async fn run(scenario: &Scenario) -> Result<Report, ScaleError> {
     let store = server.store().clone();
     for n in 0..scenario.namespaces {
         create(&store, "", "namespaces", "", namespace(n))?;
+        for config_map in &scenario.config_maps {
+            create(
+                &store,
+                "",
+                "configmaps",
+                &format!("team-{n}"),
+                config_map.clone(),
+            )?;
+        }
     }
     let transforms: Vec<Planned> = (0..scenario.transforms)
         .map(|i| Planned {

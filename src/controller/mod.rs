@@ -3,6 +3,7 @@
 //! [`Context`] with the client, the renderer, the applier, events and metrics.
 
 mod cached;
+mod config_maps;
 mod credentials;
 mod events;
 mod graph;
@@ -111,6 +112,9 @@ pub struct Context {
     pub reclaim: memory::AfterBursts,
     /// Staged rollouts: the moves admitted that the cache does not show yet.
     pub moves: rollout::Moves,
+    /// The versions of ConfigMaps, as the ConfigMap watch shows them, and of those read
+    /// as modules: a ConfigMap module is read again only when it changed.
+    pub config_maps: config_maps::ConfigMapVersions,
     /// Read and write graph objects, as the operator or as a graph's service account.
     pub appliers: Appliers,
     /// Every Transform, as the Transform controller's watch sees them.
@@ -243,6 +247,7 @@ impl Context {
             superseded: DashMap::new(),
             reclaim: memory::AfterBursts::default(),
             moves: rollout::Moves::default(),
+            config_maps: config_maps::ConfigMapVersions::default(),
             policies: ClusterPolicies::new(config.policies.clone()),
             config,
         };
@@ -338,15 +343,21 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
-    // Transforms are looked up in the controller's own cache.
+    // Transforms are looked up in the controller's own cache. The ConfigMap's new version is
+    // recorded before they are woken: they read it again, and only then.
     let store = controller.store();
     let config_maps: Api<ConfigMap> = api(&context.client, namespace);
+    let versions = context.clone();
+    let config_map_changes = watcher(config_maps, watch_config())
+        .default_backoff()
+        .inspect_ok(move |event| versions.config_maps.observe(event))
+        .touched_objects();
     let (everyone, policies_changed) = futures::channel::mpsc::unbounded();
     let woken = futures::stream::select(owners_woken, policies_changed);
     let transform_controller = controller
         .with_config(config)
         .reconcile_on(woken)
-        .watches(config_maps, watch_config(), move |config_map| {
+        .watches_stream(config_map_changes, move |config_map| {
             let namespace = config_map.namespace();
             let name = config_map.name_any();
             store

@@ -697,7 +697,31 @@ async fn config_map_module(
             namespace: namespace.clone(),
             name: name.clone(),
         })?;
-    from_config_map(&found.data.unwrap_or_default(), &transform.spec.module_ref)
+    let resolved = from_config_map(&found.data.unwrap_or_default(), &transform.spec.module_ref)?;
+    if let Some(version) = &found.metadata.resource_version {
+        context
+            .config_maps
+            .read(&namespace, name, version, &resolved.digest);
+    }
+    Ok(resolved)
+}
+
+/// The module in the Transform's ConfigMap without asking the API server, when the
+/// ConfigMap watch shows it at the version last read and the module cache still holds
+/// that content. Built again for this Transform (its entrypoint and digest pin).
+async fn unchanged_config_map_module(
+    transform: &Transform,
+    context: &Context,
+) -> Option<Result<Resolved, SourceError>> {
+    let namespace = transform.namespace().unwrap_or_default();
+    let digest = context
+        .config_maps
+        .unchanged(&namespace, &transform.spec.module_ref.ref_)?;
+    let kept = context
+        .modules
+        .kept(&config_map_key(transform, &digest))
+        .await?;
+    Some(from_config_map(kept.files(), &transform.spec.module_ref))
 }
 
 /// Resolves the Transform's module with its credentials, counting the fetch; a remote
@@ -716,13 +740,24 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
     let namespace = transform.namespace().unwrap_or_default();
     let remote = matches!(module_ref.type_, ModuleType::Oci | ModuleType::Git);
     let type_label = module_ref.type_.to_string();
-    if remote && let Some(resolved) = context.resolutions.get(module_ref, &namespace).await {
+    let recent = if remote {
+        context
+            .resolutions
+            .get(module_ref, &namespace)
+            .await
+            .map(Ok)
+    } else if module_ref.type_ == ModuleType::Configmap {
+        unchanged_config_map_module(transform, context).await
+    } else {
+        None
+    };
+    if let Some(resolved) = recent {
         context
             .metrics
             .module_fetch_total
             .with_label_values(&[type_label.as_str(), "recent"])
             .inc();
-        return Ok(resolved);
+        return Ok(resolved?);
     }
     let started = Instant::now();
     let credentials = pull_secret(transform, context).await?;

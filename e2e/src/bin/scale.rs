@@ -39,6 +39,11 @@ struct Args {
     /// Run `pequod module impact DIR` over the Transforms once they are Ready, and time it.
     #[arg(long, value_name = "DIR")]
     impact: Option<PathBuf>,
+    /// The Transforms' module from a ConfigMap in each namespace, holding the files at the
+    /// top of this module directory (e.g. platforms/webservice); the embedded webservice
+    /// module by default.
+    #[arg(long, value_name = "DIR")]
+    config_map_module: Option<PathBuf>,
     /// Extra flags for `pequod run` (repeatable).
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -66,6 +71,10 @@ async fn main() -> anyhow::Result<()> {
             extra_resyncs: args.extra_resyncs,
             impact: args.impact.clone(),
             ..Scenario::webservice(args.pequod.clone(), args.transforms)
+        };
+        let scenario = match &args.config_map_module {
+            Some(dir) => scenario.with_config_map_module("webservice", dir)?,
+            None => scenario,
         };
         let report = run(&scenario).await?;
         print!("{}", describe(&report));
