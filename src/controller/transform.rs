@@ -27,7 +27,7 @@ use crate::api::{
 };
 use crate::backoff::retry_delay;
 use crate::exec::{ApiError, TRANSIENT_FAILURES_TOLERATED};
-use crate::module::{ModuleBundle, Resolved, SourceError, from_config_map};
+use crate::module::{Resolved, SourceError, from_config_map};
 use crate::plan::{self, Plan, PlanError};
 
 const CONTROLLER: &str = "transform";
@@ -441,15 +441,9 @@ async fn held_module(
         ModuleType::Oci => rollout::oci_at_digest(&module_ref.ref_, digest),
         ModuleType::Git => rollout::git_at_commit(&module_ref.ref_, digest)?,
         ModuleType::Configmap => {
-            let kept = context
-                .modules
-                .kept(&config_map_key(transform, digest))
-                .await?;
-            return Some(Ok(Resolved {
-                bundle: ModuleBundle::clone(&kept),
-                digest: digest.clone(),
-                stale: None,
-            }));
+            return kept_config_map_module(transform, context, digest)
+                .await
+                .map(|kept| kept.map_err(Failure::from));
         }
         _ => return None,
     };
@@ -708,7 +702,7 @@ async fn config_map_module(
 
 /// The module in the Transform's ConfigMap without asking the API server, when the
 /// ConfigMap watch shows it at the version last read and the module cache still holds
-/// that content. Built again for this Transform (its entrypoint and digest pin).
+/// that content.
 async fn unchanged_config_map_module(
     transform: &Transform,
     context: &Context,
@@ -717,9 +711,20 @@ async fn unchanged_config_map_module(
     let digest = context
         .config_maps
         .unchanged(&namespace, &transform.spec.module_ref.ref_)?;
+    kept_config_map_module(transform, context, &digest).await
+}
+
+/// The content of the Transform's ConfigMap at `digest`, as the module cache kept it (`None`
+/// once evicted), built again for this Transform: its entrypoint, its digest pin (two
+/// Transforms of one ConfigMap may name different entrypoints).
+async fn kept_config_map_module(
+    transform: &Transform,
+    context: &Context,
+    digest: &str,
+) -> Option<Result<Resolved, SourceError>> {
     let kept = context
         .modules
-        .kept(&config_map_key(transform, &digest))
+        .kept(&config_map_key(transform, digest))
         .await?;
     Some(from_config_map(kept.files(), &transform.spec.module_ref))
 }
