@@ -190,6 +190,14 @@ pub enum Error {
     UnreadableGraph(serde_json::Error),
 }
 
+impl Error {
+    /// Whether the API server refused a write made against an older resourceVersion than
+    /// its own (409 Conflict): the cache was behind, not wrong.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict")
+    }
+}
+
 /// What feeds the controllers of a [`Context`], handed to [`run`]: the writers of the
 /// Transform and ResourceGraph caches, and the graphs woken by watched objects.
 pub struct Feeds {
@@ -564,7 +572,13 @@ fn retry_later<K: Resource<DynamicType = ()>>(
     let (failures, delay) = context
         .reconcile_failures
         .failed(&backoff_key(controller, object));
-    tracing::warn!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
+    if error.is_conflict() {
+        // A write made against an older copy than the API server's: the newer one's watch
+        // event (or this retry) reconciles it again. Nothing failed.
+        tracing::debug!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?delay, "written against an older copy");
+    } else {
+        tracing::warn!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
+    }
     Action::requeue(delay)
 }
 
@@ -600,4 +614,22 @@ async fn measured<K: Resource<DynamicType = ()>>(
         .with_label_values(&[controller])
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_is_told_from_other_refusals() {
+        let refused = |code: u16, reason: &str| {
+            Error::Kube(kube::Error::Api(Box::new(
+                kube::core::Status::failure("refused", reason).with_code(code),
+            )))
+        };
+        assert!(refused(409, "Conflict").is_conflict());
+        assert!(!refused(409, "AlreadyExists").is_conflict());
+        assert!(!refused(422, "Invalid").is_conflict());
+        assert!(!Error::Identity("no token".into()).is_conflict());
+    }
 }
