@@ -8,6 +8,7 @@ use crate::auth::{User, review};
 use crate::discovery;
 use crate::faults::Faults;
 use crate::gofmt::go_quote;
+use crate::metadata;
 use crate::protobuf;
 use crate::requests::{RequestKey, RequestLog};
 use crate::resources::ResourceType;
@@ -17,7 +18,7 @@ use crate::store::{
     DeleteOptions, FieldValidation, Outcome, PatchType, Propagation, Selection, Store, WriteOptions,
 };
 use crate::table;
-use crate::watch::{self, WatchRequest};
+use crate::watch::{self, Presentation, WatchRequest};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -442,8 +443,16 @@ impl Request<'_> {
         }
     }
 
-    fn as_table(&self) -> bool {
-        table::wants_table(self.header(header::ACCEPT))
+    /// How the objects of the answer are to be presented, from the `Accept` header.
+    fn presentation(&self) -> Presentation {
+        let accept = self.header(header::ACCEPT);
+        if table::wants_table(accept) {
+            Presentation::Table
+        } else if metadata::wants_metadata(accept) {
+            Presentation::Metadata
+        } else {
+            Presentation::Object
+        }
     }
 
     /// The field manager: `fieldManager`, else the client's user agent up to its first `/`
@@ -584,15 +593,21 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
         }
         ("GET", Some(name)) => {
             let object = store.get(&ty, version, namespace, name)?;
-            if request.as_table() {
-                let rv = object
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let table = table::table(&ty, &[object], rv, None);
-                return Ok(table_response(&table));
+            match request.presentation() {
+                Presentation::Table => {
+                    let rv = object
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    let table = table::table(&ty, &[object], rv, None);
+                    Ok(typed_response(table::CONTENT_TYPE, &table))
+                }
+                Presentation::Metadata => Ok(typed_response(
+                    metadata::CONTENT_TYPE,
+                    &metadata::partial(&object),
+                )),
+                Presentation::Object => Ok(json_response(StatusCode::OK, &object)),
             }
-            Ok(json_response(StatusCode::OK, &object))
         }
         ("POST", None) if !all_namespaces => {
             let options = request.write_options()?;
@@ -697,11 +712,12 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
     }
 }
 
-fn table_response(table: &Value) -> Response {
+/// A 200 answer of `body`, of media type `content_type` (a Table, a PartialObjectMetadata).
+fn typed_response(content_type: &'static str, body: &Value) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, table::CONTENT_TYPE)],
-        table.to_string(),
+        [(header::CONTENT_TYPE, content_type)],
+        body.to_string(),
     )
         .into_response()
 }
@@ -723,26 +739,33 @@ fn list(
         })
         .transpose()?;
     let page = store.list(ty, version, selection, limit, request.query.get("continue"))?;
-    if request.as_table() {
+    let presentation = request.presentation();
+    if presentation == Presentation::Table {
         let table = table::table(
             ty,
             &page.items,
             Some(page.resource_version.to_string()),
             page.continue_token,
         );
-        return Ok(table_response(&table));
+        return Ok(typed_response(table::CONTENT_TYPE, &table));
     }
-    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+    let mut list_metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(token) = page.continue_token {
-        metadata["continue"] = json!(token);
+        list_metadata["continue"] = json!(token);
     }
     if let Some(remaining) = page.remaining {
-        metadata["remainingItemCount"] = json!(remaining);
+        list_metadata["remainingItemCount"] = json!(remaining);
+    }
+    if presentation == Presentation::Metadata {
+        return Ok(typed_response(
+            metadata::LIST_CONTENT_TYPE,
+            &metadata::list(&page.items, list_metadata),
+        ));
     }
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": ty.list_kind, "apiVersion": ty.api_version(version),
-                "metadata": metadata, "items": page.items}),
+                "metadata": list_metadata, "items": page.items}),
     ))
 }
 
@@ -777,7 +800,7 @@ fn watch(
         bookmarks: request.query.flag("allowWatchBookmarks"),
         initial_events_end: request.query.flag("sendInitialEvents"),
         timeout,
-        as_table: request.as_table(),
+        presentation: request.presentation(),
     };
     Ok(watch::serve(
         app.store.clone(),

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod faults;
 pub mod gofmt;
 pub mod managed;
+pub mod metadata;
 pub mod patch;
 pub mod protobuf;
 pub mod requests;

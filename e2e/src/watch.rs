@@ -4,7 +4,7 @@
 use crate::resources::ResourceType;
 use crate::status::ApiError;
 use crate::store::{Event, EventType, Selection, Store};
-use crate::table;
+use crate::{metadata, table};
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,8 +31,19 @@ pub struct WatchRequest {
     pub initial_events_end: bool,
     /// `timeoutSeconds`.
     pub timeout: Option<Duration>,
-    /// Events as Tables (`kubectl get -w`).
-    pub as_table: bool,
+    /// Events' objects whole, as Tables (`kubectl get -w`) or as their metadata.
+    pub presentation: Presentation,
+}
+
+/// How the objects of an answer are presented, as its `Accept` header asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presentation {
+    /// Whole (JSON).
+    Object,
+    /// `meta.k8s.io/v1 Table` rows (`kubectl get`).
+    Table,
+    /// `meta.k8s.io/v1 PartialObjectMetadata`: the metadata only.
+    Metadata,
 }
 
 /// How often bookmarks are sent when allowed.
@@ -55,10 +66,10 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> Response {
     let (sender, receiver) = mpsc::unbounded::<Result<Bytes, std::convert::Infallible>>();
-    let content_type = if request.as_table {
-        table::CONTENT_TYPE
-    } else {
-        "application/json"
+    let content_type = match request.presentation {
+        Presentation::Table => table::CONTENT_TYPE,
+        Presentation::Metadata => metadata::CONTENT_TYPE,
+        Presentation::Object => "application/json",
     };
     match store.subscribe(&ty, request.since, &request.selection) {
         Err(error) => {
@@ -186,24 +197,32 @@ fn filter<'e>(event: &'e Event, selection: &Selection) -> Option<(&'static str, 
     }
 }
 
-/// The object as the watcher asked for it: in its version, as a Table row if asked.
+/// The object as the watcher asked for it: in its version, as a Table row or its metadata
+/// if asked.
 fn present(ty: &ResourceType, request: &WatchRequest, mut object: Value) -> Value {
     object["apiVersion"] = json!(ty.api_version(&request.version));
-    if request.as_table {
-        let rv = object
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        table::table(ty, &[object], rv, None)
-    } else {
-        object
+    match request.presentation {
+        Presentation::Table => {
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            table::table(ty, &[object], rv, None)
+        }
+        Presentation::Metadata => metadata::partial(&object),
+        Presentation::Object => object,
     }
 }
 
 fn bookmark(ty: &ResourceType, request: &WatchRequest, rv: u64, initial_end: bool) -> Value {
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    let mut meta = json!({"resourceVersion": rv.to_string()});
     if initial_end {
-        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    json!({"kind": ty.kind, "apiVersion": ty.api_version(&request.version), "metadata": metadata})
+    let object =
+        json!({"kind": ty.kind, "apiVersion": ty.api_version(&request.version), "metadata": meta});
+    match request.presentation {
+        Presentation::Metadata => metadata::partial(&object),
+        Presentation::Table | Presentation::Object => object,
+    }
 }

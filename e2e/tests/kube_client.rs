@@ -400,6 +400,92 @@ async fn selectors_and_paging() {
     assert_eq!(names(&left), ["b", "d"]);
 }
 
+/// Metadata only (`metadata_watcher`, `get_metadata`, `list_metadata`): what Kubernetes
+/// sends as PartialObjectMetadata, the data left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_gets_lists_and_watches() {
+    let server = server().await;
+    let client = client(&server).await;
+    let api = configmaps(&client, "default");
+    let typed: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    let metadata: Api<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>> =
+        Api::namespaced(client.clone(), "default");
+    let mut stream = watcher(metadata, watcher::Config::default().labels("watched=yes"))
+        .applied_objects()
+        .boxed();
+    let watched = |value: &str| {
+        object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "meta", "labels": {"watched": "yes"}},
+                      "data": {"v": value}}))
+    };
+    let created = api
+        .create(&PostParams::default(), &watched("1"))
+        .await
+        .expect("created");
+    let seen = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+        .await
+        .expect("event in time")
+        .expect("no watch error")
+        .expect("stream open");
+    assert_eq!(seen.metadata.name.as_deref(), Some("meta"));
+    assert_eq!(
+        seen.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    assert_eq!(
+        seen.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    let updated = api
+        .patch(
+            "meta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"v": "2"}})),
+        )
+        .await
+        .expect("patched");
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+        .await
+        .expect("event in time")
+        .expect("no watch error")
+        .expect("stream open");
+    assert_eq!(
+        next.metadata.resource_version,
+        updated.metadata.resource_version
+    );
+    let one = typed.get_metadata("meta").await.expect("metadata");
+    assert_eq!(
+        one.metadata.labels.as_ref().map(|l| l["watched"].as_str()),
+        Some("yes")
+    );
+    let all = typed
+        .list_metadata(&ListParams::default().labels("watched=yes"))
+        .await
+        .expect("listed");
+    assert_eq!(all.items.len(), 1);
+    assert_eq!(
+        all.items[0].metadata.resource_version,
+        updated.metadata.resource_version
+    );
+    // The raw answer holds no data.
+    let (code, raw) = common::send(
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?labelSelector=watched%3Dyes",
+        &[(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert_eq!(raw["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(raw["items"][0].get("data").is_none(), "{raw}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_sees_changes_and_410_on_expired_versions() {
     let server = server().await;

@@ -1,7 +1,8 @@
 //! The versions of the ConfigMaps that hold modules, so that a Transform of a ConfigMap
 //! module reads its ConfigMap from the API server only when it changed: the controller's
-//! ConfigMap watch (which wakes the Transforms of an edited ConfigMap) records every
-//! ConfigMap's resourceVersion here before any Transform is woken, and each read records
+//! ConfigMap watch (which wakes the Transforms of an edited ConfigMap, and asks for the
+//! ConfigMaps' metadata only: their data is read by the Transforms that use them) records
+//! every ConfigMap's resourceVersion here before any Transform is woken, and each read records
 //! the version its content came from. A reconcile whose ConfigMap is still at the version
 //! read takes the content from the module cache: a fleet of Transforms on one ConfigMap
 //! module, reconciled again and again (their graphs' readiness, a relist), sends no GET.
@@ -12,7 +13,11 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
+
+/// What the watch sends of a ConfigMap: its metadata, not its data.
+pub type ConfigMapMeta = PartialObjectMeta<ConfigMap>;
 
 /// A ConfigMap: namespace and name.
 type Key = (String, String);
@@ -48,7 +53,7 @@ impl Default for ConfigMapVersions {
     }
 }
 
-fn key(config_map: &ConfigMap) -> Key {
+fn key(config_map: &ConfigMapMeta) -> Key {
     (
         config_map.namespace().unwrap_or_default(),
         config_map.name_any(),
@@ -62,7 +67,7 @@ impl ConfigMapVersions {
 
     /// Records what a watch event says: a ConfigMap's version, its deletion, or a relist
     /// (whose end forgets the ConfigMaps it did not show).
-    pub fn observe(&self, event: &Event<ConfigMap>) {
+    pub fn observe(&self, event: &Event<ConfigMapMeta>) {
         let mut state = self.lock();
         match event {
             Event::Init => state.relisted = Some(HashSet::new()),
@@ -116,12 +121,12 @@ impl ConfigMapVersions {
 mod tests {
     use super::*;
 
-    fn config_map(name: &str, version: &str) -> ConfigMap {
+    fn config_map(name: &str, version: &str) -> ConfigMapMeta {
         serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
             "metadata": {"name": name, "namespace": "team", "resourceVersion": version},
         }))
-        .expect("a ConfigMap")
+        .expect("a ConfigMap's metadata")
     }
 
     #[test]

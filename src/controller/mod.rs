@@ -351,10 +351,11 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(transform_events, context.transforms.clone());
     // Editing a ConfigMap that holds a module re-renders every Transform that uses it: the
-    // Transforms are looked up in the controller's own cache. The ConfigMap's new version is
-    // recorded before they are woken: they read it again, and only then.
+    // Transforms are looked up in the controller's own cache. The watch asks for the
+    // ConfigMaps' metadata only; a ConfigMap's new version is recorded before its Transforms
+    // are woken: they read it again, and only then.
     let store = controller.store();
-    let config_maps: Api<ConfigMap> = api(&context.client, namespace);
+    let config_maps: Api<config_maps::ConfigMapMeta> = api(&context.client, namespace);
     let versions = context.clone();
     let config_map_changes = watcher(config_maps, watch_config())
         .default_backoff()
