@@ -28,7 +28,6 @@ use tokio::sync::Semaphore;
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt};
@@ -421,7 +420,8 @@ fn policy_config_map_changes(context: &Context) -> BoxStream<'static, ()> {
     if !flags.reads_config_maps() {
         return futures::stream::pending().boxed();
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), &flags.namespace);
+    let config_maps: Api<config_maps::ConfigMapMeta> =
+        Api::namespaced(context.client.clone(), &flags.namespace);
     watcher(config_maps, watch_config())
         .default_backoff()
         .touched_objects()
