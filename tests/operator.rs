@@ -1727,9 +1727,16 @@ async fn a_module_in_a_config_map_re_renders_when_the_config_map_changes() {
         resolved["message"],
         format!("ConfigMap {ns}/shapes-module not found")
     );
+    // A second entrypoint in the same ConfigMap, for another Transform.
+    let alternative = source.replace(
+        "data = { value = content }",
+        "data = { value = content, entrypoint = \"alt\" }",
+    );
+    assert_ne!(alternative, source);
     let config_map = |source: &str| {
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-                           "metadata": {"name": "shapes-module"}, "data": {"main.ncl": source}})
+                           "metadata": {"name": "shapes-module"},
+                           "data": {"main.ncl": source, "alt.ncl": alternative}})
         .to_string()
     };
     cluster
@@ -1740,6 +1747,27 @@ async fn a_module_in_a_config_map_re_renders_when_the_config_map_changes() {
             g["status"]["phase"] == "Ready"
         })
         .await;
+    // Its module content is now known unchanged: the other Transform, of the other
+    // entrypoint, renders that entrypoint.
+    let other = serde_json::json!({
+        "apiVersion": "platform.pequod.io/v1alpha1", "kind": "Transform",
+        "metadata": {"name": "from-cm-alt"},
+        "spec": {"moduleRef": {"type": "configmap", "ref": "shapes-module", "entrypoint": "alt.ncl"},
+                 "input": {"nodes": [{"id": "cfg-alt"}]}}
+    });
+    cluster
+        .ok(&["apply", "-f", "-"], Some(&other.to_string()))
+        .await;
+    eventually(60, "the other entrypoint rendered", || async {
+        let object = cluster.json(&["get", "configmap", "cfg-alt"]).await?;
+        (object["data"]["entrypoint"] == "alt").then_some(())
+    })
+    .await;
+    let cfg = cluster
+        .json(&["get", "configmap", "cfg"])
+        .await
+        .expect("the first Transform's object");
+    assert!(cfg["data"].get("entrypoint").is_none(), "{cfg}");
     let first = cluster
         .json(&["get", "transform", "from-cm"])
         .await

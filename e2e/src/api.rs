@@ -443,12 +443,13 @@ impl Request<'_> {
         }
     }
 
-    /// How the objects of the answer are to be presented, from the `Accept` header.
-    fn presentation(&self) -> Presentation {
+    /// How the objects of the answer to a `list` (or a get or a watch) are to be
+    /// presented, from the `Accept` header.
+    fn presentation(&self, list: bool) -> Presentation {
         let accept = self.header(header::ACCEPT);
         if table::wants_table(accept) {
             Presentation::Table
-        } else if metadata::wants_metadata(accept) {
+        } else if metadata::wants_metadata(accept, list) {
             Presentation::Metadata
         } else {
             Presentation::Object
@@ -593,7 +594,7 @@ fn resource(app: &App, path: &ResourcePath, request: &Request) -> Result<Respons
         }
         ("GET", Some(name)) => {
             let object = store.get(&ty, version, namespace, name)?;
-            match request.presentation() {
+            match request.presentation(false) {
                 Presentation::Table => {
                     let rv = object
                         .pointer("/metadata/resourceVersion")
@@ -739,7 +740,7 @@ fn list(
         })
         .transpose()?;
     let page = store.list(ty, version, selection, limit, request.query.get("continue"))?;
-    let presentation = request.presentation();
+    let presentation = request.presentation(true);
     if presentation == Presentation::Table {
         let table = table::table(
             ty,
@@ -800,7 +801,7 @@ fn watch(
         bookmarks: request.query.flag("allowWatchBookmarks"),
         initial_events_end: request.query.flag("sendInitialEvents"),
         timeout,
-        presentation: request.presentation(),
+        presentation: request.presentation(false),
     };
     Ok(watch::serve(
         app.store.clone(),

@@ -12,13 +12,18 @@ pub const CONTENT_TYPE: &str = "application/json;as=PartialObjectMetadata;g=meta
 pub const LIST_CONTENT_TYPE: &str =
     "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
-/// Whether the `Accept` header asks for metadata only (a PartialObjectMetadata or its list).
-pub fn wants_metadata(accept: &str) -> bool {
+/// Whether the `Accept` header asks for metadata only: a PartialObjectMetadataList for a
+/// `list`, a PartialObjectMetadata for a get or a watch (the other form is not what
+/// Kubernetes answers such a request with).
+pub fn wants_metadata(accept: &str, list: bool) -> bool {
+    let wanted = if list {
+        "as=PartialObjectMetadataList"
+    } else {
+        "as=PartialObjectMetadata"
+    };
     accept.split(',').any(|media| {
         let parameters: Vec<&str> = media.split(';').map(str::trim).collect();
-        parameters.contains(&"g=meta.k8s.io")
-            && (parameters.contains(&"as=PartialObjectMetadata")
-                || parameters.contains(&"as=PartialObjectMetadataList"))
+        parameters.contains(&"g=meta.k8s.io") && parameters.contains(&wanted)
     })
 }
 
@@ -47,15 +52,16 @@ mod tests {
 
     #[test]
     fn what_kube_and_client_go_send_asks_for_metadata() {
-        assert!(wants_metadata(
-            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-        ));
-        assert!(wants_metadata(
-            "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
-        ));
-        assert!(!wants_metadata("application/json"));
+        let list = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+        assert!(wants_metadata(list, true));
+        assert!(!wants_metadata(list, false));
+        let one = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+        assert!(wants_metadata(one, false));
+        assert!(!wants_metadata(one, true));
+        assert!(!wants_metadata("application/json", false));
         assert!(!wants_metadata(
-            "application/json;as=Table;v=v1;g=meta.k8s.io"
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+            true
         ));
     }
 

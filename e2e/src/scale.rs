@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::requests::Requests;
 use crate::resources::ResourceType;
@@ -802,9 +802,10 @@ impl Readiness {
                 let event = match events.recv().await {
                     Ok(event) => event,
                     Err(RecvError::Lagged(_)) => {
-                        // Events were dropped: count again from what the store holds. The
-                        // events still to come follow on from before this count, in order,
-                        // so each Transform ends as its latest event says.
+                        // Events were dropped: the ones still queued are older than the
+                        // store's state; skip them, then count again from the store. What
+                        // comes after is newer than the count.
+                        while let Ok(_) | Err(TryRecvError::Lagged(_)) = events.try_recv() {}
                         sink.recount(&store);
                         continue;
                     }

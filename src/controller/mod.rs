@@ -195,6 +195,16 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict")
     }
+
+    /// The `result` label of `pequod_reconcile_total` for a reconcile that ended so:
+    /// `conflict` (retried, nothing failed) or `error`.
+    pub fn outcome(&self) -> &'static str {
+        if self.is_conflict() {
+            "conflict"
+        } else {
+            "error"
+        }
+    }
 }
 
 /// What feeds the controllers of a [`Context`], handed to [`run`]: the writers of the
@@ -570,18 +580,22 @@ fn retry_later<K: Resource<DynamicType = ()>>(
     error: &Error,
     context: &Context,
 ) -> Action {
+    if error.is_conflict() {
+        // A write made against an older copy than the API server's: the newer one's watch
+        // event (or this retry) reconciles it again. Nothing failed: no backoff grows.
+        tracing::debug!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?CONFLICT_RETRY, "written against an older copy");
+        return Action::requeue(CONFLICT_RETRY);
+    }
     let (failures, delay) = context
         .reconcile_failures
         .failed(&backoff_key(controller, object));
-    if error.is_conflict() {
-        // A write made against an older copy than the API server's: the newer one's watch
-        // event (or this retry) reconciles it again. Nothing failed.
-        tracing::debug!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, retry_in = ?delay, "written against an older copy");
-    } else {
-        tracing::warn!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
-    }
+    tracing::warn!(kind = K::kind(&()).as_ref(), namespace = object.namespace().unwrap_or_default(), name = %object.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
+
+/// When a reconcile whose write met a newer copy (409 Conflict) runs again, unless that
+/// copy's watch event comes first.
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs one reconcile of `controller` on `object`: a panic becomes an error (the controller
 /// retries it, the operator carries on), a success forgets the object's failures, and the
@@ -603,7 +617,10 @@ async fn measured<K: Resource<DynamicType = ()>>(
             .reconcile_failures
             .forget(&backoff_key(controller, object));
     }
-    let outcome = if result.is_ok() { "success" } else { "error" };
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(error) => error.outcome(),
+    };
     context
         .metrics
         .reconcile_total
@@ -629,6 +646,8 @@ mod tests {
             )))
         };
         assert!(refused(409, "Conflict").is_conflict());
+        assert_eq!(refused(409, "Conflict").outcome(), "conflict");
+        assert_eq!(refused(422, "Invalid").outcome(), "error");
         assert!(!refused(409, "AlreadyExists").is_conflict());
         assert!(!refused(422, "Invalid").is_conflict());
         assert!(!Error::Identity("no token".into()).is_conflict());

@@ -757,10 +757,13 @@ async fn resolve_module(transform: &Transform, context: &Context) -> Result<Reso
         None
     };
     if let Some(resolved) = recent {
+        // Content had without asking its source may still not fit this Transform (its
+        // digest pin, its entrypoint).
+        let result = if resolved.is_ok() { "recent" } else { "error" };
         context
             .metrics
             .module_fetch_total
-            .with_label_values(&[type_label.as_str(), "recent"])
+            .with_label_values(&[type_label.as_str(), result])
             .inc();
         return Ok(resolved?);
     }

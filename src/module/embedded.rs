@@ -63,7 +63,7 @@ pub fn embedded_module_names() -> Vec<&'static str> {
 }
 
 /// The cluster policy module shipped in the binary under `name` (e.g. `baseline`).
-pub fn embedded_policy_module(name: &str) -> Option<&'static ModuleBundle> {
+fn embedded_policy_module(name: &str) -> Option<&'static ModuleBundle> {
     EMBEDDED_POLICIES.get(name)
 }
 

@@ -18,7 +18,7 @@ pub use allowlist::{BadPattern, ModuleSources};
 pub use bundle::{BundleError, MAX_BUNDLE_BYTES, ModuleBundle};
 pub use embedded::{
     LIBRARY_PREFIX, UnknownPolicyModule, embedded_module, embedded_module_names,
-    embedded_policy_module, embedded_policy_module_names, library_files, shipped_policy_module,
+    embedded_policy_module_names, library_files, shipped_policy_module,
 };
 pub use recent::RecentResolutions;
 pub use reference::{CommandLineRef, CommandLineRefError};

@@ -126,6 +126,8 @@ pub enum OciError {
 pub struct Registry {
     client: Client,
     http: reqwest::Client,
+    /// For token services: follows no redirect.
+    token_http: reqwest::Client,
     insecure: Vec<String>,
     docker_config: Option<Value>,
 }
@@ -145,15 +147,19 @@ impl Registry {
             read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("pequod/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .unwrap_or_default();
+        let http = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("pequod/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+        };
         Registry {
             client: Client::new(config),
-            http,
+            http: http().build().unwrap_or_default(),
+            token_http: http()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
             insecure: insecure.to_vec(),
             docker_config,
         }
@@ -380,11 +386,8 @@ impl Session<'_> {
         path: &str,
     ) -> Result<reqwest::Response, OciError> {
         let registry = self.parsed.resolve_registry();
-        let scheme = if self.registry.insecure.iter().any(|host| host == registry) {
-            "http"
-        } else {
-            "https"
-        };
+        let insecure = self.registry.insecure.iter().any(|host| host == registry);
+        let scheme = if insecure { "http" } else { "https" };
         let url = format!(
             "{scheme}://{registry}/v2/{}/{path}",
             self.parsed.repository()
@@ -395,21 +398,25 @@ impl Session<'_> {
             && let Some(challenge) = token::Challenge::of(response.headers())
         {
             let token = token::pull_token(
-                &self.registry.http,
+                &self.registry.token_http,
                 &challenge,
                 self.parsed.repository(),
                 &self.auth,
+                insecure,
             )
             .await
-            .map_err(|e| match e {
-                token::TokenError::Unreachable { .. } => OciError::Registry {
-                    reference: self.reference.to_string(),
-                    message: e.to_string(),
-                },
-                token::TokenError::Refused { .. } => OciError::Unauthorized {
-                    registry: registry.to_string(),
-                    message: e.to_string(),
-                },
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    OciError::Registry {
+                        reference: self.reference.to_string(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    OciError::Unauthorized {
+                        registry: registry_of(self.reference),
+                        message: e.to_string(),
+                    }
+                }
             })?;
             *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
             response = self.send(method, &url).await?;
@@ -766,10 +773,15 @@ fn same_registry(key_host: &str, registry: &str) -> bool {
             .all(|(pattern, label)| *pattern == "*" || pattern == label)
 }
 
+/// The registry part of `reference`, as errors name it.
+fn registry_of(reference: &str) -> String {
+    reference.split('/').next().unwrap_or(reference).to_string()
+}
+
 fn classify(reference: &str, error: OciDistributionError) -> OciError {
     use OciDistributionError as E;
     let message = with_causes(&error);
-    let registry = reference.split('/').next().unwrap_or(reference).to_string();
+    let registry = registry_of(reference);
     match &error {
         E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
             OciError::Unauthorized { registry, message }
@@ -938,6 +950,10 @@ mod tests {
         SomeOtherPage,
         /// 200 without a token.
         NoToken,
+        /// 503: the token service is down.
+        Unavailable,
+        /// 302 to a URL that would give a token.
+        Redirects,
     }
 
     /// A registry serving the module `m:1` to whoever holds the token `t0k3n`, with its
@@ -999,6 +1015,9 @@ mod tests {
                 let answer = |status: StatusCode, body: Body| {
                     Response::builder().status(status).body(body).expect("a response")
                 };
+                if request.uri().path() == "/elsewhere" {
+                    return answer(StatusCode::OK, Body::from(r#"{"token":"t0k3n"}"#));
+                }
                 if request.uri().path() == "/token" {
                     return match service {
                         TokenService::Grants => {
@@ -1021,6 +1040,18 @@ mod tests {
                             Body::from("<html>internal admin page: the secret is 42</html>"),
                         ),
                         TokenService::NoToken => answer(StatusCode::OK, Body::from("{}")),
+                        TokenService::Unavailable => {
+                            answer(StatusCode::SERVICE_UNAVAILABLE, Body::from("down"))
+                        }
+                        TokenService::Redirects => {
+                            let mut response = answer(StatusCode::FOUND, Body::empty());
+                            let elsewhere = realm.replace("/token", "/elsewhere");
+                            response.headers_mut().insert(
+                                "location",
+                                elsewhere.parse().expect("a header value"),
+                            );
+                            response
+                        }
                     };
                 }
                 if authorization != "Bearer t0k3n" {
@@ -1088,9 +1119,10 @@ mod tests {
                 TokenService::NoToken,
                 "answered without a token".to_string(),
             ),
+            (TokenService::Redirects, "answered 302 Found".to_string()),
         ];
         for (service, said) in cases {
-            let (host, _) = fake_registry(service).await;
+            let (host, log) = fake_registry(service).await;
             let registry = Registry::new(std::slice::from_ref(&host), None);
             let error = registry
                 .pull(&format!("{host}/m:1"))
@@ -1103,7 +1135,26 @@ mod tests {
                     "registry {host} refused access (401/403): the registry's token service http://{host}/token {said}"
                 )
             );
+            let log = log.lock().expect("the log").clone();
+            assert!(
+                log.iter().all(|line| !line.contains("/elsewhere")),
+                "a redirect is not followed: {log:?}"
+            );
         }
+        // A token service that is down is the registry's unavailability, not a refusal: a
+        // pinned digest the cache holds is then served from it.
+        let (host, _) = fake_registry(TokenService::Unavailable).await;
+        let error = Registry::new(std::slice::from_ref(&host), None)
+            .pull(&format!("{host}/m:1"))
+            .await
+            .expect_err("no token, no module");
+        assert!(matches!(error, OciError::Registry { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "registry error for {host}/m:1: the registry's token service http://{host}/token answered 503 Service Unavailable"
+            )
+        );
     }
 
     #[test]

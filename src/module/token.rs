@@ -70,9 +70,34 @@ pub enum TokenError {
     Refused {
         /// The token service.
         realm: String,
+        /// Its answer's status, when it was not 200.
+        status: Option<u16>,
         /// What it answered, in words.
         message: String,
     },
+    /// The registry names a token service over plain HTTP while the registry itself is
+    /// spoken to over HTTPS: its credentials would cross the network in clear.
+    #[error(
+        "the registry names a token service over plain HTTP ({realm}); its credentials are not sent in clear"
+    )]
+    Insecure {
+        /// The token service.
+        realm: String,
+    },
+}
+
+impl TokenError {
+    /// Whether the token service, or the way to it, was unavailable (a passing failure
+    /// of the registry: 5xx, 429, unreachable) rather than refusing.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            TokenError::Unreachable { .. } => true,
+            TokenError::Refused { status, .. } => {
+                status.is_some_and(|status| status >= 500 || status == 429)
+            }
+            TokenError::Insecure { .. } => false,
+        }
+    }
 }
 
 /// The two names a token service may give its token (`access_token` is OAuth 2's), and the
@@ -93,22 +118,30 @@ struct ErrorEntry {
 }
 
 /// A token for pulling `repository`, from the token service of `challenge`, asked with
-/// `auth`'s basic credentials when it has them.
+/// `auth`'s basic credentials when it has them. `http` must not follow redirects (the
+/// realm is the registry's to choose; where it redirects to is nobody's). Credentials go
+/// over plain HTTP only when the registry itself is spoken to that way (`insecure`).
 pub async fn pull_token(
     http: &reqwest::Client,
     challenge: &Challenge,
     repository: &str,
     auth: &RegistryAuth,
+    insecure: bool,
 ) -> Result<String, TokenError> {
     let realm = challenge.realm.clone();
     let unreachable = |message: String| TokenError::Unreachable {
         realm: realm.clone(),
         message,
     };
-    let refused = |message: String| TokenError::Refused {
+    let refused = |status: Option<u16>, message: String| TokenError::Refused {
         realm: realm.clone(),
+        status,
         message,
     };
+    let has_credentials = matches!(auth, RegistryAuth::Basic(..));
+    if has_credentials && !insecure && !realm.to_ascii_lowercase().starts_with("https://") {
+        return Err(TokenError::Insecure { realm });
+    }
     let scope = format!("repository:{repository}:pull");
     let mut query = vec![("scope", scope.as_str())];
     if let Some(service) = &challenge.service {
@@ -124,10 +157,16 @@ pub async fn pull_token(
         .await
         .map_err(|e| unreachable(e.without_url().to_string()))?;
     let status = response.status();
+    let code = (!status.is_success()).then_some(status.as_u16());
     let body = super::bounded::read_at_most(&mut response, MAX_TOKEN_ANSWER_BYTES)
         .await
         .map_err(|e| unreachable(e.without_url().to_string()))?
-        .ok_or_else(|| refused(format!("answered more than {MAX_TOKEN_ANSWER_BYTES} bytes")))?;
+        .ok_or_else(|| {
+            refused(
+                code,
+                format!("answered more than {MAX_TOKEN_ANSWER_BYTES} bytes"),
+            )
+        })?;
     let answer: Option<Answer> = serde_json::from_slice(&body).ok();
     if !status.is_success() {
         let said = answer
@@ -142,12 +181,12 @@ pub async fn pull_token(
             })
             .map(|message| format!(": {}", shorten(message)))
             .unwrap_or_default();
-        return Err(refused(format!("answered {status}{said}")));
+        return Err(refused(code, format!("answered {status}{said}")));
     }
     answer
         .and_then(|answer| answer.token.or(answer.access_token))
         .filter(|token| !token.is_empty())
-        .ok_or_else(|| refused("answered without a token".to_string()))
+        .ok_or_else(|| refused(None, "answered without a token".to_string()))
 }
 
 /// `message` cut to [`MAX_MESSAGE_CHARS`] characters.
@@ -213,6 +252,27 @@ mod tests {
         );
         assert_eq!(Challenge::of(&headers(&["Bearer \"unparsable"])), None);
         assert_eq!(Challenge::of(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_not_sent_to_a_plain_http_token_service_of_an_https_registry() {
+        let challenge = Challenge {
+            realm: "http://127.0.0.1:9/token".into(),
+            service: None,
+        };
+        let basic = RegistryAuth::Basic("u".into(), "p".into());
+        let refused = pull_token(&reqwest::Client::new(), &challenge, "m", &basic, false)
+            .await
+            .expect_err("refused before any request");
+        assert!(matches!(refused, TokenError::Insecure { .. }), "{refused}");
+        assert!(!refused.is_unavailable());
+        // Anonymous, or a registry spoken to over HTTP anyway: asked (here, unreachable).
+        for (auth, insecure) in [(RegistryAuth::Anonymous, false), (basic, true)] {
+            let error = pull_token(&reqwest::Client::new(), &challenge, "m", &auth, insecure)
+                .await
+                .expect_err("nothing listens");
+            assert!(matches!(error, TokenError::Unreachable { .. }), "{error}");
+        }
     }
 
     #[test]

@@ -132,14 +132,14 @@ pub enum PolicyModulesError<E: std::error::Error + 'static> {
 }
 
 impl Renderer {
-    /// The policy modules `references` name, in order, their files had from `bundle`, each
-    /// with the configuration `configs` has under its name. `pequod run` and the commands
-    /// that render offline differ only in where the files come from.
+    /// The policy modules `references` name, in order, the files of each had from `files`,
+    /// each with the configuration `configs` has under its name. `pequod run` and the
+    /// commands that render offline differ only in where the files come from.
     pub async fn policy_modules<E, Found>(
         &self,
         references: &[String],
         configs: &std::collections::BTreeMap<String, Value>,
-        mut bundle: impl FnMut(&str) -> Found,
+        mut files: impl FnMut(&str) -> Found,
     ) -> Result<Vec<PolicyModule>, PolicyModulesError<E>>
     where
         E: std::error::Error + 'static,
@@ -147,14 +147,14 @@ impl Renderer {
     {
         let mut modules: Vec<PolicyModule> = Vec::new();
         for reference in references {
-            let files = bundle(reference)
+            let bundle = files(reference)
                 .await
                 .map_err(|error| PolicyModulesError::Source {
                     reference: reference.clone(),
                     error,
                 })?;
             let module = self
-                .policy_module(reference, files, configs)
+                .policy_module(reference, bundle, configs)
                 .await
                 .map_err(|error| PolicyModulesError::Module {
                     reference: reference.clone(),
