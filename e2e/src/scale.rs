@@ -601,11 +601,7 @@ fn not_ready_example(store: &Store, ready: &Readiness, names: &[(String, String)
     let Some((namespace, name)) = names.iter().find(|key| !ready.contains(key)) else {
         return "all Ready by now".to_string();
     };
-    let conditions = store
-        .registry()
-        .all()
-        .find(|ty| ty.gr.resource == "transforms")
-        .cloned()
+    let conditions = transform_type(store)
         .and_then(|ty| {
             let version = ty.storage_version().to_string();
             store.get(&ty, &version, namespace, name).ok()
@@ -628,6 +624,21 @@ fn created_objects(store: &Store) -> usize {
                 .count()
         })
         .sum()
+}
+
+/// The Transform type, as the store serves it.
+fn transform_type(store: &Store) -> Option<Arc<ResourceType>> {
+    store
+        .registry()
+        .all()
+        .find(|ty| ty.gr.resource == "transforms")
+        .cloned()
+}
+
+/// A namespaced object's namespace and name.
+fn key_of(object: &Value) -> (String, String) {
+    let field = |name: &str| object["metadata"][name].as_str().unwrap_or("").to_string();
+    (field("namespace"), field("name"))
 }
 
 /// Whether a Transform's status says Ready.
@@ -814,21 +825,15 @@ impl Readiness {
                 if event.gr.resource != "transforms" || event.kind == EventType::Deleted {
                     continue;
                 }
-                sink.set(&event.namespace, &event.object);
+                sink.set(&event.object);
             }
         });
         readiness
     }
 
-    /// Records whether the Transform `object` in `namespace` is Ready.
-    fn set(&self, namespace: &str, object: &Value) {
-        let key = (
-            namespace.to_string(),
-            object["metadata"]["name"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-        );
+    /// Records whether the Transform `object` is Ready.
+    fn set(&self, object: &Value) {
+        let key = key_of(object);
         let mut set = self.ready.lock().unwrap_or_else(|p| p.into_inner());
         if is_ready(object) {
             set.insert(key);
@@ -841,22 +846,13 @@ impl Readiness {
 
     /// Counts the Ready Transforms again from the store.
     fn recount(&self, store: &Store) {
-        let Some(ty) = store
-            .registry()
-            .all()
-            .find(|ty| ty.gr.resource == "transforms")
-            .cloned()
-        else {
+        let Some(ty) = transform_type(store) else {
             return;
         };
         let ready: HashSet<(String, String)> = every_object(store, &ty)
             .iter()
             .filter(|object| is_ready(object))
-            .map(|object| {
-                let name =
-                    |field: &str| object["metadata"][field].as_str().unwrap_or("").to_string();
-                (name("namespace"), name("name"))
-            })
+            .map(key_of)
             .collect();
         *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = ready;
         self.changed.notify_waiters();
@@ -1163,12 +1159,7 @@ mod tests {
         let store = Arc::new(Store::new(100));
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds.yaml");
         crate::load_crds(&store, &crds).expect("Pequod's CRDs");
-        let ty = store
-            .registry()
-            .all()
-            .find(|ty| ty.gr.resource == "transforms")
-            .cloned()
-            .expect("the Transform type");
+        let ty = transform_type(&store).expect("the Transform type");
         (store, ty)
     }
 

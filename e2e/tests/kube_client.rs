@@ -36,6 +36,17 @@ fn deployments(client: &kube::Client) -> Api<DynamicObject> {
     )
 }
 
+/// The next item of a watch stream, within 10 s.
+async fn next_event<T, E: std::fmt::Debug>(
+    stream: &mut (impl futures::Stream<Item = Result<T, E>> + Unpin),
+) -> T {
+    tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+        .await
+        .expect("event in time")
+        .expect("no watch error")
+        .expect("stream open")
+}
+
 fn object(value: Value) -> DynamicObject {
     serde_json::from_value(value).expect("a valid object")
 }
@@ -423,11 +434,7 @@ async fn metadata_only_gets_lists_and_watches() {
         .create(&PostParams::default(), &watched("1"))
         .await
         .expect("created");
-    let seen = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-        .await
-        .expect("event in time")
-        .expect("no watch error")
-        .expect("stream open");
+    let seen = next_event(&mut stream).await;
     assert_eq!(seen.metadata.name.as_deref(), Some("meta"));
     assert_eq!(
         seen.metadata.resource_version,
@@ -445,11 +452,7 @@ async fn metadata_only_gets_lists_and_watches() {
         )
         .await
         .expect("patched");
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-        .await
-        .expect("event in time")
-        .expect("no watch error")
-        .expect("stream open");
+    let next = next_event(&mut stream).await;
     assert_eq!(
         next.metadata.resource_version,
         updated.metadata.resource_version
@@ -505,11 +508,7 @@ async fn watcher_sees_changes_and_410_on_expired_versions() {
     api.create(&PostParams::default(), &watched("one", "1"))
         .await
         .expect("created");
-    let seen = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-        .await
-        .expect("event in time")
-        .expect("no watch error")
-        .expect("stream open");
+    let seen = next_event(&mut stream).await;
     assert_eq!(seen.metadata.name.as_deref(), Some("one"));
     api.patch(
         "one",
@@ -518,11 +517,7 @@ async fn watcher_sees_changes_and_410_on_expired_versions() {
     )
     .await
     .expect("patched");
-    let updated = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-        .await
-        .expect("event in time")
-        .expect("no watch error")
-        .expect("stream open");
+    let updated = next_event(&mut stream).await;
     assert_eq!(updated.data["data"]["v"], "2");
 
     // A raw watch from a compacted version gets an ERROR event with 410 Expired.
@@ -540,11 +535,7 @@ async fn watcher_sees_changes_and_410_on_expired_versions() {
         .await
         .expect("watch started")
         .boxed();
-    let event = tokio::time::timeout(Duration::from_secs(10), raw.try_next())
-        .await
-        .expect("event in time")
-        .expect("decoded")
-        .expect("one event");
+    let event = next_event(&mut raw).await;
     match event {
         WatchEvent::Error(status) => {
             assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
@@ -552,11 +543,7 @@ async fn watcher_sees_changes_and_410_on_expired_versions() {
         other => panic!("expected 410, got {other:?}"),
     }
     // The watcher itself relists and keeps going.
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
-        .await
-        .expect("event in time")
-        .expect("no watch error")
-        .expect("stream open");
+    let next = next_event(&mut stream).await;
     assert_eq!(next.metadata.name.as_deref(), Some("two"));
 }
 

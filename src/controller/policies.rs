@@ -153,7 +153,10 @@ impl ClusterPolicies {
     }
 }
 
-/// Why loading failed, and whether trying again later may help.
+/// Why loading (or having one module's files) failed, and whether trying again later may
+/// help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 struct Failure {
     message: String,
     retryable: bool,
@@ -182,7 +185,7 @@ async fn load(flags: &PolicyFlags, context: &Context) -> Result<Vec<PolicyModule
         async move {
             bundle(&reference, flags, config_maps, context)
                 .await
-                .map_err(|(message, retryable)| SourceFailure { message, retryable })
+                .map_err(|(message, retryable)| Failure { message, retryable })
         }
     };
     context
@@ -199,14 +202,6 @@ async fn load(flags: &PolicyFlags, context: &Context) -> Result<Vec<PolicyModule
             },
             message: error.to_string(),
         })
-}
-
-/// Why the files of a policy module could not be had, and whether trying again may help.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-struct SourceFailure {
-    message: String,
-    retryable: bool,
 }
 
 /// The files of the policy module `reference`, and on failure whether to try again.

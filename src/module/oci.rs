@@ -299,7 +299,7 @@ impl Registry {
             parsed,
             reference,
             auth,
-            token: std::sync::Mutex::new(None),
+            token: std::sync::OnceLock::new(),
         })
     }
 }
@@ -315,7 +315,7 @@ struct Session<'a> {
     reference: &'a str,
     auth: RegistryAuth,
     /// The token service's token, once a request was answered 401 with a Bearer challenge.
-    token: std::sync::Mutex<Option<String>>,
+    token: std::sync::OnceLock<String>,
 }
 
 impl Session<'_> {
@@ -394,7 +394,7 @@ impl Session<'_> {
         );
         let mut response = self.send(method.clone(), &url).await?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED
-            && self.token().is_none()
+            && self.token.get().is_none()
             && let Some(challenge) = token::Challenge::of(response.headers())
         {
             let token = token::pull_token(
@@ -418,7 +418,7 @@ impl Session<'_> {
                     }
                 }
             })?;
-            *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+            let _ = self.token.set(token);
             response = self.send(method, &url).await?;
         }
         let status = response.status();
@@ -433,11 +433,6 @@ impl Session<'_> {
         Err(classify(self.reference, refusal(status, &body, url)))
     }
 
-    /// The token had from the registry's token service, if any.
-    fn token(&self) -> Option<String> {
-        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// Sends a `method` request of `url` with the session's credentials: its token, else
     /// the basic credentials.
     async fn send(
@@ -450,7 +445,7 @@ impl Session<'_> {
             .http
             .request(method, url)
             .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
-        let request = match (self.token(), &self.auth) {
+        let request = match (self.token.get(), &self.auth) {
             (Some(token), _) => request.bearer_auth(token),
             (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
             (None, _) => request,
@@ -1100,6 +1095,23 @@ mod tests {
         assert!(log[3].starts_with("GET /v2/m/blobs/sha256:") && !log[3].ends_with("(basic)"));
     }
 
+    /// How pulling `m:1` from a fake registry whose token service is `service` fails, the
+    /// registry's host, and its request log.
+    async fn failed_pull(
+        service: TokenService,
+    ) -> (
+        OciError,
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        let (host, log) = fake_registry(service).await;
+        let error = Registry::new(std::slice::from_ref(&host), None)
+            .pull(&format!("{host}/m:1"))
+            .await
+            .expect_err("no token, no module");
+        (error, host, log)
+    }
+
     #[tokio::test]
     async fn a_token_service_that_does_not_give_a_token_fails_the_pull_with_its_reason() {
         let cases = [
@@ -1122,12 +1134,7 @@ mod tests {
             (TokenService::Redirects, "answered 302 Found".to_string()),
         ];
         for (service, said) in cases {
-            let (host, log) = fake_registry(service).await;
-            let registry = Registry::new(std::slice::from_ref(&host), None);
-            let error = registry
-                .pull(&format!("{host}/m:1"))
-                .await
-                .expect_err("no token, no module");
+            let (error, host, log) = failed_pull(service).await;
             assert!(matches!(error, OciError::Unauthorized { .. }), "{error}");
             assert_eq!(
                 error.to_string(),
@@ -1143,11 +1150,7 @@ mod tests {
         }
         // A token service that is down is the registry's unavailability, not a refusal: a
         // pinned digest the cache holds is then served from it.
-        let (host, _) = fake_registry(TokenService::Unavailable).await;
-        let error = Registry::new(std::slice::from_ref(&host), None)
-            .pull(&format!("{host}/m:1"))
-            .await
-            .expect_err("no token, no module");
+        let (error, host, _) = failed_pull(TokenService::Unavailable).await;
         assert!(matches!(error, OciError::Registry { .. }), "{error}");
         assert_eq!(
             error.to_string(),
